@@ -1,0 +1,3 @@
+"""gpu-node-agent: keeps an EKS AL2023 NVIDIA GPU node at the stack's working defaults."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,192 @@
+"""Command line: parsing, output formats and exit codes. Each command imports only what it uses.
+
+    gpu-node-agent [--config PATH] [--root DIR] [--log-format auto|console|json] [-v|-q] COMMAND
+
+Exit codes: 0 healthy/success, 1 unhealthy or an action failed, 2 degraded (warnings only),
+64 bad usage or invalid configuration, 75 another run holds the lock.
+"""
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.fs import NodeRoot
+
+PROG = "gpu-node-agent"
+DEFAULT_LOCK_WAIT = 60.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad usage exits 64 (the contract) instead of 2 (which means degraded)."""
+
+    def error(self, message: str) -> "None":  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(64)
+
+
+def _version() -> str:
+    from agent import __version__
+
+    return __version__
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # Accepted before or after the command; after it, only when given (SUPPRESS keeps the first).
+    d: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config", metavar="PATH", default=d,
+                        help="agent configuration (default: /etc/gpu-node-agent/config.yaml under --root)")
+    parser.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS if suppress else "/",
+                        help="resolve every node path under DIR (default: /)")
+    parser.add_argument("--log-format", choices=("auto", "console", "json"),
+                        default=argparse.SUPPRESS if suppress else "auto")
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS if suppress else 0)
+    parser.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS if suppress else 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Keep an EKS AL2023 NVIDIA GPU node at its working defaults.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    _add_global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        _add_global_options(p, suppress=True)
+        p.set_defaults(handler=handler)
+        return p
+
+    run = command("run", cmd_run, "reconcile the node once, then report")
+    run.add_argument("--lock-wait", type=float, default=DEFAULT_LOCK_WAIT, metavar="SECONDS",
+                     help=f"how long to wait for another run to finish (default {DEFAULT_LOCK_WAIT:g})")
+    command("plan", cmd_plan, "show what run would change and why; changes nothing")
+    check = command("check", cmd_check, "evaluate every health check")
+    check.add_argument("--format", choices=("table", "json"), default="table")
+    check.add_argument("--report", action="store_true", help="also publish the node annotation and condition")
+    config = command("config", cmd_config_help, "validate or show the agent configuration")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
+    validate = config_sub.add_parser("validate", help="validate a configuration file")
+    _add_global_options(validate, suppress=True)
+    validate.add_argument("path", nargs="?", help="file to validate (default: --config)")
+    validate.set_defaults(handler=cmd_config_validate)
+    show = config_sub.add_parser("show", help="print the effective configuration with defaults")
+    _add_global_options(show, suppress=True)
+    show.set_defaults(handler=cmd_config_show)
+    command("version", cmd_version, "print the agent version")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from agent import log
+    from agent.errors import AgentError
+
+    log.setup(args.log_format, args.verbose - args.quiet)
+    try:
+        return int(args.handler(args))
+    except AgentError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _root(args: argparse.Namespace) -> "NodeRoot":
+    from agent.errors import UsageError
+    from agent.fs import NodeRoot
+
+    if not os.path.isdir(args.root):
+        raise UsageError(f"--root {args.root}: not a directory")
+    return NodeRoot(args.root)
+
+
+def _config(args: argparse.Namespace, path: Optional[str] = None) -> "AgentConfig":
+    from agent.config import DEFAULT_CONFIG_PATH, load_config
+
+    return load_config(path or args.config, default_path=_root(args).path(DEFAULT_CONFIG_PATH))
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    _print(f"{PROG} {_version()}\n")
+    return 0
+
+
+def cmd_config_help(args: argparse.Namespace) -> int:
+    from agent.errors import UsageError
+
+    raise UsageError("config needs an action: validate or show")
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    config = _config(args, args.path)
+    _print(f"{config.source}: valid\n")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from agent.config import dump_config
+
+    _print(dump_config(_config(args)))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from agent import checks, health, node
+
+    config = _config(args)
+    root = _root(args)
+    results = checks.evaluate(node.discover(root, config), config)
+    document = health.report_document(results)
+    if args.format == "json":
+        _print(health.render_json(document))
+    else:
+        _print(health.render_table(results, color=sys.stdout.isatty()))
+    return health.exit_code_for(document["health"])
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from agent import node, plan
+
+    config = _config(args)
+    root = _root(args)
+    the_plan = plan.make_plan(node.discover(root, config), config)
+    _print(plan.render_plan(the_plan))
+    return 1 if the_plan.problems else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent import apply, checks, fs, health, node, plan
+    from agent.log import get_logger
+
+    log = get_logger("run")
+    config = _config(args)
+    root = _root(args)
+    with fs.run_lock(root, args.lock_wait):
+        the_plan = plan.make_plan(node.discover(root, config), config)
+        for problem in the_plan.problems:
+            log.warning("not fixed", problem=problem)
+        result = apply.apply(the_plan)
+        results = checks.evaluate(node.discover(root, config), config)
+    actions: List[str] = result.actions
+    _print(health.render_table(results, actions, color=sys.stdout.isatty()))
+    code = health.exit_code_for(health.overall_health(results))
+    if result.failures:
+        code = 1
+    log.info("run finished", health=health.overall_health(results), actions=len(actions))
+    return code

@@ -1,0 +1,473 @@
+"""containerd's configuration: the files containerd loads, what it runs with, and minimal fixes.
+
+``load`` reads ``config.toml`` and its ``imports`` the way containerd does (breadth-first; relative
+paths against the importing file's directory; only paths with ``*`` globbed, sorted, no match
+silent; repeats skipped; a missing plain import is fatal). ``effective`` computes the CRI runtime
+settings containerd ends up with:
+
+* containerd 1.x: a later file's table for a plugin ID **replaces** that plugin's whole table, so
+  the last-loaded file that has the CRI plugin table decides everything (and the fix goes there);
+* containerd 2.x: plugin tables are **deep-merged**; for each key the last file that sets it wins
+  (the fix goes there), and a key no file sets is added to the main file.
+
+``reconcile`` turns the differences into ``FileEdit``s made with tomlkit, so comments, key order,
+quoting and blank lines of everything else stay byte-identical. Every edit is verified before it is
+offered: the new text parses, the effective values are the desired ones, and no other value changed.
+"""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from agent.config import ContainerdSettings
+from agent.errors import NodeFileError, NodeFileMissing
+from agent.fs import FileEdit, NodeRoot, read_text
+from agent.health import FAIL, PASS, WARN, CheckResult
+from agent.tomledit import NotFixable, parse_toml, set_value
+
+CONTAINERD_VERSION_FILE = "/etc/eks/containerd-version.txt"
+V3_RUNTIME_PLUGIN = "io.containerd.cri.v1.runtime"
+V2_CRI_PLUGIN = "io.containerd.grpc.v1.cri"
+CRI_PLUGIN_FOR_LAYOUT = {3: V3_RUNTIME_PLUGIN, 2: V2_CRI_PLUGIN}
+RUNC_V2 = "io.containerd.runc.v2"
+MAX_IMPORTED_FILES = 256
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """One file containerd loads, as read from the node."""
+
+    path: Path  # where the agent reads it (under --root)
+    node_path: str  # how containerd names it
+    text: str
+    version: int  # the file's ``version`` key; 0 when absent
+    imports: Tuple[str, ...]
+    mtime: float
+    is_symlink: bool
+    data: Mapping[str, Any] = field(compare=False, repr=False)  # plain parsed content
+
+    def cri_table(self, plugin_id: str) -> Optional[Mapping[str, Any]]:
+        plugins = self.data.get("plugins")
+        table = plugins.get(plugin_id) if isinstance(plugins, Mapping) else None
+        return table if isinstance(table, Mapping) else None
+
+    @property
+    def has_plugins(self) -> bool:
+        return isinstance(self.data.get("plugins"), Mapping) and bool(self.data["plugins"])
+
+
+@dataclass(frozen=True)
+class DaemonVersion:
+    major: int  # 1 or 2: decides how imports merge
+    version: Optional[str]  # e.g. "2.2.3"
+    source: str  # where ``major`` came from
+
+
+@dataclass(frozen=True)
+class ContainerdConfigSet:
+    """``config.toml`` and every file it imports, in the order containerd loads them."""
+
+    files: Tuple[ConfigFile, ...]
+    daemon: DaemonVersion
+
+    @property
+    def main(self) -> ConfigFile:
+        return self.files[0]
+
+    @property
+    def newest_mtime(self) -> float:
+        return max(f.mtime for f in self.files)
+
+
+def _read_config_file(root: NodeRoot, node_path: str, *, main: bool) -> ConfigFile:
+    path = root.path(node_path)
+    is_symlink = path.is_symlink()
+    if main and is_symlink:
+        raise NodeFileError(path, "is a symlink; nodeadm writes a regular file here, refusing to manage it")
+    try:
+        text = read_text(path, allow_empty=not main)
+    except NodeFileMissing:
+        if main:
+            raise NodeFileMissing(path, "does not exist (has nodeadm run?)") from None
+        raise NodeFileMissing(path, "is imported but does not exist; containerd refuses to start") from None
+    doc = parse_toml(text, path)
+    data = doc.unwrap()
+    version = data.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise NodeFileError(path, f"'version' must be an integer, got {version!r}")
+    imports = data.get("imports", [])
+    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+        raise NodeFileError(path, "'imports' must be an array of strings")
+    return ConfigFile(
+        path=path,
+        node_path=node_path,
+        text=text,
+        version=version,
+        imports=tuple(imports),
+        mtime=path.stat().st_mtime,
+        is_symlink=is_symlink,
+        data=data,
+    )
+
+
+def resolve_imports(root: NodeRoot, parent: str, imports: Sequence[str]) -> List[str]:
+    """containerd's ``resolveImports``: clean, join relative to the parent's dir, glob only ``*``."""
+    out: List[str] = []
+    for raw in imports:
+        cleaned = _clean(raw)
+        if not cleaned.startswith("/"):
+            cleaned = _clean(str(PurePosixPath(parent).parent / cleaned))
+        if "*" in cleaned:
+            out.extend(_glob(root, cleaned))
+        else:
+            out.append(cleaned)
+    return out
+
+
+def _clean(path: str) -> str:
+    """Go's ``filepath.Clean`` for the paths containerd sees."""
+    absolute = path.startswith("/")
+    parts: List[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not absolute:
+                parts.append(part)
+            continue
+        parts.append(part)
+    cleaned = "/".join(parts)
+    return ("/" + cleaned) if absolute else (cleaned or ".")
+
+
+def _glob(root: NodeRoot, pattern: str) -> List[str]:
+    """Go's ``filepath.Glob`` on node paths: per-segment matching, dotfiles included, sorted."""
+    import fnmatch
+
+    candidates = ["/"]
+    for segment in pattern.strip("/").split("/"):
+        nxt: List[str] = []
+        for base in candidates:
+            host = root.path(base)
+            if not any(ch in segment for ch in "*?["):
+                if (host / segment).exists() or (host / segment).is_symlink():
+                    nxt.append(str(PurePosixPath(base) / segment))
+                continue
+            try:
+                names = sorted(p.name for p in host.iterdir())
+            except OSError:
+                continue
+            regex = re.compile(fnmatch.translate(segment.replace("[^", "[!")))
+            nxt.extend(str(PurePosixPath(base) / n) for n in names if regex.match(n))
+        candidates = nxt
+    return candidates
+
+
+def daemon_version(version_text: Optional[str], main: ConfigFile) -> DaemonVersion:
+    """containerd's major version from ``/etc/eks/containerd-version.txt``, else the file's layout."""
+    if version_text:
+        m = re.search(r"(?:^|\s)v?(\d+)\.(\d+)\.(\d+)", version_text)
+        if m and m.group(1) in ("1", "2"):
+            return DaemonVersion(int(m.group(1)), ".".join(m.groups()), CONTAINERD_VERSION_FILE)
+    major = 2 if main.version >= 3 else 1
+    return DaemonVersion(major, None, f"'version = {main.version}' in {main.node_path}")
+
+
+def load(root: NodeRoot, settings: ContainerdSettings) -> ContainerdConfigSet:
+    """Read the main file and every import, in containerd's order. Raises ``NodeFileError``."""
+    main = _read_config_file(root, settings.config_path, main=True)
+    files = [main]
+    loaded = {main.node_path}
+    pending = [(p, (main.node_path,)) for p in resolve_imports(root, main.node_path, main.imports)]
+    while pending:
+        node_path, chain = pending.pop(0)
+        if node_path in chain:
+            cycle = " -> ".join((*chain, node_path))
+            raise NodeFileError(root.path(chain[-1]), f"import cycle: {cycle}")
+        if node_path in loaded:
+            continue  # containerd skips files it already loaded
+        if len(files) >= MAX_IMPORTED_FILES:
+            raise NodeFileError(main.path, f"imports more than {MAX_IMPORTED_FILES} files")
+        f = _read_config_file(root, node_path, main=False)
+        loaded.add(node_path)
+        files.append(f)
+        pending.extend((p, (*chain, node_path)) for p in resolve_imports(root, node_path, f.imports))
+    version_path = root.path(CONTAINERD_VERSION_FILE)
+    version_text = read_text(version_path) if version_path.is_file() else None
+    return ContainerdConfigSet(tuple(files), daemon_version(version_text, main))
+
+
+# --- the effective configuration -------------------------------------------------------------------
+
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One CRI runtime key the agent manages, relative to the CRI runtime plugin table."""
+
+    key: Tuple[str, ...]
+    desired: Any
+    default: Any  # what containerd uses when no file sets the key (None: nothing)
+    why: str
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.key)
+
+
+def desired_settings(settings: ContainerdSettings, daemon_major: int) -> Tuple[Setting, ...]:
+    rt = settings.runtime
+    runtime_key = ("containerd", "runtimes", rt)
+    out = []
+    if settings.enable_cdi:
+        # containerd 2.0 turned CDI on by default (containerd/containerd#9621); 1.x defaults to off.
+        out.append(Setting(("enable_cdi",), True, daemon_major >= 2, "the toolkit's jit-cdi path needs CDI"))
+    if settings.default_runtime:
+        out.append(Setting(("containerd", "default_runtime_name"), rt, "runc",
+                           f"pods must run with the {rt} runtime by default"))
+    out.append(Setting((*runtime_key, "runtime_type"), RUNC_V2, None, f"the {rt} runtime is a runc v2 shim"))
+    out.append(Setting((*runtime_key, "options", "BinaryName"), settings.binary_name, None,
+                       f"the {rt} runtime must exec {settings.binary_name}"))
+    if settings.systemd_cgroup:
+        out.append(Setting((*runtime_key, "options", "SystemdCgroup"), True, False,
+                           "kubelet uses the systemd cgroup driver; runc must match"))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class EffectiveValue:
+    setting: Setting
+    value: Any  # the effective value; the default when ``source`` is None
+    source: Optional[ConfigFile]  # the file whose value is effective
+    target: ConfigFile  # where a fix goes
+
+    @property
+    def ok(self) -> bool:
+        desired = self.setting.desired
+        return type(self.value) is type(desired) and self.value == desired
+
+    def problem(self) -> str:
+        want = _toml_repr(self.setting.desired)
+        if self.source is None:
+            return f"{self.setting.dotted} is not set (containerd uses {_toml_repr(self.value)}), want {want}"
+        return f"{self.setting.dotted} = {_toml_repr(self.value)} in {self.source.node_path}, want {want}"
+
+
+@dataclass(frozen=True)
+class EffectiveCri:
+    plugin_id: str
+    values: Tuple[EffectiveValue, ...]
+    blocking: Tuple[str, ...]  # problems that forbid any edit (mixed versions, unsupported layout)
+    warnings: Tuple[str, ...]
+
+
+def _lookup(table: Optional[Mapping[str, Any]], key: Sequence[str]) -> Any:
+    node: Any = table
+    for part in key:
+        if not isinstance(node, Mapping) or part not in node:
+            return _UNSET
+        node = node[part]
+    return node
+
+
+def _toml_repr(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def effective(config_set: ContainerdConfigSet, settings: ContainerdSettings) -> EffectiveCri:
+    main = config_set.main
+    daemon = config_set.daemon
+    blocking: List[str] = []
+    warnings: List[str] = []
+    layout = main.version if main.version in CRI_PLUGIN_FOR_LAYOUT else None
+    if layout is None:
+        blocking.append(
+            f"{main.node_path}: 'version = {main.version}' is not a layout nodeadm writes (2 or 3)"
+        )
+        layout = 3 if daemon.major >= 2 else 2
+    elif daemon.major == 1 and layout == 3:
+        blocking.append(
+            f"{main.node_path}: 'version = 3' needs containerd 2.x, but containerd {daemon.version} is installed"
+        )
+    plugin_id = CRI_PLUGIN_FOR_LAYOUT[layout]
+    for f in config_set.files[1:]:
+        if f.has_plugins and f.version != main.version:
+            shown = f"'version = {f.version}'" if f.version else "no 'version' key (read as version 1)"
+            blocking.append(
+                f"{f.node_path} has {shown} but {main.node_path} has 'version = {main.version}': "
+                "containerd drops settings from mixed-version drop-ins; align their versions"
+            )
+    wanted = desired_settings(settings, daemon.major)
+    tables = [(f, f.cri_table(plugin_id)) for f in config_set.files]
+    with_cri = [(f, t) for f, t in tables if t is not None]
+    values = []
+    if daemon.major == 1:
+        decider, table = with_cri[-1] if with_cri else (main, None)
+        for s in wanted:
+            v = _lookup(table, s.key)
+            values.append(EffectiveValue(s, s.default if v is _UNSET else v,
+                                         None if v is _UNSET else decider, decider))
+        for f, t in with_cri[:-1]:
+            lost = sorted(k for k in _leaf_keys(t) if _lookup(table, k.split(".")) is _UNSET)
+            if lost:
+                shown = ", ".join(lost[:6]) + (", ..." if len(lost) > 6 else "")
+                warnings.append(
+                    f"containerd 1.x uses only the [plugins.\"{plugin_id}\"] table of {decider.node_path}; "
+                    f"settings in {f.node_path} are ignored: {shown}"
+                )
+    else:
+        for s in wanted:
+            source, value = None, s.default
+            for f, t in tables:
+                v = _lookup(t, s.key)
+                if v is not _UNSET:
+                    source, value = f, v
+            values.append(EffectiveValue(s, value, source, source or main))
+    return EffectiveCri(plugin_id, tuple(values), tuple(blocking), tuple(warnings))
+
+
+def _leaf_keys(table: Mapping[str, Any], prefix: str = "") -> List[str]:
+    out = []
+    for k, v in table.items():
+        dotted = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.extend(_leaf_keys(v, dotted + "."))
+        else:
+            out.append(dotted)
+    return out
+
+
+# --- minimal edits ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContainerdReconcile:
+    effective: EffectiveCri
+    edits: Tuple[FileEdit, ...]
+    problems: Tuple[str, ...]  # drift the agent cannot fix safely
+
+
+def reconcile(config_set: ContainerdConfigSet, settings: ContainerdSettings) -> ContainerdReconcile:
+    """Pure: the minimal, verified edits that make the effective settings the desired ones."""
+    eff = effective(config_set, settings)
+    wrong = [v for v in eff.values if not v.ok]
+    if eff.blocking or not wrong:
+        return ContainerdReconcile(eff, (), eff.blocking)
+    by_file: Dict[str, List[EffectiveValue]] = {}
+    for v in wrong:
+        by_file.setdefault(v.target.node_path, []).append(v)
+    edits: List[FileEdit] = []
+    problems: List[str] = []
+    new_texts: Dict[str, str] = {}
+    for node_path, values in by_file.items():
+        target = values[0].target
+        if target.is_symlink:
+            problems.append(f"{node_path} decides {values[0].setting.dotted} but is a symlink; fix it by hand")
+            continue
+        try:
+            new_texts[node_path] = _edit_text(target, eff.plugin_id, values)
+        except NotFixable as exc:
+            problems.append(f"{node_path}: {exc}")
+            continue
+        reasons = tuple(
+            f"{v.setting.dotted} = {_toml_repr(v.setting.desired)} "
+            f"(was {_toml_repr(v.value) if v.source else 'not set'}): {v.setting.why}"
+            for v in values
+        )
+        edits.append(FileEdit(target.path, target.text, new_texts[node_path], reasons, "containerd"))
+    if edits and not problems:
+        problems.extend(_verify(config_set, settings, new_texts))
+        if problems:
+            edits = []
+    return ContainerdReconcile(eff, tuple(edits), tuple(problems))
+
+
+def _edit_text(target: ConfigFile, plugin_id: str, values: Sequence[EffectiveValue]) -> str:
+    doc = parse_toml(target.text, target.path)
+    for v in values:
+        set_value(doc, ("plugins", plugin_id, *v.setting.key), v.setting.desired)
+    text: str = doc.as_string()
+    if not target.text.endswith("\n\n") and text.endswith("\n\n"):
+        text = text.rstrip("\n") + "\n"
+    return text
+
+
+def _verify(config_set: ContainerdConfigSet, settings: ContainerdSettings, new_texts: Mapping[str, str]) -> List[str]:
+    """Re-read the edited files in memory: every desired value in effect, nothing else changed."""
+    files = []
+    problems = []
+    managed = {("plugins", *s.key) for s in desired_settings(settings, config_set.daemon.major)}
+    plugin = effective(config_set, settings).plugin_id
+    for f in config_set.files:
+        if f.node_path not in new_texts:
+            files.append(f)
+            continue
+        try:
+            data = parse_toml(new_texts[f.node_path], f.path).unwrap()
+        except NodeFileError as exc:
+            return [f"internal edit error, nothing written: {exc}"]
+        if _strip(f.data, managed, plugin) != _strip(data, managed, plugin):
+            problems.append(f"{f.node_path}: a safe minimal edit is not possible, nothing written")
+        files.append(ConfigFile(f.path, f.node_path, new_texts[f.node_path], f.version, f.imports,
+                                f.mtime, f.is_symlink, data))
+    after = effective(ContainerdConfigSet(tuple(files), config_set.daemon), settings)
+    problems.extend(f"{v.target.node_path}: edit did not take effect for {v.setting.dotted}"
+                    for v in after.values if not v.ok)
+    return problems
+
+
+def _strip(data: Mapping[str, Any], managed: Any, plugin: str) -> Any:
+    """``data`` without the managed keys (and tables left empty by removing them)."""
+    def walk(node: Any, path: Tuple[str, ...]) -> Any:
+        if not isinstance(node, Mapping):
+            return node
+        out = {}
+        for k, v in node.items():
+            p = (*path, k)
+            if (p[0], *p[2:]) in managed and len(p) > 1 and p[1] == plugin:
+                continue
+            w = walk(v, p)
+            if isinstance(v, Mapping) and v and w == {}:
+                continue
+            out[k] = w
+        return out
+
+    return walk(data, ())
+
+
+# --- the check ----------------------------------------------------------------------------------------
+
+
+def check(config_set: ContainerdConfigSet, settings: ContainerdSettings) -> CheckResult:
+    eff = effective(config_set, settings)
+    wrong = [v for v in eff.values if not v.ok]
+    details = {
+        "files": [f.node_path for f in config_set.files],
+        "containerd": config_set.daemon.version or f"{config_set.daemon.major}.x",
+        "effective": {v.setting.dotted: v.value for v in eff.values},
+    }
+    if eff.blocking or wrong:
+        parts = list(eff.blocking) + [v.problem() for v in wrong]
+        return CheckResult("containerd-config", FAIL, "; ".join(parts), details)
+    if eff.warnings:
+        return CheckResult("containerd-config", WARN, "; ".join(eff.warnings), details)
+    shown = ", ".join(f"{v.setting.key[-1]}={_toml_repr(v.value)}" for v in eff.values)
+    files = len(config_set.files)
+    return CheckResult("containerd-config", PASS, f"{shown} ({files} file{'s' if files > 1 else ''})", details)
+
+
+def check_unreadable(error: NodeFileError) -> CheckResult:
+    return CheckResult("containerd-config", FAIL, str(error))

@@ -1,0 +1,107 @@
+"""Check results and what they add up to: node health, exit code, the report document, the table.
+
+A check is ``pass | warn | fail | skip`` with a one-line message. Health is ``unhealthy`` when any
+check fails, ``degraded`` when any warns, ``healthy`` otherwise; the exit code follows the contract.
+"""
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+from agent import __version__
+from agent.errors import EXIT_DEGRADED, EXIT_OK, EXIT_UNHEALTHY
+
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
+
+# Stable check names, in the order they are shown (contract.md, "Health checks").
+CHECK_NAMES = (
+    "containerd-config",
+    "containerd-running",
+    "kubelet-running",
+    "nvidia-runtime-config",
+    "nvidia-driver",
+    "efa",
+    "compatibility",
+)
+
+REPORT_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self, *, with_details: bool = True) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"name": self.name, "status": self.status, "message": self.message}
+        if with_details and self.details:
+            out["details"] = dict(self.details)
+        return out
+
+
+def overall_health(results: Iterable[CheckResult]) -> str:
+    statuses = {r.status for r in results}
+    if FAIL in statuses:
+        return UNHEALTHY
+    if WARN in statuses:
+        return DEGRADED
+    return HEALTHY
+
+
+def exit_code_for(health: str) -> int:
+    return {HEALTHY: EXIT_OK, DEGRADED: EXIT_DEGRADED}.get(health, EXIT_UNHEALTHY)
+
+
+def ordered(results: Iterable[CheckResult]) -> List[CheckResult]:
+    rank = {name: i for i, name in enumerate(CHECK_NAMES)}
+    return sorted(results, key=lambda r: rank.get(r.name, len(rank)))
+
+
+def report_document(
+    results: Sequence[CheckResult],
+    actions: Sequence[str] = (),
+    *,
+    now: Optional[datetime] = None,
+    with_details: bool = True,
+) -> Dict[str, Any]:
+    """The report: what ``check --format json`` prints and the status file holds (with details)."""
+    now = now or datetime.now(timezone.utc)
+    results = ordered(results)
+    return {
+        "v": REPORT_SCHEMA_VERSION,
+        "agent": __version__,
+        "time": now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "health": overall_health(results),
+        "checks": [r.as_dict(with_details=with_details) for r in results],
+        "actions": list(actions),
+    }
+
+
+def render_json(document: Mapping[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+
+_COLORS = {PASS: "\033[32m", WARN: "\033[33m", FAIL: "\033[31m", SKIP: "\033[2m"}
+_HEALTH_STATUS = {HEALTHY: PASS, DEGRADED: WARN, UNHEALTHY: FAIL}
+_RESET = "\033[0m"
+
+
+def render_table(results: Sequence[CheckResult], actions: Sequence[str] = (), *, color: bool = False) -> str:
+    results = ordered(results)
+    width = max([len("CHECK")] + [len(r.name) for r in results])
+
+    def paint(status: str, text: str) -> str:
+        return f"{_COLORS[status]}{text}{_RESET}" if color and status in _COLORS else text
+
+    lines = [f"{'CHECK':<{width}}  STATUS  MESSAGE"]
+    for r in results:
+        lines.append(f"{r.name:<{width}}  {paint(r.status, f'{r.status:<6}')}  {r.message}")
+    for action in actions:
+        lines.append(f"action: {action}")
+    health = overall_health(results)
+    lines.append(f"health: {paint(_HEALTH_STATUS[health], health)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,144 @@
+"""Minimal, format-preserving TOML edits with tomlkit, shared by the modules that own TOML files.
+
+Only the lines that must change do: a value is replaced in place (its key, quoting style, comment
+and indentation kept), a missing key is added to the table that should hold it, a missing table is
+created right after its parent with the file's indentation, and a line is commented out in place.
+"""
+
+import difflib
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+from agent.errors import NodeFileError
+
+
+class NotFixable(Exception):
+    """The file's structure does not allow a safe minimal edit (e.g. a key holds a non-table)."""
+
+
+def parse_toml(text: str, path: object) -> Any:
+    """Parse with tomlkit; a syntax error becomes one line with the line and column."""
+    import tomlkit
+    from tomlkit.exceptions import ParseError, TOMLKitError
+
+    try:
+        return tomlkit.parse(text)
+    except ParseError as exc:
+        message = str(exc).split(" at line ")[0]
+        raise NodeFileError(path, f"invalid TOML at line {exc.line}, column {exc.col}: {message}") from None
+    except TOMLKitError as exc:
+        raise NodeFileError(path, f"invalid TOML: {exc}") from None
+
+
+def set_value(doc: Any, key: Sequence[str], value: Any) -> None:
+    """Set ``key`` to ``value`` in the tomlkit document with the smallest change that does it."""
+    import tomlkit
+    from tomlkit.items import AoT, InlineTable
+
+    container = doc
+    for i, part in enumerate(key[:-1]):
+        child = container.get(part)
+        if child is None:
+            _create(container, key[i:], value)
+            return
+        if isinstance(child, AoT) or not isinstance(child, Mapping):
+            raise NotFixable(f"{'.'.join(key[: i + 1])} is not a table ({type(child).__name__})")
+        container = child
+    leaf = key[-1]
+    old = container.get(leaf)
+    if isinstance(old, Mapping):
+        raise NotFixable(f"{'.'.join(key)} is a table, expected a value")
+    new = _styled(value, _prefers_literal(old, container))
+    if isinstance(container, InlineTable) and old is None:
+        container.append(leaf, new)
+    else:
+        container[leaf] = new
+
+
+def _styled(value: Any, literal: bool) -> Any:
+    """A tomlkit item for ``value``; strings as 'literal' when the surrounding file uses them."""
+    import tomlkit
+
+    if isinstance(value, str):
+        return tomlkit.string(value, literal=literal and "'" not in value and "\n" not in value)
+    return tomlkit.item(value)
+
+
+def _prefers_literal(old: Any, container: Any) -> bool:
+    from tomlkit.items import String, StringType
+
+    if isinstance(old, String):
+        return old.type == StringType.SLL
+    siblings = [v for v in container.values() if isinstance(v, String)]
+    return bool(siblings) and all(s.type == StringType.SLL for s in siblings)
+
+
+def _create(container: Any, key: Sequence[str], value: Any) -> None:
+    """Create the missing tables ``key[:-1]`` under ``container`` and set the leaf."""
+    import tomlkit
+    from tomlkit.items import InlineTable
+
+    value = _styled(value, _prefers_literal(None, container))
+    if isinstance(container, InlineTable):
+        nested: Any = value
+        for part in reversed(key[1:]):
+            t = tomlkit.inline_table()
+            t.append(part, nested)
+            nested = t
+        container.append(key[0], nested)
+        return
+    header_indent, key_indent = _indentation(container)
+    tables = [tomlkit.table(is_super_table=True) for _ in key[:-2]] + [tomlkit.table()]
+    leaf_table = tables[-1]
+    leaf_table.add(key[-1], value)
+    leaf_table.add(tomlkit.nl())
+    for parent, child, name in zip(tables, tables[1:], key[1:-1]):
+        parent.append(name, child)
+    top = tables[0]
+    step = key_indent - header_indent
+    leaf_table.trivia.indent = " " * (key_indent + step * (len(tables) - 1))
+    for k, item in leaf_table.value.body:
+        if k is not None:
+            item.trivia.indent = " " * (key_indent + step * len(tables))
+    container.append(key[0], top)
+
+
+def _indentation(container: Any) -> Tuple[int, int]:
+    """(header indent, key indent) of an existing table, so new sub-tables line up in indented files."""
+    from tomlkit.items import Table
+
+    if not isinstance(container, Table):
+        return 0, 0
+    header = len(container.trivia.indent)
+    for k, item in container.value.body:
+        if k is not None and not isinstance(item, Mapping):
+            return header, len(item.trivia.indent)
+    return header, header
+
+
+def comment_out(text: str, key: Sequence[str], replacement: Optional[str] = None) -> str:
+    """Comment out the line(s) of ``key`` in place. ``replacement`` replaces a one-line key with,
+    e.g., the commented default the package ships; otherwise each line gets a leading ``#``."""
+    doc = parse_toml(text, "<edit>")
+    container: Any = doc
+    for part in key[:-1]:
+        container = container.get(part)
+        if not isinstance(container, Mapping):
+            raise NotFixable(f"{'.'.join(key)} is not in a table")
+    if key[-1] not in container:
+        return text
+    container.remove(key[-1])
+    old_lines = text.splitlines(True)
+    new_lines = doc.as_string().splitlines(True)
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.extend(old_lines[i1:i2])
+        elif op == "delete":
+            removed = old_lines[i1:i2]
+            if replacement is not None and len(removed) == 1:
+                out.append(replacement + ("\n" if removed[0].endswith("\n") else ""))
+            else:
+                out.extend("#" + line for line in removed)
+        else:
+            raise NotFixable(f"removing {'.'.join(key)} changed more than its own line")
+    return "".join(out)
