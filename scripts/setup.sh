@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Set up everything gpu-node-agent's development and tests need on a Debian/Ubuntu box:
+# Debian packages (real systemd and D-Bus, rpmbuild, containerd 1.6 for `config dump`, hyperfine,
+# what PyGObject needs to build for Python 3.9), a venv on the system Python (which has python3-gi,
+# needed by pydbus) and a venv on Python 3.9, AL2023's /usr/bin/python3.
+# Idempotent: a second run only checks. Needs root (or sudo) for the Debian packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3 python3-venv python3-dev python3-gi gir1.2-glib-2.0
+  libgirepository1.0-dev libcairo2-dev pkg-config gcc make
+  systemd dbus util-linux bsdutils iproute2
+  rpm containerd curl openssl hyperfine ca-certificates
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Python 3.11 (Debian's): has gi from python3-gi.
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+
+# Python 3.9: the interpreter the agent runs on in production (AL2023).
+PY39=""
+for candidate in python3.9 "$HOME"/.pyenv/versions/3.9*/bin/python3.9 /usr/local/bin/python3.9; do
+  if command -v "$candidate" >/dev/null 2>&1; then PY39=$(command -v "$candidate"); break; fi
+done
+if [ -z "$PY39" ]; then
+  echo "setup: no Python 3.9 found (install one, e.g. 'pyenv install 3.9'); the suite must also run on 3.9" >&2
+  exit 1
+fi
+if [ ! -x .venv39/bin/python ]; then
+  "$PY39" -m venv .venv39
+fi
+.venv39/bin/pip install -q --disable-pip-version-check 'PyGObject<3.51' -e '.[test]'
+echo "setup: ok (.venv: $(.venv/bin/python -V 2>&1), .venv39: $(.venv39/bin/python -V 2>&1))"
