@@ -21,4 +21,10 @@ def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
     else:
         path = facts.root.path(config.nvidia_runtime.config_path)
         results.append(nvidia.check(facts.nvidia_runtime, config.nvidia_runtime, path))
+    from agent import compat, driver
+
+    if facts.driver is not None:
+        results.append(driver.check(facts.driver))
+    if facts.versions is not None:
+        results.append(compat.check(facts.versions))
     return results

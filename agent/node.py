@@ -9,9 +9,11 @@ from typing import Optional, Union
 
 from agent.config import AgentConfig
 from agent.containerd import ContainerdConfigSet
+from agent.driver import DriverFacts
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot
 from agent.nvidia import NvidiaRuntimeConfig
+from agent.versions import NodeVersions
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,8 @@ class NodeFacts:
     root: NodeRoot
     containerd: Union[ContainerdConfigSet, NodeFileError]
     nvidia_runtime: Union[NvidiaRuntimeConfig, None, NodeFileError]
+    driver: Optional[DriverFacts] = None  # None only in facts built by hand (tests)
+    versions: Optional[NodeVersions] = None
 
 
 def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
@@ -34,4 +38,9 @@ def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
         nvidia_facts = nvidia.load(root, config.nvidia_runtime)
     except NodeFileError as exc:
         nvidia_facts = exc
-    return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts)
+    from agent import driver, versions
+
+    driver_facts = driver.discover(root)
+    node_versions = versions.discover(root, driver_facts.version, driver_facts.version_note)
+    return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts,
+                     driver=driver_facts, versions=node_versions)
