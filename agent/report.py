@@ -45,6 +45,7 @@ from agent.log import get_logger
 
 ANNOTATION_LIMIT = 4096  # bytes of the <prefix>/report value
 CONDITION_MESSAGE_LIMIT = 1024
+READABLE_MESSAGE = 80  # characters a message keeps before actions start folding into "+N more"
 KUBELET_ENVIRONMENT = "/etc/eks/kubelet/environment"
 KUBELET_ARGS_VARIABLE = "NODEADM_KUBELET_ARGS"
 REASONS = {HEALTHY: "AllChecksPassed", DEGRADED: "ChecksWarned", UNHEALTHY: "CheckFailed"}
@@ -74,37 +75,42 @@ def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT) -
     """The ``<prefix>/report`` value: the report without details, at most ``limit`` bytes.
 
     Every check keeps its name and status. When the whole does not fit, every message and action
-    is cut to the same (largest possible) length, so short messages stay whole; only when even
-    that is not enough are trailing actions folded into one ``+N more``.
+    is cut to the same, largest possible length, so short messages stay whole. Rather than cut
+    everything below ``READABLE_MESSAGE`` characters, trailing actions fold into one ``+N more``.
     """
     checks = [{"name": c["name"], "status": c["status"], "message": c.get("message", "")}
               for c in document["checks"]]
     actions = [str(a) for a in document.get("actions", [])]
     head = {k: document[k] for k in ("v", "agent", "time", "health")}
+    longest = max([len(c["message"]) for c in checks] + [len(a) for a in actions] + [0])
 
-    def render(cap: Optional[int], kept_actions: int) -> bytes:
-        acts = [_clip(a, cap) for a in actions[:kept_actions]]
-        if kept_actions < len(actions):
-            acts.append(f"+{len(actions) - kept_actions} more")
+    def render(cap: Optional[int], kept: int) -> bytes:
+        acts = [_clip(a, cap) for a in actions[:kept]]
+        if kept < len(actions):
+            acts.append(f"+{len(actions) - kept} more")
         return _encode({**head, "checks": [{**c, "message": _clip(c["message"], cap)} for c in checks],
                         "actions": acts})
 
+    def fits(cap: Optional[int], kept: int) -> bool:
+        return len(render(cap, kept)) <= limit
+
+    def best_cap(kept: int) -> int:  # the largest cap that fits (fits(0, kept) holds)
+        lo, hi = 0, longest
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid, kept) else (lo, mid - 1)
+        return lo
+
     kept = len(actions)
-    out = render(None, kept)
-    if len(out) <= limit:
-        return out.decode()
-    while kept >= 0:
-        if len(render(0, kept)) <= limit:
-            lo, hi = 0, max([len(c["message"]) for c in checks] + [len(a) for a in actions] + [0])
-            while lo < hi:  # the largest cap that fits
-                mid = (lo + hi + 1) // 2
-                if len(render(mid, kept)) <= limit:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            return render(lo, kept).decode()
-        kept -= 1
-    raise ValueError(f"{len(checks)} checks do not fit in {limit} bytes even without messages")
+    if fits(None, kept):
+        return render(None, kept).decode()
+    floor = min(READABLE_MESSAGE, longest)
+    if not fits(floor, kept):
+        while kept > 0 and not fits(floor, kept):  # fold actions until messages stay readable
+            kept -= 1
+        if not fits(floor, kept) and not fits(0, kept):
+            raise ValueError(f"{len(checks)} checks do not fit in {limit} bytes even without messages")
+    return render(best_cap(kept), kept).decode()
 
 
 # --- the condition -------------------------------------------------------------------------------
@@ -160,10 +166,11 @@ def hostname_override(text: str) -> Optional[str]:
         key, sep, value = line.strip().partition("=")
         if not sep or key.strip() != KUBELET_ARGS_VARIABLE:
             continue
-        try:
-            args = shlex.split(value)
+        try:  # systemd unquotes the value, then ExecStart's $VAR splits it at whitespace
+            words = shlex.split(value)
         except ValueError:
-            args = value.split()
+            words = [value]
+        args = [arg for word in words for arg in word.split()]
         for i, arg in enumerate(args):
             if arg.startswith("--hostname-override="):
                 return arg.split("=", 1)[1].strip() or None

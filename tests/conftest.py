@@ -53,3 +53,12 @@ def which(tool: str) -> str:
     if not path:
         pytest.skip(f"{tool} not installed (scripts/setup.sh installs it)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> None:
+    """Each test starts with unconfigured logging: structlog binds the stderr of the test that first
+    logged (pytest's capture), which later tests must not write to."""
+    from agent import log
+
+    log.setup()

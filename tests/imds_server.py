@@ -90,8 +90,8 @@ class ImdsServer:
         if token is None or token not in self.tokens or self.now() >= self.tokens[token]:
             return 401, "Unauthorized"
         prefix = "/latest/meta-data/"
-        if path.startswith(prefix) and path[len(prefix):] in self.metadata:
-            return 200, self.metadata[path[len(prefix):]]
+        if path.startswith(prefix) and path[len(prefix) :] in self.metadata:
+            return 200, self.metadata[path[len(prefix) :]]
         return 404, "Not Found"
 
 

@@ -17,7 +17,7 @@ NODE_USER = f"system:node:{NODE}"
 # The fake `aws eks get-token`: prints an ExecCredential in the apiVersion KUBERNETES_EXEC_INFO asks
 # for (as the real AWS CLI does), or misbehaves as $FAKE_AWS_STATE/mode says. Every call is logged
 # to $FAKE_AWS_STATE/calls.jsonl with its argv and the KUBERNETES_EXEC_INFO it got.
-FAKE_AWS = r'''#!{python}
+FAKE_AWS = r"""#!{python}
 import datetime, json, os, sys, time
 state = os.environ["FAKE_AWS_STATE"]
 def read(name, default):
@@ -47,11 +47,12 @@ ttl = int(read("ttl", "900"))
 if mode == "expired":
     ttl = -60
 expires = datetime.datetime.utcnow() + datetime.timedelta(seconds=ttl)
-status = {{"expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ"), "token": "k8s-aws-v1.fake-%d" % count}}
+stamp = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+status = {{"expirationTimestamp": stamp, "token": "k8s-aws-v1.fake-%d" % count}}
 if mode == "cert":
     status = {{"clientCertificateData": read("cert", ""), "clientKeyData": read("key", "")}}
 print(json.dumps({{"kind": "ExecCredential", "apiVersion": api, "spec": {{}}, "status": status}}))
-'''
+"""
 
 
 @dataclass

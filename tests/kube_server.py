@@ -108,7 +108,9 @@ def _merge_list(current: List[Any], items: List[Any], key: str, path: Tuple[str,
     for item in items:
         if not isinstance(item, dict) or key not in item:
             raise PatchError(f"{'.'.join(path)}: every element needs the merge key {key!r}")
-        index = next((n for n, old in enumerate(out) if isinstance(old, dict) and old.get(key) == item[key]), None)
+        index = next(
+            (n for n, old in enumerate(out) if isinstance(old, dict) and old.get(key) == item[key]), None
+        )
         if item.get("$patch") == "delete":
             if index is not None:
                 del out[index]
@@ -125,14 +127,16 @@ def validate_node(node: Dict[str, Any]) -> Optional[str]:
     total = 0
     for k, v in annotations.items():
         prefix, _, name = k.rpartition("/")
-        if (prefix and (len(prefix) > 253 or not re.fullmatch(_DNS1123, prefix))) or not re.fullmatch(_NAME, name):
-            return f"metadata.annotations: Invalid value: {k!r}: name part must consist of alphanumeric characters"
+        if (prefix and (len(prefix) > 253 or not re.fullmatch(_DNS1123, prefix))) or not re.fullmatch(
+            _NAME, name
+        ):
+            return f"metadata.annotations: Invalid value: {k!r}: name part must consist of alphanumerics"
         if not isinstance(v, str):
             return f"metadata.annotations.{k}: Invalid value: must be a string"
         total += len(k) + len(v)
     if total > ANNOTATIONS_LIMIT:
         return f"metadata.annotations: Too long: must have at most {ANNOTATIONS_LIMIT} bytes"
-    for c in (node.get("status", {}).get("conditions") or []):
+    for c in node.get("status", {}).get("conditions") or []:
         if not c.get("type"):
             return "status.conditions.type: Required value"
         if c.get("status") not in ("True", "False", "Unknown"):
@@ -154,14 +158,35 @@ def new_node(name: str) -> Dict[str, Any]:
         },
         "spec": {"providerID": f"aws:///us-west-2a/i-0123456789abcdef0/{name}"},
         "status": {
-            "addresses": [{"type": "InternalIP", "address": "10.0.0.12"}, {"type": "Hostname", "address": name}],
+            "addresses": [
+                {"type": "InternalIP", "address": "10.0.0.12"},
+                {"type": "Hostname", "address": name},
+            ],
             "conditions": [
-                {"type": t, "status": "False", "reason": f"KubeletHas{r}", "message": "kubelet is posting",
-                 "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}
-                for t, r in (("MemoryPressure", "SufficientMemory"), ("DiskPressure", "NoDiskPressure"),
-                             ("PIDPressure", "SufficientPID"))
-            ] + [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready "
-                  "status", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}],
+                {
+                    "type": t,
+                    "status": "False",
+                    "reason": f"KubeletHas{r}",
+                    "message": "kubelet is posting",
+                    "lastHeartbeatTime": stamp,
+                    "lastTransitionTime": stamp,
+                }
+                for t, r in (
+                    ("MemoryPressure", "SufficientMemory"),
+                    ("DiskPressure", "NoDiskPressure"),
+                    ("PIDPressure", "SufficientPID"),
+                )
+            ]
+            + [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                    "lastHeartbeatTime": stamp,
+                    "lastTransitionTime": stamp,
+                }
+            ],
         },
     }
 
@@ -210,7 +235,9 @@ class ApiServer:
 
     def fail_next(self, method: str, path: str, status: int, times: int = 1, **headers: str) -> None:
         for _ in range(times):
-            self.script.append(Scripted(method, path, status, {k.replace("_", "-"): v for k, v in headers.items()}))
+            self.script.append(
+                Scripted(method, path, status, {k.replace("_", "-"): v for k, v in headers.items()})
+            )
 
     def client_cert(self, user: str) -> "trustme.LeafCert":
         return self.ca.issue_cert(f"{user.replace(':', '-')}.client.test", common_name=user)
@@ -225,7 +252,9 @@ class ApiServer:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="api-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="api-server", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -248,7 +277,9 @@ class ApiServer:
 
     # -- request handling (called from the handler threads) --
 
-    def handle(self, method: str, path: str, headers: Any, body: bytes, peer_cn: Optional[str]) -> Tuple[int, Dict[str, str], Any]:
+    def handle(
+        self, method: str, path: str, headers: Any, body: bytes, peer_cn: Optional[str]
+    ) -> Tuple[int, Dict[str, str], Any]:
         user, auth_error = self._authenticate(headers.get("Authorization"), peer_cn)
         if auth_error:
             return 401, {}, _status(401, "Unauthorized", "Unauthorized")
@@ -256,7 +287,9 @@ class ApiServer:
             for i, s in enumerate(self.script):
                 if s.method == method and s.path == path:
                     del self.script[i]
-                    reason = {429: "TooManyRequests", 403: "Forbidden", 404: "NotFound"}.get(s.status, "InternalError")
+                    reason = {429: "TooManyRequests", 403: "Forbidden", 404: "NotFound"}.get(
+                        s.status, "InternalError"
+                    )
                     return s.status, dict(s.headers), _status(s.status, reason, s.message)
         m = re.fullmatch(r"/api/v1/nodes/([^/]+)(/status)?", path)
         if not m:
@@ -267,9 +300,17 @@ class ApiServer:
             return 405, {}, _status(405, "MethodNotAllowed", f"{method} is not supported")
         if user != "admin" and user != f"system:node:{name}":
             who = user.split(":")[-1]
-            return 403, {}, _status(403, "Forbidden", f'nodes "{name}" is forbidden: User "{user}" cannot {verb} '
-                                    f'resource "nodes{sub or ""}" in API group "" at the cluster scope: node '
-                                    f'"{who}" is not allowed to modify node "{name}"')
+            return (
+                403,
+                {},
+                _status(
+                    403,
+                    "Forbidden",
+                    f'nodes "{name}" is forbidden: User "{user}" cannot {verb} '
+                    f'resource "nodes{sub or ""}" in API group "" at the cluster scope: node '
+                    f'"{who}" is not allowed to modify node "{name}"',
+                ),
+            )
         with self.lock:
             node = self.nodes.get(name)
             if node is None:
@@ -278,8 +319,16 @@ class ApiServer:
                 return 200, {}, copy.deepcopy(node)
             ctype = (headers.get("Content-Type") or "").split(";")[0].strip()
             if ctype not in (MERGE, STRATEGIC):
-                return 415, {}, _status(415, "UnsupportedMediaType", f"the body of the request was in an unknown "
-                                        f"format - accepted media types include: {MERGE}, {STRATEGIC}")
+                return (
+                    415,
+                    {},
+                    _status(
+                        415,
+                        "UnsupportedMediaType",
+                        f"the body of the request was in an unknown "
+                        f"format - accepted media types include: {MERGE}, {STRATEGIC}",
+                    ),
+                )
             try:
                 patch = json.loads(body)
             except ValueError as exc:
@@ -307,7 +356,7 @@ class ApiServer:
         if authorization:
             if not authorization.startswith("Bearer "):
                 return "", True
-            entry = self.tokens.get(authorization[len("Bearer "):])
+            entry = self.tokens.get(authorization[len("Bearer ") :])
             if entry is None:
                 return "", True
             user, expires = entry
@@ -320,8 +369,15 @@ class ApiServer:
 
 
 def _status(code: int, reason: str, message: str) -> Dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -346,8 +402,11 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             parsed_body = body
         auth = self.headers.get("Authorization")
-        self.api.requests.append(Recorded(self.command, self.path, peer_cn, self.headers.get("Content-Type"),
-                                          parsed_body, status, auth))
+        self.api.requests.append(
+            Recorded(
+                self.command, self.path, peer_cn, self.headers.get("Content-Type"), parsed_body, status, auth
+            )
+        )
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

@@ -9,7 +9,15 @@ from typing import Any, Dict, Iterator
 
 import pytest
 import trustme
-from kube_helpers import NODE, NODE_USER, FakeAws, FakeTime, install_fake_aws, sample_kubeconfig, write_node_file
+from kube_helpers import (
+    NODE,
+    NODE_USER,
+    FakeAws,
+    FakeTime,
+    install_fake_aws,
+    sample_kubeconfig,
+    write_node_file,
+)
 from kube_server import STRATEGIC, ApiServer
 
 from agent import kube, log
@@ -57,8 +65,14 @@ def node_with_kubeconfig(root: Path, api: ApiServer, doc: Any = None) -> NodeRoo
 
 
 def client(root: NodeRoot, t: FakeTime, **kw: Any) -> KubeClient:
-    return KubeClient(load_kubeconfig(root, KUBECONFIG), clock=t.clock, wall_clock=t.wall_clock, sleep=t.sleep,
-                      random=t.random, **kw)
+    return KubeClient(
+        load_kubeconfig(root, KUBECONFIG),
+        clock=t.clock,
+        wall_clock=t.wall_clock,
+        sleep=t.sleep,
+        random=t.random,
+        **kw,
+    )
 
 
 def issued(aws: FakeAws, n: int) -> str:
@@ -78,23 +92,47 @@ def test_sample_kubeconfig_loads_with_paths_under_root(root: Path, api: ApiServe
     assert cfg.user.exec.api_version == "client.authentication.k8s.io/v1beta1"
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["clusters"][0]["cluster"].update(server="http://127.0.0.1:1"), "must be an https:// URL"),
-    (lambda d: d["clusters"][0]["cluster"].update({"insecure-skip-tls-verify": True}), "always verifies TLS"),
-    (lambda d: d["clusters"][0]["cluster"].update({"certificate-authority": "/etc/missing/ca.crt"}),
-     "certificate-authority: /etc/missing/ca.crt does not exist"),
-    (lambda d: d.update({"current-context": "other"}), "no context named 'other'"),
-    (lambda d: d.pop("current-context"), "current-context is not set"),
-    (lambda d: d["users"][0]["user"]["exec"].update(apiVersion="client.authentication.k8s.io/v1alpha1"),
-     "exec.apiVersion"),
-    (lambda d: d["users"][0]["user"]["exec"].update(apiVersion="client.authentication.k8s.io/v1"),
-     "interactiveMode"),
-    (lambda d: d["users"][0].update(user={}), "no credentials"),
-    (lambda d: d["users"][0].update(user={"client-certificate-data": "AAAA"}), "needs both"),
-    (lambda d: d["users"][0].update(user={"client-certificate-data": "%%%", "client-key-data": "AAAA"}),
-     "not valid base64"),
-    (lambda d: d["users"][0]["user"].update({"auth-provider": {"name": "gcp"}}), "auth-provider: not supported"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda d: d["clusters"][0]["cluster"].update(server="http://127.0.0.1:1"),
+            "must be an https:// URL",
+        ),
+        (
+            lambda d: d["clusters"][0]["cluster"].update({"insecure-skip-tls-verify": True}),
+            "always verifies TLS",
+        ),
+        (
+            lambda d: d["clusters"][0]["cluster"].update({"certificate-authority": "/etc/missing/ca.crt"}),
+            "certificate-authority: /etc/missing/ca.crt does not exist",
+        ),
+        (lambda d: d.update({"current-context": "other"}), "no context named 'other'"),
+        (lambda d: d.pop("current-context"), "current-context is not set"),
+        (
+            lambda d: d["users"][0]["user"]["exec"].update(
+                apiVersion="client.authentication.k8s.io/v1alpha1"
+            ),
+            "exec.apiVersion",
+        ),
+        (
+            lambda d: d["users"][0]["user"]["exec"].update(apiVersion="client.authentication.k8s.io/v1"),
+            "interactiveMode",
+        ),
+        (lambda d: d["users"][0].update(user={}), "no credentials"),
+        (lambda d: d["users"][0].update(user={"client-certificate-data": "AAAA"}), "needs both"),
+        (
+            lambda d: d["users"][0].update(
+                user={"client-certificate-data": "%%%", "client-key-data": "AAAA"}
+            ),
+            "not valid base64",
+        ),
+        (
+            lambda d: d["users"][0]["user"].update({"auth-provider": {"name": "gcp"}}),
+            "auth-provider: not supported",
+        ),
+    ],
+)
 def test_kubeconfig_problems_name_the_key(root: Path, api: ApiServer, change: Any, message: str) -> None:
     doc = sample_kubeconfig(api.url)
     change(doc)
@@ -157,25 +195,30 @@ def test_status_patch_is_strategic(root: Path, api: ApiServer) -> None:
 def test_static_token_refused_is_not_retried(root: Path, api: ApiServer) -> None:
     node = node_with_kubeconfig(root, api, static_token_doc(api, token="revoked"))
     t = FakeTime()
-    with client(node, t) as c, pytest.raises(KubeUnauthorized, match="refused the credential from kubeconfig token"):
+    with (
+        client(node, t) as c,
+        pytest.raises(KubeUnauthorized, match="refused the credential from kubeconfig token"),
+    ):
         c.get_node(NODE, Deadline(30, t.clock))
     assert len(api.requests) == 1
 
 
 def test_token_file_is_read_again_after_401(root: Path, api: ApiServer) -> None:
+    api.add_token("old", NODE_USER)
     api.add_token("new", NODE_USER)
     token_file = write_node_file(root, "/var/lib/kubelet/token", "old\n", 0o600)
     node = node_with_kubeconfig(root, api, static_token_doc(api, tokenFile="/var/lib/kubelet/token"))
     t = FakeTime()
     with client(node, t) as c:
-        token_file.write_text("new\n")  # rotated after the client read it
-        c._get_credential(Deadline(30, t.clock))
-        token_file.write_text("old\n")
-        c._credential = None
-        c._get_credential(Deadline(30, t.clock))  # cached "old"
-        token_file.write_text("new\n")
+        c.get_node(NODE, Deadline(30, t.clock))
+        del api.tokens["old"]  # rotated: the server stops accepting the old token...
+        token_file.write_text("new\n")  # ...and the file has the new one
         assert c.get_node(NODE, Deadline(30, t.clock))["metadata"]["name"] == NODE
-    assert [r.status for r in api.requests] == [401, 200]
+    assert [(r.status, r.authorization) for r in api.requests] == [
+        (200, "Bearer old"),
+        (401, "Bearer old"),
+        (200, "Bearer new"),
+    ]
 
 
 def test_ca_data_and_client_certificate_data(root: Path, api: ApiServer) -> None:
@@ -185,7 +228,9 @@ def test_ca_data_and_client_certificate_data(root: Path, api: ApiServer) -> None
     del cluster["certificate-authority"]
     cluster["certificate-authority-data"] = base64.b64encode(api.ca_pem()).decode()
     doc["users"][0]["user"] = {
-        "client-certificate-data": base64.b64encode(b"".join(b.bytes() for b in leaf.cert_chain_pems)).decode(),
+        "client-certificate-data": base64.b64encode(
+            b"".join(b.bytes() for b in leaf.cert_chain_pems)
+        ).decode(),
         "client-key-data": base64.b64encode(leaf.private_key_pem.bytes()).decode(),
     }
     write_node_file(root, KUBECONFIG, doc, 0o600)
@@ -204,10 +249,17 @@ def test_ca_data_and_client_certificate_data(root: Path, api: ApiServer) -> None
 
 def test_client_certificate_files_under_root(root: Path, api: ApiServer) -> None:
     leaf = api.client_cert(NODE_USER)
-    write_node_file(root, "/var/lib/kubelet/pki/kubelet-client.crt", b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    write_node_file(
+        root, "/var/lib/kubelet/pki/kubelet-client.crt", b"".join(b.bytes() for b in leaf.cert_chain_pems)
+    )
     write_node_file(root, "/var/lib/kubelet/pki/kubelet-client.key", leaf.private_key_pem.bytes(), 0o600)
-    doc = static_token_doc(api, **{"client-certificate": "/var/lib/kubelet/pki/kubelet-client.crt",
-                                   "client-key": "/var/lib/kubelet/pki/kubelet-client.key"})
+    doc = static_token_doc(
+        api,
+        **{
+            "client-certificate": "/var/lib/kubelet/pki/kubelet-client.crt",
+            "client-key": "/var/lib/kubelet/pki/kubelet-client.key",
+        },
+    )
     node = node_with_kubeconfig(root, api, doc)
     t = FakeTime()
     with client(node, t) as c:
@@ -220,7 +272,7 @@ def test_tls_verification_failure_is_not_retried(root: Path, api: ApiServer) -> 
     node = node_with_kubeconfig(root, api, static_token_doc(api, token="static"))
     write_node_file(root, CA, trustme.CA().cert_pem.bytes())  # some other cluster's CA
     t = FakeTime()
-    with client(node, t) as c, pytest.raises(KubeError, match="TLS with .* failed"):
+    with client(node, t) as c, pytest.raises(KubeError, match=r"TLS with .* failed"):
         c.get_node(NODE, Deadline(30, t.clock))
     assert t.sleeps == [] and api.requests == []
 
@@ -265,7 +317,10 @@ def test_5xx_backoff_grows_with_jitter(token_node: NodeRoot, api: ApiServer) -> 
 def test_retry_after_past_the_deadline_gives_up_at_once(token_node: NodeRoot, api: ApiServer) -> None:
     api.fail_next("GET", f"/api/v1/nodes/{NODE}", 429, Retry_After="60")
     t = FakeTime()
-    with client(token_node, t) as c, pytest.raises(KubeError, match="Retry-After 60s is past the 30s deadline"):
+    with (
+        client(token_node, t) as c,
+        pytest.raises(KubeError, match="Retry-After 60s is past the 30s deadline"),
+    ):
         c.get_node(NODE, Deadline(30, t.clock))
     assert t.sleeps == []
 
@@ -282,7 +337,10 @@ def test_persistent_5xx_stops_at_the_deadline(token_node: NodeRoot, api: ApiServ
 def test_403_is_not_retried(token_node: NodeRoot, api: ApiServer) -> None:
     api.add_node("someone-else")
     t = FakeTime()
-    with client(token_node, t) as c, pytest.raises(KubeForbidden, match="403 Forbidden: nodes \"someone-else\" is"):
+    with (
+        client(token_node, t) as c,
+        pytest.raises(KubeForbidden, match='403 Forbidden: nodes "someone-else" is'),
+    ):
         c.patch_node("someone-else", {"metadata": {"annotations": {"a/b": "c"}}}, Deadline(30, t.clock))
     assert len(api.requests) == 1 and t.sleeps == []
 
@@ -292,7 +350,10 @@ def test_404_waits_for_registration(root: Path, api: ApiServer) -> None:
     node = node_with_kubeconfig(root, api, static_token_doc(api, token="late"))
     t = FakeTime(on_sleep=lambda n: api.add_node("late-node") if n == 2 else None)
     with client(node, t) as c:
-        assert c.get_node("late-node", Deadline(30, t.clock), wait_registered=True)["metadata"]["name"] == "late-node"
+        assert (
+            c.get_node("late-node", Deadline(30, t.clock), wait_registered=True)["metadata"]["name"]
+            == "late-node"
+        )
     assert [r.status for r in api.requests] == [404, 404, 200]
 
 
@@ -332,16 +393,23 @@ def test_exec_plugin_from_path_with_exec_info(root: Path, api: ApiServer, aws: F
     (call,) = aws.calls()
     assert call["argv"] == ["eks", "get-token", "--cluster-name", "my-cluster", "--region", "us-west-2"]
     info = json.loads(call["exec_info"])
-    assert info == {"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
-                    "spec": {"interactive": False}}
+    assert info == {
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "kind": "ExecCredential",
+        "spec": {"interactive": False},
+    }
 
 
 def test_exec_v1_with_env_and_cluster_info(root: Path, api: ApiServer, aws: FakeAws) -> None:
     api.add_token(issued(aws, 1), NODE_USER)
     doc = sample_kubeconfig(api.url)
     ex = doc["users"][0]["user"]["exec"]
-    ex.update(apiVersion="client.authentication.k8s.io/v1", interactiveMode="Never", provideClusterInfo=True,
-              env=[{"name": "FAKE_AWS_EXTRA", "value": "from-kubeconfig"}])
+    ex.update(
+        apiVersion="client.authentication.k8s.io/v1",
+        interactiveMode="Never",
+        provideClusterInfo=True,
+        env=[{"name": "FAKE_AWS_EXTRA", "value": "from-kubeconfig"}],
+    )
     node = node_with_kubeconfig(root, api, doc)
     t = FakeTime()
     with client(node, t) as c:
@@ -421,7 +489,10 @@ def test_exec_hang_is_killed_at_the_timeout(root: Path, api: ApiServer, aws: Fak
     node = node_with_kubeconfig(root, api)
     t = FakeTime()
     started = time.monotonic()
-    with client(node, t, exec_timeout=0.5) as c, pytest.raises(ExecPluginError, match=r"no credential within 0.5s"):
+    with (
+        client(node, t, exec_timeout=0.5) as c,
+        pytest.raises(ExecPluginError, match=r"no credential within 0.5s"),
+    ):
         c.get_node(NODE, Deadline(30, t.clock))
     assert time.monotonic() - started < 5
 
@@ -432,12 +503,16 @@ def test_exec_command_not_on_path(root: Path, api: ApiServer, monkeypatch: pytes
     doc["users"][0]["user"]["exec"]["installHint"] = "install the AWS CLI"
     node = node_with_kubeconfig(root, api, doc)
     t = FakeTime()
-    with client(node, t) as c, pytest.raises(ExecPluginError, match=r"not found on PATH \(install the AWS CLI\)"):
+    with (
+        client(node, t) as c,
+        pytest.raises(ExecPluginError, match=r"not found on PATH \(install the AWS CLI\)"),
+    ):
         c.get_node(NODE, Deadline(30, t.clock))
 
 
-def test_exec_absolute_command_resolves_under_root(root: Path, api: ApiServer, aws: FakeAws,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exec_absolute_command_resolves_under_root(
+    root: Path, api: ApiServer, aws: FakeAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (aws.bin_dir / "aws").rename(aws.bin_dir / "moved")
     write_node_file(root, "/usr/local/bin/aws", (aws.bin_dir / "moved").read_text(), 0o755)
     doc = sample_kubeconfig(api.url)
@@ -497,14 +572,17 @@ def test_parse_rfc3339() -> None:
         kube.parse_rfc3339("2026-05-12T10:00:00")
 
 
-@pytest.mark.parametrize("host, no_proxy, bypass", [
-    ("abc.gr7.us-west-2.eks.amazonaws.com", ".amazonaws.com", True),
-    ("abc.gr7.us-west-2.eks.amazonaws.com", "amazonaws.com", True),
-    ("abc.gr7.us-west-2.eks.amazonaws.com", "example.com,10.0.0.0/8", False),
-    ("10.1.2.3", "10.0.0.0/8", True),
-    ("abc.eks.amazonaws.com", "*", True),
-    ("abc.eks.amazonaws.com", "abc.eks.amazonaws.com:8443", False),
-])
+@pytest.mark.parametrize(
+    "host, no_proxy, bypass",
+    [
+        ("abc.gr7.us-west-2.eks.amazonaws.com", ".amazonaws.com", True),
+        ("abc.gr7.us-west-2.eks.amazonaws.com", "amazonaws.com", True),
+        ("abc.gr7.us-west-2.eks.amazonaws.com", "example.com,10.0.0.0/8", False),
+        ("10.1.2.3", "10.0.0.0/8", True),
+        ("abc.eks.amazonaws.com", "*", True),
+        ("abc.eks.amazonaws.com", "abc.eks.amazonaws.com:8443", False),
+    ],
+)
 def test_no_proxy_matching(host: str, no_proxy: str, bypass: bool) -> None:
     assert kube.bypass_proxy(host, 443, no_proxy) is bypass
 
@@ -518,8 +596,9 @@ def test_proxy_from_env_never_for_loopback(root: Path, api: ApiServer) -> None:
         assert c.session.proxies == {}
         c.get_node(NODE, Deadline(30, t.clock))
     cfg = load_kubeconfig(node, KUBECONFIG)
-    remote = kube.Kubeconfig(**{**cfg.__dict__, "cluster": kube.Cluster("https://abc.eks.amazonaws.com", None, None,
-                                                                           None)})
+    remote = kube.Kubeconfig(
+        **{**cfg.__dict__, "cluster": kube.Cluster("https://abc.eks.amazonaws.com", None, None, None)}
+    )
     with KubeClient(remote, env=env) as c:
         assert c.session.proxies == {"https": "http://127.0.0.1:9"}
     with KubeClient(remote, env={**env, "NO_PROXY": ".amazonaws.com"}) as c:

@@ -20,11 +20,19 @@ def api() -> Iterator[ApiServer]:
     server.stop()
 
 
-def call(api: ApiServer, method: str, path: str, body: Any = None, ctype: str = MERGE,
-         token: Optional[str] = "node-token", context: Optional[ssl.SSLContext] = None) -> Tuple[int, Dict[str, Any], Any]:
+def call(
+    api: ApiServer,
+    method: str,
+    path: str,
+    body: Any = None,
+    ctype: str = MERGE,
+    token: Optional[str] = "node-token",  # noqa: S107 - a test token
+    context: Optional[ssl.SSLContext] = None,
+) -> Tuple[int, Dict[str, Any], Any]:
     ctx = context or ssl.create_default_context(cadata=api.ca_pem().decode())
-    req = urllib.request.Request(api.url + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(
+        api.url + path, method=method, data=json.dumps(body).encode() if body is not None else None
+    )
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     if body is not None:
@@ -40,8 +48,14 @@ def conditions(node: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     return {c["type"]: c for c in node["status"]["conditions"]}
 
 
-OURS = {"type": "GPUNodeAgentReady", "status": "True", "reason": "AllChecksPassed", "message": "ok",
-        "lastHeartbeatTime": "2026-05-12T11:00:00Z", "lastTransitionTime": "2026-05-12T11:00:00Z"}
+OURS = {
+    "type": "GPUNodeAgentReady",
+    "status": "True",
+    "reason": "AllChecksPassed",
+    "message": "ok",
+    "lastHeartbeatTime": "2026-05-12T11:00:00Z",
+    "lastTransitionTime": "2026-05-12T11:00:00Z",
+}
 
 
 def test_get_node_and_unknown_node(api: ApiServer) -> None:
@@ -71,24 +85,32 @@ def test_tokens_missing_unknown_and_expired_are_401() -> None:
 def test_client_certificate_authenticates_as_its_common_name(api: ApiServer, tmp_path: Any) -> None:
     ctx = ssl.create_default_context(cadata=api.ca_pem().decode())
     api.client_cert(NODE_USER).configure_cert(ctx)
-    code, node, _ = call(api, "GET", f"/api/v1/nodes/{NODE}", token=None, context=ctx)
+    code, _, _ = call(api, "GET", f"/api/v1/nodes/{NODE}", token=None, context=ctx)
     assert code == 200
     assert api.requests[-1].peer_cn == NODE_USER
 
 
 def test_node_restriction_forbids_other_nodes(api: ApiServer) -> None:
     api.add_node("ip-10-0-0-99.us-west-2.compute.internal")
-    code, status, _ = call(api, "PATCH", "/api/v1/nodes/ip-10-0-0-99.us-west-2.compute.internal",
-                           {"metadata": {"annotations": {"a": "b"}}})
+    code, status, _ = call(
+        api,
+        "PATCH",
+        "/api/v1/nodes/ip-10-0-0-99.us-west-2.compute.internal",
+        {"metadata": {"annotations": {"a": "b"}}},
+    )
     assert code == 403 and "is forbidden" in status["message"]
 
 
 def test_merge_patch_sets_and_removes_annotations(api: ApiServer) -> None:
-    code, node, _ = call(api, "PATCH", f"/api/v1/nodes/{NODE}", {"metadata": {"annotations": {"x/health": "ok"}}})
+    code, node, _ = call(
+        api, "PATCH", f"/api/v1/nodes/{NODE}", {"metadata": {"annotations": {"x/health": "ok"}}}
+    )
     assert code == 200
     assert node["metadata"]["annotations"] == {"node.alpha.kubernetes.io/ttl": "0", "x/health": "ok"}
     assert node["metadata"]["resourceVersion"] == "2"
-    code, node, _ = call(api, "PATCH", f"/api/v1/nodes/{NODE}", {"metadata": {"annotations": {"x/health": None}}})
+    code, node, _ = call(
+        api, "PATCH", f"/api/v1/nodes/{NODE}", {"metadata": {"annotations": {"x/health": None}}}
+    )
     assert node["metadata"]["annotations"] == {"node.alpha.kubernetes.io/ttl": "0"}
 
 
@@ -100,13 +122,21 @@ def test_merge_patch_on_status_replaces_the_whole_conditions_list(api: ApiServer
 
 
 def test_strategic_merge_patch_merges_conditions_by_type(api: ApiServer) -> None:
-    code, node, _ = call(api, "PATCH", f"/api/v1/nodes/{NODE}/status", {"status": {"conditions": [OURS]}},
-                         ctype=STRATEGIC)
+    code, node, _ = call(
+        api, "PATCH", f"/api/v1/nodes/{NODE}/status", {"status": {"conditions": [OURS]}}, ctype=STRATEGIC
+    )
     assert code == 200
-    assert set(conditions(node)) == {"MemoryPressure", "DiskPressure", "PIDPressure", "Ready", "GPUNodeAgentReady"}
+    assert set(conditions(node)) == {
+        "MemoryPressure",
+        "DiskPressure",
+        "PIDPressure",
+        "Ready",
+        "GPUNodeAgentReady",
+    }
     changed = dict(OURS, status="False", reason="CheckFailed")
-    code, node, _ = call(api, "PATCH", f"/api/v1/nodes/{NODE}/status", {"status": {"conditions": [changed]}},
-                         ctype=STRATEGIC)
+    code, node, _ = call(
+        api, "PATCH", f"/api/v1/nodes/{NODE}/status", {"status": {"conditions": [changed]}}, ctype=STRATEGIC
+    )
     assert conditions(node)["GPUNodeAgentReady"]["status"] == "False"
     assert len(node["status"]["conditions"]) == 5
     assert conditions(node)["Ready"]["status"] == "True"
@@ -114,31 +144,46 @@ def test_strategic_merge_patch_merges_conditions_by_type(api: ApiServer) -> None
 
 def test_strategic_merge_patch_delete_directive(api: ApiServer) -> None:
     call(api, "PATCH", f"/api/v1/nodes/{NODE}/status", {"status": {"conditions": [OURS]}}, ctype=STRATEGIC)
-    code, node, _ = call(api, "PATCH", f"/api/v1/nodes/{NODE}/status",
-                         {"status": {"conditions": [{"type": "GPUNodeAgentReady", "$patch": "delete"}]}},
-                         ctype=STRATEGIC)
+    code, node, _ = call(
+        api,
+        "PATCH",
+        f"/api/v1/nodes/{NODE}/status",
+        {"status": {"conditions": [{"type": "GPUNodeAgentReady", "$patch": "delete"}]}},
+        ctype=STRATEGIC,
+    )
+    assert code == 200
     assert "GPUNodeAgentReady" not in conditions(node) and "Ready" in conditions(node)
 
 
 def test_subresources_ignore_what_they_do_not_own(api: ApiServer) -> None:
     # The main resource ignores status; the status subresource ignores spec.
-    code, node, _ = call(api, "PATCH", f"/api/v1/nodes/{NODE}", {"status": {"conditions": [OURS]}},
-                         ctype=STRATEGIC)
+    code, node, _ = call(
+        api, "PATCH", f"/api/v1/nodes/{NODE}", {"status": {"conditions": [OURS]}}, ctype=STRATEGIC
+    )
     assert code == 200 and "GPUNodeAgentReady" not in conditions(node)
-    code, node, _ = call(api, "PATCH", f"/api/v1/nodes/{NODE}/status", {"spec": {"unschedulable": True}},
-                         ctype=STRATEGIC)
+    code, node, _ = call(
+        api, "PATCH", f"/api/v1/nodes/{NODE}/status", {"spec": {"unschedulable": True}}, ctype=STRATEGIC
+    )
     assert code == 200 and "unschedulable" not in node["spec"]
 
 
 def test_unsupported_media_type_and_invalid_bodies(api: ApiServer) -> None:
     assert call(api, "PATCH", f"/api/v1/nodes/{NODE}", {"metadata": {}}, ctype="application/json")[0] == 415
-    code, status, _ = call(api, "PATCH", f"/api/v1/nodes/{NODE}", {"metadata": {"annotations": {"bad key!": "x"}}})
+    code, status, _ = call(
+        api, "PATCH", f"/api/v1/nodes/{NODE}", {"metadata": {"annotations": {"bad key!": "x"}}}
+    )
     assert code == 422 and status["reason"] == "Invalid"
-    code, status, _ = call(api, "PATCH", f"/api/v1/nodes/{NODE}/status",
-                           {"status": {"conditions": [dict(OURS, status="yes")]}}, ctype=STRATEGIC)
+    code, status, _ = call(
+        api,
+        "PATCH",
+        f"/api/v1/nodes/{NODE}/status",
+        {"status": {"conditions": [dict(OURS, status="yes")]}},
+        ctype=STRATEGIC,
+    )
     assert code == 422
-    code, _, _ = call(api, "PATCH", f"/api/v1/nodes/{NODE}",
-                      {"metadata": {"annotations": {"big": "x" * (256 * 1024)}}})
+    code, _, _ = call(
+        api, "PATCH", f"/api/v1/nodes/{NODE}", {"metadata": {"annotations": {"big": "x" * (256 * 1024)}}}
+    )
     assert code == 422
 
 
@@ -166,14 +211,23 @@ def test_tls_is_real(api: ApiServer) -> None:
 
 
 def test_patch_functions_directly() -> None:
-    assert merge_patch({"a": [1, 2], "b": {"c": 1}}, {"a": [3], "b": {"c": None, "d": 2}}) == {"a": [3], "b": {"d": 2}}
+    assert merge_patch({"a": [1, 2], "b": {"c": 1}}, {"a": [3], "b": {"c": None, "d": 2}}) == {
+        "a": [3],
+        "b": {"d": 2},
+    }
     assert merge_patch({"a": 1}, ["x"]) == ["x"]
     target = {"status": {"conditions": [{"type": "A", "status": "True"}], "images": [1]}}
-    assert strategic_merge_patch(target, {"status": {"conditions": [{"type": "B", "status": "False"}],
-                                                     "images": [2]}}) == {
-        "status": {"conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "False"}], "images": [2]}
+    assert strategic_merge_patch(
+        target, {"status": {"conditions": [{"type": "B", "status": "False"}], "images": [2]}}
+    ) == {
+        "status": {
+            "conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "False"}],
+            "images": [2],
+        }
     }
-    assert strategic_merge_patch(target, {"status": {"$patch": "replace", "images": []}}) == {"status": {"images": []}}
-    assert strategic_merge_patch(target, {"status": {"conditions": [{"$patch": "replace"}, {"type": "C"}]}}) == {
-        "status": {"conditions": [{"type": "C"}], "images": [1]}
+    assert strategic_merge_patch(target, {"status": {"$patch": "replace", "images": []}}) == {
+        "status": {"images": []}
     }
+    assert strategic_merge_patch(
+        target, {"status": {"conditions": [{"$patch": "replace"}, {"type": "C"}]}}
+    ) == {"status": {"conditions": [{"type": "C"}], "images": [1]}}
