@@ -451,12 +451,14 @@ class KubeClient:
         what = f"{method} {path}"
         data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
         refreshed = False
+        refresh_now = False
         attempt = 0
         last = "no attempt made"
         while True:
             if deadline.remaining() <= 0:
                 raise KubeError(f"{what}: gave up after the {deadline.seconds:g}s deadline: {last}")
-            credential = self._get_credential(deadline)
+            credential = self._get_credential(deadline, refresh=refresh_now)
+            refresh_now = False
             headers = {"Accept": "application/json", "User-Agent": f"gpu-node-agent/{__version__}"}
             if credential.token:
                 headers["Authorization"] = f"Bearer {credential.token}"
@@ -481,8 +483,7 @@ class KubeClient:
                 message = _api_message(resp)
                 if status == 401:
                     if not refreshed and credential.refreshable:
-                        refreshed = True
-                        self._credential = None
+                        refreshed = refresh_now = True
                         log.info("credential refused, getting a new one", request=what,
                                  source=credential.source)
                         continue
@@ -564,9 +565,9 @@ class KubeClient:
 
     # -- credentials --
 
-    def _get_credential(self, deadline: Deadline) -> Credential:
+    def _get_credential(self, deadline: Deadline, *, refresh: bool = False) -> Credential:
         cached = self._credential
-        if cached is not None and (
+        if not refresh and cached is not None and (
             cached.expires is None or self.wall_clock() < cached.expires - CREDENTIAL_REFRESH_MARGIN
         ):
             return cached
@@ -589,6 +590,10 @@ class KubeClient:
                 self._files.write("client.key", user.key_data or b"")
             cred.cert = (cert, key)
             cred.source = cred.source if cred.token else "kubeconfig client certificate"
+        if cached is not None and cached.cert != cred.cert and self._session is not None:
+            # Kept-alive connections would go on presenting the old client certificate.
+            self._session.close()
+            self._session = None
         self._credential = cred
         return cred
 

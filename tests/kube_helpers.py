@@ -50,7 +50,8 @@ expires = datetime.datetime.utcnow() + datetime.timedelta(seconds=ttl)
 stamp = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
 status = {{"expirationTimestamp": stamp, "token": "k8s-aws-v1.fake-%d" % count}}
 if mode == "cert":
-    status = {{"clientCertificateData": read("cert", ""), "clientKeyData": read("key", "")}}
+    status = {{"clientCertificateData": read("cert%d" % count, read("cert", "")),
+              "clientKeyData": read("key%d" % count, read("key", ""))}}
 print(json.dumps({{"kind": "ExecCredential", "apiVersion": api, "spec": {{}}, "status": status}}))
 """
 

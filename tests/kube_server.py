@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import trustme
 
@@ -217,6 +217,7 @@ class ApiServer:
         self.now = now
         self.nodes: Dict[str, Dict[str, Any]] = {}
         self.tokens: Dict[str, Tuple[str, Optional[float]]] = {}  # token -> (user, expires)
+        self.revoked_cns: Set[str] = set()  # client certificates refused with 401
         self.script: List[Scripted] = []
         self.requests: List[Recorded] = []
         self.lock = threading.Lock()
@@ -364,7 +365,7 @@ class ApiServer:
                 return "", True
             return user, False
         if peer_cn:
-            return peer_cn, False
+            return peer_cn, peer_cn in self.revoked_cns
         return "", True
 
 

@@ -545,6 +545,22 @@ def test_exec_client_certificate_credential(root: Path, api: ApiServer, aws: Fak
     assert api.requests[-1].peer_cn == NODE_USER
 
 
+def test_rotated_exec_client_certificate_is_presented_on_a_new_connection(
+    root: Path, api: ApiServer, aws: FakeAws
+) -> None:
+    aws.mode("cert")
+    for n, user in ((1, "system:node:revoked"), (2, NODE_USER)):
+        leaf = api.client_cert(user)
+        aws.set(f"cert{n}", b"".join(b.bytes() for b in leaf.cert_chain_pems).decode())
+        aws.set(f"key{n}", leaf.private_key_pem.bytes().decode())
+    api.revoked_cns.add("system:node:revoked")
+    node = node_with_kubeconfig(root, api)
+    t = FakeTime()
+    with client(node, t) as c:
+        c.get_node(NODE, Deadline(30, t.clock))
+    assert [(r.status, r.peer_cn) for r in api.requests] == [(401, "system:node:revoked"), (200, NODE_USER)]
+
+
 def test_tokens_never_reach_the_log(root: Path, api: ApiServer, aws: FakeAws) -> None:
     stream = io.StringIO()
     log.setup("json", verbosity=1, stream=stream)

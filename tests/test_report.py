@@ -402,3 +402,12 @@ def test_corrupt_previous_status_file_restarts_counting(tmp_path: Path) -> None:
 def test_status_file_mode(tmp_path: Path) -> None:
     report.finish(NodeRoot(str(tmp_path)), config(), results(), publish_report=False, now=NOW)
     assert oct(os.stat(tmp_path / "run/gpu-node-agent/status.json").st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize("prefix", ["Gpu_Agent", "-bad.example.com", "a" * 254, "gpu/agent"])
+def test_annotation_prefix_validated_when_the_config_loads(prefix: str) -> None:
+    from agent.config import parse_config
+    from agent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"report\.annotation_prefix"):
+        parse_config(f"report:\n  annotation_prefix: {prefix!r}\n", "config.yaml")
