@@ -471,9 +471,12 @@ class KubeClient:
                     timeout=max(0.05, min(self.request_timeout, deadline.remaining())),
                 )
             except requests.exceptions.SSLError as exc:
-                raise KubeError(f"{what}: TLS with {self.config.cluster.server} failed (its certificate is "
-                                f"checked against {self._ca_description()}): {_short(exc)}") from None
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                if _verification_failure(exc):  # a wrong CA or name does not heal with retries
+                    raise KubeError(f"{what}: TLS with {self.config.cluster.server} failed (its certificate "
+                                    f"is checked against {self._ca_description()}): {_short(exc)}") from None
+                last = f"TLS with {self.config.cluster.server} broke off: {_short(exc)}"
+                log.debug("api request failed", request=what, error=type(exc).__name__)
+            except requests.exceptions.RequestException as exc:  # refused, reset, timed out, cut short
                 last = f"cannot reach {self.config.cluster.server}: {type(exc).__name__}"
                 log.debug("api request failed", request=what, error=type(exc).__name__)
             else:
@@ -735,6 +738,11 @@ def bypass_proxy(host: str, port: int, no_proxy: str) -> bool:
         if domain and (host == domain or host.endswith("." + domain)):
             return True
     return False
+
+
+def _verification_failure(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "certificate" in text or "hostname" in text or "doesn't match" in text
 
 
 def _is_loopback(host: str) -> bool:

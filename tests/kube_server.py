@@ -212,8 +212,15 @@ class Recorded:
 
 
 class ApiServer:
-    def __init__(self, *, now: Callable[[], float] = time.time, ca: Optional[trustme.CA] = None) -> None:
+    def __init__(
+        self,
+        *,
+        now: Callable[[], float] = time.time,
+        ca: Optional[trustme.CA] = None,
+        names: Tuple[str, ...] = ("127.0.0.1", "localhost"),  # in the server's certificate
+    ) -> None:
         self.ca = ca or trustme.CA()
+        self.names = names
         self.now = now
         self.nodes: Dict[str, Dict[str, Any]] = {}
         self.tokens: Dict[str, Tuple[str, Optional[float]]] = {}  # token -> (user, expires)
@@ -244,7 +251,7 @@ class ApiServer:
         return self.ca.issue_cert(f"{user.replace(':', '-')}.client.test", common_name=user)
 
     def start(self) -> "ApiServer":
-        server_cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        server_cert = self.ca.issue_cert(*self.names)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_cert.configure_cert(ctx)
         self.ca.configure_trust(ctx)

@@ -619,3 +619,19 @@ def test_proxy_from_env_never_for_loopback(root: Path, api: ApiServer) -> None:
         assert c.session.proxies == {"https": "http://127.0.0.1:9"}
     with KubeClient(remote, env={**env, "NO_PROXY": ".amazonaws.com"}) as c:
         assert c.session.proxies == {}
+
+
+def test_server_certificate_for_another_name_is_refused(root: Path) -> None:
+    api = ApiServer(names=("kube.example.com",)).start()  # trusted CA, but not this address's name
+    try:
+        api.add_token("static", NODE_USER)
+        node = node_with_kubeconfig(root, api, static_token_doc(api, token="static"))
+        t = FakeTime()
+        with (
+            client(node, t) as c,
+            pytest.raises(KubeError, match=r"TLS with https://127\.0\.0\.1:\d+ failed"),
+        ):
+            c.get_node(NODE, Deadline(30, t.clock))
+        assert t.sleeps == []
+    finally:
+        api.stop()
