@@ -359,6 +359,12 @@ def metrics_text(
     return "\n".join(lines) + "\n"
 
 
+def _status_bytes(document: Mapping[str, Any]) -> bytes:
+    order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total")
+    ordered_doc = {k: document[k] for k in order if k in document}
+    return (json.dumps(ordered_doc, indent=2) + "\n").encode()
+
+
 def _write(root: NodeRoot, node_path: str, data: bytes) -> Optional[str]:
     path = root.path(node_path)
     try:
@@ -387,15 +393,19 @@ def finish(
     run and how often; the status file keeps the running totals since boot for the counter."""
     now = now or datetime.now(timezone.utc)
     document = report_document(results, actions, now=now)
-    published = (publisher or publish)(root, config, results, document, now=now) if publish_report else None
     status_path = config.report.status_file
     totals = _previous_restarts(root.path(status_path))
     for unit, count in (restarts or {}).items():
         totals[unit] = totals.get(unit, 0) + int(count)
-    document["publish"] = published.as_dict() if published is not None else {"attempted": False}
-    document["restarts_total"] = totals
+    local = {**document, "restarts_total": totals}
+    published = None
+    if publish_report:
+        # The node's own view first: publishing may take up to report.timeout_seconds.
+        _write(root, status_path, _status_bytes({**local, "publish": {"attempted": True, "ok": None}}))
+        published = (publisher or publish)(root, config, results, document, now=now)
+    document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
     problems: List[str] = []
-    err = _write(root, status_path, (json.dumps(document, indent=2) + "\n").encode())
+    err = _write(root, status_path, _status_bytes(document))
     if err:
         problems.append(err)
     if config.report.metrics_file:

@@ -360,16 +360,25 @@ def test_finish_records_publishing_outcome(tmp_path: Path) -> None:
     failed = report.PublishResult(
         False, NODE, "hostname", False, None, "GET /api/v1/nodes/x: 403 Forbidden: no"
     )
+    seen_while_publishing: List[Any] = []
+
+    def publisher(*args: Any, **kw: Any) -> report.PublishResult:
+        seen_while_publishing.append(json.loads((tmp_path / "run/gpu-node-agent/status.json").read_text()))
+        return failed
+
     out = report.finish(
         NodeRoot(str(tmp_path)),
         config(metrics_file="/m/agent.prom"),
         results(),
         publish_report=True,
-        publisher=lambda *a, **k: failed,
+        publisher=publisher,
         now=NOW,
     )
     assert not out.ok
+    (during,) = seen_while_publishing  # the status file is there before the API server answers
+    assert during["health"] == "healthy" and during["publish"] == {"attempted": True, "ok": None}
     status = json.loads((tmp_path / "run/gpu-node-agent/status.json").read_text())
+    assert list(status) == ["v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total"]
     assert status["publish"]["ok"] is False and "403" in status["publish"]["error"]
     assert "gpu_node_agent_report_published 0" in (tmp_path / "m/agent.prom").read_text()
     assert report.summary_line(out) == "not published: GET /api/v1/nodes/x: 403 Forbidden: no\n"
