@@ -397,9 +397,14 @@ def reconcile(config_set: ContainerdConfigSet, settings: ContainerdSettings) -> 
 
 def _edit_text(target: ConfigFile, plugin_id: str, values: Sequence[EffectiveValue]) -> str:
     doc = parse_toml(target.text, target.path)
-    for v in values:
-        set_value(doc, ("plugins", plugin_id, *v.setting.key), v.setting.desired)
-    text: str = doc.as_string()
+    try:
+        for v in values:
+            set_value(doc, ("plugins", plugin_id, *v.setting.key), v.setting.desired)
+        text: str = doc.as_string()
+    except NotFixable:
+        raise
+    except Exception as exc:  # a structure tomlkit cannot edit: leave the file alone, say so
+        raise NotFixable(f"cannot edit this structure safely ({type(exc).__name__}: {exc})") from exc
     if not target.text.endswith("\n\n") and text.endswith("\n\n"):
         text = text.rstrip("\n") + "\n"
     return text

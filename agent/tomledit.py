@@ -31,7 +31,6 @@ def parse_toml(text: str, path: object) -> Any:
 
 def set_value(doc: Any, key: Sequence[str], value: Any) -> None:
     """Set ``key`` to ``value`` in the tomlkit document with the smallest change that does it."""
-    import tomlkit
     from tomlkit.items import AoT, InlineTable
 
     container = doc
@@ -49,9 +48,29 @@ def set_value(doc: Any, key: Sequence[str], value: Any) -> None:
         raise NotFixable(f"{'.'.join(key)} is a table, expected a value")
     new = _styled(value, _prefers_literal(old, container))
     if isinstance(container, InlineTable) and old is None:
-        container.append(leaf, new)
-    else:
-        container[leaf] = new
+        _append_inline(container, leaf, new)
+        return
+    sibling_indent = _indentation(container)[1] if old is None else None
+    container[leaf] = new
+    if sibling_indent is not None and _has_values(container):
+        new.trivia.indent = " " * sibling_indent
+
+
+def _append_inline(table: Any, key: str, item: Any) -> None:
+    """Append to an inline table before the space that precedes its closing brace: ``{ a = 1, b = 2 }``."""
+    from tomlkit.items import Whitespace
+
+    body = table.value.body
+    trailing = None
+    if body and body[-1][0] is None and isinstance(body[-1][1], Whitespace) and "," not in body[-1][1].s:
+        trailing = body.pop()[1]
+    table.append(key, item)
+    if trailing is not None:
+        table.value.append(None, trailing)
+
+
+def _has_values(container: Any) -> bool:
+    return any(not isinstance(v, Mapping) for v in container.values())
 
 
 def _styled(value: Any, literal: bool) -> Any:
@@ -84,7 +103,7 @@ def _create(container: Any, key: Sequence[str], value: Any) -> None:
             t = tomlkit.inline_table()
             t.append(part, nested)
             nested = t
-        container.append(key[0], nested)
+        _append_inline(container, key[0], nested)
         return
     header_indent, key_indent = _indentation(container)
     tables = [tomlkit.table(is_super_table=True) for _ in key[:-2]] + [tomlkit.table()]
