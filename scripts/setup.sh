@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   python3 python3-venv python3-dev python3-gi gir1.2-glib-2.0
-  libgirepository1.0-dev libcairo2-dev pkg-config gcc make
+  libgirepository1.0-dev libcairo2-dev libdbus-1-dev libglib2.0-dev pkg-config gcc make
   systemd dbus util-linux bsdutils iproute2
   rpm containerd curl openssl hyperfine ca-certificates
 )
@@ -34,8 +34,10 @@ fi
 
 # Python 3.9: the interpreter the agent runs on in production (AL2023).
 PY39=""
-for candidate in python3.9 "$HOME"/.pyenv/versions/3.9*/bin/python3.9 /usr/local/bin/python3.9; do
-  if command -v "$candidate" >/dev/null 2>&1; then PY39=$(command -v "$candidate"); break; fi
+for candidate in "$HOME"/.pyenv/versions/3.9*/bin/python3.9 /usr/local/bin/python3.9 /usr/bin/python3.9 python3.9; do
+  if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 9)' >/dev/null 2>&1; then
+    PY39=$candidate; break
+  fi
 done
 if [ -z "$PY39" ]; then
   echo "setup: no Python 3.9 found (install one, e.g. 'pyenv install 3.9'); the suite must also run on 3.9" >&2
