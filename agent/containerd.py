@@ -24,7 +24,7 @@ from agent.config import ContainerdSettings
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import FileEdit, NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
-from agent.tomledit import NotFixable, parse_toml, set_value
+from agent.tomledit import NotFixable, parse_toml, set_value, tidy
 
 CONTAINERD_VERSION_FILE = "/etc/eks/containerd-version.txt"
 V3_RUNTIME_PLUGIN = "io.containerd.cri.v1.runtime"
@@ -400,7 +400,7 @@ def _edit_text(target: ConfigFile, plugin_id: str, values: Sequence[EffectiveVal
     try:
         for v in values:
             set_value(doc, ("plugins", plugin_id, *v.setting.key), v.setting.desired)
-        text: str = doc.as_string()
+        text: str = tidy(target.text, doc.as_string())
     except NotFixable:
         raise
     except Exception as exc:  # a structure tomlkit cannot edit: leave the file alone, say so
@@ -435,7 +435,7 @@ def _verify(config_set: ContainerdConfigSet, settings: ContainerdSettings, new_t
 
 
 def _strip(data: Mapping[str, Any], managed: Any, plugin: str) -> Any:
-    """``data`` without the managed keys (and tables left empty by removing them)."""
+    """``data`` without the managed keys and without empty tables."""
     def walk(node: Any, path: Tuple[str, ...]) -> Any:
         if not isinstance(node, Mapping):
             return node
@@ -445,8 +445,8 @@ def _strip(data: Mapping[str, Any], managed: Any, plugin: str) -> Any:
             if (p[0], *p[2:]) in managed and len(p) > 1 and p[1] == plugin:
                 continue
             w = walk(v, p)
-            if isinstance(v, Mapping) and v and w == {}:
-                continue
+            if isinstance(v, Mapping) and w == {}:
+                continue  # an empty table means nothing to containerd
             out[k] = w
         return out
 

@@ -6,7 +6,8 @@ created right after its parent with the file's indentation, and a line is commen
 """
 
 import difflib
-from typing import Any, Mapping, Optional, Sequence, Tuple
+import re
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from agent.errors import NodeFileError
 
@@ -24,9 +25,16 @@ def parse_toml(text: str, path: object) -> Any:
         return tomlkit.parse(text)
     except ParseError as exc:
         message = str(exc).split(" at line ")[0]
+        if exc.__cause__ is not None and not isinstance(exc.__cause__, TOMLKitError):
+            # tomlkit failed on its own account (a layout it cannot represent), not on a syntax error
+            raise NodeFileError(path, f"the agent's TOML parser (tomlkit) cannot handle this layout at line "
+                                f"{exc.line}, column {exc.col} ({message}); nothing changed") from None
         raise NodeFileError(path, f"invalid TOML at line {exc.line}, column {exc.col}: {message}") from None
     except TOMLKitError as exc:
         raise NodeFileError(path, f"invalid TOML: {exc}") from None
+    except Exception as exc:  # tomlkit's own failure on a layout it cannot represent
+        raise NodeFileError(path, f"the agent's TOML parser (tomlkit) cannot handle this layout "
+                            f"({type(exc).__name__}: {exc}); nothing changed") from None
 
 
 def set_value(doc: Any, key: Sequence[str], value: Any) -> None:
@@ -118,7 +126,7 @@ def _create(container: Any, key: Sequence[str], value: Any) -> None:
     for k, item in leaf_table.value.body:
         if k is not None:
             item.trivia.indent = " " * (key_indent + step * len(tables))
-    container.append(key[0], top)
+    container[key[0]] = top  # item assignment also works on tomlkit's out-of-order table proxies
 
 
 def _indentation(container: Any) -> Tuple[int, int]:
@@ -132,6 +140,38 @@ def _indentation(container: Any) -> Tuple[int, int]:
         if k is not None and not isinstance(item, Mapping):
             return header, len(item.trivia.indent)
     return header, header
+
+
+_KEY_LINE = re.compile(r"""^(\s*)(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*\s*=""")
+
+
+def tidy(old_text: str, new_text: str) -> str:
+    """Undo tomlkit's incidental whitespace changes after an edit.
+
+    A line whose only change is its leading whitespace gets its original back (tomlkit sometimes
+    shifts the indentation of a neighbouring header when it appends a key), and an added key line
+    takes the indentation of the key line right above it.
+    """
+    old_lines = old_text.splitlines(True)
+    new_lines = new_text.splitlines(True)
+    out: List[str] = []
+    matcher = difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            out.extend(old_lines[i1:i2])
+            continue
+        olds, news = old_lines[i1:i2], list(new_lines[j1:j2])
+        for k, line in enumerate(news):
+            same = next((o for o in olds if o.lstrip() == line.lstrip()), None)
+            if same is not None:
+                news[k] = same
+            elif _KEY_LINE.match(line):
+                above = next((x for x in reversed(out + news[:k]) if x.strip()), "")
+                match = _KEY_LINE.match(above)
+                if match:
+                    news[k] = match.group(1) + line.lstrip()
+        out.extend(news)
+    return "".join(out)
 
 
 def comment_out(text: str, key: Sequence[str], replacement: Optional[str] = None) -> str:
