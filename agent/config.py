@@ -261,9 +261,7 @@ class _Builder:
         raise ConfigError(f"{self.source}:{line}: {key}: {problem}")
 
     def mapping(self, node: Any, key: str) -> Dict[str, Tuple[Any, Any]]:
-        import yaml
-
-        if not isinstance(node, yaml.MappingNode):
+        if node.id != "mapping":
             self.fail(node, key or "(top level)", "expected a mapping of keys to values")
         out: Dict[str, Tuple[Any, Any]] = {}
         for key_node, value_node in node.value:

@@ -25,11 +25,12 @@ def parse_toml(text: str, path: object) -> Any:
         return tomlkit.parse(text)
     except ParseError as exc:
         message = str(exc).split(" at line ")[0]
+        column = exc.col + 1  # tomlkit counts columns from 0; editors and users from 1
         if exc.__cause__ is not None and not isinstance(exc.__cause__, TOMLKitError):
             # tomlkit failed on its own account (a layout it cannot represent), not on a syntax error
             raise NodeFileError(path, f"the agent's TOML parser (tomlkit) cannot handle this layout at line "
-                                f"{exc.line}, column {exc.col} ({message}); nothing changed") from None
-        raise NodeFileError(path, f"invalid TOML at line {exc.line}, column {exc.col}: {message}") from None
+                                f"{exc.line}, column {column} ({message}); nothing changed") from None
+        raise NodeFileError(path, f"invalid TOML at line {exc.line}, column {column}: {message}") from None
     except TOMLKitError as exc:
         raise NodeFileError(path, f"invalid TOML: {exc}") from None
     except Exception as exc:  # tomlkit's own failure on a layout it cannot represent
