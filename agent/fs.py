@@ -170,8 +170,11 @@ def run_lock(
                         f"(waited {wait_seconds:g}s)"
                     ) from None
                 sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:  # the holder's pid, for whoever finds the lock taken; informational only
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
         yield lock_path
     finally:
         os.close(fd)
