@@ -4,8 +4,10 @@ A file that cannot be read is kept as the ``NodeFileError`` it raised, so ``chec
 as one failing check while the other checks still run.
 """
 
-from dataclasses import dataclass
-from typing import Optional, Union
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Union
 
 from agent.config import AgentConfig
 from agent.containerd import ContainerdConfigSet
@@ -14,11 +16,10 @@ from agent.fs import NodeRoot
 from agent.nvidia import NvidiaRuntimeConfig
 
 
-@dataclass(frozen=True)
-class NodeFacts:
+class NodeFacts(NamedTuple):
     root: NodeRoot
     containerd: Union[ContainerdConfigSet, NodeFileError]
-    nvidia_runtime: Union[NvidiaRuntimeConfig, None, NodeFileError]
+    nvidia_runtime: Union[NvidiaRuntimeConfig, NodeFileError, None]
 
 
 def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:

@@ -11,9 +11,11 @@ legacy-era knobs. Drift is judged by *effective* value (a missing key means the 
 * ``mode = "cdi"`` / ``"csv"`` are valid choices someone made on purpose: reported, never changed.
 """
 
-from dataclasses import dataclass, field
+
+from __future__ import annotations
+
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, NamedTuple, Optional, Tuple
 
 from agent.config import NvidiaRuntimeSettings
 from agent.errors import NodeFileError, NodeFileMissing
@@ -29,15 +31,13 @@ ENVVAR_KNOB = "accept-nvidia-visible-devices-envvar-when-unprivileged"
 ENVVAR_KNOB_DEFAULT_LINE = f"#{ENVVAR_KNOB} = true"
 
 
-@dataclass(frozen=True)
-class NvidiaRuntimeConfig:
+class NvidiaRuntimeConfig(NamedTuple):
     path: Path
     text: str
-    data: Mapping[str, Any] = field(compare=False, repr=False)
+    data: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class Drift:
+class Drift(NamedTuple):
     key: str
     status: str  # FAIL or WARN
     problem: str

@@ -5,6 +5,9 @@ and indentation kept), a missing key is added to the table that should hold it, 
 created right after its parent with the file's indentation, and a line is commented out in place.
 """
 
+
+from __future__ import annotations
+
 import difflib
 import re
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
@@ -143,7 +146,8 @@ def _indentation(container: Any) -> Tuple[int, int]:
     return header, header
 
 
-_KEY_LINE = re.compile(r"""^(\s*)(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*\s*=""")
+_KEY = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+_KEY_LINE = re.compile(rf"^(\s*){_KEY}(?:\s*\.\s*{_KEY})*\s*=")
 
 
 def tidy(old_text: str, new_text: str) -> str:
@@ -190,7 +194,7 @@ def comment_out(text: str, key: Sequence[str], replacement: Optional[str] = None
     old_lines = text.splitlines(True)
     new_lines = doc.as_string().splitlines(True)
     out = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False).get_opcodes():
+    for op, i1, i2, _, _ in difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False).get_opcodes():
         if op == "equal":
             out.extend(old_lines[i1:i2])
         elif op == "delete":

@@ -47,7 +47,7 @@ imds:
 
 
 def test_the_contract_example_is_exactly_the_defaults() -> None:
-    assert parse_config(CONTRACT_EXAMPLE, "example.yaml") == AgentConfig()
+    assert parse_config(CONTRACT_EXAMPLE, "example.yaml").settings() == AgentConfig().settings()
 
 
 def test_every_key_of_the_contract_is_known() -> None:
@@ -59,7 +59,7 @@ def test_every_key_of_the_contract_is_known() -> None:
 
 @pytest.mark.parametrize("text", ["", "# only comments\n", "---\n", "containerd:\n"])
 def test_empty_files_and_sections_mean_defaults(text: str) -> None:
-    assert parse_config(text, "c.yaml") == AgentConfig()
+    assert parse_config(text, "c.yaml").settings() == AgentConfig().settings()
 
 
 def test_values_are_typed_and_frozen() -> None:
@@ -112,7 +112,7 @@ def test_each_mistake_is_one_line_naming_file_line_and_key(text: str, message: s
 
 
 def test_missing_default_file_means_defaults_but_an_explicit_one_is_an_error(tmp_path: Path) -> None:
-    assert load_config(None, default_path=tmp_path / "none.yaml") == AgentConfig()
+    assert load_config(None, default_path=tmp_path / "none.yaml") == AgentConfig()  # source "<defaults>"
     with pytest.raises(ConfigError, match="none.yaml: configuration file does not exist"):
         load_config(str(tmp_path / "none.yaml"), default_path=tmp_path / "x.yaml")
 
@@ -128,4 +128,4 @@ def test_show_prints_a_config_that_loads_back_to_the_same_values() -> None:
     config = parse_config("efa:\n  install: never\nreport:\n  node_name: ip-10-0-0-1.ec2.internal\n", "c.yaml")
     shown = dump_config(config)
     assert shown.startswith("# effective configuration (source: c.yaml)\n")
-    assert parse_config(shown, "shown.yaml") == config
+    assert parse_config(shown, "shown.yaml").settings() == config.settings()

@@ -8,7 +8,6 @@ produce TOML that parses, make every effective value the desired one, and change
 """
 
 import difflib
-from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import tomlkit
@@ -90,7 +89,7 @@ def containerd_configs(draw: Any) -> Tuple[str, int]:
         containerd_keys.append(("runtimes.nvidia", inline([*runtime, ("options", inline(options))])))
     tables.append(((*base, "containerd"), containerd_keys))
     tables.append(((*base,), kv("enable_cdi") + extras()))
-    tables.append(((*base, "cni"), [("bin_dir", "/opt/cni/bin")] + extras()))
+    tables.append(((*base, "cni"), [("bin_dir", "/opt/cni/bin"), *extras()]))
     tables.append((("grpc",), [("address", "/run/containerd/containerd.sock")]))
     order = draw(st.permutations(range(len(tables))))
 
