@@ -26,11 +26,17 @@ if ((${#missing[@]})); then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The venvs are reinstalled only when pyproject.toml changed since the last setup.
+STAMP=$(sha256sum pyproject.toml | cut -d' ' -f1)
+
 # Python 3.11 (Debian's): has gi from python3-gi.
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$STAMP" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  echo "$STAMP" > .venv/.setup-stamp
+fi
 
 # Python 3.9: the interpreter the agent runs on in production (AL2023).
 PY39=""
@@ -46,5 +52,8 @@ fi
 if [ ! -x .venv39/bin/python ]; then
   "$PY39" -m venv .venv39
 fi
-.venv39/bin/pip install -q --disable-pip-version-check 'PyGObject<3.51' -e '.[test]'
+if [ "$(cat .venv39/.setup-stamp 2>/dev/null)" != "$STAMP" ]; then
+  .venv39/bin/pip install -q --disable-pip-version-check 'PyGObject<3.51' -e '.[test]'
+  echo "$STAMP" > .venv39/.setup-stamp
+fi
 echo "setup: ok (.venv: $(.venv/bin/python -V 2>&1), .venv39: $(.venv39/bin/python -V 2>&1))"
