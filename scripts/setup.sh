@@ -12,6 +12,8 @@ APT_PACKAGES=(
   libgirepository1.0-dev libcairo2-dev pkg-config gcc make
   systemd dbus util-linux bsdutils iproute2
   rpm containerd curl openssl hyperfine ca-certificates
+  libdbus-1-dev
+  python3-yaml python3-requests shellcheck jq
 )
 
 missing=()
@@ -35,7 +37,10 @@ fi
 # Python 3.9: the interpreter the agent runs on in production (AL2023).
 PY39=""
 for candidate in python3.9 "$HOME"/.pyenv/versions/3.9*/bin/python3.9 /usr/local/bin/python3.9; do
-  if command -v "$candidate" >/dev/null 2>&1; then PY39=$(command -v "$candidate"); break; fi
+  # A pyenv shim exists even when pyenv's selected version is not 3.9: ask the interpreter itself.
+  if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c '' >/dev/null 2>&1; then
+    PY39=$(command -v "$candidate"); break
+  fi
 done
 if [ -z "$PY39" ]; then
   echo "setup: no Python 3.9 found (install one, e.g. 'pyenv install 3.9'); the suite must also run on 3.9" >&2

@@ -30,8 +30,9 @@ def run(cmd: Sequence[str], *, check: bool = True, **kw: object) -> "subprocess.
     """Run a command, capture its output; on an unexpected exit, fail with everything it printed."""
     proc = subprocess.run(list(cmd), capture_output=True, text=True, **kw)  # type: ignore[call-overload]
     if check and proc.returncode != 0:
+        command = " ".join(map(str, cmd))
         raise AssertionError(
-            f"{' '.join(map(str, cmd))} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+            f"{command} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
         )
     return proc  # type: ignore[no-any-return]
 
@@ -47,7 +48,8 @@ def build_rpm(outdir: Path, *args: str, env: Optional[Dict[str, str]] = None,
     """packaging/build-rpm.sh with this interpreter's pip (any Python 3 with pip works)."""
     which("rpmbuild")
     full_env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
-    return run([*prefix, "bash", str(BUILD_SCRIPT), "--outdir", str(outdir), *args], env=full_env, check=check)
+    command = [*prefix, "bash", str(BUILD_SCRIPT), "--outdir", str(outdir), *args]
+    return run(command, env=full_env, check=check)
 
 
 def binary_rpm(outdir: Path) -> Path:
@@ -56,7 +58,7 @@ def binary_rpm(outdir: Path) -> Path:
     return rpms[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def built_rpm() -> Path:
     """The RPM as the default build makes it (pinned wheels from the package index); built once."""
     outdir = scratch_dir("dist")
@@ -64,7 +66,7 @@ def built_rpm() -> Path:
     return binary_rpm(outdir)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def wheelhouse() -> Path:
     """The pinned wheels, downloaded once with ``build-rpm.sh --fetch-wheels``."""
     path = scratch_dir("wheelhouse")

@@ -349,7 +349,9 @@ def test_bundle_runs_on_python_3_9_with_nothing_else_installed(installed: Path) 
     assert version.stdout == f"gpu-node-agent {__version__}\n"
 
 
-def test_launcher_found_through_a_symlink_and_without_its_library_says_so(installed: Path, tmp_path: Path) -> None:
+def test_launcher_works_through_a_symlink_and_says_so_when_its_library_is_missing(
+    installed: Path, tmp_path: Path
+) -> None:
     link = tmp_path / "gpu-node-agent"
     link.symlink_to(installed / "usr/bin/gpu-node-agent")
     assert run([str(link), "version"]).stdout == f"gpu-node-agent {__version__}\n"
@@ -358,5 +360,6 @@ def test_launcher_found_through_a_symlink_and_without_its_library_says_so(instal
     shutil.copytree(installed / "usr/bin", broken / "usr/bin")
     proc = subprocess.run([str(broken / "usr/bin/gpu-node-agent"), "version"], capture_output=True, text=True)
     assert proc.returncode == 1
-    assert proc.stderr.startswith(f"gpu-node-agent: cannot load the agent from {broken}/usr/lib/gpu-node-agent: ")
+    libdir = broken / "usr/lib/gpu-node-agent"
+    assert proc.stderr.startswith(f"gpu-node-agent: cannot load the agent from {libdir}: ")
     assert "Traceback" not in proc.stderr
