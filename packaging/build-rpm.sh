@@ -36,7 +36,7 @@ while (($#)); do
   esac
 done
 
-pip() { "$python" -m pip --disable-pip-version-check "$@"; }
+pip() { PIP_ROOT_USER_ACTION=ignore "$python" -m pip --disable-pip-version-check "$@"; }
 # Wheels for AL2023's interpreter, whatever Python runs this script; pure Python only, no resolver
 # surprises: every package is pinned with its hash, dependencies included.
 pip_target=(--only-binary=:all: --no-deps --require-hashes --python-version 3.9 -r "$requirements")
@@ -88,7 +88,7 @@ tar -C "$repo" -czf "$top/SOURCES/gpu-node-agent-$version.tar.gz" "${tar_opts[@]
 rpmbuild -ba --quiet --define "_topdir $top" "$spec"
 
 mkdir -p "$outdir"
-cp "$top"/RPMS/noarch/*.rpm "$top"/SRPMS/*.src.rpm "$outdir"/
-for f in "$top"/RPMS/noarch/*.rpm "$top"/SRPMS/*.src.rpm; do
-  echo "build-rpm: $outdir/$(basename "$f")"
+for package in "$top"/RPMS/noarch/*.rpm "$top"/SRPMS/*.src.rpm; do
+  cp "$package" "$outdir"/
+  echo "build-rpm: $outdir/$(basename "$package")"
 done

@@ -147,6 +147,17 @@ def test_offline_build_from_a_wheelhouse_matches_the_online_build(rpm: Path) -> 
     assert rpm_query(offline, "--qf", digest) == rpm_query(rpm, "--qf", digest)
 
 
+def test_source_rpm_rebuilds_offline_into_the_same_package(rpm: Path, tmp_path: Path) -> None:
+    # What an AL2023 pipeline does with the .src.rpm: everything it needs is inside (no network).
+    (srpm,) = rpm.parent.glob("gpu-node-agent-*.src.rpm")
+    run(["unshare", "--net", "rpmbuild", "--rebuild", "--quiet", "--define", f"_topdir {tmp_path}",
+         str(srpm)])
+    (rebuilt,) = (tmp_path / "RPMS" / "noarch").glob("*.rpm")
+    digest = "[%{FILENAMES} %{FILEDIGESTS} %{FILEMODES:perms}\n]"
+    assert rpm_query(rebuilt, "--qf", digest) == rpm_query(rpm, "--qf", digest)
+    assert rpm_query(rebuilt, "--requires") == rpm_query(rpm, "--requires")
+
+
 def test_offline_build_uses_only_the_wheelhouse(tmp_path: Path) -> None:
     empty = tmp_path / "wheelhouse"
     empty.mkdir()
