@@ -38,7 +38,7 @@ def run(cmd: Sequence[str], *, check: bool = True, **kw: object) -> "subprocess.
 
 
 def scratch_dir(prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=f"gna-{prefix}-"))
+    path = Path(tempfile.mkdtemp(prefix=f"gna-pkg-{prefix}-"))
     atexit.register(shutil.rmtree, path, True)
     return path
 
