@@ -12,6 +12,7 @@ APT_PACKAGES=(
   libgirepository1.0-dev libcairo2-dev libdbus-1-dev libglib2.0-dev pkg-config gcc make
   systemd dbus util-linux bsdutils iproute2
   rpm containerd curl openssl hyperfine ca-certificates
+  python3-yaml python3-requests shellcheck jq
 )
 
 missing=()
