@@ -4,8 +4,10 @@ A file that cannot be read is kept as the ``NodeFileError`` it raised, so ``chec
 as one failing check while the other checks still run.
 """
 
-from dataclasses import dataclass
-from typing import Optional, Union
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Union
 
 from agent.config import AgentConfig
 from agent.containerd import ContainerdConfigSet
@@ -16,11 +18,10 @@ from agent.nvidia import NvidiaRuntimeConfig
 from agent.versions import NodeVersions
 
 
-@dataclass(frozen=True)
-class NodeFacts:
+class NodeFacts(NamedTuple):
     root: NodeRoot
     containerd: Union[ContainerdConfigSet, NodeFileError]
-    nvidia_runtime: Union[NvidiaRuntimeConfig, None, NodeFileError]
+    nvidia_runtime: Union[NvidiaRuntimeConfig, NodeFileError, None]
     driver: Optional[DriverFacts] = None  # None only in facts built by hand (tests)
     versions: Optional[NodeVersions] = None
 

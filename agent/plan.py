@@ -4,8 +4,10 @@ No I/O here. ``plan`` prints a ``Plan``; ``run`` hands it to ``apply``. Problems
 but must not fix on its own (an unreadable file, mixed-version drop-ins) travel in ``problems``.
 """
 
-from dataclasses import dataclass
-from typing import List, Tuple
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Tuple
 
 from agent.config import AgentConfig
 from agent.errors import NodeFileError
@@ -13,14 +15,12 @@ from agent.fs import FileEdit
 from agent.node import NodeFacts
 
 
-@dataclass(frozen=True)
-class Restart:
+class Restart(NamedTuple):
     unit: str
     reason: str
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     edits: Tuple[FileEdit, ...] = ()
     restarts: Tuple[Restart, ...] = ()
     problems: Tuple[str, ...] = ()
