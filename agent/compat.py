@@ -8,10 +8,11 @@ closest known row and what differs. Versions the node does not reveal (the AMI r
 see ``agent.versions``) are left out of the comparison and listed as unknown, never guessed.
 """
 
+from __future__ import annotations
+
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from agent.errors import AgentError
 from agent.health import PASS, SKIP, WARN, CheckResult
@@ -37,8 +38,7 @@ class MatrixError(AgentError):
     """The packaged matrix is unusable (a packaging bug, not a node problem)."""
 
 
-@dataclass(frozen=True)
-class KnownGood:
+class KnownGood(NamedTuple):
     ami_release: str
     kubernetes: str
     containerd: str
@@ -51,14 +51,12 @@ class KnownGood:
         return str(getattr(self, name))
 
 
-@dataclass(frozen=True)
-class Matrix:
+class Matrix(NamedTuple):
     rows: Tuple[KnownGood, ...]
     source: str
 
 
-@dataclass(frozen=True)
-class Comparison:
+class Comparison(NamedTuple):
     row: KnownGood
     matches: Tuple[str, ...]
     differs: Tuple[Tuple[str, str, str], ...]  # (field, detected, known-good)
@@ -69,12 +67,22 @@ class Comparison:
 
 
 def load_matrix(path: Optional[Path] = None) -> Matrix:
-    path = path or MATRIX_PATH
+    """The packaged matrix (read through the package loader, so it is found wherever the package
+    is installed, even zipped), or the file at ``path``."""
+    source = str(path or MATRIX_PATH)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if path is None:
+            import pkgutil
+
+            raw = pkgutil.get_data("agent", "data/compatibility.json")
+            if raw is None:
+                raise OSError("the package loader cannot read package data")
+        else:
+            raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
     except (OSError, ValueError) as exc:
-        raise MatrixError(f"{path}: cannot read the compatibility matrix: {exc}") from None
-    return parse_matrix(data, str(path))
+        raise MatrixError(f"{source}: cannot read the compatibility matrix: {exc}") from None
+    return parse_matrix(data, source)
 
 
 def parse_matrix(data: Any, source: str) -> Matrix:

@@ -9,9 +9,10 @@
   hang on a GPU in a bad state, so it runs with a short timeout; a timeout is a warning, not a verdict.
 """
 
+from __future__ import annotations
+
 import re
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import NodeRoot, read_text
@@ -32,15 +33,13 @@ _DEVICE_RE = re.compile(r"nvidia(\d+)")
 _DRIVER_VERSION_RE = re.compile(r"\d+\.\d+(?:\.\d+)?")
 
 
-@dataclass(frozen=True)
-class SmiResult:
+class SmiResult(NamedTuple):
     versions: Tuple[str, ...]  # one per GPU NVML sees
     problem: Optional[str]  # why nvidia-smi did not answer (None: it did)
     timed_out: bool = False
 
 
-@dataclass(frozen=True)
-class DriverFacts:
+class DriverFacts(NamedTuple):
     loaded: bool
     version: Optional[str]
     problem: Optional[str]  # why the version is unknown although /proc says loaded (or unreadable)

@@ -13,6 +13,9 @@ node-wide proxy cannot intercept the link-local address. The AWS SDK variables a
 ``requests`` is imported only when a request is made.
 """
 
+
+from __future__ import annotations
+
 import os
 import random as random_module
 import time
@@ -87,7 +90,7 @@ class ImdsClient:
     @classmethod
     def from_settings(
         cls, settings: ImdsSettings, env: Optional[Mapping[str, str]] = None, **kw: Any
-    ) -> "ImdsClient":
+    ) -> ImdsClient:
         env = os.environ if env is None else env
         return cls(resolve_endpoint(settings, env), settings.timeout_seconds,
                    disabled=disabled_by_env(env), **kw)
@@ -97,14 +100,14 @@ class ImdsClient:
             self._session.close()
             self._session = None
 
-    def __enter__(self) -> "ImdsClient":
+    def __enter__(self) -> ImdsClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
     @property
-    def session(self) -> "requests.Session":
+    def session(self) -> requests.Session:
         if self._session is None:
             import requests
 
@@ -165,7 +168,7 @@ class ImdsClient:
                 raise ImdsError(f"{url}: cannot get a session token: {what} after {attempt} attempts")
             self._backoff(attempt)
 
-    def _call(self, method: str, url: str, headers: Mapping[str, str]) -> "Optional[requests.Response]":
+    def _call(self, method: str, url: str, headers: Mapping[str, str]) -> Optional[requests.Response]:
         import requests
 
         try:

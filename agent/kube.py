@@ -22,6 +22,9 @@ TLS material given as data is written to a private temporary directory (mode 070
 because the TLS stack takes files, and removed by ``close()``. Tokens and keys are never logged.
 """
 
+
+from __future__ import annotations
+
 import base64
 import binascii
 import ipaddress
@@ -408,7 +411,7 @@ class KubeClient:
             self._session = None
         self._files.close()
 
-    def __enter__(self) -> "KubeClient":
+    def __enter__(self) -> KubeClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -520,7 +523,7 @@ class KubeClient:
         return max(delay, retry_after) if retry_after is not None else delay
 
     @property
-    def session(self) -> "requests.Session":
+    def session(self) -> requests.Session:
         if self._session is None:
             import requests
 
@@ -752,7 +755,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _json_body(resp: "requests.Response", what: str) -> Dict[str, Any]:
+def _json_body(resp: requests.Response, what: str) -> Dict[str, Any]:
     if not resp.content:
         return {}
     try:
@@ -764,7 +767,7 @@ def _json_body(resp: "requests.Response", what: str) -> Dict[str, Any]:
     return doc
 
 
-def _api_message(resp: "requests.Response") -> str:
+def _api_message(resp: requests.Response) -> str:
     """The message of the API server's ``Status`` object, else the start of the body."""
     try:
         doc = resp.json()

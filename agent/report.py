@@ -17,13 +17,14 @@ The node name: ``report.node_name``, else kubelet's ``--hostname-override`` from
 kubelet does).
 """
 
+from __future__ import annotations
+
 import json
 import shlex
 import socket
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from agent.config import AgentConfig
 from agent.errors import AgentError, NodeFileError, NodeFileMissing
@@ -179,8 +180,7 @@ def hostname_override(text: str) -> Optional[str]:
     return None
 
 
-@dataclass(frozen=True)
-class NodeName:
+class NodeName(NamedTuple):
     name: str
     source: str
 
@@ -221,8 +221,7 @@ def resolve_node_name(
 # --- publishing ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PublishResult:
+class PublishResult(NamedTuple):
     ok: bool
     node: Optional[str] = None
     node_source: Optional[str] = None
@@ -295,8 +294,7 @@ def publish(
 # --- local state ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ReportOutcome:
+class ReportOutcome(NamedTuple):
     document: Dict[str, Any]  # what the status file holds
     published: Optional[PublishResult]  # None: publishing not asked for
     problems: Tuple[str, ...] = ()  # local files that could not be written

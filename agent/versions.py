@@ -15,13 +15,14 @@ Also ``run_tool``: every external program the agent runs for facts goes through 
 time and its whole process group killed on timeout (a hung ``nvidia-smi`` must not hang ``check``).
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import re
 import signal
 import subprocess
-from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot, read_text
@@ -37,8 +38,7 @@ _OUTPUT_LIMIT = 64 * 1024  # what a version command may print before it is cut (
 # --- running a program with a bound -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ToolOutput:
+class ToolOutput(NamedTuple):
     argv: Tuple[str, ...]
     returncode: Optional[int]  # None: killed after the timeout
     stdout: str
@@ -141,8 +141,7 @@ def minor(version: Optional[str]) -> Optional[str]:
 # --- discovery ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NodeVersions:
+class NodeVersions(NamedTuple):
     """Component versions found on the node; None where the node does not tell (see ``notes``)."""
 
     kubernetes: Optional[str] = None
@@ -151,7 +150,7 @@ class NodeVersions:
     driver: Optional[str] = None
     ami_release: Optional[str] = None
     nodeadm: Optional[str] = None  # "pre-#2705" | "#2705"; known only through the AMI release
-    notes: Mapping[str, str] = field(default_factory=dict)  # component -> where it came from / why unknown
+    notes: Mapping[str, str] = {}  # component -> where it came from / why unknown; never mutated
 
 
 def _version_file(

@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from gpu_node import NODE_NAME, healthy_gpu_node, write  # noqa: E402
-from kube_helpers import FAKE_AWS, sample_kubeconfig, write_node_file  # noqa: E402
-from kube_server import ApiServer  # noqa: E402
+from tests.gpu_node import NODE_NAME, healthy_gpu_node, write  # noqa: E402
+from tests.kube_helpers import FAKE_AWS, sample_kubeconfig, write_node_file  # noqa: E402
+from tests.kube_server import ApiServer  # noqa: E402
 
 
 def main() -> int:

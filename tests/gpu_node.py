@@ -95,3 +95,15 @@ def healthy_gpu_node(root: Path, *, gpus: int = 4, extra: Optional[Dict[str, str
     for node_path, text in (extra or {}).items():
         write(root, node_path, text)
     return root
+
+
+def known_good_facts() -> "tuple":
+    """(DriverFacts, NodeVersions) of the known-good row, for tests whose node cannot run programs
+    (pyfakefs): the driver and the version discovery themselves are tested on real files."""
+    from agent.driver import DriverFacts, SmiResult
+    from agent.versions import NodeVersions
+
+    devices = tuple(f"/dev/nvidia{i}" for i in range(4))
+    driver = DriverFacts(True, DRIVER, None, devices, SmiResult((DRIVER,) * 4, None))
+    versions = NodeVersions(kubernetes="1.35.2", containerd="2.2.3", toolkit=TOOLKIT, driver=DRIVER)
+    return driver, versions

@@ -15,9 +15,12 @@ import yaml  # noqa: F401
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.helpers import set_uid
 
+import agent.driver  # before the fake filesystem is active, like every module the tests patch
+import agent.versions
 from agent import cli
 from tests.conftest import sample
 from tests.containerd_helpers import VERSION_TEXT
+from tests.gpu_node import known_good_facts
 
 ROOT = "/node"
 CONTAINERD = "/etc/containerd/config.toml"
@@ -32,11 +35,17 @@ HEALTHY = {
     CONTAINERD: SAMPLES["containerd-v3-nodeadm-nvidia.toml"],
     NVIDIA: SAMPLES["nvidia-container-runtime-default.toml"],
     VERSION: VERSION_TEXT[2],
+    "/etc/gpu-node-agent/config.yaml": "report:\n  publish: false\n",  # no cluster here
 }
 
 
 @pytest.fixture
-def node(fs: FakeFilesystem) -> Iterator[FakeFilesystem]:
+def node(fs: FakeFilesystem, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeFilesystem]:
+    # pyfakefs cannot run nvidia-smi or nvidia-ctk: the GPU driver and component versions are the
+    # known-good row's here (test_driver.py and test_compat.py test them on real files).
+    driver, versions = known_good_facts()
+    monkeypatch.setattr(agent.driver, "discover", lambda root, **kw: driver)
+    monkeypatch.setattr(agent.versions, "discover", lambda root, *args: versions)
     fs.create_dir(ROOT)
     yield fs
     set_uid(0)
@@ -139,7 +148,7 @@ def test_check_healthy_is_exit_0_with_a_table(node: FakeFilesystem, capsys: pyte
 
 
 def test_check_degraded_is_exit_2(node: FakeFilesystem, capsys: pytest.CaptureFixture) -> None:
-    write(node, {CONTAINERD: HEALTHY[CONTAINERD], VERSION: VERSION_TEXT[2]})  # no toolkit config: warn
+    write(node, {k: v for k, v in HEALTHY.items() if k != NVIDIA})  # no toolkit config: warn
     code, out, _ = run(capsys, "check")
     assert code == 2 and out.endswith("health: degraded\n")
 

@@ -4,11 +4,11 @@ import time
 from pathlib import Path
 
 import pytest
-from gpu_node import DRIVER, PROC_VERSION_TEXT, healthy_gpu_node, smi_output, tool, write
 
 from agent import driver, versions
 from agent.fs import NodeRoot
 from agent.health import FAIL, PASS, WARN
+from tests.gpu_node import DRIVER, PROC_VERSION_TEXT, healthy_gpu_node, smi_output, tool, write
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 

@@ -3,8 +3,6 @@
 from typing import Iterator
 
 import pytest
-from imds_server import ImdsServer
-from kube_helpers import FakeTime
 
 from agent.config import ImdsSettings
 from agent.imds import (
@@ -18,6 +16,8 @@ from agent.imds import (
     disabled_by_env,
     resolve_endpoint,
 )
+from tests.imds_server import ImdsServer
+from tests.kube_helpers import FakeTime
 
 
 @pytest.fixture

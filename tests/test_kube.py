@@ -9,16 +9,6 @@ from typing import Any, Dict, Iterator
 
 import pytest
 import trustme
-from kube_helpers import (
-    NODE,
-    NODE_USER,
-    FakeAws,
-    FakeTime,
-    install_fake_aws,
-    sample_kubeconfig,
-    write_node_file,
-)
-from kube_server import STRATEGIC, ApiServer
 
 from agent import kube, log
 from agent.fs import NodeRoot
@@ -33,6 +23,16 @@ from agent.kube import (
     KubeUnauthorized,
     load_kubeconfig,
 )
+from tests.kube_helpers import (
+    NODE,
+    NODE_USER,
+    FakeAws,
+    FakeTime,
+    install_fake_aws,
+    sample_kubeconfig,
+    write_node_file,
+)
+from tests.kube_server import STRATEGIC, ApiServer
 
 KUBECONFIG = "/var/lib/kubelet/kubeconfig"
 CA = "/etc/kubernetes/pki/ca.crt"

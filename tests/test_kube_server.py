@@ -7,8 +7,9 @@ import urllib.request
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import pytest
-from kube_helpers import NODE, NODE_USER
-from kube_server import MERGE, STRATEGIC, ApiServer, merge_patch, strategic_merge_patch
+
+from tests.kube_helpers import NODE, NODE_USER
+from tests.kube_server import MERGE, STRATEGIC, ApiServer, merge_patch, strategic_merge_patch
 
 
 @pytest.fixture

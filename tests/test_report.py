@@ -9,8 +9,14 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from imds_server import ImdsServer
-from kube_helpers import (
+
+from agent import report
+from agent.config import AgentConfig, ImdsSettings, ReportSettings
+from agent.fs import NodeRoot
+from agent.health import CHECK_NAMES, FAIL, PASS, SKIP, WARN, CheckResult, report_document
+from agent.imds import ImdsClient
+from tests.imds_server import ImdsServer
+from tests.kube_helpers import (
     NODE,
     NODE_USER,
     FakeAws,
@@ -19,13 +25,7 @@ from kube_helpers import (
     sample_kubeconfig,
     write_node_file,
 )
-from kube_server import ApiServer
-
-from agent import report
-from agent.config import AgentConfig, ImdsSettings, ReportSettings
-from agent.fs import NodeRoot
-from agent.health import CHECK_NAMES, FAIL, PASS, SKIP, WARN, CheckResult, report_document
-from agent.imds import ImdsClient
+from tests.kube_server import ApiServer
 
 NOW = datetime(2026, 5, 12, 10, 0, 0, tzinfo=timezone.utc)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from gpu_node import NODE_NAME, SAMPLES, healthy_gpu_node, write
-from kube_helpers import FakeAws, install_fake_aws, sample_kubeconfig, write_node_file
-from kube_server import ApiServer
 
 from agent import cli
 from agent.health import CHECK_NAMES, FAIL, PASS, SKIP, WARN, CheckResult
+from tests.gpu_node import NODE_NAME, SAMPLES, healthy_gpu_node, write
+from tests.kube_helpers import FakeAws, install_fake_aws, sample_kubeconfig, write_node_file
+from tests.kube_server import ApiServer
 
 REPO = Path(__file__).resolve().parent.parent
 MY_CHECKS = ("containerd-config", "nvidia-runtime-config", "nvidia-driver", "compatibility")
