@@ -11,6 +11,7 @@ see ``agent.versions``) are left out of the comparison and listed as unknown, ne
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -19,7 +20,7 @@ from agent.health import PASS, SKIP, WARN, CheckResult
 from agent.versions import NodeVersions, minor
 
 CHECK = "compatibility"
-MATRIX_PATH = Path(__file__).resolve().parent / "data" / "compatibility.json"
+MATRIX_PATH = Path(os.path.dirname(os.path.abspath(__file__)), "data", "compatibility.json")
 FIELDS = ("ami_release", "kubernetes", "containerd", "toolkit", "driver", "nodeadm")
 # The components every GPU node reveals; the AMI release and nodeadm generation it does not.
 COMPONENTS = ("kubernetes", "containerd", "toolkit", "driver")
@@ -71,12 +72,11 @@ def load_matrix(path: Optional[Path] = None) -> Matrix:
     is installed, even zipped), or the file at ``path``."""
     source = str(path or MATRIX_PATH)
     try:
-        if path is None:
-            import pkgutil
-
-            raw = pkgutil.get_data("agent", "data/compatibility.json")
-            if raw is None:
-                raise OSError("the package loader cannot read package data")
+        get_data = getattr(__spec__.loader, "get_data", None) if __spec__ is not None else None
+        if path is None and get_data is not None:
+            raw = get_data(str(MATRIX_PATH))  # what pkgutil.get_data does, without importing it
+        elif path is None:
+            raw = MATRIX_PATH.read_bytes()
         else:
             raw = path.read_bytes()
         data = json.loads(raw.decode("utf-8"))

@@ -26,11 +26,10 @@ NVIDIA_SMI = "/usr/bin/nvidia-smi"
 SMI_TIMEOUT_SECONDS = 5.0
 SMI_ARGS = ("--query-gpu=driver_version", "--format=csv,noheader")
 
-_PROC_RE = re.compile(
-    r"^NVRM version:.*?Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)\b", re.MULTILINE
-)
-_DEVICE_RE = re.compile(r"nvidia(\d+)")
-_DRIVER_VERSION_RE = re.compile(r"\d+\.\d+(?:\.\d+)?")
+# Patterns as strings: ``re`` compiles and caches them on first use (``check`` start-up time).
+_PROC_RE = r"(?m)^NVRM version:.*?Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)\b"
+_DEVICE_RE = r"nvidia(\d+)"
+_DRIVER_VERSION_RE = r"\d+\.\d+(?:\.\d+)?"
 
 
 class SmiResult(NamedTuple):
@@ -54,12 +53,12 @@ class DriverFacts(NamedTuple):
 
 
 def parse_proc_version(text: str) -> Optional[str]:
-    m = _PROC_RE.search(text)
+    m = re.search(_PROC_RE, text)
     return m.group(1) if m else None
 
 
 def parse_smi_versions(stdout: str) -> Tuple[str, ...]:
-    return tuple(line.strip() for line in stdout.splitlines() if _DRIVER_VERSION_RE.fullmatch(line.strip()))
+    return tuple(line.strip() for line in stdout.splitlines() if re.fullmatch(_DRIVER_VERSION_RE, line.strip()))
 
 
 def _devices(root: NodeRoot) -> Tuple[str, ...]:
@@ -67,7 +66,7 @@ def _devices(root: NodeRoot) -> Tuple[str, ...]:
         names = [p.name for p in root.path(DEV_DIR).iterdir()]
     except OSError:
         return ()
-    found = [(int(m.group(1)), n) for n in names for m in [_DEVICE_RE.fullmatch(n)] if m]
+    found = [(int(m.group(1)), n) for n in names for m in [re.fullmatch(_DEVICE_RE, n)] if m]
     return tuple(f"{DEV_DIR}/{n}" for _, n in sorted(found))
 
 

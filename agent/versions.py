@@ -17,11 +17,8 @@ time and its whole process group killed on timeout (a hung ``nvidia-smi`` must n
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
-import subprocess
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from agent.errors import NodeFileError
@@ -69,6 +66,9 @@ def run_tool(
     The program gets its own session so that on timeout its children die with it (a shell wrapper
     that runs ``sleep`` would otherwise keep the pipes open).
     """
+    import contextlib
+    import signal
+    import subprocess  # here, not at the top: a node without the tools never pays for it
     try:
         proc = subprocess.Popen(
             list(argv),
@@ -106,12 +106,13 @@ def run_tool(
 
 # --- parsing ------------------------------------------------------------------------------------
 
-_SEMVER = re.compile(r"(?:^|[\s/])v?(\d+\.\d+\.\d+)(?:[-+.\s]|$)")
+# Patterns as strings: ``re`` compiles and caches them on first use, so ``check`` pays only for those it uses.
+_SEMVER = r"(?:^|[\s/])v?(\d+\.\d+\.\d+)(?:[-+.\s]|$)"
 
 
 def parse_kubelet_version(text: str) -> Optional[str]:
     """``Kubernetes v1.35.2-eks-1a2b3c4`` -> ``1.35.2``."""
-    m = re.search(r"\bKubernetes\s+v?(\d+\.\d+(?:\.\d+)?)", text) or _SEMVER.search(text)
+    m = re.search(r"\bKubernetes\s+v?(\d+\.\d+(?:\.\d+)?)", text) or re.search(_SEMVER, text)
     return m.group(1) if m else None
 
 
@@ -120,7 +121,7 @@ def parse_containerd_version(text: str) -> Optional[str]:
 
     The module path's ``/v2`` is not a version: only a full ``X.Y.Z`` counts.
     """
-    m = _SEMVER.search(text)
+    m = re.search(_SEMVER, text)
     return m.group(1) if m else None
 
 
