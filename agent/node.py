@@ -7,15 +7,17 @@ as one failing check while the other checks still run.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union
 
 from agent.config import AgentConfig
 from agent.containerd import ContainerdConfigSet
-from agent.driver import DriverFacts
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot
 from agent.nvidia import NvidiaRuntimeConfig
-from agent.versions import NodeVersions
+
+if TYPE_CHECKING:
+    from agent.driver import DriverFacts
+    from agent.versions import NodeVersions
 
 
 class NodeFacts(NamedTuple):
