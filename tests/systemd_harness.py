@@ -2,7 +2,7 @@
 
     with boot({"containerd.service": UNIT_TEXT}, wants=["containerd.service"]) as sd:
         sd.bus_address                          # unix:path=<dir>/run/dbus/system_bus_socket
-        sd.properties("containerd.service")     # raw D-Bus properties (ActiveEnterTimestamp in µs, MainPID, ...)
+        sd.properties("containerd.service")     # D-Bus properties: ActiveEnterTimestamp (µs), MainPID...
         sd.systemctl("restart", "containerd.service")
         with sd.record_jobs() as jobs: ...      # every JobRemoved systemd emits meanwhile
     # leaving the block powers it off and removes its cgroups and directories
@@ -25,6 +25,7 @@ Independent of the agent's own D-Bus code on purpose: tests compare the agent ag
 """
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -32,10 +33,10 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 SYSTEMD = "/usr/lib/systemd/systemd"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -57,7 +58,8 @@ Requires=dbus.socket
 [Service]
 Type=notify
 NotifyAccess=main
-ExecStart=/usr/bin/dbus-daemon --system --address=systemd: --nofork --nopidfile --systemd-activation --syslog-only
+ExecStart=/usr/bin/dbus-daemon --system --address=systemd: --nofork --nopidfile --systemd-activation \
+  --syslog-only
 """
 
 # What default dependencies (DefaultDependencies=yes) pull in; empty stand-ins, nothing else boots.
@@ -130,6 +132,15 @@ class BootError(RuntimeError):
     pass
 
 
+Completed = subprocess.CompletedProcess  # of str
+
+
+def _bus_flags() -> Any:
+    from gi.repository import Gio
+
+    return Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION
+
+
 def cgroup_layout() -> str:
     """``unified`` (pure v2), ``hybrid`` (v1 + ``unified/``) or ``legacy`` (v1 only)."""
     if (CGROUP_ROOT / "cgroup.controllers").exists():
@@ -152,10 +163,8 @@ def _remove_cgroup_tree(top: Path, deadline: float) -> None:
     """rmdir bottom-up; a cgroup whose last process just died can stay busy for a moment."""
     while top.exists():
         for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda e: -e[0].count("/")):
-            try:
+            with suppress(OSError):
                 os.rmdir(dirpath)
-            except OSError:
-                pass
         if not top.exists() or time.monotonic() > deadline:
             return
         time.sleep(0.05)
@@ -168,10 +177,8 @@ def _children(pid: int) -> List[int]:
     except OSError:
         return out
     for tid in tasks:
-        try:
+        with suppress(OSError):
             out.extend(int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
-        except OSError:
-            pass
     return out
 
 
@@ -236,8 +243,7 @@ class JobRecorder:
         context = GLib.MainContext.new()
         context.push_thread_default()
         try:
-            flags = Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION
-            con = Gio.DBusConnection.new_for_address_sync(self.address, flags, None, None)
+            con = Gio.DBusConnection.new_for_address_sync(self.address, _bus_flags(), None, None)
 
             def on_signal(_con: Any, _sender: str, _path: str, _iface: str, _name: str, params: Any) -> None:
                 job_id, job, unit, result = params.unpack()
@@ -299,7 +305,7 @@ class BootedSystemd:
 
     # --- looking inside -----------------------------------------------------------------------
 
-    def nsenter(self, *cmd: str, check: bool = True, timeout: float = 30) -> "subprocess.CompletedProcess[str]":
+    def nsenter(self, *cmd: str, check: bool = True, timeout: float = 30) -> "Completed":
         """Run ``cmd`` inside the instance (its mount, pid namespaces and root)."""
         return subprocess.run(
             ["nsenter", "-t", str(self.pid), "-m", "-p", "-r", "-w", "--", *cmd],
@@ -307,15 +313,14 @@ class BootedSystemd:
             env={"PATH": "/usr/sbin:/usr/bin", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"},
         )
 
-    def systemctl(self, *args: str, check: bool = True, timeout: float = 30) -> "subprocess.CompletedProcess[str]":
+    def systemctl(self, *args: str, check: bool = True, timeout: float = 30) -> "Completed":
         return self.nsenter("systemctl", "--no-pager", *args, check=check, timeout=timeout)
 
     def _call(self, method: str, args: Any, iface: str = "org.freedesktop.systemd1.Manager",
               path: str = "/org/freedesktop/systemd1", timeout_ms: int = 10000) -> Any:
         from gi.repository import Gio
 
-        flags = Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION
-        con = Gio.DBusConnection.new_for_address_sync(self.bus_address, flags, None, None)
+        con = Gio.DBusConnection.new_for_address_sync(self.bus_address, _bus_flags(), None, None)
         try:
             return con.call_sync("org.freedesktop.systemd1", path, iface, method, args, None,
                                  Gio.DBusCallFlags.NONE, timeout_ms, None).unpack()
@@ -402,18 +407,14 @@ class BootedSystemd:
         self._stopped = True
         try:
             if self.launcher.poll() is None:
-                try:
+                with suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGRTMIN + 14)
-                except ProcessLookupError:
-                    pass
                 try:
                     self.launcher.wait(SHUTDOWN_TIMEOUT)
                 except subprocess.TimeoutExpired:
                     # PID 1 gone means the whole pid namespace is gone.
-                    try:
+                    with suppress(ProcessLookupError):
                         os.kill(self.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                     self.launcher.wait(SHUTDOWN_TIMEOUT)
         finally:
             deadline = time.monotonic() + SHUTDOWN_TIMEOUT
@@ -470,7 +471,7 @@ def boot(
     base = Path(tempfile.mkdtemp(prefix=f"{name}."))
     layout = cgroup_layout()
     cgroups = _cgroup_dirs(layout, name)
-    launcher: Optional["subprocess.Popen[bytes]"] = None
+    launcher: Optional[subprocess.Popen[bytes]] = None
     try:
         (base / "root").mkdir()
         unit_dir = base / "run" / "test-units"
@@ -486,10 +487,9 @@ def boot(
             cg.mkdir()
         procs = [str(cg / "cgroup.procs") for cg in cgroups]
         inner = ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private",
-                 "--cgroup", "--uts", "--ipc", "sh", "-c", INNER_SCRIPT, "inner", str(base), layout, *bind_paths]
+                 "--cgroup", "--uts", "--ipc",
+                 "sh", "-c", INNER_SCRIPT, "inner", str(base), layout, *bind_paths]
         # script(1) takes one command string for $SHELL -c; quote each word for it.
-        import shlex
-
         command = " ".join(shlex.quote(word) for word in inner)
         launcher = subprocess.Popen(
             ["sh", "-c", LAUNCHER, "launcher", *procs, "--",
@@ -545,3 +545,113 @@ def _wait_for_bus(instance: BootedSystemd, deadline: float) -> None:
         if instance.launcher.poll() is not None or time.monotonic() > deadline:
             raise BootError(f"systemd's bus did not answer:\n{instance.console_log()[-3000:]}")
         time.sleep(0.05)
+
+
+# --- stand-ins for node daemons ------------------------------------------------------------------------
+
+# A daemon that behaves like containerd/kubelet as far as systemd can tell. It appends
+# "<name> <pid> <sha256 of its config, 12 hex>" to the start log (one line per start, so tests can
+# count starts and their order), fails like containerd does on an invalid config file, and is
+# controlled through files in its control directory:
+#   fail-if-contains  exit 1 when the config contains this text (a config containerd rejects)
+#   never-ready       never send READY=1 (Type=notify: the start job never finishes)
+FAKE_DAEMON = r'''#!/usr/bin/python3
+import argparse, hashlib, os, signal, socket, sys, time, tomllib
+
+p = argparse.ArgumentParser()
+p.add_argument("--name", required=True)
+p.add_argument("--log", required=True)
+p.add_argument("--config")
+p.add_argument("--control", required=True)
+a = p.parse_args()
+digest = "-"
+if a.config:
+    with open(a.config, "rb") as f:
+        data = f.read()
+    digest = hashlib.sha256(data).hexdigest()[:12]
+fd = os.open(a.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+os.write(fd, f"{a.name} {os.getpid()} {digest}\n".encode())
+os.close(fd)
+if a.config:
+    try:
+        tomllib.loads(data.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        sys.exit(f"{a.name}: invalid config {a.config}: {exc}")
+    marker = os.path.join(a.control, "fail-if-contains")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            text = f.read().strip()
+        if text and text in data.decode():
+            sys.exit(f"{a.name}: rejecting {a.config}: contains {text!r}")
+if not os.path.exists(os.path.join(a.control, "never-ready")):
+    address = os.environ.get("NOTIFY_SOCKET")
+    if address:
+        if address.startswith("@"):
+            address = "\0" + address[1:]
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.connect(address)
+        s.sendall(b"READY=1")
+        s.close()
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    signal.pause()
+'''
+
+
+@dataclass(frozen=True)
+class FakeNodeDaemons:
+    """Paths of the stand-in daemons' script, start log and control directories (all under ``base``)."""
+
+    base: Path
+
+    @property
+    def script(self) -> Path:
+        return self.base / "fake-daemon.py"
+
+    @property
+    def start_log(self) -> Path:
+        return self.base / "starts.log"
+
+    def control(self, name: str) -> Path:
+        return self.base / "control" / name
+
+    def install(self) -> "FakeNodeDaemons":
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.script.write_text(FAKE_DAEMON)
+        self.script.chmod(0o755)
+        for name in ("containerd", "kubelet"):
+            self.control(name).mkdir(parents=True, exist_ok=True)
+        self.start_log.touch()
+        return self
+
+    def starts(self) -> List[Tuple[str, int, str]]:
+        """Every start so far, in order: (name, pid, config digest)."""
+        out = []
+        for line in self.start_log.read_text().splitlines():
+            name, pid, digest = line.split()
+            out.append((name, int(pid), digest))
+        return out
+
+    def containerd_unit(self, config: Path, *, restart_always: bool = True,
+                        start_timeout: str = "90s") -> str:
+        # Mirrors containerd's own unit where systemd behaviour depends on it: Type=notify (the start
+        # job finishes at READY=1), Restart=always.
+        restart = "Restart=always\nRestartSec=1\n" if restart_always else ""
+        return (
+            "[Unit]\nDescription=containerd stand-in (test)\n"
+            "[Service]\nType=notify\n"
+            f"ExecStart=/usr/bin/python3 {self.script} --name containerd --log {self.start_log} "
+            f"--config {config} --control {self.control('containerd')}\n"
+            f"{restart}TimeoutStartSec={start_timeout}\nKillMode=process\n"
+        )
+
+    def kubelet_unit(self) -> str:
+        # Like the EKS kubelet unit: simple service, ordered after containerd, restarts on failure.
+        return (
+            "[Unit]\nDescription=kubelet stand-in (test)\n"
+            "After=containerd.service\nWants=containerd.service\n"
+            "[Service]\n"
+            f"ExecStart=/usr/bin/python3 {self.script} --name kubelet --log {self.start_log} "
+            f"--control {self.control('kubelet')}\n"
+            "Restart=on-failure\nRestartSec=5\n"
+        )
