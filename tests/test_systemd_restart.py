@@ -36,8 +36,13 @@ def digest(text: str) -> str:
 class GpuNode:
     """A simulated node root plus a real systemd running its containerd and kubelet stand-ins."""
 
-    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                 boot_systemd: Callable[..., BootedSystemd]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        boot_systemd: Callable[..., BootedSystemd],
+    ) -> None:
         self.tmp = tmp_path
         self.root = tmp_path / "node"
         self.daemons = FakeNodeDaemons(tmp_path / "daemons").install()
@@ -67,9 +72,14 @@ class GpuNode:
             f"restart:\n  policy: {policy}\n  timeout_seconds: {timeout}\nreport:\n  publish: false\n"
         )
 
-    def boot(self, *, kubelet: bool = True, restart_always: bool = True, start_timeout: str = "90s") -> BootedSystemd:
-        units = {CONTAINERD: self.daemons.containerd_unit(self.containerd_config, restart_always=restart_always,
-                                                          start_timeout=start_timeout)}
+    def boot(
+        self, *, kubelet: bool = True, restart_always: bool = True, start_timeout: str = "90s"
+    ) -> BootedSystemd:
+        units = {
+            CONTAINERD: self.daemons.containerd_unit(
+                self.containerd_config, restart_always=restart_always, start_timeout=start_timeout
+            )
+        }
         if kubelet:
             units[KUBELET] = self.daemons.kubelet_unit()
         self.sd = self.boot_systemd(units, wants=list(units), binds=[self.tmp])
@@ -82,8 +92,9 @@ class GpuNode:
     def agent(self, *args: str) -> Tuple[int, str, str]:
         """The real CLI, in process: (exit code, stdout, stderr)."""
         self.capsys.readouterr()
-        code = cli.main(["--config", str(self.config_file), "--root", str(self.root), "--log-format", "json",
-                         *args])
+        code = cli.main(
+            ["--config", str(self.config_file), "--root", str(self.root), "--log-format", "json", *args]
+        )
         out, err = self.capsys.readouterr()
         return code, out, err
 
@@ -98,7 +109,7 @@ class GpuNode:
         return self.sd.properties(unit)
 
     def make_stale(self) -> None:
-        """nodeadm before amazon-eks-ami#2705: config.toml rewritten after containerd started (StartUnit no-op)."""
+        """nodeadm before amazon-eks-ami#2705: config.toml rewritten after containerd started."""
         started = self.props(CONTAINERD)["ActiveEnterTimestamp"] / 1e6
         while time.time() <= started:
             time.sleep(0.01)
@@ -108,8 +119,12 @@ class GpuNode:
 
 
 @pytest.fixture
-def gpu_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-             boot_systemd: Callable[..., BootedSystemd]) -> GpuNode:
+def gpu_node(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    boot_systemd: Callable[..., BootedSystemd],
+) -> GpuNode:
     node = GpuNode(tmp_path, monkeypatch, capsys, boot_systemd)
     node.agent_config()
     return node
@@ -119,7 +134,7 @@ def units_of(jobs: List[JobRecord]) -> List[Tuple[str, str]]:
     return [(j.unit, j.result) for j in jobs]
 
 
-# --- 1. converged ------------------------------------------------------------------------------------
+# --- 1. converged ---------------------------------------------------------------------------------
 
 
 def test_converged_node_restarts_nothing(gpu_node: GpuNode) -> None:
@@ -141,7 +156,7 @@ def test_converged_node_restarts_nothing(gpu_node: GpuNode) -> None:
     assert "containerd-running     pass" in out and "kubelet-running        pass" in out
 
 
-# --- 2. stale daemon (pre-#2705 nodeadm) ------------------------------------------------------------------
+# --- 2. stale daemon (pre-#2705 nodeadm) ----------------------------------------------------------
 
 
 def test_stale_containerd_restarts_containerd_then_kubelet_once(gpu_node: GpuNode) -> None:
@@ -175,7 +190,7 @@ def test_stale_containerd_restarts_containerd_then_kubelet_once(gpu_node: GpuNod
     assert (code, jobs) == (0, []), out
 
 
-# --- 3. the agent's own edit -----------------------------------------------------------------------------
+# --- 3. the agent's own edit ----------------------------------------------------------------------
 
 
 def test_agent_edit_restarts_both_once_and_second_run_nothing(gpu_node: GpuNode) -> None:
@@ -190,7 +205,10 @@ def test_agent_edit_restarts_both_once_and_second_run_nothing(gpu_node: GpuNode)
     assert units_of(jobs) == [(CONTAINERD, "done"), (KUBELET, "done")]
     starts = gpu_node.daemons.starts()
     assert [(s[0], s[2]) for s in starts] == [
-        ("containerd", digest(old_text)), ("kubelet", "-"), ("containerd", digest(new_text)), ("kubelet", "-"),
+        ("containerd", digest(old_text)),
+        ("kubelet", "-"),
+        ("containerd", digest(new_text)),
+        ("kubelet", "-"),
     ]
     assert starts[2][1] == gpu_node.props(CONTAINERD)["MainPID"]
     assert "restarted containerd.service: this run changes its configuration" in out
@@ -200,10 +218,12 @@ def test_agent_edit_restarts_both_once_and_second_run_nothing(gpu_node: GpuNode)
     assert len(gpu_node.daemons.starts()) == 4
 
 
-# --- 4. containerd rejects the new configuration -------------------------------------------------------------
+# --- 4. containerd rejects the new configuration --------------------------------------------------
 
 
-@pytest.mark.parametrize("restart_always", [False, True], ids=["start-fails", "restart-always-keeps-retrying"])
+@pytest.mark.parametrize(
+    "restart_always", [False, True], ids=["start-fails", "restart-always-keeps-retrying"]
+)
 def test_containerd_failing_with_new_config_is_rolled_back(gpu_node: GpuNode, restart_always: bool) -> None:
     # With or without containerd's own Restart=always the start job fails (systemd 252 ends it when
     # the service enters auto-restart); with it, systemd would also keep retrying the bad config.
@@ -232,7 +252,7 @@ def test_containerd_failing_with_new_config_is_rolled_back(gpu_node: GpuNode, re
     assert "containerd-config      fail" in out  # the drift is still there, and reported
 
 
-# --- 5. a unit that never becomes ready ----------------------------------------------------------------------
+# --- 5. a unit that never becomes ready -----------------------------------------------------------
 
 
 def test_restart_that_never_becomes_ready_is_bounded_by_timeout(gpu_node: GpuNode) -> None:
@@ -253,7 +273,7 @@ def test_restart_that_never_becomes_ready_is_bounded_by_timeout(gpu_node: GpuNod
     assert gpu_node.props(CONTAINERD)["ActiveState"] == "activating"
 
 
-# --- 6. kubelet not loaded ------------------------------------------------------------------------------------
+# --- 6. kubelet not loaded ------------------------------------------------------------------------
 
 
 def test_kubelet_not_loaded_containerd_still_handled(gpu_node: GpuNode) -> None:
@@ -271,11 +291,12 @@ def test_kubelet_not_loaded_containerd_still_handled(gpu_node: GpuNode) -> None:
     assert code == 1
 
 
-# --- 7. no bus -------------------------------------------------------------------------------------------------
+# --- 7. no bus ------------------------------------------------------------------------------------
 
 
-def test_no_bus_reconciles_files_and_reports_restart_pending(gpu_node: GpuNode,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_bus_reconciles_files_and_reports_restart_pending(
+    gpu_node: GpuNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gpu_node.write_node(DRIFTED)
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={gpu_node.tmp}/no-such-bus")
 
@@ -283,26 +304,32 @@ def test_no_bus_reconciles_files_and_reports_restart_pending(gpu_node: GpuNode,
 
     assert code == 1, out + err
     assert "SystemdCgroup = true" in gpu_node.containerd_config.read_text()
-    assert ("failed: restart pending: containerd.service: this run changes its configuration "
-            "(/etc/containerd/config.toml); cannot restart it: system bus unix:path=") in out
+    assert (
+        "failed: restart pending: containerd.service: this run changes its configuration "
+        "(/etc/containerd/config.toml); cannot restart it: system bus unix:path="
+    ) in out
     assert "containerd-running     skip" in out
 
 
-def test_bus_without_systemd_is_unreachable_too(gpu_node: GpuNode, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bus_without_systemd_is_unreachable_too(
+    gpu_node: GpuNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A message bus on which systemd is not registered (e.g. a container's own bus)."""
     gpu_node.write_node(DRIFTED)
     socket = tmp_path / "bus.sock"
     config = tmp_path / "bus.conf"
     config.write_text(
-        "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\" "
-        "\"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
+        '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN" '
+        '"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
         f"<busconfig><type>custom</type><listen>unix:path={socket}</listen>"
-        "<auth>EXTERNAL</auth><policy context=\"default\"><allow user=\"*\"/><allow own=\"*\"/>"
-        "<allow send_destination=\"*\" eavesdrop=\"true\"/><allow eavesdrop=\"true\"/></policy></busconfig>\n"
+        '<auth>EXTERNAL</auth><policy context="default"><allow user="*"/><allow own="*"/>'
+        '<allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/></policy></busconfig>\n'
     )
-    daemon = subprocess.Popen(["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while not socket.exists():
@@ -318,7 +345,7 @@ def test_bus_without_systemd_is_unreachable_too(gpu_node: GpuNode, tmp_path: Pat
     assert "SystemdCgroup = true" in gpu_node.containerd_config.read_text()
 
 
-# --- 8. policies ------------------------------------------------------------------------------------------------
+# --- 8. policies ----------------------------------------------------------------------------------
 
 
 def test_policy_never_restarts_nothing_and_reports_pending(gpu_node: GpuNode) -> None:
@@ -349,7 +376,7 @@ def test_policy_always_restarts_a_converged_node(gpu_node: GpuNode) -> None:
     assert [s[0] for s in gpu_node.daemons.starts()] == ["containerd", "kubelet", "containerd", "kubelet"]
 
 
-# --- the command, as installed -------------------------------------------------------------------------------------
+# --- the command, as installed --------------------------------------------------------------------
 
 
 def test_stale_node_through_python_dash_m_agent(gpu_node: GpuNode) -> None:
@@ -360,9 +387,24 @@ def test_stale_node_through_python_dash_m_agent(gpu_node: GpuNode) -> None:
     env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": sd.bus_address, "PYTHONPATH": str(REPO)}
     with sd.record_jobs() as recorder:
         proc = subprocess.run(
-            [sys.executable, "-m", "agent", "--config", str(gpu_node.config_file), "--root", str(gpu_node.root),
-             "run", "--lock-wait", "5"],
-            capture_output=True, text=True, timeout=60, env=env, cwd=str(REPO), check=False,
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "--config",
+                str(gpu_node.config_file),
+                "--root",
+                str(gpu_node.root),
+                "run",
+                "--lock-wait",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=str(REPO),
+            check=False,
         )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert units_of(recorder.jobs) == [(CONTAINERD, "done"), (KUBELET, "done")]
