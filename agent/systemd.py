@@ -205,6 +205,7 @@ class SystemdClient:
         self._manager: Any = None
         self._systemd_owner: Optional[str] = None
         self._subscribed = False
+        self._unit_paths: Dict[str, str] = {}  # object paths are fixed by the unit name
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -321,12 +322,15 @@ class SystemdClient:
 
     def unit_object(self, name: str, *, deadline: Optional[float] = None) -> str:
         """The unit's object path: ``GetUnit``, else ``LoadUnit`` (which reads it from disk if it exists)."""
+        if name in self._unit_paths:
+            return self._unit_paths[name]
         try:
             (path,) = self._call(SYSTEMD_BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "GetUnit", ("s", (name,)),
                                  "(o)", unit=name, deadline=deadline)
         except UnitNotLoaded:
             (path,) = self._call(SYSTEMD_BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "LoadUnit", ("s", (name,)),
                                  "(o)", unit=name, deadline=deadline)
+        self._unit_paths[name] = str(path)
         return str(path)
 
     def unit_state(self, name: str, *, deadline: Optional[float] = None) -> UnitState:

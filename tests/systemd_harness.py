@@ -633,12 +633,14 @@ class FakeNodeDaemons:
         return out
 
     def containerd_unit(self, config: Path, *, restart_always: bool = True,
-                        start_timeout: str = "90s") -> str:
+                        start_timeout: str = "90s", start_limit: bool = True) -> str:
         # Mirrors containerd's own unit where systemd behaviour depends on it: Type=notify (the start
-        # job finishes at READY=1), Restart=always.
+        # job finishes at READY=1), Restart=always. start_limit=False lifts systemd's default of 5
+        # starts per 10 s, for benchmarks that restart it many times.
         restart = "Restart=always\nRestartSec=1\n" if restart_always else ""
+        limit = "" if start_limit else "StartLimitIntervalSec=0\n"
         return (
-            "[Unit]\nDescription=containerd stand-in (test)\n"
+            f"[Unit]\nDescription=containerd stand-in (test)\n{limit}"
             "[Service]\nType=notify\n"
             f"ExecStart=/usr/bin/python3 {self.script} --name containerd --log {self.start_log} "
             f"--config {config} --control {self.control('containerd')}\n"
