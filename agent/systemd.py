@@ -84,7 +84,7 @@ class JobFailed(SystemdError):
         self.result = result
 
 
-class RestartTimeout(SystemdError):
+class SystemdTimeout(SystemdError):
     """The restart job did not finish, or systemd did not answer, within the deadline."""
 
 
@@ -264,7 +264,7 @@ class SystemdClient:
     def _error(self, exc: BaseException, what: str, unit: Optional[str], timeout: float) -> SystemdError:
         name, message = _glib_error_name(exc)
         if name in ("gio.timed-out", f"{DBUS_ERROR}.NoReply", f"{DBUS_ERROR}.Timeout"):
-            return RestartTimeout(f"{what}: systemd did not answer within {timeout:g}s", unit)
+            return SystemdTimeout(f"{what}: systemd did not answer within {timeout:.3g}s", unit)
         if name == "org.freedesktop.systemd1.NoSuchUnit":
             return UnitNotLoaded(f"{unit}: no such unit (systemd has not loaded it)", unit)
         if name in ("org.freedesktop.systemd1.LoadFailed",):
@@ -377,7 +377,7 @@ class SystemdClient:
         """Restart ``name`` and wait, at most ``timeout`` seconds, until it is confirmed active.
 
         Raises ``UnitNotLoaded``, ``JobFailed`` (result other than done, or not active after it),
-        ``RestartTimeout`` (the job still runs at the deadline) or ``BusUnreachable``.
+        ``SystemdTimeout`` (the job still runs at the deadline) or ``BusUnreachable``.
         """
         from gi.repository import GLib
 
@@ -408,7 +408,7 @@ class SystemdClient:
                     raise self._error(exc, f"{name}: RestartUnit", name, self._remaining(deadline)) from None
                 if not self._iterate_until(context, lambda: job in finished, deadline):
                     state = self._state_after_timeout(name)
-                    raise RestartTimeout(
+                    raise SystemdTimeout(
                         f"{name}: restart did not finish within {timeout:g}s (job {job} still running; "
                         f"{state})", name)
             finally:
