@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything gpu-node-agent's development and tests need on a Debian/Ubuntu box:
 # Debian packages (real systemd and D-Bus, rpmbuild, containerd 1.6 for `config dump`, hyperfine,
-# what PyGObject needs to build for Python 3.9), a venv on the system Python (which has python3-gi,
+# what PyGObject and dbus-python (python-dbusmock) need to build for Python 3.9), a venv on the system Python (which has python3-gi,
 # needed by pydbus) and a venv on Python 3.9, AL2023's /usr/bin/python3.
 # Idempotent: a second run only checks. Needs root (or sudo) for the Debian packages.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   python3 python3-venv python3-dev python3-gi gir1.2-glib-2.0
-  libgirepository1.0-dev libcairo2-dev pkg-config gcc make
+  libgirepository1.0-dev libcairo2-dev libdbus-1-dev pkg-config gcc make
   systemd dbus util-linux bsdutils iproute2
   rpm containerd curl openssl hyperfine ca-certificates
 )

@@ -227,6 +227,7 @@ class JobRecorder:
         self._error: Optional[BaseException] = None
         self._loop: Any = None
         self._context: Any = None
+        self._con: Any = None
         self._thread = threading.Thread(target=self._run, name="job-recorder", daemon=True)
 
     def start(self) -> "JobRecorder":
@@ -257,6 +258,7 @@ class JobRecorder:
                           Gio.DBusCallFlags.NONE, 5000, None)
             self._loop = GLib.MainLoop.new(context, False)
             self._context = context
+            self._con = con
         except BaseException as exc:  # reported by start()
             self._error = exc
             self._ready.set()
@@ -269,18 +271,31 @@ class JobRecorder:
             con.close_sync(None)
             context.pop_thread_default()
 
-    def stop(self, settle: float = 0.2) -> List[JobRecord]:
-        """Stop after ``settle`` seconds (signals already sent still arrive), return the jobs seen."""
+    def stop(self) -> List[JobRecord]:
+        """Stop recording; every JobRemoved systemd emitted before this call is included."""
         from gi.repository import GLib
 
-        time.sleep(settle)
         if self._loop is not None:
             source = GLib.idle_source_new()
-            source.set_callback(lambda *_: self._loop.quit() and False)
+            source.set_callback(self._barrier_then_quit)
             source.attach(self._context)
         self._thread.join(10)
         with self._lock:
             return list(self.jobs)
+
+    def _barrier_then_quit(self, *_: Any) -> bool:
+        """A round trip to the bus daemon on the recording connection: its reply comes after every
+        signal the daemon routed to us before, so those signals' callbacks are queued once it returns;
+        quitting at low priority lets them run first."""
+        from gi.repository import Gio, GLib
+
+        self._con.call_sync("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetId",
+                            None, None, Gio.DBusCallFlags.NONE, 5000, None)
+        quit_source = GLib.idle_source_new()
+        quit_source.set_priority(GLib.PRIORITY_LOW)
+        quit_source.set_callback(lambda *_: self._loop.quit() or False)
+        quit_source.attach(self._context)
+        return False
 
     def for_unit(self, unit: str) -> List[JobRecord]:
         with self._lock:
@@ -631,6 +646,25 @@ class FakeNodeDaemons:
             name, pid, digest = line.split()
             out.append((name, int(pid), digest))
         return out
+
+    def wait_for_starts(self, count: int, timeout: float = 10.0) -> List[Tuple[str, int, str]]:
+        """The start log once it has at least ``count`` lines. A ``Type=simple`` unit is active as
+        soon as systemd has forked it, so its own log line can come a moment after the start job."""
+        deadline = time.monotonic() + timeout
+        while True:
+            starts = self.starts()
+            if len(starts) >= count or time.monotonic() > deadline:
+                return starts
+            time.sleep(0.02)
+
+    def wait_for_start(self, name: str, pid: int, timeout: float = 10.0) -> List[Tuple[str, int, str]]:
+        """The start log once it records the start of ``name`` as ``pid`` (e.g. the current MainPID)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            starts = self.starts()
+            if any(s[:2] == (name, pid) for s in starts) or time.monotonic() > deadline:
+                return starts
+            time.sleep(0.02)
 
     def containerd_unit(self, config: Path, *, restart_always: bool = True,
                         start_timeout: str = "90s", start_limit: bool = True) -> str:

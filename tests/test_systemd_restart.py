@@ -152,7 +152,7 @@ def test_converged_node_restarts_nothing(gpu_node: GpuNode) -> None:
         after = gpu_node.props(unit)
         assert after["ActiveEnterTimestamp"] == before[unit]["ActiveEnterTimestamp"]
         assert after["MainPID"] == before[unit]["MainPID"]
-    assert [s[0] for s in gpu_node.daemons.starts()] == ["containerd", "kubelet"]
+    assert [s[0] for s in gpu_node.daemons.wait_for_starts(2)] == ["containerd", "kubelet"]
     assert "containerd-running     pass" in out and "kubelet-running        pass" in out
 
 
@@ -182,7 +182,7 @@ def test_stale_containerd_restarts_containerd_then_kubelet_once(gpu_node: GpuNod
     assert c["MainPID"] != before[CONTAINERD]["MainPID"] and k["MainPID"] != before[KUBELET]["MainPID"]
     assert before[CONTAINERD]["ActiveEnterTimestamp"] < c["ActiveEnterTimestamp"] < k["ActiveEnterTimestamp"]
     assert c["ActiveEnterTimestamp"] > gpu_node.containerd_config.stat().st_mtime * 1e6
-    starts = gpu_node.daemons.starts()
+    starts = gpu_node.daemons.wait_for_starts(4)
     assert [s[0] for s in starts] == ["containerd", "kubelet", "containerd", "kubelet"]
     assert starts[2][1] == c["MainPID"] and starts[3][1] == k["MainPID"]
 
@@ -203,7 +203,7 @@ def test_agent_edit_restarts_both_once_and_second_run_nothing(gpu_node: GpuNode)
     new_text = gpu_node.containerd_config.read_text()
     assert "SystemdCgroup = true" in new_text and new_text != old_text
     assert units_of(jobs) == [(CONTAINERD, "done"), (KUBELET, "done")]
-    starts = gpu_node.daemons.starts()
+    starts = gpu_node.daemons.wait_for_starts(4)
     assert [(s[0], s[2]) for s in starts] == [
         ("containerd", digest(old_text)),
         ("kubelet", "-"),
@@ -215,7 +215,7 @@ def test_agent_edit_restarts_both_once_and_second_run_nothing(gpu_node: GpuNode)
 
     code, out, jobs = gpu_node.run_recording()
     assert (code, jobs) == (0, []), out
-    assert len(gpu_node.daemons.starts()) == 4
+    assert len(gpu_node.daemons.wait_for_starts(5, timeout=0.5)) == 4
 
 
 # --- 4. containerd rejects the new configuration --------------------------------------------------
@@ -244,7 +244,8 @@ def test_containerd_failing_with_new_config_is_rolled_back(gpu_node: GpuNode, re
     assert containerd_jobs[-1] == "done"
     assert containerd_jobs[0] == "failed"
     assert units_of(jobs)[-1] == (KUBELET, "done")  # containerd was restarted, so kubelet follows
-    starts = gpu_node.daemons.starts()
+    starts = gpu_node.daemons.wait_for_start("kubelet", gpu_node.props(KUBELET)["MainPID"])
+    assert starts[-1][:2] == ("kubelet", gpu_node.props(KUBELET)["MainPID"])
     assert starts[-2][0] == "containerd" and starts[-2][2] == digest(old_text)
     assert any(s[0] == "containerd" and s[2] != digest(old_text) for s in starts)
     assert "rolled back" in out
@@ -284,11 +285,11 @@ def test_kubelet_not_loaded_containerd_still_handled(gpu_node: GpuNode) -> None:
     assert "no restart of kubelet.service: kubelet.service is not loaded (not-found)" in out
     code, out, jobs = gpu_node.run_recording()
 
-    assert units_of(jobs) == [(CONTAINERD, "done")]
+    assert units_of(jobs) == [(CONTAINERD, "done")], out
     assert "SystemdCgroup = true" in gpu_node.containerd_config.read_text()
-    assert "containerd-running     pass" in out
-    assert "kubelet-running        fail    kubelet.service is not loaded (not-found)" in out
-    assert code == 1
+    assert "containerd-running     pass" in out, out
+    assert "kubelet-running        fail    kubelet.service is not loaded (not-found)" in out, out
+    assert code == 1, out
 
 
 # --- 7. no bus ------------------------------------------------------------------------------------
@@ -373,7 +374,12 @@ def test_policy_always_restarts_a_converged_node(gpu_node: GpuNode) -> None:
     assert code == 0, out
     assert units_of(jobs) == [(CONTAINERD, "done"), (KUBELET, "done")]
     assert "restarted containerd.service: restart.policy is always" in out
-    assert [s[0] for s in gpu_node.daemons.starts()] == ["containerd", "kubelet", "containerd", "kubelet"]
+    assert [s[0] for s in gpu_node.daemons.wait_for_starts(4)] == [
+        "containerd",
+        "kubelet",
+        "containerd",
+        "kubelet",
+    ]
 
 
 # --- the command, as installed --------------------------------------------------------------------
