@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything gpu-node-agent's development and tests need on a Debian/Ubuntu box:
 # Debian packages (real systemd and D-Bus, rpmbuild, containerd 1.6 for `config dump`, hyperfine,
-# what PyGObject and dbus-python (python-dbusmock) need to build for Python 3.9), a venv on the system Python (which has python3-gi,
+# what PyGObject needs to build for Python 3.9), a venv on the system Python (which has python3-gi,
 # needed by pydbus) and a venv on Python 3.9, AL2023's /usr/bin/python3.
 # Idempotent: a second run only checks. Needs root (or sudo) for the Debian packages.
 set -euo pipefail
