@@ -121,7 +121,7 @@ class UnitState:
         return self.active_enter_timestamp / 1e6 if self.active_enter_timestamp else None
 
     def describe(self) -> str:
-        """``containerd.service active (running) since 2025-01-01T00:00:00.00Z, PID 42``"""
+        """``containerd.service active (running) since 2025-01-01T00:00:00.000Z, PID 42``"""
         if not self.loaded:
             return f"{self.name} is not loaded ({self.load_state})"
         text = f"{self.name} {self.active_state} ({self.sub_state})"
