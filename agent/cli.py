@@ -184,9 +184,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         the_plan = plan.make_plan(node.discover(root, config), config)
         for problem in the_plan.problems:
             log.warning("not fixed", problem=problem)
-        result = apply.apply(the_plan)
+        result = apply.apply(the_plan, restart_timeout=config.restart.timeout_seconds)
         results = checks.evaluate(node.discover(root, config), config)
-    actions: List[str] = result.actions
+    actions: List[str] = result.actions + [f"failed: {failure}" for failure in result.failures]
     _print(health.render_table(results, actions, color=sys.stdout.isatty()))
     code = health.exit_code_for(health.overall_health(results))
     if result.failures:

@@ -14,16 +14,19 @@ from agent.containerd import ContainerdConfigSet
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot
 from agent.nvidia import NvidiaRuntimeConfig
+from agent.systemd import SystemdError, UnitStates
 
 
 class NodeFacts(NamedTuple):
     root: NodeRoot
     containerd: Union[ContainerdConfigSet, NodeFileError]
     nvidia_runtime: Union[NvidiaRuntimeConfig, NodeFileError, None]
+    # containerd/kubelet as systemd sees them; no bus is kept as the error (None: not discovered).
+    units: Union[UnitStates, SystemdError, None] = None
 
 
 def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
-    from agent import containerd, nvidia
+    from agent import containerd, nvidia, systemd
 
     containerd_facts: Union[ContainerdConfigSet, NodeFileError]
     try:
@@ -35,4 +38,6 @@ def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
         nvidia_facts = nvidia.load(root, config.nvidia_runtime)
     except NodeFileError as exc:
         nvidia_facts = exc
-    return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts)
+    units = systemd.discover(systemd.units_to_discover(config.restart.units),
+                             timeout=min(config.restart.timeout_seconds, systemd.DISCOVERY_TIMEOUT))
+    return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts, units=units)
