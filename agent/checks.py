@@ -12,13 +12,16 @@ from agent.node import NodeFacts
 
 
 def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
-    from agent import containerd, nvidia
+    from agent import containerd, nvidia, systemd
 
     results: List[CheckResult] = []
     if isinstance(facts.containerd, NodeFileError):
         results.append(containerd.check_unreadable(facts.containerd))
     else:
         results.append(containerd.check(facts.containerd, config.containerd))
+    config_set = None if isinstance(facts.containerd, NodeFileError) else facts.containerd
+    results.append(systemd.check_containerd_running(facts.units, config_set, config.restart.units[0]))
+    results.append(systemd.check_kubelet_running(facts.units, systemd.kubelet_unit(config.restart.units)))
     if isinstance(facts.nvidia_runtime, NodeFileError):
         results.append(nvidia.check_unreadable(facts.nvidia_runtime))
     else:

@@ -194,9 +194,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         the_plan = plan.make_plan(node.discover(root, config), config)
         for problem in the_plan.problems:
             log.warning("not fixed", problem=problem)
-        result = apply.apply(the_plan)
+        result = apply.apply(the_plan, restart_timeout=config.restart.timeout_seconds)
         results = checks.evaluate(node.discover(root, config), config)
-    actions: List[str] = result.actions
+    actions: List[str] = result.actions + [f"failed: {failure}" for failure in result.failures]
     _print(health.render_table(results, actions, color=sys.stdout.isatty()))
     code = health.exit_code_for(health.overall_health(results))
     if result.failures:
@@ -205,7 +205,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # Always a report: the status file (and metrics); the cluster too unless report.publish is false.
     # A publishing failure only changes the exit code: what run did to the node stays done.
-    outcome = report.finish(root, config, results, actions, publish_report=config.report.publish)
+    restarts = {unit: result.restarted.count(unit) for unit in result.restarted}  # the metrics counter
+    outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
+                            restarts=restarts)
     _print(report.summary_line(outcome))
     if not outcome.ok:
         code = 1

@@ -14,6 +14,7 @@ from agent.containerd import ContainerdConfigSet
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot
 from agent.nvidia import NvidiaRuntimeConfig
+from agent.systemd import SystemdError, UnitStates
 
 if TYPE_CHECKING:
     from agent.driver import DriverFacts
@@ -24,12 +25,14 @@ class NodeFacts(NamedTuple):
     root: NodeRoot
     containerd: Union[ContainerdConfigSet, NodeFileError]
     nvidia_runtime: Union[NvidiaRuntimeConfig, NodeFileError, None]
+    # containerd/kubelet as systemd sees them; no bus is kept as the error (None: not discovered).
+    units: Union[UnitStates, SystemdError, None] = None
     driver: Optional[DriverFacts] = None  # None only in facts built by hand (tests)
     versions: Optional[NodeVersions] = None
 
 
 def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
-    from agent import containerd, nvidia
+    from agent import containerd, nvidia, systemd
 
     containerd_facts: Union[ContainerdConfigSet, NodeFileError]
     try:
@@ -41,9 +44,11 @@ def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
         nvidia_facts = nvidia.load(root, config.nvidia_runtime)
     except NodeFileError as exc:
         nvidia_facts = exc
+    units = systemd.discover(systemd.units_to_discover(config.restart.units),
+                             timeout=min(config.restart.timeout_seconds, systemd.DISCOVERY_TIMEOUT))
     from agent import driver, versions
 
     driver_facts = driver.discover(root)
     node_versions = versions.discover(root, driver_facts.version, driver_facts.version_note)
-    return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts,
+    return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts, units=units,
                      driver=driver_facts, versions=node_versions)

@@ -71,6 +71,15 @@ def healthy_gpu_node(root: Path, *, gpus: int = 4, extra: Optional[Dict[str, str
         "/etc/nvidia-container-runtime/config.toml",
         (SAMPLES / "nvidia-container-runtime-default.toml").read_text(),
     )
+    gpu_side(root, gpus=gpus)
+    for node_path, text in (extra or {}).items():
+        write(root, node_path, text)
+    return root
+
+
+def gpu_side(root: Path, *, gpus: int = 4) -> Path:
+    """Everything but the containerd and toolkit config files: versions, kubelet's environment,
+    the loaded driver, the GPUs and the tool stand-ins (for tests that bring their own config)."""
     write(root, "/etc/eks/kubelet-version.txt", KUBELET_VERSION_TEXT)
     write(root, "/etc/eks/containerd-version.txt", CONTAINERD_VERSION_TEXT)
     write(
@@ -92,8 +101,6 @@ def healthy_gpu_node(root: Path, *, gpus: int = 4, extra: Optional[Dict[str, str
     write(root, "/dev/nvidia-uvm", "")
     tool(root, "/usr/bin/nvidia-smi", smi_output(gpus=gpus))
     tool(root, "/usr/bin/nvidia-ctk", ctk_output())
-    for node_path, text in (extra or {}).items():
-        write(root, node_path, text)
     return root
 
 

@@ -9,9 +9,11 @@ import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
+import pydbus  # noqa: F401  (these load before the fake filesystem is active)
 import pytest
-import tomlkit  # noqa: F401  (imported before the fake filesystem is active)
+import tomlkit  # noqa: F401
 import yaml  # noqa: F401
+from gi.repository import Gio, GLib  # noqa: F401
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.helpers import set_uid
 
@@ -31,11 +33,13 @@ SAMPLES = {name: sample(name) for name in (
     "containerd-v2-nodeadm-nvidia.toml", "containerd-v3-nodeadm-merged.toml", "containerd-v3-migrated.toml",
     "nvidia-container-runtime-default.toml", "nvidia-container-runtime-legacy.toml",
 )}
+AGENT_CONFIG = "/etc/gpu-node-agent/config.yaml"
 HEALTHY = {
     CONTAINERD: SAMPLES["containerd-v3-nodeadm-nvidia.toml"],
     NVIDIA: SAMPLES["nvidia-container-runtime-default.toml"],
     VERSION: VERSION_TEXT[2],
-    "/etc/gpu-node-agent/config.yaml": "report:\n  publish: false\n",  # no cluster here
+    # These tests are about files: no systemd here (restarts are tested against a real one), no cluster.
+    AGENT_CONFIG: "restart:\n  policy: never\nreport:\n  publish: false\n",
 }
 
 
@@ -106,7 +110,8 @@ def test_plan_shows_the_diff_run_applies_it_and_a_second_run_changes_nothing(
     code, out, _ = run(capsys, "run")
     assert code == 0, out
     assert "health: healthy" in out
-    assert out.count("action: ") == changes
+    assert out.count(f"action: {ROOT}") == changes
+    assert ("action: restart pending: containerd.service" in out) == bool(changes)
     after_first = snapshot()
 
     code, out, _ = run(capsys, "run")
@@ -256,7 +261,7 @@ def test_bad_agent_config_is_exit_64(
 
 
 def test_default_config_is_read_under_root(node: FakeFilesystem, capsys: pytest.CaptureFixture) -> None:
-    write(node, {**HEALTHY, "/etc/gpu-node-agent/config.yaml": "restart:\n  policy: never\n"})
+    write(node, HEALTHY)
     code, out, _ = run(capsys, "config", "show")
     assert code == 0 and f"source: {ROOT}/etc/gpu-node-agent/config.yaml" in out and "policy: never" in out
 

@@ -49,9 +49,7 @@ def test_check_table_on_a_healthy_node(root: Path, capsys: pytest.CaptureFixture
     code, out, _ = run_cli(["--root", str(root), "check"], capsys)
     lines = out.splitlines()
     assert re.fullmatch(r"CHECK +STATUS  MESSAGE", lines[0])
-    rows = {
-        line.split()[0]: line.split()[1] for line in lines[1:] if not line.startswith(("health:", "action:"))
-    }
+    rows = {line.split()[0]: line.split()[1] for line in lines[1:] if not line.startswith(("health:", "action:"))}
     for name in MY_CHECKS:
         assert rows[name] == PASS, out
     health = lines[-1].split(": ")[1]
@@ -223,9 +221,7 @@ def with_cluster(root: Path, api: ApiServer, config: str = "") -> Path:
     return root
 
 
-def test_check_report_publishes(
-    root: Path, api: ApiServer, aws: FakeAws, capsys: pytest.CaptureFixture
-) -> None:
+def test_check_report_publishes(root: Path, api: ApiServer, aws: FakeAws, capsys: pytest.CaptureFixture) -> None:
     with_cluster(root, api)
     code, out, _ = run_cli(["--root", str(root), "check", "--report"], capsys)
     assert f"published: node {NODE_NAME} (--hostname-override in /etc/eks/kubelet/environment)" in out
@@ -245,9 +241,7 @@ def test_check_report_json_includes_the_outcome(
     assert doc["publish"]["ok"] is True and doc["publish"]["node"] == NODE_NAME
 
 
-def test_check_report_failure_exits_1(
-    root: Path, api: ApiServer, aws: FakeAws, capsys: pytest.CaptureFixture
-) -> None:
+def test_check_report_failure_exits_1(root: Path, api: ApiServer, aws: FakeAws, capsys: pytest.CaptureFixture) -> None:
     with_cluster(root, api)
     aws.mode("fail")
     code, out, _ = run_cli(["--root", str(root), "check", "--report"], capsys)
@@ -287,3 +281,23 @@ def test_run_without_publishing_writes_the_status_file(root: Path, capsys: pytes
     assert code == EXIT_FOR[status["health"]]
     prom = (root / "var/lib/node_exporter/textfile_collector/gpu_node_agent.prom").read_text()
     assert f'gpu_node_agent_health{{health="{status["health"]}"}} 1' in prom
+
+
+def test_run_counts_restarts_for_the_metrics(
+    root: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent import apply
+
+    write(
+        root,
+        "/etc/gpu-node-agent/config.yaml",
+        "report:\n  publish: false\n  metrics_file: /var/lib/node_exporter/textfile_collector/gna.prom\n",
+    )
+    restarted = apply.ApplyResult(restarted=["containerd.service", "kubelet.service"])
+    monkeypatch.setattr(apply, "apply", lambda plan, **kw: restarted)  # the restarts themselves: test_systemd_*
+    for _ in range(2):
+        run_cli(["--root", str(root), "run", "--lock-wait", "1"], capsys)
+    status = json.loads((root / "run/gpu-node-agent/status.json").read_text())
+    assert status["restarts_total"] == {"containerd.service": 2, "kubelet.service": 2}
+    prom = (root / "var/lib/node_exporter/textfile_collector/gna.prom").read_text()
+    assert 'gpu_node_agent_restarts_total{unit="containerd.service"} 2' in prom
