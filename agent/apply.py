@@ -8,7 +8,7 @@ Each edit is written atomically, and only if the file still holds the text the p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 from agent.errors import NodeFileError
 from agent.fs import FileEdit, atomic_write, read_text
@@ -28,6 +28,9 @@ class ApplyResult:
     actions: List[str] = field(default_factory=list)
     failures: List[str] = field(default_factory=list)
     restarted: List[str] = field(default_factory=list)  # units, in the order they were restarted
+    # Restarts needed but not done, by unit: (WARN or FAIL, why). ``run`` shows them in the unit's
+    # check, so the report, the condition and the exit code all say the restart is pending.
+    pending: Dict[str, Tuple[str, str]] = field(default_factory=dict)
 
 
 def write_edit(edit: FileEdit) -> None:
@@ -90,6 +93,8 @@ def restart_units(
             result.failures.append(f"restart pending: {held.unit}: {held.reason}")
         elif held.status == WARN:
             result.actions.append(f"restart pending: {held.unit}: {held.reason}")
+        if held.status in (FAIL, WARN):
+            result.pending[held.unit] = (held.status, f"restart pending: {held.reason}")
         log.warning("not restarted", unit=held.unit, reason=held.reason)
     if not plan.restarts:
         return
@@ -97,8 +102,9 @@ def restart_units(
         client = (connect or (lambda t: systemd.connect(timeout=t)))(timeout)
     except systemd.SystemdError as exc:
         for restart in plan.restarts:
-            result.failures.append(f"restart pending: {restart.unit}: {restart.reason}; cannot restart it: "
-                                   f"{exc}")
+            why = f"{restart.reason}; cannot restart it: {exc}"
+            result.failures.append(f"restart pending: {restart.unit}: {why}")
+            result.pending[restart.unit] = (FAIL, f"restart pending: {why}")
         log.error("cannot reach systemd", error=str(exc))
         return
     with client:
@@ -106,6 +112,7 @@ def restart_units(
         for restart in plan.restarts:
             if blocked is not None:
                 result.failures.append(f"{restart.unit}: not restarted: {blocked}")
+                result.pending[restart.unit] = (FAIL, f"restart pending: {restart.reason}; {blocked}")
                 continue
             if _restart(client, restart, timeout, result):
                 continue

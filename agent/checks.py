@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Mapping, Tuple
 
 from agent.config import AgentConfig
 from agent.errors import NodeFileError
-from agent.health import CheckResult
+from agent.health import RANK, CheckResult
 from agent.node import NodeFacts
 
 
@@ -34,3 +34,27 @@ def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
     if facts.versions is not None:
         results.append(compat.check(facts.versions))
     return results
+
+
+def with_pending_restarts(
+    results: List[CheckResult], pending: Mapping[str, Tuple[str, str]], config: AgentConfig
+) -> List[CheckResult]:
+    """A run's restarts that were needed but not done, shown in their unit's check.
+
+    Without them a node whose systemd could not be reached (unit checks: ``skip``) would be reported
+    healthy while containerd still runs its old configuration.
+    """
+    from agent import systemd
+
+    check_for_unit = {config.restart.units[0]: "containerd-running",
+                      systemd.kubelet_unit(config.restart.units): "kubelet-running"}
+    out = []
+    for r in results:
+        unit = next((u for u, name in check_for_unit.items() if name == r.name), None)
+        held = pending.get(unit) if unit is not None else None
+        if held is not None and RANK[held[0]] > RANK[r.status]:
+            status, why = held
+            out.append(CheckResult(r.name, status, f"{unit}: {why}", {**r.details, "restart_pending": True}))
+        else:
+            out.append(r)
+    return out

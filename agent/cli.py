@@ -196,6 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.warning("not fixed", problem=problem)
         result = apply.apply(the_plan, restart_timeout=config.restart.timeout_seconds)
         results = checks.evaluate(node.discover(root, config), config)
+        results = checks.with_pending_restarts(results, result.pending, config)
     actions: List[str] = result.actions + [f"failed: {failure}" for failure in result.failures]
     _print(health.render_table(results, actions, color=sys.stdout.isatty()))
     code = health.exit_code_for(health.overall_health(results))

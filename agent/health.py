@@ -16,6 +16,7 @@ from agent.errors import EXIT_DEGRADED, EXIT_OK, EXIT_UNHEALTHY
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
+RANK = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}  # how bad a status is
 
 # Stable check names, in the order they are shown (contract.md, "Health checks").
 CHECK_NAMES = (

@@ -3,7 +3,8 @@
     .venv/bin/python bench/cli_latency.py [--python PATH] [--runs N]
 
 Builds a simulated node from tests/samples (containerd 2.x, the toolkit's default config, one
-drifted containerd setting so `plan` has a diff to compute, the packaged agent config), then times, alternating, N runs each of
+drifted containerd setting so `plan` has a diff to compute, the packaged agent config), then
+times, alternating, N runs each of
 `python -c pass`, `python -m agent check` and `python -m agent plan`, and prints the medians, the
 ratios (goal: `check` within 3x a bare interpreter start) and the slowest imports of `check` from
 `-X importtime`.
