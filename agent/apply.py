@@ -7,7 +7,7 @@ Each edit is written atomically, and only if the file still holds the text the p
 from dataclasses import dataclass, field
 from typing import List
 
-from agent.errors import NodeFileError
+from agent.errors import AgentError, NodeFileError
 from agent.fs import FileEdit, atomic_write, read_text
 from agent.log import get_logger
 from agent.plan import Plan
@@ -54,4 +54,12 @@ def apply(plan: Plan) -> ApplyResult:
         for reason in edit.reasons:
             result.actions.append(f"{edit.path}: {reason}")
         log.info("file updated", path=str(edit.path), changes=list(edit.reasons))
+    if plan.efa is not None and plan.efa.install:
+        from agent import efa
+
+        try:
+            result.actions.append(efa.execute(plan.efa))
+        except AgentError as exc:
+            log.error("EFA userspace not installed", error=str(exc))
+            result.failures.append(str(exc))
     return result

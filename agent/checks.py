@@ -9,7 +9,7 @@ from agent.node import NodeFacts
 
 
 def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
-    from agent import containerd, nvidia
+    from agent import containerd, efa, nvidia
 
     results: List[CheckResult] = []
     if isinstance(facts.containerd, NodeFileError):
@@ -21,4 +21,6 @@ def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
     else:
         path = facts.root.path(config.nvidia_runtime.config_path)
         results.append(nvidia.check(facts.nvidia_runtime, config.nvidia_runtime, path))
+    if facts.efa is not None:
+        results.append(efa.check(facts.efa, config.efa))
     return results

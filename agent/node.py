@@ -5,7 +5,7 @@ as one failing check while the other checks still run.
 """
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from agent.config import AgentConfig
 from agent.containerd import ContainerdConfigSet
@@ -13,16 +13,20 @@ from agent.errors import NodeFileError
 from agent.fs import NodeRoot
 from agent.nvidia import NvidiaRuntimeConfig
 
+if TYPE_CHECKING:
+    from agent.efa import EfaFacts
+
 
 @dataclass(frozen=True)
 class NodeFacts:
     root: NodeRoot
     containerd: Union[ContainerdConfigSet, NodeFileError]
     nvidia_runtime: Union[NvidiaRuntimeConfig, None, NodeFileError]
+    efa: Optional["EfaFacts"] = None
 
 
 def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
-    from agent import containerd, nvidia
+    from agent import containerd, efa, nvidia
 
     containerd_facts: Union[ContainerdConfigSet, NodeFileError]
     try:
@@ -34,4 +38,5 @@ def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
         nvidia_facts = nvidia.load(root, config.nvidia_runtime)
     except NodeFileError as exc:
         nvidia_facts = exc
-    return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts)
+    return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts,
+                     efa=efa.discover(root, config.efa))

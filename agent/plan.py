@@ -5,12 +5,15 @@ but must not fix on its own (an unreadable file, mixed-version drop-ins) travel 
 """
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from agent.config import AgentConfig
 from agent.errors import NodeFileError
 from agent.fs import FileEdit
 from agent.node import NodeFacts
+
+if TYPE_CHECKING:
+    from agent.efa import EfaAction
 
 
 @dataclass(frozen=True)
@@ -24,14 +27,15 @@ class Plan:
     edits: Tuple[FileEdit, ...] = ()
     restarts: Tuple[Restart, ...] = ()
     problems: Tuple[str, ...] = ()
+    efa: Optional["EfaAction"] = None  # the EFA userspace action and why (install or not)
 
     @property
     def changes_nothing(self) -> bool:
-        return not self.edits and not self.restarts
+        return not self.edits and not self.restarts and not (self.efa and self.efa.install)
 
 
 def make_plan(facts: NodeFacts, config: AgentConfig) -> Plan:
-    from agent import containerd, nvidia
+    from agent import containerd, efa, nvidia
 
     edits: List[FileEdit] = []
     problems: List[str] = []
@@ -47,7 +51,11 @@ def make_plan(facts: NodeFacts, config: AgentConfig) -> Plan:
         edit, nvidia_problems = nvidia.reconcile(facts.nvidia_runtime, config.nvidia_runtime)
         edits.extend([edit] if edit else [])
         problems.extend(nvidia_problems)
-    return Plan(edits=tuple(edits), problems=tuple(problems))
+    efa_action = None
+    if facts.efa is not None:
+        efa_action, efa_problems = efa.decide(facts.efa, config.efa, facts.root)
+        problems.extend(efa_problems)
+    return Plan(edits=tuple(edits), problems=tuple(problems), efa=efa_action)
 
 
 def render_plan(plan: Plan) -> str:
@@ -59,6 +67,8 @@ def render_plan(plan: Plan) -> str:
         out.append("")
     for restart in plan.restarts:
         out.append(f"restart {restart.unit}: {restart.reason}")
+    if plan.efa is not None:
+        out.append(f"efa: {plan.efa.describe()}")
     for problem in plan.problems:
         out.append(f"problem (not fixed): {problem}")
     if plan.changes_nothing and not plan.problems:
