@@ -367,6 +367,7 @@ def fetch(
     expected = require_sha256(settings)
     _ensure_cache_dir(root, settings)
     target = cache_file(root, settings)
+    corrupted = ""
     if target.exists():
         try:
             with open(target, "rb") as f:
@@ -379,7 +380,13 @@ def fetch(
         log.warning("cached installer does not match efa.sha256; downloading it again",
                     path=str(target), sha256=actual, expected=expected)
         _remove(target)
-    download(installer_url(settings), target, expected, policy=policy, sleep=sleep, rand=rand, clock=clock)
+        corrupted = f"{target}: cached copy had sha256 {actual}, not efa.sha256 (removed); "
+    try:
+        download(installer_url(settings), target, expected, policy=policy, sleep=sleep, rand=rand, clock=clock)
+    except (DownloadError, ChecksumMismatch) as exc:
+        if corrupted:
+            raise type(exc)(corrupted + str(exc)) from None
+        raise
     return target
 
 
@@ -519,7 +526,24 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    """The root cause of a requests/urllib3 error as one short line, without object reprs."""
+    for _ in range(10):  # requests wraps urllib3 wraps socket errors
+        reason = getattr(exc, "reason", None)
+        if isinstance(reason, BaseException):
+            exc = reason
+        elif exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+        else:
+            break
+    args = exc.args
+    text = args[0] if args and isinstance(args[0], str) else str(exc)
+    if len(args) > 1 and isinstance(args[1], BaseException):
+        cause = _one_line(args[1])
+        if cause not in text and type(args[1]).__name__ not in text:
+            text = f"{text}: {cause}"
+    text = re.sub(r"<[^<>]* object at 0x[0-9a-f]+>: ", "", text)  # urllib3 1.x connection reprs
+    text = re.sub(r"\b\w+Connection(Pool)?\(host=[^)]*\): ", "", text)
+    text = " ".join(text.split())
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -583,6 +607,9 @@ def _attempt(
                 raise DownloadError(f"{url}: {expected_total} bytes is more than the {policy.max_bytes} "
                                     "an installer tarball can be")
             _check_free_space(directory, remaining or 0)
+        # Count the body ourselves, identically on urllib3 1.x (never enforces Content-Length) and
+        # 2.x (raises on a short body and drops the bytes of that read, which a resume then refetches).
+        response.raw.enforce_content_length = False
         try:
             for chunk in response.iter_content(chunk_size=policy.chunk_size):
                 partial.write(chunk)
@@ -593,9 +620,8 @@ def _attempt(
                     raise DownloadError(f"{url}: download took longer than {policy.total_seconds:g}s "
                                         f"({partial.written} bytes received)")
         except requests.exceptions.RequestException as exc:
-            raise _Retryable(f"{_one_line(exc)} after {partial.written} bytes") from None
+            raise _Retryable(f"{_one_line(exc)} ({partial.written} bytes kept)") from None
         if expected_total is not None and partial.written < expected_total:
-            # urllib3 1.x does not enforce Content-Length: a short body just ends.
             raise _Retryable(f"connection closed after {partial.written} of {expected_total} bytes")
     finally:
         response.close()
