@@ -382,7 +382,8 @@ def fetch(
         _remove(target)
         corrupted = f"{target}: cached copy had sha256 {actual}, not efa.sha256 (removed); "
     try:
-        download(installer_url(settings), target, expected, policy=policy, sleep=sleep, rand=rand, clock=clock)
+        download(installer_url(settings), target, expected,
+                 policy=policy, sleep=sleep, rand=rand, clock=clock)
     except (DownloadError, ChecksumMismatch) as exc:
         if corrupted:
             raise type(exc)(corrupted + str(exc)) from None

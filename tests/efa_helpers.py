@@ -11,6 +11,7 @@ file and writes what the real installer leaves behind, the version file and an `
 the simulated node root whose path is written into the script: the agent needs no test-only option.
 """
 
+import contextlib
 import hashlib
 import io
 import re
@@ -199,12 +200,10 @@ class _Handler(BaseHTTPRequestHandler):
             except (ssl.SSLError, OSError):
                 self.server.owner.tls_failures += 1
                 return
-        try:
+        with contextlib.suppress(OSError):  # the client went away: nothing to answer
             super().handle()
-        except (ConnectionError, BrokenPipeError, ssl.SSLError, OSError):
-            pass
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         owner = self.server.owner
         with owner.lock:
             owner.requests.append(Recorded("GET", self.path, dict(self.headers.items())))
@@ -287,7 +286,8 @@ class _Server(socketserver.ThreadingTCPServer):
 class InstallerServer:
     """A loopback HTTP(S) server for installer tarballs; use as a context manager."""
 
-    def __init__(self, files: Optional[Dict[str, bytes]] = None, ssl_context: Optional[ssl.SSLContext] = None):
+    def __init__(self, files: Optional[Dict[str, bytes]] = None,
+                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
         self.files: Dict[str, bytes] = dict(files or {})
         self.ssl_context = ssl_context
         self.behaviour = Behaviour()

@@ -77,7 +77,8 @@ def test_unusable_version_file_and_broken_fi_info_are_problems_not_crashes(tmp_p
     root = efa_node(tmp_path / "node")
     write_installed(root, "1.48.0")
     (root / "opt/amazon/efa_installed_packages").write_text("libfabric-aws-2.1.0\n")
-    (root / "opt/amazon/efa/bin/fi_info").write_text("#!/bin/sh\necho 'error while loading libfabric.so.1' >&2\nexit 127\n")
+    broken = "#!/bin/sh\necho 'error while loading libfabric.so.1' >&2\nexit 127\n"
+    (root / "opt/amazon/efa/bin/fi_info").write_text(broken)
     found = facts(root)
     assert found.installer_version is None and found.libfabric_version is None
     assert any("first line is not '# EFA installer version: X.Y.Z'" in p for p in found.problems)
@@ -106,7 +107,7 @@ def test_not_installed_with_hardware_installs(tmp_path: Path) -> None:
     assert action.install and problems == ()
     assert "not installed" in action.reason
     assert action.describe().startswith("install aws-efa-installer 1.48.0: ")
-    assert f"download {'https://efa-installer.amazonaws.com'}/aws-efa-installer-1.48.0.tar.gz" in action.describe()
+    assert "download https://efa-installer.amazonaws.com/aws-efa-installer-1.48.0.tar.gz" in action.describe()
 
 
 def test_installed_at_the_pin_does_nothing(tmp_path: Path) -> None:
@@ -190,7 +191,8 @@ def test_the_url_is_always_pinned() -> None:
 
 def test_check_skips_without_hardware(tmp_path: Path) -> None:
     result = efa.check(facts(efa_node(tmp_path / "n", efa=False)), PINNED)
-    assert result.status == SKIP and result.message == "no EFA device under /sys/class/infiniband: not applicable"
+    assert result.status == SKIP
+    assert result.message == "no EFA device under /sys/class/infiniband: not applicable"
 
 
 def test_check_passes_at_the_pin(tmp_path: Path) -> None:
@@ -274,7 +276,8 @@ def test_plan_shows_the_efa_action_and_why(tmp_path: Path, capsys: pytest.Captur
     assert "converged" not in out
 
 
-def test_plan_without_sha256_is_a_problem_not_a_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_without_sha256_is_a_problem_not_a_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
     root = converged_node(tmp_path / "node")
     assert main(["--root", str(root), "plan"]) == 1
     out = capsys.readouterr().out

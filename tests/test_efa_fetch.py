@@ -84,7 +84,9 @@ def fetch(root: Path, settings: EfaSettings, sleeps: Sleeps, policy: efa.Downloa
 # --- the normal path -------------------------------------------------------------------------------
 
 
-def test_fresh_download_lands_verified_in_the_cache(root: Path, server: InstallerServer, tarball: bytes) -> None:
+def test_fresh_download_lands_verified_in_the_cache(
+    root: Path, server: InstallerServer, tarball: bytes
+) -> None:
     sleeps = Sleeps()
     path = fetch(root, settings_for(server.base_url, tarball), sleeps)
     assert path == cache_dir(root) / f"aws-efa-installer-{VERSION}.tar.gz"
@@ -98,7 +100,9 @@ def test_fresh_download_lands_verified_in_the_cache(root: Path, server: Installe
     assert sleeps == []
 
 
-def test_a_cached_verified_tarball_needs_no_network(root: Path, server: InstallerServer, tarball: bytes) -> None:
+def test_a_cached_verified_tarball_needs_no_network(
+    root: Path, server: InstallerServer, tarball: bytes
+) -> None:
     settings = settings_for(server.base_url, tarball)
     fetch(root, settings, Sleeps())
     server.stop()
@@ -106,7 +110,9 @@ def test_a_cached_verified_tarball_needs_no_network(root: Path, server: Installe
     assert len(server.gets()) == 1
 
 
-def test_a_corrupted_cache_file_is_downloaded_again(root: Path, server: InstallerServer, tarball: bytes) -> None:
+def test_a_corrupted_cache_file_is_downloaded_again(
+    root: Path, server: InstallerServer, tarball: bytes
+) -> None:
     settings = settings_for(server.base_url, tarball)
     path = fetch(root, settings, Sleeps())
     with open(path, "r+b") as f:  # one flipped byte on disk
@@ -146,7 +152,9 @@ def test_wrong_checksum_keeps_nothing(root: Path, server: InstallerServer, tarba
     assert cached(root) == []
 
 
-def test_retry_after_500_with_exponential_backoff(root: Path, server: InstallerServer, tarball: bytes) -> None:
+def test_retry_after_500_with_exponential_backoff(
+    root: Path, server: InstallerServer, tarball: bytes
+) -> None:
     server.behaviour.statuses.extend([500, 503, 502])
     sleeps = Sleeps()
     assert fetch(root, settings_for(server.base_url, tarball), sleeps).read_bytes() == tarball
@@ -190,7 +198,7 @@ def test_resume_after_a_reset_mid_body(root: Path, server: InstallerServer, tarb
     sleeps = Sleeps()
     path = fetch(root, settings_for(server.base_url, tarball), sleeps)
     assert path.read_bytes() == tarball
-    first, second = server.gets()
+    _, second = server.gets()
     offset = int(second.headers["Range"].split("=")[1].rstrip("-"))
     assert 0 < offset <= 700_000  # only the missing part was asked for
     assert second.headers["If-Range"] == '"efa-test-etag"'
@@ -215,7 +223,9 @@ def test_a_server_without_range_support_is_downloaded_from_the_start(
     assert server.gets()[1].headers["Range"] == "bytes=300000-"
 
 
-def test_truncated_download_fails_and_keeps_nothing(root: Path, server: InstallerServer, tarball: bytes) -> None:
+def test_truncated_download_fails_and_keeps_nothing(
+    root: Path, server: InstallerServer, tarball: bytes
+) -> None:
     server.behaviour.range_support = False
     server.behaviour.cuts.extend([("close", 100_000)] * 4)
     with pytest.raises(efa.DownloadError) as err:
@@ -229,7 +239,7 @@ def test_a_truncated_file_on_the_server_fails_the_checksum(
     root: Path, server: InstallerServer, tarball: bytes
 ) -> None:
     server.add(VERSION, tarball[: len(tarball) // 2])
-    with pytest.raises(efa.ChecksumMismatch, match="does not match efa.sha256"):
+    with pytest.raises(efa.ChecksumMismatch, match=r"does not match efa\.sha256"):
         fetch(root, settings_for(server.base_url, tarball), Sleeps())
     assert cached(root) == []
 
@@ -266,7 +276,8 @@ def test_whole_download_is_bounded_in_time(root: Path, server: InstallerServer, 
 def test_server_down_fails_after_the_retries(root: Path, tarball: bytes) -> None:
     sleeps = Sleeps()
     with pytest.raises(efa.DownloadError) as err:
-        fetch(root, settings_for(f"http://127.0.0.1:{free_port()}", tarball), sleeps, replace(FAST, attempts=3))
+        dead = f"http://127.0.0.1:{free_port()}"
+        fetch(root, settings_for(dead, tarball), sleeps, replace(FAST, attempts=3))
     assert "download failed after 3 attempts" in str(err.value)
     assert "refused" in str(err.value).lower()
     assert sleeps == [1.0, 2.0]
@@ -287,7 +298,7 @@ def test_chunked_download_without_content_length(root: Path, server: InstallerSe
 
 
 def test_without_sha256_nothing_is_downloaded(root: Path, server: InstallerServer) -> None:
-    with pytest.raises(efa.EfaError, match="efa.sha256 is not set"):
+    with pytest.raises(efa.EfaError, match=r"efa\.sha256 is not set"):
         fetch(root, EfaSettings(base_url=server.base_url), Sleeps())
     assert server.gets() == []
 
@@ -311,7 +322,8 @@ def test_disk_full_is_seen_before_downloading(
 ) -> None:
     with pytest.raises(efa.DownloadError) as err:
         fetch(root, settings_for(server.base_url, tarball), Sleeps())
-    assert str(err.value).startswith(f"{small_cache}: {len(tarball)} more bytes needed for the download, only ")
+    assert str(err.value).startswith(
+        f"{small_cache}: {len(tarball)} more bytes needed for the download, only ")
     assert os.listdir(small_cache) == []
 
 
@@ -322,7 +334,8 @@ def test_disk_full_while_downloading_keeps_nothing(
     sleeps = Sleeps()
     with pytest.raises(efa.DownloadError) as err:
         fetch(root, settings_for(server.base_url, tarball), sleeps)
-    assert str(err.value) == f"{small_cache}: cannot write the download: No space left on device; nothing kept"
+    assert str(err.value) == (
+        f"{small_cache}: cannot write the download: No space left on device; nothing kept")
     assert os.listdir(small_cache) == []
     assert sleeps == []  # a full disk is not retried
 
@@ -396,7 +409,7 @@ def test_no_proxy_bypasses_the_proxy(
     assert fetch(root, settings_for(server.base_url, tarball), Sleeps()).read_bytes() == tarball
     monkeypatch.delenv("NO_PROXY")
     cache_dir(root).joinpath(f"aws-efa-installer-{VERSION}.tar.gz").unlink()
-    with pytest.raises(efa.DownloadError, match="(?i)proxy"):  # without NO_PROXY, the dead proxy is used
+    with pytest.raises(efa.DownloadError, match=r"(?i)proxy"):  # without NO_PROXY, the dead proxy is used
         fetch(root, settings_for(server.base_url, tarball), Sleeps(), replace(FAST, attempts=1))
 
 
