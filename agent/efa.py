@@ -680,6 +680,8 @@ def extract_tarball(f: IO[bytes], dest: Path, limits: ExtractLimits = ExtractLim
                     total += member.size
                     if total > limits.max_total_bytes:
                         raise UnsafeTarball(f"more than {limits.max_total_bytes} bytes in total")
+                if rel is not None:
+                    _refuse_unsafe(member, rel, dest_real)
                 if data_filter is not None:
                     try:
                         data_filter(member, dest_real)
@@ -708,7 +710,33 @@ def _inside(dest_real: str, path: str) -> bool:
     return path == dest_real or path.startswith(dest_real + os.sep)
 
 
+def _refuse_unsafe(member: "tarfile.TarInfo", rel: str, dest_real: str) -> None:
+    """Our own checks of one entry, before anything is written (and before tarfile's filter)."""
+    if member.isdir() or member.isreg():
+        return
+    if member.issym():
+        link = member.linkname
+        if not link or link.startswith("/"):
+            raise UnsafeTarball(f"{member.name}: symbolic link to the absolute path {link!r}")
+        parent = os.path.dirname(os.path.join(dest_real, rel))
+        if not _inside(dest_real, os.path.normpath(os.path.join(parent, link))):
+            raise UnsafeTarball(f"{member.name}: symbolic link to {link!r} leaves the installer directory")
+    elif member.islnk():
+        try:
+            source_rel = _member_path(member.linkname)
+        except UnsafeTarball:
+            source_rel = None
+        if source_rel is None:
+            raise UnsafeTarball(f"{member.name}: hard link to {member.linkname!r} leaves the installer "
+                                "directory")
+    else:
+        kind = ("device node" if member.ischr() or member.isblk() else "FIFO" if member.isfifo()
+                else f"entry of type {member.type!r}")
+        raise UnsafeTarball(f"{member.name}: {kind} not allowed in an installer tarball")
+
+
 def _extract_member(archive: "tarfile.TarFile", member: "tarfile.TarInfo", rel: str, dest_real: str) -> None:
+    """Write one checked entry; the on-disk checks here see links created by earlier entries."""
     target = os.path.join(dest_real, rel)
     parent = os.path.dirname(target)
     # No symlink anywhere in the parent chain: a real path equals its own realpath.
@@ -738,32 +766,21 @@ def _extract_member(archive: "tarfile.TarFile", member: "tarfile.TarInfo", rel: 
                 out.write(chunk)
             os.fchmod(out.fileno(), member.mode & 0o755)
     elif member.issym():
-        link = member.linkname
-        if not link or link.startswith("/"):
-            raise UnsafeTarball(f"{member.name}: symbolic link to the absolute path {link!r}")
-        resolved = os.path.normpath(os.path.join(parent, link))
-        if not _inside(dest_real, resolved) or not _inside(dest_real, os.path.realpath(resolved)):
-            raise UnsafeTarball(f"{member.name}: symbolic link to {link!r} leaves the installer directory")
+        if not _inside(dest_real, os.path.realpath(os.path.join(parent, member.linkname))):
+            raise UnsafeTarball(f"{member.name}: symbolic link to {member.linkname!r} leaves the installer "
+                                "directory")
         try:
-            os.symlink(link, target)
+            os.symlink(member.linkname, target)
         except FileExistsError:
             raise UnsafeTarball(f"{member.name}: appears twice in the archive") from None
     elif member.islnk():
-        try:
-            source_rel = _member_path(member.linkname)
-        except UnsafeTarball:
-            raise UnsafeTarball(f"{member.name}: hard link to {member.linkname!r} leaves the installer "
-                                "directory") from None
-        source_path = os.path.join(dest_real, source_rel or "")
-        if (source_rel is None or os.path.realpath(source_path) != source_path
-                or not os.path.isfile(source_path)):
+        source_path = os.path.join(dest_real, _member_path(member.linkname) or "")
+        if os.path.realpath(source_path) != source_path or not os.path.isfile(source_path):
             raise UnsafeTarball(f"{member.name}: hard link to {member.linkname!r}, which is not a file "
                                 "extracted before it")
         os.link(source_path, target, follow_symlinks=False)
-    else:
-        kind = ("device node" if member.ischr() or member.isblk() else "FIFO" if member.isfifo()
-                else f"entry of type {member.type!r}")
-        raise UnsafeTarball(f"{member.name}: {kind} not allowed in an installer tarball")
+    else:  # _refuse_unsafe already refused every other type
+        raise UnsafeTarball(f"{member.name}: unexpected entry type {member.type!r}")
 
 
 def _audit_links(dest_real: str) -> None:

@@ -76,8 +76,11 @@ def fi_info_script(libfabric: str) -> str:
 
 
 def installer_script(root: Path, run_log: Path, *, version: str = VERSION, behaviour: str = "ok",
-                     pid_file: Optional[Path] = None) -> str:
-    """``efa_installer.sh`` stand-in. behaviour: ok | fail | hang | noop (exits 0, installs nothing)."""
+                     pid_file: Optional[Path] = None, lock_file: Optional[Path] = None) -> str:
+    """``efa_installer.sh`` stand-in. behaviour: ok | fail | hang | noop (exits 0, installs nothing).
+
+    With ``lock_file`` it also records whether that lock was held while it ran (flock -n).
+    """
     q = shlex.quote
     r = str(root)
     lines = [
@@ -86,6 +89,9 @@ def installer_script(root: Path, run_log: Path, *, version: str = VERSION, behav
         f'echo "run cwd=$(pwd) args=$*" >> {q(str(run_log))}',
         f'echo "== Testing EFA installer {version} =="',
     ]
+    if lock_file is not None:
+        lines += [f"if flock -n {q(str(lock_file))} true; then echo lock=free >> {q(str(run_log))}; "
+                  f"else echo lock=held >> {q(str(run_log))}; fi"]
     if behaviour == "fail":
         lines += ['echo "Installing packages"',
                   'echo "Error: package libfabric-aws conflicts with libfabric" >&2',

@@ -4,15 +4,25 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from efa_helpers import LIBFABRIC, efa_node, write_installed
 
-from agent import efa
+from agent import efa, log
 from agent.cli import main
 from agent.config import EfaSettings
 from agent.fs import NodeRoot
 from agent.health import FAIL, PASS, SKIP, WARN
+
+
+@pytest.fixture(autouse=True)
+def fresh_log() -> Iterator[None]:
+    """Log to this test's stderr, and leave logging unconfigured for the next test."""
+    log.setup("json", 0)
+    yield
+    log.setup("json", 0)
+
 
 SHA = "ab" * 32
 PINNED = EfaSettings(sha256=SHA)  # version 1.48.0, install auto

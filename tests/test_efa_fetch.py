@@ -21,13 +21,21 @@ from efa_helpers import (
     sha256,
 )
 
-from agent import efa
+from agent import efa, log
 from agent.cli import main
 from agent.config import EfaSettings
 from agent.fs import NodeRoot
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 FAST = efa.DownloadPolicy(attempts=4, connect_timeout=2.0, read_timeout=2.0, chunk_size=64 * 1024)
+
+
+@pytest.fixture(autouse=True)
+def fresh_log() -> Iterator[None]:
+    """Log to this test's stderr, and leave logging unconfigured for the next test."""
+    log.setup("json", 0)
+    yield
+    log.setup("json", 0)
 
 
 @pytest.fixture(autouse=True)
