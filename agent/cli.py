@@ -162,7 +162,7 @@ def cmd_efa_fetch(args: argparse.Namespace) -> int:
 
     config = _config(args)
     root = _root(args)
-    path = efa.fetch(config.efa, root)
+    path = efa.fetch(config.efa, root, durable=True)  # the cache an AMI is baked with
     _print(f"{root.node_path(path)}: aws-efa-installer {config.efa.version}, sha256 verified\n")
     return 0
 

@@ -35,7 +35,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+from typing import IO, TYPE_CHECKING, Any, Callable, List, Optional, Tuple, cast
 
 from agent.config import EfaSettings
 from agent.errors import AgentError, NodeFileError, NodeFileMissing
@@ -316,7 +316,9 @@ class DownloadPolicy:
     read_timeout: float = 60.0  # longest silence from the server while reading
     total_seconds: float = 1800.0  # whole download, retries included
     max_bytes: int = 4 << 30  # no installer tarball comes close
-    chunk_size: int = CHUNK_SIZE
+    # Large reads keep the hand-offs to the hashing thread rare; 4 buffers of 4 MiB is the memory
+    # cost, whatever the file size (bench/efa_fetch.py measures both).
+    chunk_size: int = 4 << 20
 
 
 def backoff_delay(retry: int, policy: DownloadPolicy, rand: Callable[[], float]) -> float:
@@ -362,8 +364,12 @@ def fetch(
     sleep: Callable[[float], None] = time.sleep,
     rand: Callable[[], float] = random.random,
     clock: Callable[[], float] = time.monotonic,
+    durable: bool = False,
 ) -> Path:
-    """The pinned tarball in the cache, verified; downloaded only when the cache lacks a good copy."""
+    """The pinned tarball in the cache, verified; downloaded only when the cache lacks a good copy.
+
+    ``durable``: sync the download to disk (``efa fetch``, whose cache must outlive an AMI snapshot).
+    """
     expected = require_sha256(settings)
     _ensure_cache_dir(root, settings)
     target = cache_file(root, settings)
@@ -383,7 +389,7 @@ def fetch(
         corrupted = f"{target}: cached copy had sha256 {actual}, not efa.sha256 (removed); "
     try:
         download(installer_url(settings), target, expected,
-                 policy=policy, sleep=sleep, rand=rand, clock=clock)
+                 policy=policy, sleep=sleep, rand=rand, clock=clock, durable=durable)
     except (DownloadError, ChecksumMismatch) as exc:
         if corrupted:
             raise type(exc)(corrupted + str(exc)) from None
@@ -411,30 +417,106 @@ class _WriteFailed(Exception):
 
 
 class _Partial:
-    """The bytes received so far: the temporary file and the running hash of exactly those bytes."""
+    """The bytes received so far: the temporary file, and the SHA-256 of exactly those bytes.
 
-    def __init__(self, f: IO[bytes]) -> None:
+    Hashing costs about as much CPU as receiving and writing together, so it runs on its own
+    thread (hashlib releases the GIL) and overlaps with the network and the disk. Bytes arrive in
+    a small ring of reusable buffers, read straight from the socket, so memory stays flat
+    whatever the file size.
+    """
+
+    def __init__(self, f: IO[bytes], chunk_size: int, buffers: int = 4) -> None:
+        import queue
+        import threading
+
         self.f = f
         self.written = 0
-        self.digest = hashlib.sha256()
         self.validator: Optional[str] = None  # ETag or Last-Modified, for If-Range
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._full: queue.Queue[Optional[Tuple[bytearray, int]]] = queue.Queue()
+        for _ in range(buffers):
+            self._free.put(bytearray(chunk_size))
+        self._digest = hashlib.sha256()
+        self._threading = threading
+        self._thread: Optional[threading.Thread] = None
+        self._start_hashing()
 
-    def write(self, chunk: bytes) -> None:
+    def _start_hashing(self) -> None:
+        self._thread = self._threading.Thread(target=self._hash_loop, name="efa-sha256", daemon=True)
+        self._thread.start()
+
+    def _hash_loop(self) -> None:
+        while True:
+            item = self._full.get()
+            if item is None:
+                return
+            buf, n = item
+            with memoryview(buf) as view:
+                self._digest.update(view[:n])
+            self._free.put(buf)
+
+    def receive(self, readinto: Callable[[bytearray], int]) -> int:
+        """Read the next piece of the body, write it and queue it for hashing; 0 at the end."""
+        buf = self._free.get()
         try:
-            self.f.write(chunk)
+            n = readinto(buf)
+        except BaseException:
+            self._free.put(buf)
+            raise
+        if not n:
+            self._free.put(buf)
+            return 0
+        try:
+            with memoryview(buf) as view:
+                self.f.write(view[:n])  # a BufferedWriter: writes it all or raises
         except OSError as exc:
+            self._free.put(buf)
             raise _WriteFailed(exc) from None
-        self.digest.update(chunk)
-        self.written += len(chunk)
+        self._full.put((buf, n))
+        self.written += n
+        return n
+
+    def _stop_hashing(self) -> None:
+        if self._thread is not None:
+            self._full.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def hexdigest(self) -> str:
+        self._stop_hashing()
+        return self._digest.hexdigest()
 
     def restart(self) -> None:
+        self._stop_hashing()
         try:
             self.f.seek(0)
             self.f.truncate()
         except OSError as exc:
             raise _WriteFailed(exc) from None
         self.written = 0
-        self.digest = hashlib.sha256()
+        self._digest = hashlib.sha256()
+        self._start_hashing()
+
+    def close(self) -> None:
+        self._stop_hashing()
+
+
+# Read the body with http.client's own readinto (socket -> our buffer, no copy), which urllib3
+# 1.25 and 2.x both expose as ``_fp``; the public, copying ``raw.read`` is the fallback.
+_ZERO_COPY_READ = True
+
+
+def _body_reader(response: Any) -> Callable[[bytearray], int]:
+    fp = getattr(response.raw, "_fp", None) if _ZERO_COPY_READ else None
+    if fp is not None and callable(getattr(fp, "readinto", None)):
+        return cast(Callable[[bytearray], int], fp.readinto)
+
+    def read_copying(buf: bytearray) -> int:
+        data = response.raw.read(len(buf), decode_content=False)
+        buf[: len(data)] = data
+        return len(data)
+
+    return read_copying
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -449,12 +531,15 @@ def download(
     sleep: Callable[[float], None] = time.sleep,
     rand: Callable[[], float] = random.random,
     clock: Callable[[], float] = time.monotonic,
+    durable: bool = False,
 ) -> None:
     """Download ``url`` to ``target``; ``target`` only ever appears complete and verified.
 
     The body goes to a temporary file beside ``target`` and is hashed as it arrives (memory stays
     flat). Transient failures are retried up to ``policy.attempts`` times, resuming with ``Range``
-    when the server honours it. On any failure the temporary file is removed.
+    when the server honours it. On any failure the temporary file is removed. ``durable`` syncs the
+    file to disk before the rename (for a cache that must survive the AMI snapshot); otherwise a
+    crash can at worst leave a torn file, which the re-verification before use discards.
     """
     import tempfile
 
@@ -470,8 +555,8 @@ def download(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            partial = _Partial(f)
-            with requests.Session() as session:
+            partial = _Partial(f, policy.chunk_size)
+            with contextlib.closing(partial), requests.Session() as session:
                 attempt = 0
                 while True:
                     attempt += 1
@@ -490,10 +575,11 @@ def download(
                         sleep(delay)
             try:
                 f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    os.fsync(f.fileno())
             except OSError as exc:
                 raise _WriteFailed(exc) from None
-        actual = partial.digest.hexdigest()
+            actual = partial.hexdigest()
         if actual != expected:
             raise ChecksumMismatch(
                 f"{url}: sha256 {actual} does not match efa.sha256 {expected} "
@@ -501,7 +587,8 @@ def download(
             )
         os.chmod(tmp, 0o644)
         os.rename(tmp, target)
-        _fsync_dir(directory)
+        if durable:
+            _fsync_dir(directory)
         log.info("installer downloaded and verified", url=url, path=str(target), bytes=partial.written,
                  sha256=actual)
     except _WriteFailed as exc:
@@ -557,7 +644,10 @@ def _attempt(
     deadline: float,
     clock: Callable[[], float],
 ) -> None:
+    import http.client
+
     import requests
+    import urllib3
 
     # identity: the stored bytes must be the published bytes (and Range offsets mean those bytes)
     headers = {"Accept-Encoding": "identity"}
@@ -608,19 +698,20 @@ def _attempt(
                 raise DownloadError(f"{url}: {expected_total} bytes is more than the {policy.max_bytes} "
                                     "an installer tarball can be")
             _check_free_space(directory, remaining or 0)
-        # Count the body ourselves, identically on urllib3 1.x (never enforces Content-Length) and
-        # 2.x (raises on a short body and drops the bytes of that read, which a resume then refetches).
+        # The body length is counted here, the same on urllib3 1.x (which never enforces
+        # Content-Length) and 2.x (which raises on a short body and loses that read's bytes).
         response.raw.enforce_content_length = False
+        readinto = _body_reader(response)
         try:
-            for chunk in response.iter_content(chunk_size=policy.chunk_size):
-                partial.write(chunk)
+            while partial.receive(readinto):
                 if partial.written > policy.max_bytes:
                     raise DownloadError(f"{url}: more than {policy.max_bytes} bytes; "
                                         "not an installer tarball")
                 if clock() > deadline:
                     raise DownloadError(f"{url}: download took longer than {policy.total_seconds:g}s "
                                         f"({partial.written} bytes received)")
-        except requests.exceptions.RequestException as exc:
+        except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError) as exc:
+            # reset, timeout, TLS error, broken chunked encoding: what was received is kept
             raise _Retryable(f"{_one_line(exc)} ({partial.written} bytes kept)") from None
         if expected_total is not None and partial.written < expected_total:
             raise _Retryable(f"connection closed after {partial.written} of {expected_total} bytes")

@@ -67,6 +67,13 @@ def server(tarball: bytes) -> Iterator[InstallerServer]:
         yield s
 
 
+@pytest.fixture(params=["zero-copy", "copying"])
+def body_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of reading the body: http.client's readinto, and urllib3's public read()."""
+    monkeypatch.setattr(efa, "_ZERO_COPY_READ", request.param == "zero-copy")
+    return str(request.param)
+
+
 class Sleeps(List[float]):
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
@@ -92,6 +99,7 @@ def fetch(root: Path, settings: EfaSettings, sleeps: Sleeps, policy: efa.Downloa
 # --- the normal path -------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("body_reader")
 def test_fresh_download_lands_verified_in_the_cache(
     root: Path, server: InstallerServer, tarball: bytes
 ) -> None:
@@ -201,6 +209,7 @@ def test_404_is_not_retried(root: Path, server: InstallerServer, tarball: bytes)
     assert cached(root) == []
 
 
+@pytest.mark.usefixtures("body_reader")
 def test_resume_after_a_reset_mid_body(root: Path, server: InstallerServer, tarball: bytes) -> None:
     server.behaviour.cuts.append(("reset", 700_000))
     sleeps = Sleeps()
@@ -213,6 +222,7 @@ def test_resume_after_a_reset_mid_body(root: Path, server: InstallerServer, tarb
     assert len(sleeps) == 1
 
 
+@pytest.mark.usefixtures("body_reader")
 def test_resume_after_a_clean_close_mid_body(root: Path, server: InstallerServer, tarball: bytes) -> None:
     server.behaviour.cuts.extend([("close", 300_000), ("close", 300_000)])
     path = fetch(root, settings_for(server.base_url, tarball), Sleeps())
@@ -221,6 +231,7 @@ def test_resume_after_a_clean_close_mid_body(root: Path, server: InstallerServer
     assert ranges == [None, "bytes=300000-", "bytes=600000-"]  # each time, exactly what is missing
 
 
+@pytest.mark.usefixtures("body_reader")
 def test_a_server_without_range_support_is_downloaded_from_the_start(
     root: Path, server: InstallerServer, tarball: bytes
 ) -> None:
@@ -231,6 +242,7 @@ def test_a_server_without_range_support_is_downloaded_from_the_start(
     assert server.gets()[1].headers["Range"] == "bytes=300000-"
 
 
+@pytest.mark.usefixtures("body_reader")
 def test_truncated_download_fails_and_keeps_nothing(
     root: Path, server: InstallerServer, tarball: bytes
 ) -> None:
@@ -252,6 +264,7 @@ def test_a_truncated_file_on_the_server_fails_the_checksum(
     assert cached(root) == []
 
 
+@pytest.mark.usefixtures("body_reader")
 def test_connection_reset_on_every_attempt(root: Path, server: InstallerServer, tarball: bytes) -> None:
     server.behaviour.range_support = False
     server.behaviour.cuts.extend([("reset", 200_000)] * 2)
@@ -263,6 +276,7 @@ def test_connection_reset_on_every_attempt(root: Path, server: InstallerServer, 
     assert cached(root) == []
 
 
+@pytest.mark.usefixtures("body_reader")
 def test_slow_server_times_out(root: Path, server: InstallerServer, tarball: bytes) -> None:
     server.behaviour.stall_seconds = 30
     policy = replace(FAST, attempts=2, read_timeout=0.3)
@@ -300,9 +314,27 @@ def test_an_oversized_download_is_refused(root: Path, server: InstallerServer, t
     assert cached(root) == []
 
 
+@pytest.mark.usefixtures("body_reader")
 def test_chunked_download_without_content_length(root: Path, server: InstallerServer, tarball: bytes) -> None:
     server.behaviour.chunked = True
     assert fetch(root, settings_for(server.base_url, tarball), Sleeps()).read_bytes() == tarball
+
+
+def test_durable_download_is_synced_before_the_rename(
+    root: Path, server: InstallerServer, tarball: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: List[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(efa.os, "fsync", fsync)
+    efa.fetch(settings_for(server.base_url, tarball), NodeRoot(str(root)), durable=True)
+    (part, directory) = synced
+    assert Path(part).name.endswith(".part") and Path(part).parent == cache_dir(root)
+    assert directory == str(cache_dir(root))
 
 
 def test_without_sha256_nothing_is_downloaded(root: Path, server: InstallerServer) -> None:
@@ -366,6 +398,7 @@ def tls(tmp_path: Path):  # type: ignore[no-untyped-def]
     return context, bundle
 
 
+@pytest.mark.usefixtures("body_reader")
 def test_https_download_verified_against_the_ca_bundle(
     root: Path, tarball: bytes, tls, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
