@@ -4,6 +4,9 @@ Each edit is written atomically, and only if the file still holds the text the p
 (nodeadm may rewrite it meanwhile). What was written is kept so a later step can roll it back.
 """
 
+
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from typing import List
 

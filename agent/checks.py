@@ -1,5 +1,8 @@
 """Every health check, evaluated from discovered facts. Each module owns its check's logic."""
 
+
+from __future__ import annotations
+
 from typing import List
 
 from agent.config import AgentConfig

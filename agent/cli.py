@@ -6,6 +6,9 @@ Exit codes: 0 healthy/success, 1 unhealthy or an action failed, 2 degraded (warn
 64 bad usage or invalid configuration, 75 another run holds the lock.
 """
 
+
+from __future__ import annotations
+
 import argparse
 import os
 import sys
@@ -22,7 +25,7 @@ DEFAULT_LOCK_WAIT = 60.0
 class _Parser(argparse.ArgumentParser):
     """argparse, but bad usage exits 64 (the contract) instead of 2 (which means degraded)."""
 
-    def error(self, message: str) -> "None":  # type: ignore[override]
+    def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(64)
@@ -104,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _root(args: argparse.Namespace) -> "NodeRoot":
+def _root(args: argparse.Namespace) -> NodeRoot:
     from agent.errors import UsageError
     from agent.fs import NodeRoot
 
@@ -113,7 +116,7 @@ def _root(args: argparse.Namespace) -> "NodeRoot":
     return NodeRoot(args.root)
 
 
-def _config(args: argparse.Namespace, path: Optional[str] = None) -> "AgentConfig":
+def _config(args: argparse.Namespace, path: Optional[str] = None) -> AgentConfig:
     from agent.config import DEFAULT_CONFIG_PATH, load_config
 
     return load_config(path or args.config, default_path=_root(args).path(DEFAULT_CONFIG_PATH))

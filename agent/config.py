@@ -5,12 +5,13 @@ suggestion for a misspelled key. Validation happens here, once, so the rest of t
 its settings (annotation keys, unit names, checksums, paths).
 """
 
-import dataclasses
+
+from __future__ import annotations
+
 import difflib
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union, get_type_hints
+from typing import Any, Callable, Dict, List, NamedTuple, NoReturn, Optional, Tuple, Union, get_type_hints
 
 from agent.errors import ConfigError
 
@@ -43,10 +44,8 @@ def _positive(value: Any) -> Optional[str]:
 
 
 def _regex(pattern: str, what: str) -> Validator:
-    compiled = re.compile(pattern)
-
     def check(value: Any) -> Optional[str]:
-        if value is not None and not compiled.fullmatch(value):
+        if value is not None and not re.fullmatch(pattern, value):
             return f"must be {what}, got {value!r}"
         return None
 
@@ -88,99 +87,108 @@ def _condition_type(value: Any) -> Optional[str]:
     return None
 
 
-def _meta(check: Optional[Validator] = None, hint: str = "") -> Dict[str, Any]:
-    return {"check": check, "hint": hint}
-
-
-@dataclass(frozen=True)
-class ContainerdSettings:
-    config_path: str = field(default="/etc/containerd/config.toml", metadata=_meta(_absolute_path))
-    runtime: str = field(
-        default="nvidia", metadata=_meta(_regex(r"[A-Za-z0-9_-]+", "a runtime name such as nvidia"))
-    )
-    binary_name: str = field(default="/usr/bin/nvidia-container-runtime", metadata=_meta(_absolute_path))
+class ContainerdSettings(NamedTuple):
+    config_path: str = "/etc/containerd/config.toml"
+    runtime: str = "nvidia"
+    binary_name: str = "/usr/bin/nvidia-container-runtime"
     systemd_cgroup: bool = True
     enable_cdi: bool = True
     default_runtime: bool = True
 
 
-@dataclass(frozen=True)
-class NvidiaRuntimeSettings:
-    config_path: str = field(
-        default="/etc/nvidia-container-runtime/config.toml", metadata=_meta(_absolute_path)
-    )
+class NvidiaRuntimeSettings(NamedTuple):
+    config_path: str = "/etc/nvidia-container-runtime/config.toml"
     repair: bool = True
 
 
-@dataclass(frozen=True)
-class RestartSettings:
-    policy: str = field(default="when-needed", metadata=_meta(_one_of("when-needed", "never", "always")))
-    units: Tuple[str, ...] = field(
-        default=("containerd.service", "kubelet.service"), metadata=_meta(_unit_names)
-    )
-    timeout_seconds: float = field(default=120.0, metadata=_meta(_positive))
+class RestartSettings(NamedTuple):
+    policy: str = "when-needed"
+    units: Tuple[str, ...] = ("containerd.service", "kubelet.service")
+    timeout_seconds: float = 120.0
 
 
-@dataclass(frozen=True)
-class EfaSettings:
-    install: str = field(default="auto", metadata=_meta(_one_of("auto", "always", "never")))
-    version: str = field(
-        default="1.48.0",
-        metadata=_meta(_regex(r"\d+\.\d+\.\d+", "a version X.Y.Z"), hint='quote it: "1.48.0"'),
-    )
-    sha256: Optional[str] = field(
-        default=None, metadata=_meta(_regex(r"[0-9a-fA-F]{64}", "64 hexadecimal characters"))
-    )
-    base_url: str = field(default="https://efa-installer.amazonaws.com", metadata=_meta(_url))
-    cache_dir: str = field(default="/var/cache/gpu-node-agent", metadata=_meta(_absolute_path))
+class EfaSettings(NamedTuple):
+    install: str = "auto"
+    version: str = "1.48.0"
+    sha256: Optional[str] = None
+    base_url: str = "https://efa-installer.amazonaws.com"
+    cache_dir: str = "/var/cache/gpu-node-agent"
     installer_args: Tuple[str, ...] = ("-y", "--skip-kmod", "--no-verify")
-    timeout_seconds: float = field(default=1200.0, metadata=_meta(_positive))
+    timeout_seconds: float = 1200.0
 
 
-@dataclass(frozen=True)
-class ReportSettings:
+class ReportSettings(NamedTuple):
     publish: bool = True
-    annotation_prefix: str = field(
-        default="gpu-node-agent",
-        metadata=_meta(_regex(DNS_SUBDOMAIN, "a DNS subdomain (lowercase, e.g. gpu.example.com)")),
-    )
-    condition: Optional[str] = field(default="GPUNodeAgentReady", metadata=_meta(_condition_type))
-    kubeconfig: str = field(default="/var/lib/kubelet/kubeconfig", metadata=_meta(_absolute_path))
-    node_name: Optional[str] = field(
-        default=None, metadata=_meta(_regex(DNS_SUBDOMAIN, "a node name (DNS subdomain)"))
-    )
-    status_file: str = field(default="/run/gpu-node-agent/status.json", metadata=_meta(_absolute_path))
-    metrics_file: Optional[str] = field(default=None, metadata=_meta(lambda v: v and _absolute_path(v)))
-    timeout_seconds: float = field(default=30.0, metadata=_meta(_positive))
+    annotation_prefix: str = "gpu-node-agent"
+    condition: Optional[str] = "GPUNodeAgentReady"
+    kubeconfig: str = "/var/lib/kubelet/kubeconfig"
+    node_name: Optional[str] = None
+    status_file: str = "/run/gpu-node-agent/status.json"
+    metrics_file: Optional[str] = None
+    timeout_seconds: float = 30.0
 
 
-@dataclass(frozen=True)
-class ImdsSettings:
-    endpoint: Optional[str] = field(default=None, metadata=_meta(_url))
-    timeout_seconds: float = field(default=2.0, metadata=_meta(_positive))
+class ImdsSettings(NamedTuple):
+    endpoint: Optional[str] = None
+    timeout_seconds: float = 2.0
 
 
-@dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(NamedTuple):
     containerd: ContainerdSettings = ContainerdSettings()
     nvidia_runtime: NvidiaRuntimeSettings = NvidiaRuntimeSettings()
     restart: RestartSettings = RestartSettings()
     efa: EfaSettings = EfaSettings()
     report: ReportSettings = ReportSettings()
     imds: ImdsSettings = ImdsSettings()
-    source: str = field(default="<defaults>", compare=False)
+    source: str = "<defaults>"  # the file it came from
+
+    def settings(self) -> Tuple[Any, ...]:
+        """The sections alone, for comparing configurations regardless of where they came from."""
+        return tuple(self[:-1])
 
     def to_dict(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name == "source":
-                continue
-            section = dataclasses.asdict(getattr(self, f.name))
-            out[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
-        return out
+        return {
+            name: {k: list(v) if isinstance(v, tuple) else v for k, v in section._asdict().items()}
+            for name, section in zip(self._fields, self.settings())
+        }
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(AgentConfig) if f.name != "source"}
+# What a value must be beyond its type, per key: (validator, hint shown with a type error).
+RULES: Dict[str, Tuple[Validator, str]] = {
+    "containerd.config_path": (_absolute_path, ""),
+    "containerd.runtime": (_regex(r"[A-Za-z0-9_-]+", "a runtime name such as nvidia"), ""),
+    "containerd.binary_name": (_absolute_path, ""),
+    "nvidia_runtime.config_path": (_absolute_path, ""),
+    "restart.policy": (_one_of("when-needed", "never", "always"), ""),
+    "restart.units": (_unit_names, ""),
+    "restart.timeout_seconds": (_positive, ""),
+    "efa.install": (_one_of("auto", "always", "never"), ""),
+    "efa.version": (_regex(r"\d+\.\d+\.\d+", "a version X.Y.Z"), 'quote it: "1.48.0"'),
+    "efa.sha256": (_regex(r"[0-9a-fA-F]{64}", "64 hexadecimal characters"), ""),
+    "efa.base_url": (_url, ""),
+    "efa.cache_dir": (_absolute_path, ""),
+    "efa.timeout_seconds": (_positive, ""),
+    "report.annotation_prefix": (_regex(DNS_SUBDOMAIN, "a DNS subdomain (lowercase, e.g. gpu.example.com)"),
+                                 ""),
+    "report.condition": (_condition_type, ""),
+    "report.kubeconfig": (_absolute_path, ""),
+    "report.node_name": (_regex(DNS_SUBDOMAIN, "a node name (DNS subdomain)"), ""),
+    "report.status_file": (_absolute_path, ""),
+    "report.metrics_file": (lambda v: v and _absolute_path(v), ""),
+    "report.timeout_seconds": (_positive, ""),
+    "imds.endpoint": (_url, ""),
+    "imds.timeout_seconds": (_positive, ""),
+}
+
+
+SECTIONS: Dict[str, Any] = {
+    "containerd": ContainerdSettings,
+    "nvidia_runtime": NvidiaRuntimeSettings,
+    "restart": RestartSettings,
+    "efa": EfaSettings,
+    "report": ReportSettings,
+    "imds": ImdsSettings,
+}
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -256,14 +264,12 @@ class _Builder:
         self.source = source
         self.loader = loader
 
-    def fail(self, node: Any, key: str, problem: str) -> "None":
+    def fail(self, node: Any, key: str, problem: str) -> NoReturn:
         line = node.start_mark.line + 1
         raise ConfigError(f"{self.source}:{line}: {key}: {problem}")
 
     def mapping(self, node: Any, key: str) -> Dict[str, Tuple[Any, Any]]:
-        import yaml
-
-        if not isinstance(node, yaml.MappingNode):
+        if node.id != "mapping":
             self.fail(node, key or "(top level)", "expected a mapping of keys to values")
         out: Dict[str, Tuple[Any, Any]] = {}
         for key_node, value_node in node.value:
@@ -280,23 +286,22 @@ class _Builder:
         if _is_null(node):
             return cls()
         items = self.mapping(node, section)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = get_type_hints(cls)
         kwargs: Dict[str, Any] = {}
         for name, (key_node, value_node) in items.items():
             dotted = f"{section}.{name}"
-            if name not in fields:
-                self.fail(key_node, dotted, f"unknown key{_suggest(name, fields)}")
+            if name not in cls._fields:
+                self.fail(key_node, dotted, f"unknown key{_suggest(name, cls._fields)}")
             value = self.loader.construct_object(value_node, deep=True)
-            kwargs[name] = self.value(hints[name], fields[name], value, value_node, dotted)
+            kwargs[name] = self.value(hints[name], value, value_node, dotted)
         return cls(**kwargs)
 
-    def value(self, hint: Any, f: "dataclasses.Field[Any]", value: Any, node: Any, dotted: str) -> Any:
+    def value(self, hint: Any, value: Any, node: Any, dotted: str) -> Any:
         optional = False
         if getattr(hint, "__origin__", None) is Union:
             args = [a for a in hint.__args__ if a is not type(None)]
             optional, hint = True, args[0]
-        hint_msg = f.metadata.get("hint", "")
+        check, hint_msg = RULES.get(dotted, (None, ""))
         if value is None:
             if optional:
                 return None
@@ -316,7 +321,6 @@ class _Builder:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 self.fail(node, dotted, f"expected a list of strings, got {_type_name(value)} {value!r}")
             value = tuple(value)
-        check = f.metadata.get("check")
         if check is not None:
             problem = check(value)
             if problem:
@@ -334,7 +338,4 @@ def dump_config(config: AgentConfig) -> str:
 
 def config_keys() -> List[str]:
     """Every valid ``section.key``, for documentation and tests."""
-    keys = []
-    for section, cls in SECTIONS.items():
-        keys.extend(f"{section}.{f.name}" for f in dataclasses.fields(cls))
-    return keys
+    return [f"{section}.{name}" for section, cls in SECTIONS.items() for name in cls._fields]

@@ -15,16 +15,18 @@ quoting and blank lines of everything else stay byte-identical. Every edit is ve
 offered: the new text parses, the effective values are the desired ones, and no other value changed.
 """
 
+
+from __future__ import annotations
+
 import re
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from agent.config import ContainerdSettings
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import FileEdit, NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
-from agent.tomledit import NotFixable, parse_toml, set_value
+from agent.tomledit import NotFixable, parse_toml, set_value, tidy
 
 CONTAINERD_VERSION_FILE = "/etc/eks/containerd-version.txt"
 V3_RUNTIME_PLUGIN = "io.containerd.cri.v1.runtime"
@@ -37,8 +39,7 @@ MAX_IMPORTED_FILES = 256
 # --- loading --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ConfigFile:
+class ConfigFile(NamedTuple):
     """One file containerd loads, as read from the node."""
 
     path: Path  # where the agent reads it (under --root)
@@ -48,7 +49,7 @@ class ConfigFile:
     imports: Tuple[str, ...]
     mtime: float
     is_symlink: bool
-    data: Mapping[str, Any] = field(compare=False, repr=False)  # plain parsed content
+    data: Mapping[str, Any]  # plain parsed content
 
     def cri_table(self, plugin_id: str) -> Optional[Mapping[str, Any]]:
         plugins = self.data.get("plugins")
@@ -60,15 +61,13 @@ class ConfigFile:
         return isinstance(self.data.get("plugins"), Mapping) and bool(self.data["plugins"])
 
 
-@dataclass(frozen=True)
-class DaemonVersion:
+class DaemonVersion(NamedTuple):
     major: int  # 1 or 2: decides how imports merge
     version: Optional[str]  # e.g. "2.2.3"
     source: str  # where ``major`` came from
 
 
-@dataclass(frozen=True)
-class ContainerdConfigSet:
+class ContainerdConfigSet(NamedTuple):
     """``config.toml`` and every file it imports, in the order containerd loads them."""
 
     files: Tuple[ConfigFile, ...]
@@ -184,7 +183,9 @@ def load(root: NodeRoot, settings: ContainerdSettings) -> ContainerdConfigSet:
     main = _read_config_file(root, settings.config_path, main=True)
     files = [main]
     loaded = {main.node_path}
-    pending = [(p, (main.node_path,)) for p in resolve_imports(root, main.node_path, main.imports)]
+    pending: List[Tuple[str, Tuple[str, ...]]] = [
+        (p, (main.node_path,)) for p in resolve_imports(root, main.node_path, main.imports)
+    ]
     while pending:
         node_path, chain = pending.pop(0)
         if node_path in chain:
@@ -208,8 +209,7 @@ def load(root: NodeRoot, settings: ContainerdSettings) -> ContainerdConfigSet:
 _UNSET = object()
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     """One CRI runtime key the agent manages, relative to the CRI runtime plugin table."""
 
     key: Tuple[str, ...]
@@ -241,8 +241,7 @@ def desired_settings(settings: ContainerdSettings, daemon_major: int) -> Tuple[S
     return tuple(out)
 
 
-@dataclass(frozen=True)
-class EffectiveValue:
+class EffectiveValue(NamedTuple):
     setting: Setting
     value: Any  # the effective value; the default when ``source`` is None
     source: Optional[ConfigFile]  # the file whose value is effective
@@ -260,8 +259,7 @@ class EffectiveValue:
         return f"{self.setting.dotted} = {_toml_repr(self.value)} in {self.source.node_path}, want {want}"
 
 
-@dataclass(frozen=True)
-class EffectiveCri:
+class EffectiveCri(NamedTuple):
     plugin_id: str
     values: Tuple[EffectiveValue, ...]
     blocking: Tuple[str, ...]  # problems that forbid any edit (mixed versions, unsupported layout)
@@ -315,7 +313,8 @@ def effective(config_set: ContainerdConfigSet, settings: ContainerdSettings) -> 
     with_cri = [(f, t) for f, t in tables if t is not None]
     values = []
     if daemon.major == 1:
-        decider, table = with_cri[-1] if with_cri else (main, None)
+        decider: ConfigFile = with_cri[-1][0] if with_cri else main
+        table: Optional[Mapping[str, Any]] = with_cri[-1][1] if with_cri else None
         for s in wanted:
             v = _lookup(table, s.key)
             values.append(EffectiveValue(s, s.default if v is _UNSET else v,
@@ -331,10 +330,10 @@ def effective(config_set: ContainerdConfigSet, settings: ContainerdSettings) -> 
     else:
         for s in wanted:
             source, value = None, s.default
-            for f, t in tables:
-                v = _lookup(t, s.key)
+            for candidate, cri in tables:
+                v = _lookup(cri, s.key)
                 if v is not _UNSET:
-                    source, value = f, v
+                    source, value = candidate, v
             values.append(EffectiveValue(s, value, source, source or main))
     return EffectiveCri(plugin_id, tuple(values), tuple(blocking), tuple(warnings))
 
@@ -353,8 +352,7 @@ def _leaf_keys(table: Mapping[str, Any], prefix: str = "") -> List[str]:
 # --- minimal edits ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ContainerdReconcile:
+class ContainerdReconcile(NamedTuple):
     effective: EffectiveCri
     edits: Tuple[FileEdit, ...]
     problems: Tuple[str, ...]  # drift the agent cannot fix safely
@@ -397,9 +395,14 @@ def reconcile(config_set: ContainerdConfigSet, settings: ContainerdSettings) -> 
 
 def _edit_text(target: ConfigFile, plugin_id: str, values: Sequence[EffectiveValue]) -> str:
     doc = parse_toml(target.text, target.path)
-    for v in values:
-        set_value(doc, ("plugins", plugin_id, *v.setting.key), v.setting.desired)
-    text: str = doc.as_string()
+    try:
+        for v in values:
+            set_value(doc, ("plugins", plugin_id, *v.setting.key), v.setting.desired)
+        text: str = tidy(target.text, doc.as_string())
+    except NotFixable:
+        raise
+    except Exception as exc:  # a structure tomlkit cannot edit: leave the file alone, say so
+        raise NotFixable(f"cannot edit this structure safely ({type(exc).__name__}: {exc})") from exc
     if not target.text.endswith("\n\n") and text.endswith("\n\n"):
         text = text.rstrip("\n") + "\n"
     return text
@@ -430,7 +433,7 @@ def _verify(config_set: ContainerdConfigSet, settings: ContainerdSettings, new_t
 
 
 def _strip(data: Mapping[str, Any], managed: Any, plugin: str) -> Any:
-    """``data`` without the managed keys (and tables left empty by removing them)."""
+    """``data`` without the managed keys and without empty tables."""
     def walk(node: Any, path: Tuple[str, ...]) -> Any:
         if not isinstance(node, Mapping):
             return node
@@ -440,8 +443,8 @@ def _strip(data: Mapping[str, Any], managed: Any, plugin: str) -> Any:
             if (p[0], *p[2:]) in managed and len(p) > 1 and p[1] == plugin:
                 continue
             w = walk(v, p)
-            if isinstance(v, Mapping) and v and w == {}:
-                continue
+            if isinstance(v, Mapping) and w == {}:
+                continue  # an empty table means nothing to containerd
             out[k] = w
         return out
 

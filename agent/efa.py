@@ -33,9 +33,8 @@ import random
 import re
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, Callable, List, Optional, Tuple, cast
+from typing import IO, TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional, Tuple, cast
 
 from agent.config import EfaSettings
 from agent.errors import AgentError, NodeFileError, NodeFileMissing
@@ -88,8 +87,7 @@ class InstallerFailed(EfaError):
 # --- discovery ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EfaFacts:
+class EfaFacts(NamedTuple):
     devices: Tuple[str, ...]  # RDMA device names backed by EFA, e.g. ("rdmap0s6",)
     installer_version: Optional[str]  # from the version file's first line
     fi_info: bool  # /opt/amazon/efa/bin/fi_info exists
@@ -205,8 +203,7 @@ def _libfabric_version(fi_info: Path, problems: List[str]) -> Optional[str]:
 # --- decision (pure) ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EfaAction:
+class EfaAction(NamedTuple):
     """What ``run`` does about the EFA userspace, and why. Carries everything ``execute`` needs."""
 
     install: bool
@@ -214,6 +211,7 @@ class EfaAction:
     settings: EfaSettings
     root: NodeRoot
     cached: bool = False
+    applicable: bool = True  # False: no EFA hardware and efa.install is not always; plan stays quiet
 
     def describe(self) -> str:
         if not self.install:
@@ -248,12 +246,14 @@ def _why_install(facts: EfaFacts, version: str) -> str:
 def decide(facts: EfaFacts, settings: EfaSettings, root: NodeRoot) -> Tuple[EfaAction, Tuple[str, ...]]:
     """Pure: install when EFA applies and the pinned version is not installed; else nothing."""
 
+    applicable = facts.hardware or settings.install == "always"
+
     def nothing(reason: str, problems: Tuple[str, ...] = ()) -> Tuple[EfaAction, Tuple[str, ...]]:
-        return EfaAction(False, reason, settings, root), problems
+        return EfaAction(False, reason, settings, root, applicable=applicable), problems
 
     if settings.install == "never":
         return nothing("efa.install is never")
-    if settings.install == "auto" and not facts.hardware:
+    if not applicable:
         return nothing(f"no EFA device under {INFINIBAND_CLASS} (not applicable on this instance)")
     if facts.installed_at(settings.version):
         libfabric = f", libfabric {facts.libfabric_version}" if facts.libfabric_version else ""
@@ -305,8 +305,7 @@ def check(facts: EfaFacts, settings: EfaSettings) -> CheckResult:
 # --- fetch ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DownloadPolicy:
+class DownloadPolicy(NamedTuple):
     """Bounds of one download. Defaults suit a few-hundred-MiB tarball over a node's network."""
 
     attempts: int = 5
@@ -319,6 +318,9 @@ class DownloadPolicy:
     # Large reads keep the hand-offs to the hashing thread rare; 4 buffers of 4 MiB is the memory
     # cost, whatever the file size (bench/efa_fetch.py measures both).
     chunk_size: int = 4 << 20
+
+
+DEFAULT_POLICY = DownloadPolicy()
 
 
 def backoff_delay(retry: int, policy: DownloadPolicy, rand: Callable[[], float]) -> float:
@@ -360,7 +362,7 @@ def fetch(
     settings: EfaSettings,
     root: NodeRoot,
     *,
-    policy: DownloadPolicy = DownloadPolicy(),
+    policy: DownloadPolicy = DEFAULT_POLICY,
     sleep: Callable[[float], None] = time.sleep,
     rand: Callable[[], float] = random.random,
     clock: Callable[[], float] = time.monotonic,
@@ -527,7 +529,7 @@ def download(
     target: Path,
     sha256: str,
     *,
-    policy: DownloadPolicy = DownloadPolicy(),
+    policy: DownloadPolicy = DEFAULT_POLICY,
     sleep: Callable[[float], None] = time.sleep,
     rand: Callable[[], float] = random.random,
     clock: Callable[[], float] = time.monotonic,
@@ -733,14 +735,16 @@ def _check_free_space(directory: Path, needed: int) -> None:
 # --- safe extraction --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExtractLimits:
+class ExtractLimits(NamedTuple):
     max_members: int = 100_000
     max_member_bytes: int = 2 << 30
     max_total_bytes: int = 8 << 30
 
 
-def extract_tarball(f: IO[bytes], dest: Path, limits: ExtractLimits = ExtractLimits()) -> None:
+DEFAULT_LIMITS = ExtractLimits()
+
+
+def extract_tarball(f: IO[bytes], dest: Path, limits: ExtractLimits = DEFAULT_LIMITS) -> None:
     """Extract a ``.tar.gz`` stream into the empty directory ``dest``, refusing anything unsafe.
 
     Our own checks run whatever the interpreter (3.9 has no ``tarfile`` filters): relative names
@@ -950,8 +954,7 @@ def _last_output(tail: "Any") -> str:
     return f"; last output: {text if len(text) <= 400 else '...' + text[-397:]}"
 
 
-@dataclass(frozen=True)
-class _VerifiedTarball:
+class _VerifiedTarball(NamedTuple):
     path: Path
     file: IO[bytes]
 

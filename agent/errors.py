@@ -3,6 +3,9 @@
 Anything raised as an ``AgentError`` reaches the user as one line (no traceback).
 """
 
+
+from __future__ import annotations
+
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
 EXIT_DEGRADED = 2

@@ -4,16 +4,18 @@ Every node path the agent touches goes through ``NodeRoot.path`` so that ``--roo
 ``rpm --root``: the agent can inspect and repair a mounted image, and tests use a simulated node.
 """
 
+
+from __future__ import annotations
+
 import difflib
 import errno
 import fcntl
 import os
 import tempfile
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 from agent.errors import LockBusy, NodeFileError, NodeFileMissing
 
@@ -44,8 +46,7 @@ class NodeRoot:
         return f"NodeRoot({str(self.root)!r})"
 
 
-@dataclass(frozen=True)
-class FileEdit:
+class FileEdit(NamedTuple):
     """A planned change to one node file: the text it has, the text it gets, and why."""
 
     path: Path
@@ -117,10 +118,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException as exc:
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         if isinstance(exc, OSError):
             raise NodeFileError(path, f"cannot write: {exc.strerror or exc}") from None
         raise
@@ -170,8 +169,11 @@ def run_lock(
                         f"(waited {wait_seconds:g}s)"
                     ) from None
                 sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:  # the holder's pid, for whoever finds the lock taken; informational only
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
         yield lock_path
     finally:
         os.close(fd)

@@ -4,10 +4,12 @@ A check is ``pass | warn | fail | skip`` with a one-line message. Health is ``un
 check fails, ``degraded`` when any warns, ``healthy`` otherwise; the exit code follows the contract.
 """
 
+
+from __future__ import annotations
+
 import json
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence
 
 from agent import __version__
 from agent.errors import EXIT_DEGRADED, EXIT_OK, EXIT_UNHEALTHY
@@ -29,12 +31,11 @@ CHECK_NAMES = (
 REPORT_SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True)
-class CheckResult:
+class CheckResult(NamedTuple):
     name: str
     status: str
     message: str
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = {}  # never mutated
 
     def as_dict(self, *, with_details: bool = True) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name, "status": self.status, "message": self.message}

@@ -6,6 +6,9 @@ first event that passes the level filter, so a quiet ``check`` never pays for it
 secret-looking keys, and bearer tokens anywhere in a message, are redacted.
 """
 
+
+from __future__ import annotations
+
 import os
 import re
 import sys
@@ -96,7 +99,7 @@ class Logger:
         self.component = component
         self.context = dict(context or {})
 
-    def bind(self, **kw: Any) -> "Logger":
+    def bind(self, **kw: Any) -> Logger:
         return Logger(self.component, {**self.context, **kw})
 
     def _emit(self, level: str, event: str, kw: Dict[str, Any]) -> None:

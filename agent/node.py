@@ -4,8 +4,10 @@ A file that cannot be read is kept as the ``NodeFileError`` it raised, so ``chec
 as one failing check while the other checks still run.
 """
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Union
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union
 
 from agent.config import AgentConfig
 from agent.containerd import ContainerdConfigSet
@@ -17,12 +19,11 @@ if TYPE_CHECKING:
     from agent.efa import EfaFacts
 
 
-@dataclass(frozen=True)
-class NodeFacts:
+class NodeFacts(NamedTuple):
     root: NodeRoot
     containerd: Union[ContainerdConfigSet, NodeFileError]
-    nvidia_runtime: Union[NvidiaRuntimeConfig, None, NodeFileError]
-    efa: Optional["EfaFacts"] = None
+    nvidia_runtime: Union[NvidiaRuntimeConfig, NodeFileError, None]
+    efa: Optional[EfaFacts] = None
 
 
 def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:

@@ -11,9 +11,11 @@ legacy-era knobs. Drift is judged by *effective* value (a missing key means the 
 * ``mode = "cdi"`` / ``"csv"`` are valid choices someone made on purpose: reported, never changed.
 """
 
-from dataclasses import dataclass, field
+
+from __future__ import annotations
+
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, NamedTuple, Optional, Tuple
 
 from agent.config import NvidiaRuntimeSettings
 from agent.errors import NodeFileError, NodeFileMissing
@@ -29,16 +31,15 @@ ENVVAR_KNOB = "accept-nvidia-visible-devices-envvar-when-unprivileged"
 ENVVAR_KNOB_DEFAULT_LINE = f"#{ENVVAR_KNOB} = true"
 
 
-@dataclass(frozen=True)
-class NvidiaRuntimeConfig:
+class NvidiaRuntimeConfig(NamedTuple):
     path: Path
     text: str
-    data: Mapping[str, Any] = field(compare=False, repr=False)
+    data: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class Drift:
+class Drift(NamedTuple):
     key: str
+    value: Any  # the effective value found
     status: str  # FAIL or WARN
     problem: str
     repairable: bool
@@ -61,19 +62,19 @@ def drift(cfg: NvidiaRuntimeConfig) -> List[Drift]:
     section = cfg.data.get(MODE_KEY[0], {})
     mode = section.get(MODE_KEY[1], DEFAULT_MODE) if isinstance(section, Mapping) else DEFAULT_MODE
     if mode == "legacy":
-        found.append(Drift("mode", FAIL, 'mode = "legacy": the deprecated prestart-hook flow; '
+        found.append(Drift("mode", mode, FAIL, 'mode = "legacy": the deprecated prestart-hook flow; '
                            "non-privileged pods lose their GPUs", True))
     elif not isinstance(mode, str) or mode not in MODES:
-        found.append(Drift("mode", FAIL, f"mode = {mode!r} is not a mode the toolkit knows; "
+        found.append(Drift("mode", mode, FAIL, f"mode = {mode!r} is not a mode the toolkit knows; "
                            "container creation fails with 'invalid mode'", True))
     elif mode in ("cdi", "csv"):
-        found.append(Drift("mode", WARN, f'mode = "{mode}" is not the default "auto" (jit-cdi)', False))
+        found.append(Drift("mode", mode, WARN, f'mode = "{mode}" is not the default "auto" (jit-cdi)', False))
     knob = cfg.data.get(ENVVAR_KNOB)
     if knob is False:
-        found.append(Drift(ENVVAR_KNOB, FAIL, f"{ENVVAR_KNOB} = false: unprivileged pods cannot get GPUs "
+        found.append(Drift(ENVVAR_KNOB, knob, FAIL, f"{ENVVAR_KNOB} = false: unprivileged pods cannot get GPUs "
                            "through NVIDIA_VISIBLE_DEVICES (built-in default: true)", True))
     elif ENVVAR_KNOB in cfg.data:
-        found.append(Drift(ENVVAR_KNOB, WARN, f"{ENVVAR_KNOB} is set explicitly: a legacy-era knob with "
+        found.append(Drift(ENVVAR_KNOB, knob, WARN, f"{ENVVAR_KNOB} is set explicitly: a legacy-era knob with "
                            "no effect under jit-cdi (default: commented out)", True))
     return found
 
@@ -95,7 +96,7 @@ def reconcile(cfg: Optional[NvidiaRuntimeConfig], settings: NvidiaRuntimeSetting
                 doc = parse_toml(text, cfg.path)
                 set_value(doc, MODE_KEY, DEFAULT_MODE)
                 text = doc.as_string()
-                reasons.append(f'mode = "{DEFAULT_MODE}", the default (jit-cdi): {d.problem.split(": ")[-1]}')
+                reasons.append(f'mode = "{DEFAULT_MODE}" (was {d.value!r}): the toolkit default, jit-cdi')
             else:
                 text = comment_out(text, (d.key,), ENVVAR_KNOB_DEFAULT_LINE)
                 reasons.append(f"{d.key} commented out: the built-in default (true) applies")

@@ -4,8 +4,10 @@ No I/O here. ``plan`` prints a ``Plan``; ``run`` hands it to ``apply``. Problems
 but must not fix on its own (an unreadable file, mixed-version drop-ins) travel in ``problems``.
 """
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Tuple
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Tuple
 
 from agent.config import AgentConfig
 from agent.errors import NodeFileError
@@ -16,18 +18,16 @@ if TYPE_CHECKING:
     from agent.efa import EfaAction
 
 
-@dataclass(frozen=True)
-class Restart:
+class Restart(NamedTuple):
     unit: str
     reason: str
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     edits: Tuple[FileEdit, ...] = ()
     restarts: Tuple[Restart, ...] = ()
     problems: Tuple[str, ...] = ()
-    efa: Optional["EfaAction"] = None  # the EFA userspace action and why (install or not)
+    efa: Optional[EfaAction] = None  # the EFA userspace action and why (install or not)
 
     @property
     def changes_nothing(self) -> bool:
@@ -67,7 +67,7 @@ def render_plan(plan: Plan) -> str:
         out.append("")
     for restart in plan.restarts:
         out.append(f"restart {restart.unit}: {restart.reason}")
-    if plan.efa is not None:
+    if plan.efa is not None and plan.efa.applicable:
         out.append(f"efa: {plan.efa.describe()}")
     for problem in plan.problems:
         out.append(f"problem (not fixed): {problem}")

@@ -5,8 +5,12 @@ and indentation kept), a missing key is added to the table that should hold it, 
 created right after its parent with the file's indentation, and a line is commented out in place.
 """
 
+
+from __future__ import annotations
+
 import difflib
-from typing import Any, Mapping, Optional, Sequence, Tuple
+import re
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from agent.errors import NodeFileError
 
@@ -24,14 +28,21 @@ def parse_toml(text: str, path: object) -> Any:
         return tomlkit.parse(text)
     except ParseError as exc:
         message = str(exc).split(" at line ")[0]
-        raise NodeFileError(path, f"invalid TOML at line {exc.line}, column {exc.col}: {message}") from None
+        column = exc.col + 1  # tomlkit counts columns from 0; editors and users from 1
+        if exc.__cause__ is not None and not isinstance(exc.__cause__, TOMLKitError):
+            # tomlkit failed on its own account (a layout it cannot represent), not on a syntax error
+            raise NodeFileError(path, f"the agent's TOML parser (tomlkit) cannot handle this layout at line "
+                                f"{exc.line}, column {column} ({message}); nothing changed") from None
+        raise NodeFileError(path, f"invalid TOML at line {exc.line}, column {column}: {message}") from None
     except TOMLKitError as exc:
         raise NodeFileError(path, f"invalid TOML: {exc}") from None
+    except Exception as exc:  # tomlkit's own failure on a layout it cannot represent
+        raise NodeFileError(path, f"the agent's TOML parser (tomlkit) cannot handle this layout "
+                            f"({type(exc).__name__}: {exc}); nothing changed") from None
 
 
 def set_value(doc: Any, key: Sequence[str], value: Any) -> None:
     """Set ``key`` to ``value`` in the tomlkit document with the smallest change that does it."""
-    import tomlkit
     from tomlkit.items import AoT, InlineTable
 
     container = doc
@@ -49,9 +60,29 @@ def set_value(doc: Any, key: Sequence[str], value: Any) -> None:
         raise NotFixable(f"{'.'.join(key)} is a table, expected a value")
     new = _styled(value, _prefers_literal(old, container))
     if isinstance(container, InlineTable) and old is None:
-        container.append(leaf, new)
-    else:
-        container[leaf] = new
+        _append_inline(container, leaf, new)
+        return
+    sibling_indent = _indentation(container)[1] if old is None else None
+    container[leaf] = new
+    if sibling_indent is not None and _has_values(container):
+        new.trivia.indent = " " * sibling_indent
+
+
+def _append_inline(table: Any, key: str, item: Any) -> None:
+    """Append to an inline table before the space that precedes its closing brace: ``{ a = 1, b = 2 }``."""
+    from tomlkit.items import Whitespace
+
+    body = table.value.body
+    trailing = None
+    if body and body[-1][0] is None and isinstance(body[-1][1], Whitespace) and "," not in body[-1][1].s:
+        trailing = body.pop()[1]
+    table.append(key, item)
+    if trailing is not None:
+        table.value.append(None, trailing)
+
+
+def _has_values(container: Any) -> bool:
+    return any(not isinstance(v, Mapping) for v in container.values())
 
 
 def _styled(value: Any, literal: bool) -> Any:
@@ -84,7 +115,7 @@ def _create(container: Any, key: Sequence[str], value: Any) -> None:
             t = tomlkit.inline_table()
             t.append(part, nested)
             nested = t
-        container.append(key[0], nested)
+        _append_inline(container, key[0], nested)
         return
     header_indent, key_indent = _indentation(container)
     tables = [tomlkit.table(is_super_table=True) for _ in key[:-2]] + [tomlkit.table()]
@@ -99,7 +130,7 @@ def _create(container: Any, key: Sequence[str], value: Any) -> None:
     for k, item in leaf_table.value.body:
         if k is not None:
             item.trivia.indent = " " * (key_indent + step * len(tables))
-    container.append(key[0], top)
+    container[key[0]] = top  # item assignment also works on tomlkit's out-of-order table proxies
 
 
 def _indentation(container: Any) -> Tuple[int, int]:
@@ -113,6 +144,39 @@ def _indentation(container: Any) -> Tuple[int, int]:
         if k is not None and not isinstance(item, Mapping):
             return header, len(item.trivia.indent)
     return header, header
+
+
+_KEY = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+_KEY_LINE = re.compile(rf"^(\s*){_KEY}(?:\s*\.\s*{_KEY})*\s*=")
+
+
+def tidy(old_text: str, new_text: str) -> str:
+    """Undo tomlkit's incidental whitespace changes after an edit.
+
+    A line whose only change is its leading whitespace gets its original back (tomlkit sometimes
+    shifts the indentation of a neighbouring header when it appends a key), and an added key line
+    takes the indentation of the key line right above it.
+    """
+    old_lines = old_text.splitlines(True)
+    new_lines = new_text.splitlines(True)
+    out: List[str] = []
+    matcher = difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            out.extend(old_lines[i1:i2])
+            continue
+        olds, news = old_lines[i1:i2], list(new_lines[j1:j2])
+        for k, line in enumerate(news):
+            same = next((o for o in olds if o.lstrip() == line.lstrip()), None)
+            if same is not None:
+                news[k] = same
+            elif _KEY_LINE.match(line):
+                above = next((x for x in reversed(out + news[:k]) if x.strip()), "")
+                match = _KEY_LINE.match(above)
+                if match:
+                    news[k] = match.group(1) + line.lstrip()
+        out.extend(news)
+    return "".join(out)
 
 
 def comment_out(text: str, key: Sequence[str], replacement: Optional[str] = None) -> str:
@@ -130,7 +194,7 @@ def comment_out(text: str, key: Sequence[str], replacement: Optional[str] = None
     old_lines = text.splitlines(True)
     new_lines = doc.as_string().splitlines(True)
     out = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False).get_opcodes():
+    for op, i1, i2, _, _ in difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False).get_opcodes():
         if op == "equal":
             out.extend(old_lines[i1:i2])
         elif op == "delete":

@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   python3 python3-venv python3-dev python3-gi gir1.2-glib-2.0
-  libgirepository1.0-dev libcairo2-dev pkg-config gcc make
+  libgirepository1.0-dev libcairo2-dev libdbus-1-dev libglib2.0-dev pkg-config gcc make
   systemd dbus util-linux bsdutils iproute2
   rpm containerd curl openssl hyperfine ca-certificates
+  python3-yaml python3-requests shellcheck jq
 )
 
 missing=()
@@ -26,16 +27,24 @@ if ((${#missing[@]})); then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The venvs are reinstalled only when pyproject.toml changed since the last setup.
+STAMP=$(sha256sum pyproject.toml | cut -d' ' -f1)
+
 # Python 3.11 (Debian's): has gi from python3-gi.
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$STAMP" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  echo "$STAMP" > .venv/.setup-stamp
+fi
 
 # Python 3.9: the interpreter the agent runs on in production (AL2023).
 PY39=""
-for candidate in python3.9 "$HOME"/.pyenv/versions/3.9*/bin/python3.9 /usr/local/bin/python3.9; do
-  if command -v "$candidate" >/dev/null 2>&1; then PY39=$(command -v "$candidate"); break; fi
+for candidate in "$HOME"/.pyenv/versions/3.9*/bin/python3.9 /usr/local/bin/python3.9 /usr/bin/python3.9 python3.9; do
+  if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 9)' >/dev/null 2>&1; then
+    PY39=$candidate; break
+  fi
 done
 if [ -z "$PY39" ]; then
   echo "setup: no Python 3.9 found (install one, e.g. 'pyenv install 3.9'); the suite must also run on 3.9" >&2
@@ -44,5 +53,8 @@ fi
 if [ ! -x .venv39/bin/python ]; then
   "$PY39" -m venv .venv39
 fi
-.venv39/bin/pip install -q --disable-pip-version-check 'PyGObject<3.51' -e '.[test]'
+if [ "$(cat .venv39/.setup-stamp 2>/dev/null)" != "$STAMP" ]; then
+  .venv39/bin/pip install -q --disable-pip-version-check 'PyGObject<3.51' -e '.[test]'
+  echo "$STAMP" > .venv39/.setup-stamp
+fi
 echo "setup: ok (.venv: $(.venv/bin/python -V 2>&1), .venv39: $(.venv39/bin/python -V 2>&1))"

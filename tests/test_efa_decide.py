@@ -2,18 +2,17 @@
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from efa_helpers import LIBFABRIC, efa_node, write_installed
 
 from agent import efa, log
 from agent.cli import main
 from agent.config import EfaSettings
 from agent.fs import NodeRoot
 from agent.health import FAIL, PASS, SKIP, WARN
+from tests.efa_helpers import LIBFABRIC, efa_node, write_installed
 
 
 @pytest.fixture(autouse=True)
@@ -52,14 +51,14 @@ def test_no_efa_device(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("device", ["0xefa0", "0xefa1", "0xefa2", "0xEFA3"])
 def test_every_efa_device_generation_counts(tmp_path: Path, device: str) -> None:
-    from efa_helpers import add_rdma_device
+    from tests.efa_helpers import add_rdma_device
 
     add_rdma_device(tmp_path, "rdmap16s27", "0x1d0f", device)
     assert facts(tmp_path).devices == ("rdmap16s27",)
 
 
 def test_an_amazon_device_that_is_not_efa_does_not_count(tmp_path: Path) -> None:
-    from efa_helpers import add_rdma_device
+    from tests.efa_helpers import add_rdma_device
 
     add_rdma_device(tmp_path, "ena0", "0x1d0f", "0xec20")
     assert facts(tmp_path).devices == ()
@@ -101,7 +100,7 @@ def test_cached_tarball_is_noticed(tmp_path: Path) -> None:
     cache.mkdir(parents=True)
     (cache / "aws-efa-installer-1.48.0.tar.gz").write_bytes(b"x")
     assert facts(root).cached
-    assert not facts(root, replace(PINNED, version="1.49.0")).cached
+    assert not facts(root, PINNED._replace(version="1.49.0")).cached
 
 
 # --- decision -------------------------------------------------------------------------------------
@@ -139,7 +138,7 @@ def test_minimal_install_gets_the_userspace(tmp_path: Path) -> None:
 def test_a_pin_change_reinstalls(tmp_path: Path) -> None:
     root = efa_node(tmp_path / "node")
     write_installed(root, "1.48.0")
-    action, _ = decide(root, replace(PINNED, version="1.49.0"))
+    action, _ = decide(root, PINNED._replace(version="1.49.0"))
     assert action.install and action.reason == "installed 1.48.0, pinned 1.49.0"
 
 
@@ -148,13 +147,14 @@ def test_auto_without_hardware_does_nothing_even_without_sha256(tmp_path: Path) 
     action, problems = decide(root, EfaSettings())
     assert not action.install and problems == ()
     assert "not applicable" in action.reason
+    assert not action.applicable  # `plan` does not mention EFA on such a node
 
 
 def test_always_installs_without_hardware_and_never_never_installs(tmp_path: Path) -> None:
     root = efa_node(tmp_path / "node", efa=False)
-    assert decide(root, replace(PINNED, install="always"))[0].install
+    assert decide(root, PINNED._replace(install="always"))[0].install
     with_hw = efa_node(tmp_path / "hw")
-    action, problems = decide(with_hw, replace(PINNED, install="never"))
+    action, problems = decide(with_hw, PINNED._replace(install="never"))
     assert not action.install and problems == () and action.reason == "efa.install is never"
 
 
@@ -173,7 +173,7 @@ def test_without_sha256_the_agent_refuses_and_says_how_to_get_it(tmp_path: Path)
 @pytest.mark.parametrize("arg", ["--minimal", "--skip-limit-conf", "-u"])
 def test_installer_args_that_break_the_node_are_refused(tmp_path: Path, arg: str) -> None:
     root = efa_node(tmp_path / "node")
-    settings = replace(PINNED, installer_args=("-y", arg))
+    settings = PINNED._replace(installer_args=("-y", arg))
     action, problems = decide(root, settings)
     assert not action.install
     assert arg in problems[0]
@@ -230,7 +230,7 @@ def test_check_without_sha256_fails_with_the_way_to_get_it(tmp_path: Path) -> No
 
 def test_check_with_install_never(tmp_path: Path) -> None:
     root = efa_node(tmp_path / "n")
-    never = replace(PINNED, install="never")
+    never = PINNED._replace(install="never")
     assert efa.check(facts(root), never).status == WARN
     write_installed(root, "1.38.0")
     result = efa.check(facts(root), never)
@@ -249,7 +249,7 @@ def test_check_warns_when_fi_info_is_broken(tmp_path: Path) -> None:
 
 def converged_node(root: Path, *, hardware: bool = True) -> Path:
     """A node whose containerd and NVIDIA runtime files are already right, so only EFA matters."""
-    from conftest import SAMPLES
+    from tests.conftest import SAMPLES
 
     efa_node(root, efa=hardware)
     (root / "etc/containerd").mkdir(parents=True)
@@ -293,6 +293,16 @@ def test_plan_without_sha256_is_a_problem_not_a_crash(tmp_path: Path, capsys: py
     out = capsys.readouterr().out
     assert "efa: no action: EFA userspace not installed" in out
     assert "problem (not fixed): efa.sha256 is not set" in out
+
+
+def test_plan_without_efa_hardware_does_not_mention_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    root = converged_node(tmp_path / "node", hardware=False)
+    assert main(["--root", str(root), "plan"]) == 0
+    assert capsys.readouterr().out == "nothing to do: the node is converged\n"
+    config = write_config(tmp_path / "config.yaml", install="always", sha256=SHA)
+    assert main(["--root", str(root), "--config", str(config), "plan"]) == 0
+    assert "efa: install aws-efa-installer 1.48.0: EFA userspace not installed" in capsys.readouterr().out
 
 
 def test_plan_when_installed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,12 +6,16 @@ Retries use an injected sleep (recorded, never slept) and a fixed jitter.
 
 import os
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, List
 
 import pytest
-from efa_helpers import (
+
+from agent import efa, log
+from agent.cli import main
+from agent.config import EfaSettings
+from agent.fs import NodeRoot
+from tests.efa_helpers import (
     VERSION,
     ConnectProxy,
     InstallerServer,
@@ -20,11 +24,6 @@ from efa_helpers import (
     installer_tarball,
     sha256,
 )
-
-from agent import efa, log
-from agent.cli import main
-from agent.config import EfaSettings
-from agent.fs import NodeRoot
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 FAST = efa.DownloadPolicy(attempts=4, connect_timeout=2.0, read_timeout=2.0, chunk_size=64 * 1024)
@@ -148,7 +147,7 @@ def test_a_corrupted_cache_file_with_the_server_down_is_one_clear_error(
     path.write_bytes(tarball[:-10])
     server.stop()
     with pytest.raises(efa.DownloadError) as err:
-        fetch(root, settings, Sleeps(), replace(FAST, attempts=2))
+        fetch(root, settings, Sleeps(), FAST._replace(attempts=2))
     message = str(err.value)
     assert "cached copy had sha256" in message and "not efa.sha256 (removed)" in message
     assert "download failed after 2 attempts" in message and "\n" not in message
@@ -159,7 +158,7 @@ def test_a_corrupted_cache_file_with_the_server_down_is_one_clear_error(
 
 
 def test_wrong_checksum_keeps_nothing(root: Path, server: InstallerServer, tarball: bytes) -> None:
-    settings = replace(settings_for(server.base_url, tarball), sha256="0" * 64)
+    settings = settings_for(server.base_url, tarball)._replace(sha256="0" * 64)
     with pytest.raises(efa.ChecksumMismatch) as err:
         fetch(root, settings, Sleeps())
     assert str(err.value) == (
@@ -200,7 +199,7 @@ def test_500_forever_gives_up_after_the_bounded_attempts(
 
 def test_404_is_not_retried(root: Path, server: InstallerServer, tarball: bytes) -> None:
     sleeps = Sleeps()
-    settings = replace(settings_for(server.base_url, tarball), version="1.99.0")
+    settings = settings_for(server.base_url, tarball)._replace(version="1.99.0")
     with pytest.raises(efa.DownloadError) as err:
         fetch(root, settings, sleeps)
     assert str(err.value) == (f"{server.base_url}/aws-efa-installer-1.99.0.tar.gz: HTTP 404 Not Found "
@@ -269,7 +268,7 @@ def test_connection_reset_on_every_attempt(root: Path, server: InstallerServer, 
     server.behaviour.range_support = False
     server.behaviour.cuts.extend([("reset", 200_000)] * 2)
     with pytest.raises(efa.DownloadError) as err:
-        fetch(root, settings_for(server.base_url, tarball), Sleeps(), replace(FAST, attempts=2))
+        fetch(root, settings_for(server.base_url, tarball), Sleeps(), FAST._replace(attempts=2))
     message = str(err.value)
     assert "download failed after 2 attempts" in message and "\n" not in message
     assert "reset" in message.lower() or "broken" in message.lower()
@@ -279,7 +278,7 @@ def test_connection_reset_on_every_attempt(root: Path, server: InstallerServer, 
 @pytest.mark.usefixtures("body_reader")
 def test_slow_server_times_out(root: Path, server: InstallerServer, tarball: bytes) -> None:
     server.behaviour.stall_seconds = 30
-    policy = replace(FAST, attempts=2, read_timeout=0.3)
+    policy = FAST._replace(attempts=2, read_timeout=0.3)
     with pytest.raises(efa.DownloadError) as err:
         fetch(root, settings_for(server.base_url, tarball), Sleeps(), policy)
     assert "download failed after 2 attempts" in str(err.value)
@@ -291,7 +290,7 @@ def test_whole_download_is_bounded_in_time(root: Path, server: InstallerServer, 
     ticks = iter(range(0, 10_000, 100))
     with pytest.raises(efa.DownloadError, match=r"download took longer than 250s"):
         efa.fetch(settings_for(server.base_url, tarball), NodeRoot(str(root)),
-                  policy=replace(FAST, total_seconds=250), sleep=Sleeps(), clock=lambda: float(next(ticks)))
+                  policy=FAST._replace(total_seconds=250), sleep=Sleeps(), clock=lambda: float(next(ticks)))
     assert cached(root) == []
 
 
@@ -299,7 +298,7 @@ def test_server_down_fails_after_the_retries(root: Path, tarball: bytes) -> None
     sleeps = Sleeps()
     with pytest.raises(efa.DownloadError) as err:
         dead = f"http://127.0.0.1:{free_port()}"
-        fetch(root, settings_for(dead, tarball), sleeps, replace(FAST, attempts=3))
+        fetch(root, settings_for(dead, tarball), sleeps, FAST._replace(attempts=3))
     assert "download failed after 3 attempts" in str(err.value)
     assert "refused" in str(err.value).lower()
     assert sleeps == [1.0, 2.0]
@@ -307,10 +306,10 @@ def test_server_down_fails_after_the_retries(root: Path, tarball: bytes) -> None
 
 def test_an_oversized_download_is_refused(root: Path, server: InstallerServer, tarball: bytes) -> None:
     with pytest.raises(efa.DownloadError, match="more than the 1000 an installer tarball can be"):
-        fetch(root, settings_for(server.base_url, tarball), Sleeps(), replace(FAST, max_bytes=1000))
+        fetch(root, settings_for(server.base_url, tarball), Sleeps(), FAST._replace(max_bytes=1000))
     server.behaviour.chunked = True  # no Content-Length: caught while streaming
     with pytest.raises(efa.DownloadError, match="more than 1000 bytes; not an installer tarball"):
-        fetch(root, settings_for(server.base_url, tarball), Sleeps(), replace(FAST, max_bytes=1000))
+        fetch(root, settings_for(server.base_url, tarball), Sleeps(), FAST._replace(max_bytes=1000))
     assert cached(root) == []
 
 
@@ -451,7 +450,7 @@ def test_no_proxy_bypasses_the_proxy(
     monkeypatch.delenv("NO_PROXY")
     cache_dir(root).joinpath(f"aws-efa-installer-{VERSION}.tar.gz").unlink()
     with pytest.raises(efa.DownloadError, match=r"(?i)proxy"):  # without NO_PROXY, the dead proxy is used
-        fetch(root, settings_for(server.base_url, tarball), Sleeps(), replace(FAST, attempts=1))
+        fetch(root, settings_for(server.base_url, tarball), Sleeps(), FAST._replace(attempts=1))
 
 
 def test_http_proxy_sees_the_absolute_url(

@@ -9,12 +9,16 @@ import json
 import os
 import shutil
 import tarfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, List, Optional
 
 import pytest
-from efa_helpers import (
+
+from agent import efa, log
+from agent.cli import main
+from agent.config import EfaSettings
+from agent.fs import NodeRoot
+from tests.efa_helpers import (
     LIBFABRIC,
     VERSION,
     InstallerServer,
@@ -24,12 +28,7 @@ from efa_helpers import (
     installer_tarball,
     sha256,
 )
-from test_efa_decide import converged_node, write_config
-
-from agent import efa, log
-from agent.cli import main
-from agent.config import EfaSettings
-from agent.fs import NodeRoot
+from tests.test_efa_decide import converged_node, write_config
 
 SYMLINK, HARDLINK = tarfile.SYMTYPE, tarfile.LNKTYPE
 CHR, BLK, FIFO = tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE
@@ -217,7 +216,7 @@ def test_install_runs_the_verified_installer(
 
 def test_installer_args_come_from_the_config(root: Path, runs: Path) -> None:
     settings = seeded_cache(root, installer_tarball(installer_script(root, runs)))
-    settings = replace(settings, installer_args=("-y", "--skip-kmod", "--no-verify", "--enable-gdr"))
+    settings = settings._replace(installer_args=("-y", "--skip-kmod", "--no-verify", "--enable-gdr"))
     efa.execute(action_for(root, settings), **NO_RETRY)
     assert run_lines(runs)[0].endswith("args=-y --skip-kmod --no-verify --enable-gdr")
 
@@ -240,7 +239,7 @@ def test_a_hanging_installer_is_killed_at_the_timeout(
 ) -> None:
     pid_file = tmp_path / "child.pid"
     script = installer_script(root, runs, behaviour="hang", pid_file=pid_file)
-    settings = replace(seeded_cache(root, installer_tarball(script)), timeout_seconds=1.0)
+    settings = seeded_cache(root, installer_tarball(script))._replace(timeout_seconds=1.0)
     with pytest.raises(efa.InstallerFailed) as err:
         efa.execute(action_for(root, settings), **NO_RETRY)
     assert str(err.value) == (

@@ -1,0 +1,97 @@
+"""How fast `check` and `plan` answer, against a bare start of the same interpreter.
+
+    .venv/bin/python bench/cli_latency.py [--python PATH] [--runs N]
+
+Builds a simulated node from tests/samples (containerd 2.x, the toolkit's default config, one
+drifted containerd setting so `plan` has a diff to compute), then times, alternating, N runs each of
+`python -c pass`, `python -m agent check` and `python -m agent plan`, and prints the medians, the
+ratios (goal: `check` within 3x a bare interpreter start) and the slowest imports of `check` from
+`-X importtime`.
+"""
+
+import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "tests" / "samples"
+
+
+def simulated_node(base: Path) -> Path:
+    files = {
+        "etc/containerd/config.toml": (SAMPLES / "containerd-v3-nodeadm-nvidia-no-systemdcgroup.toml").read_text(),
+        "etc/nvidia-container-runtime/config.toml": (SAMPLES / "nvidia-container-runtime-default.toml").read_text(),
+        "etc/eks/containerd-version.txt": "containerd github.com/containerd/containerd/v2 2.2.3 6f5b9e7\n",
+    }
+    for rel, text in files.items():
+        p = base / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return base
+
+
+def timed(cmd: List[str], env: Dict[str, str]) -> Tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run; CPU time is what other load on the box disturbs least."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--python", default=sys.executable, help="interpreter to measure (default: this one)")
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    # Bytecode caches on, as on a node (the package ships compiled); the warm-up run writes them.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(REPO)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = str(simulated_node(Path(tmp)))
+        commands = {
+            "python -c pass": [args.python, "-c", "pass"],
+            "check": [args.python, "-m", "agent", "--root", root, "check"],
+            "plan": [args.python, "-m", "agent", "--root", root, "plan"],
+        }
+        for cmd in commands.values():  # warm the page cache and the bytecode caches
+            timed(cmd, env)
+        wall: Dict[str, List[float]] = {name: [] for name in commands}
+        cpu: Dict[str, List[float]] = {name: [] for name in commands}
+        for _ in range(args.runs):
+            for name, cmd in commands.items():
+                w, c = timed(cmd, env)
+                wall[name].append(w)
+                cpu[name].append(c)
+        importtime = subprocess.run([args.python, "-X", "importtime", *commands["check"][1:]], cwd=REPO, env=env,
+                                    capture_output=True, text=True, check=False).stderr
+    version = subprocess.run([args.python, "-V"], capture_output=True, text=True, check=False).stdout.strip()
+    print(f"interpreter: {args.python} ({version}), {args.runs} runs each, medians")
+    print(f"  {'':<16} {'wall':>9}  {'ratio':>6}   {'cpu':>9}  {'ratio':>6}")
+    bare_wall, bare_cpu = statistics.median(wall["python -c pass"]), statistics.median(cpu["python -c pass"])
+    for name in commands:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(f"  {name:<16} {w * 1000:6.1f} ms  {w / bare_wall:5.2f}x   {c * 1000:6.1f} ms  {c / bare_cpu:5.2f}x")
+    ratio = statistics.median(wall["check"]) / bare_wall
+    print(f"check / bare start (wall): {ratio:.2f}x (goal <= 3x): {'met' if ratio <= 3 else 'NOT met'}")
+    rows = []
+    for line in importtime.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if m and len(m.group(3)) <= 2:  # top-level imports only
+            rows.append((int(m.group(2)), m.group(4)))
+    print("slowest top-level imports of check (cumulative, -X importtime):")
+    for cumulative, module in sorted(rows, reverse=True)[:10]:
+        print(f"  {cumulative / 1000:7.1f} ms  {module}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh), build a simulated GPU node from the sample node files, and run the
+# agent's main job on it: check (what is wrong), plan (what run would change), run, check again.
+# The node lives in ./demo-node (recreated each time); nothing outside it is touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh >/dev/null
+NODE="$PWD/demo-node"
+rm -rf "$NODE"
+install -D -m 644 tests/samples/containerd-v3-nodeadm-merged.toml "$NODE/etc/containerd/config.toml"
+install -D -m 644 tests/samples/containerd-conf.d-99-nvidia.toml "$NODE/etc/containerd/config.d/99-nvidia.toml"
+install -D -m 644 tests/samples/nvidia-container-runtime-legacy.toml "$NODE/etc/nvidia-container-runtime/config.toml"
+install -D -m 644 /dev/stdin "$NODE/etc/eks/containerd-version.txt" <<<"containerd github.com/containerd/containerd/v2 2.2.3 6f5b9e7"
+# No systemd, cluster or EFA hardware on this simulated node: leave restarts, EFA and publishing out.
+install -D -m 644 /dev/stdin "$NODE/etc/gpu-node-agent/config.yaml" <<'YAML'
+restart:
+  policy: never
+efa:
+  install: never
+report:
+  publish: false
+YAML
+agent() { echo; echo "\$ gpu-node-agent --root demo-node $*"; .venv/bin/gpu-node-agent --root "$NODE" "$@" || echo "(exit $?)"; }
+agent check
+agent plan
+agent --log-format console run
+agent check

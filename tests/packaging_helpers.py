@@ -1,0 +1,150 @@
+"""Building, installing and inspecting the RPM for the packaging tests (real rpmbuild, real rpm).
+
+The RPM is built once per test process by ``packaging/build-rpm.sh`` and installed into scratch
+roots with ``rpm -i --root R --nodeps --noscripts``, the way an AMI pipeline inspects an image.
+"""
+
+import atexit
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Set
+
+from tests.conftest import REPO, SAMPLES, which
+
+BUILD_SCRIPT = REPO / "packaging" / "build-rpm.sh"
+REQUIREMENTS = REPO / "packaging" / "bundled-requirements.txt"
+LIBDIR = "/usr/lib/gpu-node-agent"
+# The launcher's interpreter: Debian's, with the equivalents of the RPM's Requires (python3-yaml,
+# python3-requests, python3-gi), standing in for AL2023's.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def run(cmd: Sequence[str], *, check: bool = True, **kw: object) -> "subprocess.CompletedProcess[str]":
+    """Run a command, capture its output; on an unexpected exit, fail with everything it printed."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    if check and proc.returncode != 0:
+        command = " ".join(map(str, cmd))
+        raise AssertionError(
+            f"{command} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
+    return proc  # type: ignore[no-any-return]
+
+
+def scratch_dir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f"gna-pkg-{prefix}-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def build_rpm(outdir: Path, *args: str, env: Optional[Dict[str, str]] = None,
+              check: bool = True, prefix: Sequence[str] = ()) -> "subprocess.CompletedProcess[str]":
+    """packaging/build-rpm.sh with this interpreter's pip (any Python 3 with pip works)."""
+    which("rpmbuild")
+    full_env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
+    command = [*prefix, "bash", str(BUILD_SCRIPT), "--outdir", str(outdir), *args]
+    return run(command, env=full_env, check=check)
+
+
+def binary_rpm(outdir: Path) -> Path:
+    rpms = sorted(outdir.glob("gpu-node-agent-*.noarch.rpm"))
+    assert len(rpms) == 1, f"expected one noarch RPM in {outdir}, found {rpms}"
+    return rpms[0]
+
+
+@functools.cache
+def built_rpm() -> Path:
+    """The RPM as the default build makes it (pinned wheels from the package index); built once."""
+    outdir = scratch_dir("dist")
+    build_rpm(outdir)
+    return binary_rpm(outdir)
+
+
+@functools.cache
+def wheelhouse() -> Path:
+    """The pinned wheels, downloaded once with ``build-rpm.sh --fetch-wheels``."""
+    path = scratch_dir("wheelhouse")
+    build_rpm(scratch_dir("unused"), "--fetch-wheels", str(path))
+    return path
+
+
+def install(rpm: Path, root: Path) -> Path:
+    """Install into a scratch root as an image pipeline would: no dependencies, no scriptlets."""
+    which("rpm")
+    root.mkdir(parents=True, exist_ok=True)
+    run(["rpm", "-i", "--root", str(root), "--nodeps", "--noscripts", str(rpm)])
+    return root
+
+
+def rpm_query(rpm: Path, *args: str) -> List[str]:
+    return run(["rpm", "-qp", *args, str(rpm)]).stdout.splitlines()
+
+
+def pins() -> Dict[str, str]:
+    """``{normalized name: version}`` from packaging/bundled-requirements.txt."""
+    found = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", REQUIREMENTS.read_text(), re.MULTILINE)
+    return {normalize(name): version for name, version in found}
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_files(wheel: Path) -> Set[str]:
+    """What installing ``wheel`` with pip puts in the target directory (no bytecode)."""
+    with zipfile.ZipFile(wheel) as zf:
+        record = next(n for n in zf.namelist() if n.endswith(".dist-info/RECORD"))
+        names = {line.split(",")[0] for line in zf.read(record).decode().splitlines() if line}
+    dist_info = record.rsplit("/", 1)[0]
+    # pip adds these two to every install; RECORD is rewritten but keeps its name.
+    return {n for n in names if not n.endswith(".pyc")} | {f"{dist_info}/INSTALLER", f"{dist_info}/REQUESTED"}
+
+
+def with_parents(paths: Set[str], top: str) -> Set[str]:
+    """``paths`` plus every directory between them and ``top`` (rpm lists the directories it owns)."""
+    out = set(paths)
+    for p in paths:
+        parent = os.path.dirname(p)
+        while parent.startswith(top + "/"):
+            out.add(parent)
+            parent = os.path.dirname(parent)
+    out.add(top)
+    return out
+
+
+def agent_sources() -> Set[str]:
+    """The agent package as the build ships it: every file under agent/ but bytecode."""
+    return {
+        str(p.relative_to(REPO))
+        for p in (REPO / "agent").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+
+
+def simulated_node(root: Path, containerd: str, nvidia: Optional[str]) -> Path:
+    """Put node files from tests/samples under ``root`` (the scratch root the RPM went into)."""
+    files = {"/etc/containerd/config.toml": containerd}
+    if nvidia:
+        files["/etc/nvidia-container-runtime/config.toml"] = nvidia
+    for node_path, sample_name in files.items():
+        target = root / node_path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SAMPLES / sample_name, target)
+    return root
+
+
+def launcher(root: Path, *args: str, python: Optional[Sequence[str]] = None,
+             env: Optional[Dict[str, str]] = None) -> "subprocess.CompletedProcess[str]":
+    """Run the installed /usr/bin/gpu-node-agent of ``root`` against the node at ``root``.
+
+    By default the launcher runs as on a node, through its ``#!/usr/bin/python3 -s`` line.
+    """
+    clean_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **(env or {})}
+    command = [*(python or ()), str(root / "usr/bin/gpu-node-agent"), "--root", str(root), *args]
+    return run(command, env=clean_env, check=False)

@@ -1,0 +1,131 @@
+"""The agent's configuration file: contract defaults, and one clear line per mistake (exit 64)."""
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, config_keys, dump_config, load_config, parse_config
+from agent.errors import ConfigError
+
+# The example in the user contract, every key at its default.
+CONTRACT_EXAMPLE = """\
+containerd:
+  config_path: /etc/containerd/config.toml
+  runtime: nvidia                 # runtime table to manage
+  binary_name: /usr/bin/nvidia-container-runtime
+  systemd_cgroup: true
+  enable_cdi: true
+  default_runtime: true           # make `runtime` the default_runtime_name
+nvidia_runtime:
+  config_path: /etc/nvidia-container-runtime/config.toml
+  repair: true                    # restore defaults on drift (false: report only)
+restart:
+  policy: when-needed             # when-needed | never | always
+  units: [containerd.service, kubelet.service]   # in this order
+  timeout_seconds: 120
+efa:
+  install: auto                   # auto (only when EFA hardware is present) | always | never
+  version: "1.48.0"
+  sha256: null                    # required to install; the installer is never run unverified
+  base_url: https://efa-installer.amazonaws.com
+  cache_dir: /var/cache/gpu-node-agent
+  installer_args: ["-y", "--skip-kmod", "--no-verify"]
+  timeout_seconds: 1200
+report:
+  publish: true                   # false: status file and metrics only (AMI bake, no cluster yet)
+  annotation_prefix: gpu-node-agent   # keys <prefix>/health and <prefix>/report
+  condition: GPUNodeAgentReady        # node condition type; null disables it
+  kubeconfig: /var/lib/kubelet/kubeconfig
+  node_name: null
+  status_file: /run/gpu-node-agent/status.json
+  metrics_file: null              # e.g. /var/lib/node_exporter/textfile_collector/gpu_node_agent.prom
+  timeout_seconds: 30
+imds:
+  endpoint: null                  # default http://169.254.169.254; honours AWS_EC2_METADATA_SERVICE_ENDPOINT
+  timeout_seconds: 2
+"""
+
+
+def test_the_contract_example_is_exactly_the_defaults() -> None:
+    assert parse_config(CONTRACT_EXAMPLE, "example.yaml").settings() == AgentConfig().settings()
+
+
+def test_every_key_of_the_contract_is_known() -> None:
+    import yaml
+
+    documented = {f"{s}.{k}" for s, keys in yaml.safe_load(CONTRACT_EXAMPLE).items() for k in keys}
+    assert documented == set(config_keys())
+
+
+@pytest.mark.parametrize("text", ["", "# only comments\n", "---\n", "containerd:\n"])
+def test_empty_files_and_sections_mean_defaults(text: str) -> None:
+    assert parse_config(text, "c.yaml").settings() == AgentConfig().settings()
+
+
+def test_values_are_typed_and_frozen() -> None:
+    config = parse_config("restart:\n  timeout_seconds: 5\n  units: [containerd.service]\nefa:\n"
+                          "  sha256: " + "AB" * 32 + "\n", "c.yaml")
+    assert config.restart.timeout_seconds == 5.0 and isinstance(config.restart.timeout_seconds, float)
+    assert config.restart.units == ("containerd.service",)
+    with pytest.raises(AttributeError):
+        config.restart.policy = "never"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("containerd:\n  runtme: nvidia\n", "c.yaml:2: containerd.runtme: unknown key (did you mean 'runtime'?)"),
+    ("containrd:\n  runtime: x\n", "c.yaml:1: containrd: unknown section (did you mean 'containerd'?)"),
+    ("efa:\n  zzz: 1\n", "c.yaml:2: efa.zzz: unknown key"),
+    ("restart:\n  policy: sometimes\n",
+     "c.yaml:2: restart.policy: must be one of when-needed, never, always; got 'sometimes'"),
+    ("restart:\n\n  timeout_seconds: fast\n",
+     "c.yaml:3: restart.timeout_seconds: expected a number of seconds, got a string 'fast'"),
+    ("restart:\n  timeout_seconds: 0\n", "c.yaml:2: restart.timeout_seconds: must be greater than 0, got 0.0"),
+    ("restart:\n  timeout_seconds: true\n", "c.yaml:2: restart.timeout_seconds: expected a number of seconds"),
+    ("efa:\n  version: 1.48\n",
+     "c.yaml:2: efa.version: expected a string, got a number 1.48; quote it: \"1.48.0\""),
+    ("efa:\n  sha256: abc\n", "c.yaml:2: efa.sha256: must be 64 hexadecimal characters, got 'abc'"),
+    ("efa:\n  installer_args: -y\n", "c.yaml:2: efa.installer_args: expected a list of strings, got a string '-y'"),
+    ("efa:\n  base_url: ftp://x\n", "c.yaml:2: efa.base_url: must be an http:// or https:// URL"),
+    ("containerd:\n  systemd_cgroup: 'yes'\n",
+     "c.yaml:2: containerd.systemd_cgroup: expected true or false, got a string 'yes'"),
+    ("containerd:\n  config_path: etc/containerd/config.toml\n",
+     "c.yaml:2: containerd.config_path: must be an absolute path"),
+    ("containerd:\n  runtime: null\n", "c.yaml:2: containerd.runtime: must not be null"),
+    ("restart:\n  units: [containerd, kubelet.service]\n",
+     "c.yaml:2: restart.units: 'containerd' is not a systemd service unit name"),
+    ("restart:\n  units: []\n", "c.yaml:2: restart.units: must name at least one unit"),
+    ("report:\n  annotation_prefix: GPU_Agent\n", "c.yaml:2: report.annotation_prefix: must be a DNS subdomain"),
+    ("report:\n  condition: not a type\n", "c.yaml:2: report.condition: must be a condition type"),
+    ("report:\n  node_name: Node_1\n", "c.yaml:2: report.node_name: must be a node name"),
+    ("containerd:\n  runtime: a\n  runtime: b\n", "c.yaml:3: containerd.runtime: duplicate key"),
+    ("- a\n- b\n", "c.yaml:1: (top level): expected a mapping"),
+    ("containerd: [1]\n", "c.yaml:1: containerd: expected a mapping"),
+    ("containerd:\n  runtime: [x\n", "c.yaml:3:1: invalid YAML"),
+    ("containerd:\n\truntime: x\n", "c.yaml:2:1: invalid YAML"),
+])
+def test_each_mistake_is_one_line_naming_file_line_and_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "c.yaml")
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+    assert caught.value.exit_code == 64
+
+
+def test_missing_default_file_means_defaults_but_an_explicit_one_is_an_error(tmp_path: Path) -> None:
+    assert load_config(None, default_path=tmp_path / "none.yaml") == AgentConfig()  # source "<defaults>"
+    with pytest.raises(ConfigError, match="none.yaml: configuration file does not exist"):
+        load_config(str(tmp_path / "none.yaml"), default_path=tmp_path / "x.yaml")
+
+
+def test_non_utf8_config(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"containerd:\n  runtime: \xff\n")
+    with pytest.raises(ConfigError, match="c.yaml: not UTF-8"):
+        load_config(str(p), default_path=p)
+
+
+def test_show_prints_a_config_that_loads_back_to_the_same_values() -> None:
+    config = parse_config("efa:\n  install: never\nreport:\n  node_name: ip-10-0-0-1.ec2.internal\n", "c.yaml")
+    shown = dump_config(config)
+    assert shown.startswith("# effective configuration (source: c.yaml)\n")
+    assert parse_config(shown, "shown.yaml").settings() == config.settings()

@@ -1,0 +1,78 @@
+"""Cross-check with a real containerd 1.6: `containerd config dump` must agree with the agent's view.
+
+containerd 1.6 merges imports with the 1.x rule (a later plugin table replaces the whole table) and
+parses `version = 2` files, so for the keys it knows (it predates `enable_cdi`) its dump is the
+ground truth for what the agent computes, before and after the agent's edits.
+"""
+
+import subprocess
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import tomlkit
+
+from agent import containerd
+from agent.config import ContainerdSettings
+from agent.fs import NodeRoot
+from tests.conftest import sample, which
+from tests.containerd_helpers import apply_all
+
+KEYS = ("default_runtime_name", "runtime_type", "BinaryName", "SystemdCgroup")
+
+
+def dumped(config: Path) -> Dict[str, Any]:
+    out = subprocess.run([which("containerd"), "--config", str(config), "config", "dump"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    cri = tomlkit.parse(out).unwrap()["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+    nvidia = cri.get("runtimes", {}).get("nvidia", {})
+    return {
+        "default_runtime_name": cri.get("default_runtime_name"),
+        "runtime_type": nvidia.get("runtime_type") or None,
+        "BinaryName": nvidia.get("options", {}).get("BinaryName") or None,
+        "SystemdCgroup": nvidia.get("options", {}).get("SystemdCgroup", False),
+    }
+
+
+def agents_view(settings: ContainerdSettings) -> Dict[str, Any]:
+    eff = containerd.effective(containerd.load(NodeRoot("/"), settings), settings)
+    return {v.setting.key[-1]: v.value for v in eff.values if v.setting.key[-1] in KEYS}
+
+
+V2 = sample("containerd-v2-nodeadm-nvidia.toml")
+DROPIN = (
+    "version = 2\n"
+    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]\n'
+    'runtime_type = "io.containerd.runc.v2"\n'
+    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]\n'
+    'BinaryName = "/usr/bin/nvidia-container-runtime.legacy"\n'
+)
+
+SCENARIOS = {
+    "v2 sample": (V2, {}),
+    "v2 without SystemdCgroup": (V2.replace("SystemdCgroup = true\n", ""), {}),
+    "v2 with a drop-in that replaces the CRI table": (V2, {"conf.d/99-nvidia.toml": DROPIN}),
+    "v2 with a drop-in without CRI settings": (V2, {"conf.d/10-grpc.toml": 'version = 2\n[grpc]\nuid = 0\n'}),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_containerd_agrees_before_and_after_the_fix(tmp_path: Path, name: str) -> None:
+    main, dropins = SCENARIOS[name]
+    config = tmp_path / "config.toml"
+    if dropins:
+        main = main.replace("version = 2\n", f'version = 2\nimports = ["{tmp_path}/conf.d/*.toml"]\n', 1)
+    config.write_text(main)
+    for rel, text in dropins.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    settings = ContainerdSettings(config_path=str(config))
+    assert agents_view(settings) == dumped(config)
+
+    result = containerd.reconcile(containerd.load(NodeRoot("/"), settings), settings)
+    assert result.problems == ()
+    apply_all(result)
+    after = dumped(config)
+    assert after == agents_view(settings)
+    assert after == {"default_runtime_name": "nvidia", "runtime_type": "io.containerd.runc.v2",
+                     "BinaryName": "/usr/bin/nvidia-container-runtime", "SystemdCgroup": True}

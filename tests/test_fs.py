@@ -1,0 +1,117 @@
+"""Atomic writes and the run lock, on the real filesystem and with real processes."""
+
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.errors import LockBusy, NodeFileError
+from agent.fs import LOCK_PATH, NodeRoot, atomic_write, read_text, run_lock
+from tests.conftest import REPO, sample
+
+
+def test_atomic_write_keeps_mode_and_owner(tmp_path: Path, need_root: None) -> None:
+    target = tmp_path / "config.toml"
+    target.write_text("old\n")
+    os.chmod(target, 0o640)
+    os.chown(target, 1234, 5678)
+    atomic_write(target, b"new\n")
+    st = target.stat()
+    assert target.read_text() == "new\n"
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o640, 1234, 5678)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+def test_a_failed_write_leaves_the_original_and_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "config.toml"
+    target.write_text("old\n")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(NodeFileError, match="config.toml: cannot write: No space left on device"):
+        atomic_write(target, b"new\n")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+def test_a_symlink_is_never_written_through(tmp_path: Path) -> None:
+    real = tmp_path / "real.toml"
+    real.write_text("x\n")
+    link = tmp_path / "config.toml"
+    link.symlink_to(real)
+    with pytest.raises(NodeFileError, match="is a symlink"):
+        atomic_write(link, b"y\n")
+    assert real.read_text() == "x\n" and link.is_symlink()
+
+
+def test_read_text_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(NodeFileError, match="dir: is a directory, expected a file"):
+        read_text(tmp_path / "dir")
+    (tmp_path / "empty").write_text("  \n")
+    with pytest.raises(NodeFileError, match="empty: is empty"):
+        read_text(tmp_path / "empty", allow_empty=False)
+
+
+def test_node_root_resolves_under_the_root() -> None:
+    root = NodeRoot("/mnt/image")
+    assert root.path("/etc/containerd/config.toml") == Path("/mnt/image/etc/containerd/config.toml")
+    assert root.node_path(Path("/mnt/image/etc/eks")) == "/etc/eks"
+    with pytest.raises(ValueError):
+        root.path("etc/containerd")
+
+
+def test_lock_waits_a_bounded_time_then_gives_up(tmp_path: Path) -> None:
+    root = NodeRoot(str(tmp_path))
+    now = [0.0]
+    sleeps = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    lock_file = root.path(LOCK_PATH)
+    lock_file.parent.mkdir(parents=True)
+    holder = os.open(lock_file, os.O_RDWR | os.O_CREAT)
+    # a lock held through another open file description behaves like another process's lock
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(LockBusy, match=r"another gpu-node-agent run holds the lock \(waited 2s\)"):
+            with run_lock(root, 2.0, clock=lambda: now[0], sleep=sleep):
+                pass
+    finally:
+        os.close(holder)
+    assert 19 <= len(sleeps) <= 21
+    with run_lock(root, 2.0, clock=lambda: now[0], sleep=sleep) as path:
+        assert path.read_text() == f"{os.getpid()}\n"
+
+
+def test_a_second_run_exits_75_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    (node / "etc/containerd").mkdir(parents=True)
+    (node / "etc/containerd/config.toml").write_text(sample("containerd-v3-nodeadm-nvidia.toml"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from agent.fs import NodeRoot, run_lock\n"
+         f"with run_lock(NodeRoot({str(node)!r}), 5):\n"
+         "    print('locked', flush=True); time.sleep(30)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        result = subprocess.run(
+            [sys.executable, "-m", "agent", "--root", str(node), "run", "--lock-wait", "0.3"],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 75
+    assert result.stderr.strip().splitlines() == [
+        f"gpu-node-agent: {node}/run/gpu-node-agent/lock: another gpu-node-agent run holds the lock (waited 0.3s)"
+    ]
