@@ -27,11 +27,9 @@ and the body length is checked by hand (urllib3 1.x does not enforce ``Content-L
 """
 
 import contextlib
-import hashlib
 import os
 import random
 import re
-import subprocess
 import time
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional, Tuple, cast
@@ -59,9 +57,10 @@ INSTALLER_SCRIPT = "efa_installer.sh"
 FORBIDDEN_INSTALLER_ARGS = ("--minimal", "-m", "--skip-limit-conf", "-l", "-u", "--uninstall")
 FI_INFO_TIMEOUT_SECONDS = 10.0
 CHUNK_SIZE = 1 << 20
-_VERSION_LINE = re.compile(r"#\s*EFA installer version:\s*(\S+)")
-_LIBFABRIC_LINE = re.compile(r"^libfabric:\s*(\S+)", re.MULTILINE)
-_PINNED_VERSION = re.compile(r"\d+\.\d+\.\d+")
+# Patterns as strings: compiled (and cached by re) on first use, not when `check` imports this.
+_VERSION_LINE = r"#\s*EFA installer version:\s*(\S+)"
+_LIBFABRIC_LINE = r"(?m)^libfabric:\s*(\S+)"
+_PINNED_VERSION = r"\d+\.\d+\.\d+"
 
 
 class EfaError(AgentError):
@@ -105,7 +104,7 @@ class EfaFacts(NamedTuple):
 
 def tarball_name(version: str) -> str:
     # Only a pinned X.Y.Z ever names a tarball: never the moving "-latest".
-    if not _PINNED_VERSION.fullmatch(version):
+    if not re.fullmatch(_PINNED_VERSION, version):
         raise EfaError(f"efa.version: {version!r} is not a pinned version X.Y.Z")
     return f"aws-efa-installer-{version}.tar.gz"
 
@@ -169,7 +168,7 @@ def _installed_version(root: NodeRoot, problems: List[str]) -> Optional[str]:
         problems.append(str(exc))
         return None
     first = text.splitlines()[0] if text else ""
-    match = _VERSION_LINE.match(first)
+    match = re.match(_VERSION_LINE, first)
     if not match:
         problems.append(f"{path}: first line is not '# EFA installer version: X.Y.Z' ({first[:60]!r})")
         return None
@@ -177,6 +176,8 @@ def _installed_version(root: NodeRoot, problems: List[str]) -> Optional[str]:
 
 
 def _libfabric_version(fi_info: Path, problems: List[str]) -> Optional[str]:
+    import subprocess  # only on nodes that have fi_info: `check` stays fast elsewhere
+
     try:
         proc = subprocess.run(
             [str(fi_info), "--version"],
@@ -192,7 +193,7 @@ def _libfabric_version(fi_info: Path, problems: List[str]) -> Optional[str]:
         problems.append(f"{fi_info} --version: {exc.strerror or exc}")
         return None
     out = proc.stdout.decode("utf-8", "replace")
-    match = _LIBFABRIC_LINE.search(out)
+    match = re.search(_LIBFABRIC_LINE, out)
     if proc.returncode != 0 or not match:
         err = (proc.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1][:200]
         problems.append(f"{fi_info} --version exited {proc.returncode} without a libfabric version {err!r}")
@@ -330,6 +331,8 @@ def backoff_delay(retry: int, policy: DownloadPolicy, rand: Callable[[], float])
 
 
 def sha256_of(f: IO[bytes], chunk_size: int = CHUNK_SIZE) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     buf = bytearray(chunk_size)
     view = memoryview(buf)
@@ -428,6 +431,7 @@ class _Partial:
     """
 
     def __init__(self, f: IO[bytes], chunk_size: int, buffers: int = 4) -> None:
+        import hashlib
         import queue
         import threading
 
@@ -438,7 +442,8 @@ class _Partial:
         self._full: queue.Queue[Optional[Tuple[bytearray, int]]] = queue.Queue()
         for _ in range(buffers):
             self._free.put(bytearray(chunk_size))
-        self._digest = hashlib.sha256()
+        self._sha256 = hashlib.sha256
+        self._digest = self._sha256()
         self._threading = threading
         self._thread: Optional[threading.Thread] = None
         self._start_hashing()
@@ -496,7 +501,7 @@ class _Partial:
         except OSError as exc:
             raise _WriteFailed(exc) from None
         self.written = 0
-        self._digest = hashlib.sha256()
+        self._digest = self._sha256()
         self._start_hashing()
 
     def close(self) -> None:
@@ -521,7 +526,7 @@ def _body_reader(response: Any) -> Callable[[bytearray], int]:
     return read_copying
 
 
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_CONTENT_RANGE = r"bytes\s+(\d+)-(\d+)/(\d+|\*)"
 
 
 def download(
@@ -676,7 +681,7 @@ def _attempt(
             partial.restart()
             raise _Retryable("HTTP 416: the server refused the resume range; starting over")
         if status == 206 and partial.written:
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+            match = re.fullmatch(_CONTENT_RANGE, response.headers.get("Content-Range", "").strip())
             if not match or int(match.group(1)) != partial.written:
                 partial.restart()
                 raise _Retryable(f"unexpected Content-Range {response.headers.get('Content-Range')!r}; "
@@ -896,6 +901,7 @@ def run_installer(directory: Path, args: Tuple[str, ...], timeout_seconds: float
     """Run ``./efa_installer.sh ARGS`` in ``directory``; no shell, bounded, output to the log."""
     import collections
     import signal
+    import subprocess
     import threading
 
     script = directory / INSTALLER_SCRIPT
