@@ -376,7 +376,8 @@ def fetch(
     ``durable``: sync the download to disk (``efa fetch``, whose cache must outlive an AMI snapshot).
     """
     expected = require_sha256(settings)
-    _ensure_cache_dir(root, settings)
+    directory = _ensure_cache_dir(root, settings)
+    _remove_stale_downloads(directory, policy.total_seconds)
     target = cache_file(root, settings)
     corrupted = ""
     if target.exists():
@@ -400,6 +401,18 @@ def fetch(
             raise type(exc)(corrupted + str(exc)) from None
         raise
     return target
+
+
+def _remove_stale_downloads(directory: Path, max_age_seconds: float) -> None:
+    """Temporary files of downloads that were killed (no live download is older than its deadline)."""
+    now = time.time()
+    for part in directory.glob(".aws-efa-installer-*.part"):
+        try:
+            if now - part.stat().st_mtime > max_age_seconds:
+                part.unlink()
+                log.info("removed an interrupted download", path=str(part))
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove: never fatal
 
 
 def _remove(path: Path) -> None:
@@ -996,6 +1009,9 @@ def execute(action: EfaAction, **fetch_kw: Any) -> str:
 
     settings, root = action.settings, action.root
     verified = _open_verified(settings, root, fetch_kw)
+    # Left by a run that was killed mid-install; this one holds the run lock, so none is in use.
+    for stale in verified.path.parent.glob(".efa-installer-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     with verified.file:
         try:
             workdir = Path(tempfile.mkdtemp(prefix=".efa-installer-", dir=verified.path.parent))

@@ -336,6 +336,18 @@ def test_durable_download_is_synced_before_the_rename(
     assert directory == str(cache_dir(root))
 
 
+def test_interrupted_downloads_are_cleaned_up(root: Path, server: InstallerServer, tarball: bytes) -> None:
+    cache = cache_dir(root)
+    cache.mkdir(parents=True)
+    old = cache / f".aws-efa-installer-{VERSION}.tar.gz.k1ll3d.part"
+    old.write_bytes(b"half")
+    os.utime(old, (1_000_000, 1_000_000))
+    live = cache / f".aws-efa-installer-{VERSION}.tar.gz.l1ve.part"  # another download, still going
+    live.write_bytes(b"x")
+    fetch(root, settings_for(server.base_url, tarball), Sleeps())
+    assert cached(root) == sorted([live.name, f"aws-efa-installer-{VERSION}.tar.gz"])
+
+
 def test_without_sha256_nothing_is_downloaded(root: Path, server: InstallerServer) -> None:
     with pytest.raises(efa.EfaError, match=r"efa\.sha256 is not set"):
         fetch(root, EfaSettings(base_url=server.base_url), Sleeps())

@@ -214,6 +214,15 @@ def test_install_runs_the_verified_installer(
     assert {"event": "installer output", "line": "EFA installation complete."}.items() <= events[-2].items()
 
 
+def test_leftovers_of_a_killed_install_are_removed(root: Path, runs: Path) -> None:
+    settings = seeded_cache(root, installer_tarball(installer_script(root, runs)))
+    stale = root / "var/cache/gpu-node-agent/.efa-installer-k1ll3d/aws-efa-installer"
+    stale.mkdir(parents=True)
+    (stale / "efa_installer.sh").write_text("#!/bin/sh\n")
+    efa.execute(action_for(root, settings), **NO_RETRY)
+    assert os.listdir(root / "var/cache/gpu-node-agent") == [f"aws-efa-installer-{VERSION}.tar.gz"]
+
+
 def test_installer_args_come_from_the_config(root: Path, runs: Path) -> None:
     settings = seeded_cache(root, installer_tarball(installer_script(root, runs)))
     settings = settings._replace(installer_args=("-y", "--skip-kmod", "--no-verify", "--enable-gdr"))
