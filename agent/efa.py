@@ -53,7 +53,8 @@ EFA_DEVICE_PREFIX = "0xefa"  # efa0..efa4 seen so far
 INSTALLER_DIR = "aws-efa-installer"
 INSTALLER_SCRIPT = "efa_installer.sh"
 # --minimal installs no libfabric (fi_info would never appear, so every run would reinstall);
-# --skip-limit-conf removes the AMI's efa-config; -u uninstalls.
+# --skip-limit-conf removes the AMI's efa-config; -u uninstalls. (The short forms are taken from
+# the installer's --help as documented by AWS; unverified against every installer version.)
 FORBIDDEN_INSTALLER_ARGS = ("--minimal", "-m", "--skip-limit-conf", "-l", "-u", "--uninstall")
 FI_INFO_TIMEOUT_SECONDS = 10.0
 CHUNK_SIZE = 1 << 20
@@ -260,14 +261,20 @@ def decide(facts: EfaFacts, settings: EfaSettings, root: NodeRoot) -> Tuple[EfaA
         libfabric = f", libfabric {facts.libfabric_version}" if facts.libfabric_version else ""
         return nothing(f"EFA userspace {settings.version} installed{libfabric}")
     why = _why_install(facts, settings.version)
-    forbidden = [a for a in settings.installer_args if a in FORBIDDEN_INSTALLER_ARGS]
+    forbidden = _forbidden_args(settings)
     if forbidden:
-        return nothing(f"{why}; not installing", (
-            f"efa.installer_args has {' '.join(forbidden)}: --minimal installs no libfabric, "
-            "--skip-limit-conf removes the AMI's efa-config, -u uninstalls; remove it",))
+        return nothing(f"{why}; not installing", (forbidden,))
     if not settings.sha256:
         return nothing(f"{why}; refused, no efa.sha256", (missing_sha256(settings),))
     return EfaAction(True, why, settings, root, cached=facts.cached), ()
+
+
+def _forbidden_args(settings: EfaSettings) -> str:
+    found = [a for a in settings.installer_args if a in FORBIDDEN_INSTALLER_ARGS]
+    if not found:
+        return ""
+    return (f"efa.installer_args has {' '.join(found)}: --minimal installs no libfabric, "
+            "--skip-limit-conf removes the AMI's efa-config, -u uninstalls; remove it")
 
 
 def check(facts: EfaFacts, settings: EfaSettings) -> CheckResult:
@@ -298,9 +305,9 @@ def check(facts: EfaFacts, settings: EfaSettings) -> CheckResult:
             return CheckResult(name, WARN, f"EFA userspace {settings.version} installed but {notes}", details)
         return CheckResult(name, PASS, f"EFA userspace {settings.version}{libfabric} ({devices})", details)
     why = _why_install(facts, settings.version)
-    if not settings.sha256:
-        return CheckResult(name, FAIL, f"{why}; {missing_sha256(settings)}", details)
-    return CheckResult(name, FAIL, f"{why} ({devices}); `gpu-node-agent run` installs it", details)
+    fix = _forbidden_args(settings) or (
+        missing_sha256(settings) if not settings.sha256 else "`gpu-node-agent run` installs it")
+    return CheckResult(name, FAIL, f"{why} ({devices}); {fix}{'; ' + notes if notes else ''}", details)
 
 
 # --- fetch ------------------------------------------------------------------------------------------

@@ -176,7 +176,9 @@ def test_installer_args_that_break_the_node_are_refused(tmp_path: Path, arg: str
     settings = PINNED._replace(installer_args=("-y", arg))
     action, problems = decide(root, settings)
     assert not action.install
-    assert arg in problems[0]
+    assert f"efa.installer_args has {arg}: " in problems[0]
+    result = efa.check(facts(root, settings), settings)
+    assert result.status == FAIL and f"efa.installer_args has {arg}" in result.message
 
 
 def test_a_cached_tarball_is_named_in_the_plan(tmp_path: Path) -> None:
