@@ -14,8 +14,10 @@ the simulated node root whose path is written into the script: the agent needs n
 import contextlib
 import hashlib
 import io
+import json
 import re
 import shlex
+import shutil
 import socket
 import socketserver
 import ssl
@@ -28,6 +30,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
+
+from tests.conftest import SAMPLES
 
 VERSION = "1.48.0"
 LIBFABRIC = "2.1.0amzn3.0"
@@ -70,6 +74,24 @@ def fi_info_script(libfabric: str) -> str:
     # `fi_info --version` prints "<argv0>: <ver>", "libfabric: <ver>", "libfabric api: M.m".
     return (f'#!/bin/sh\necho "$0: {libfabric}"\necho "libfabric: {libfabric}"\n'
             'echo "libfabric api: 2.1"\n')
+
+
+def converged_node(root: Path, *, hardware: bool = True) -> Path:
+    """A node whose containerd and NVIDIA runtime files are already right, so only EFA matters."""
+    efa_node(root, efa=hardware)
+    (root / "etc/containerd").mkdir(parents=True)
+    shutil.copy(SAMPLES / "containerd-v3-nodeadm-nvidia.toml", root / "etc/containerd/config.toml")
+    (root / "etc/nvidia-container-runtime").mkdir(parents=True)
+    shutil.copy(SAMPLES / "nvidia-container-runtime-default.toml",
+                root / "etc/nvidia-container-runtime/config.toml")
+    return root
+
+
+def write_config(path: Path, **efa_keys: object) -> Path:
+    lines = ["report:", "  publish: false", "efa:"]
+    lines += [f"  {k}: {json.dumps(v)}" for k, v in efa_keys.items()] or ["  install: auto"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 # --- installer tarballs -----------------------------------------------------------------------------

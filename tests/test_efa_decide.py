@@ -1,7 +1,6 @@
 """EFA: what the agent sees on the node (under --root), what it decides, and what `check`/`plan` say."""
 
 import json
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -12,7 +11,7 @@ from agent.cli import main
 from agent.config import EfaSettings
 from agent.fs import NodeRoot
 from agent.health import FAIL, PASS, SKIP, WARN
-from tests.efa_helpers import LIBFABRIC, efa_node, write_installed
+from tests.efa_helpers import LIBFABRIC, converged_node, efa_node, write_config, write_installed
 
 
 @pytest.fixture(autouse=True)
@@ -247,26 +246,6 @@ def test_check_warns_when_fi_info_is_broken(tmp_path: Path) -> None:
 
 
 # --- through the command line ---------------------------------------------------------------------
-
-
-def converged_node(root: Path, *, hardware: bool = True) -> Path:
-    """A node whose containerd and NVIDIA runtime files are already right, so only EFA matters."""
-    from tests.conftest import SAMPLES
-
-    efa_node(root, efa=hardware)
-    (root / "etc/containerd").mkdir(parents=True)
-    shutil.copy(SAMPLES / "containerd-v3-nodeadm-nvidia.toml", root / "etc/containerd/config.toml")
-    (root / "etc/nvidia-container-runtime").mkdir(parents=True)
-    shutil.copy(SAMPLES / "nvidia-container-runtime-default.toml",
-                root / "etc/nvidia-container-runtime/config.toml")
-    return root
-
-
-def write_config(path: Path, **efa_keys: object) -> Path:
-    lines = ["report:", "  publish: false", "efa:"]
-    lines += [f"  {k}: {json.dumps(v)}" for k, v in efa_keys.items()] or ["  install: auto"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_check_json_shows_efa_skip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,13 +22,14 @@ from tests.efa_helpers import (
     LIBFABRIC,
     VERSION,
     InstallerServer,
+    converged_node,
     efa_node,
     huge_member_tarball,
     installer_script,
     installer_tarball,
     sha256,
+    write_config,
 )
-from tests.test_efa_decide import converged_node, write_config
 
 SYMLINK, HARDLINK = tarfile.SYMTYPE, tarfile.LNKTYPE
 CHR, BLK, FIFO = tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE
