@@ -972,7 +972,7 @@ def run_installer(directory: Path, args: Tuple[str, ...], timeout_seconds: float
         raise InstallerFailed(f"{INSTALLER_SCRIPT} exited with status {code}{_last_output(tail)}")
 
 
-def _last_output(tail: "Any") -> str:
+def _last_output(tail: Any) -> str:
     lines = list(tail)[-3:]
     if not lines:
         return ""
@@ -985,24 +985,41 @@ class _VerifiedTarball(NamedTuple):
     file: IO[bytes]
 
 
-def _open_verified(settings: EfaSettings, root: NodeRoot, fetch_kw: Any) -> _VerifiedTarball:
-    """Fetch (or find) the tarball, then hash the very file object that will be extracted."""
-    expected = require_sha256(settings)
-    path = fetch(settings, root, **fetch_kw)
+def _open_if_verified(path: Path, expected: str) -> Tuple[Optional[IO[bytes]], str]:
+    """``path`` open at its start if its SHA-256 is ``expected`` (else None), and the SHA-256."""
     try:
         f = open(path, "rb")  # noqa: SIM115 (returned open; the caller closes it)
     except OSError as exc:
         raise EfaError(f"{path}: cannot open the installer: {exc.strerror or exc}") from None
     try:
         actual = sha256_of(f)
+        if actual == expected:
+            f.seek(0)
+            return f, actual
     except OSError as exc:
         f.close()
         raise EfaError(f"{path}: cannot read the installer: {exc.strerror or exc}") from None
-    if actual != expected:
-        f.close()
+    f.close()
+    return None, actual
+
+
+def _open_verified(settings: EfaSettings, root: NodeRoot, fetch_kw: Any) -> _VerifiedTarball:
+    """The cached tarball, open, after hashing that very file object (which is what gets extracted).
+
+    A good cached copy costs one read; otherwise ``fetch`` downloads (or replaces) it first.
+    """
+    expected = require_sha256(settings)
+    path = cache_file(root, settings)
+    if path.exists():
+        f, _ = _open_if_verified(path, expected)
+        if f is not None:
+            log.info("cached installer verified", path=str(path), sha256=expected)
+            return _VerifiedTarball(path, f)
+    fetch(settings, root, **fetch_kw)  # downloads it, or replaces a bad copy
+    f, actual = _open_if_verified(path, expected)
+    if f is None:
         raise ChecksumMismatch(f"{path}: sha256 {actual} does not match efa.sha256 {expected} "
                                "(changed after verification); not executed")
-    f.seek(0)
     return _VerifiedTarball(path, f)
 
 

@@ -302,6 +302,24 @@ def test_a_tampered_cache_is_never_executed(root: Path, runs: Path) -> None:
     assert run_lines(runs) == []
 
 
+def test_a_tarball_changed_between_download_and_use_is_never_executed(
+    root: Path, runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = installer_tarball(installer_script(root, runs))
+    settings = seeded_cache(root, good)._replace(base_url="http://127.0.0.1:9")
+    cached = root / "var/cache/gpu-node-agent" / f"aws-efa-installer-{VERSION}.tar.gz"
+    cached.unlink()
+
+    def racing_fetch(*args: object, **kw: object) -> Path:  # "downloads", then something swaps it
+        cached.write_bytes(installer_tarball(installer_script(root, runs).replace("complete", "pwned")))
+        return cached
+
+    monkeypatch.setattr(efa, "fetch", racing_fetch)
+    with pytest.raises(efa.ChecksumMismatch, match=r"changed after verification\); not executed$"):
+        efa.execute(action_for(root, settings), **NO_RETRY)
+    assert run_lines(runs) == []
+
+
 def test_a_tarball_without_the_installer(root: Path, runs: Path) -> None:
     import io
 
