@@ -11,7 +11,8 @@ on the fly, verify, rename into the cache) in a child process; its time is the f
 the ratio (goal: agent >= 0.9x curl) and the agent's peak RSS for the large file and for a 16 MiB
 one (goal: flat in file size, since nothing is buffered in memory). For information, the durable
 variant (``efa fetch``: fsync before the rename, for an AMI bake) is timed too; curl has no
-equivalent, so it is not part of the ratio.
+equivalent, so it is not part of the ratio; and so is ``curl`` followed by ``sha256sum``, the
+shell way to a verified file.
 """
 
 import argparse
@@ -128,6 +129,18 @@ def run_curl(url: str, work: Path) -> float:
         target.unlink(missing_ok=True)
 
 
+def run_curl_sha256sum(url: str, work: Path) -> float:
+    """curl, then sha256sum: what a shell script would do to get a verified file."""
+    target = work / "curl.out"
+    try:
+        start = time.perf_counter()
+        subprocess.run(["curl", "-sS", "--fail", "-o", str(target), url], check=True)
+        subprocess.run(["sha256sum", str(target)], check=True, capture_output=True)
+        return time.perf_counter() - start
+    finally:
+        target.unlink(missing_ok=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,6 +176,7 @@ def main() -> int:
                     else:
                         curl_s.append(run_curl(f"{base}/big/{NAME}", work))
             durable_s = [run_agent(f"{base}/big", big_sha, work, durable=True)[0] for _ in range(3)]
+            shell_s = [run_curl_sha256sum(f"{base}/big/{NAME}", work) for _ in range(3)]
             small_rss = [run_agent(f"{base}/small", small_sha, work)[1] for _ in range(3)]
         finally:
             server.shutdown()
@@ -182,6 +196,7 @@ def main() -> int:
     print(f"curl:        median {curl_tp:8.1f} MiB/s  (runs: {runs(curl_s)})")
     print(f"ratio agent/curl: {ratio:.2f}x (goal >= 0.90x: {'met' if ratio >= 0.9 else 'NOT met'})")
     print(f"agent fetch, durable (efa fetch): median {size_mib / statistics.median(durable_s):.1f} MiB/s")
+    print(f"curl then sha256sum (for reference): median {size_mib / statistics.median(shell_s):.1f} MiB/s")
     print(f"agent peak RSS: {max(agent_rss) / 1024:.1f} MiB for {size_mib} MiB, "
           f"{max(small_rss) / 1024:.1f} MiB for {args.small_mib} MiB")
     return 0
