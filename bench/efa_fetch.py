@@ -147,6 +147,9 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--small-mib", type=int, default=16)
     parser.add_argument("--runs", type=int, default=7, help="runs of each tool (alternating)")
+    parser.add_argument("--dir", default=None,
+                        help="where the files are written (default: the temporary directory); "
+                             "/dev/shm takes the disk out of the comparison")
     parser.add_argument("--chunk-mib", default="default",
                         help="read size of the agent's download (default: DownloadPolicy's)")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
@@ -156,7 +159,7 @@ def main() -> int:
         return 0
     if not shutil.which("curl"):
         raise SystemExit("curl is not installed")
-    work = Path(tempfile.mkdtemp(prefix="gna-bench-efa-"))
+    work = Path(tempfile.mkdtemp(prefix="gna-bench-efa-", dir=args.dir))
     try:
         big, small = work / "big.tar.gz", work / "small.tar.gz"
         big_sha, small_sha = make_file(big, args.size_mib << 20), make_file(small, args.small_mib << 20)
