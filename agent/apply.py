@@ -8,12 +8,16 @@ Each edit is written atomically, and only if the file still holds the text the p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from agent.errors import AgentError, NodeFileError
 from agent.fs import FileEdit, atomic_write, read_text
+from agent.health import FAIL, WARN
 from agent.log import get_logger
-from agent.plan import Plan
+from agent.plan import Plan, Restart
+
+if TYPE_CHECKING:
+    from agent.systemd import SystemdClient
 
 log = get_logger("apply")
 
@@ -23,6 +27,7 @@ class ApplyResult:
     written: List[FileEdit] = field(default_factory=list)
     actions: List[str] = field(default_factory=list)
     failures: List[str] = field(default_factory=list)
+    restarted: List[str] = field(default_factory=list)  # units, in the order they were restarted
 
 
 def write_edit(edit: FileEdit) -> None:
@@ -44,7 +49,12 @@ def rollback(edits: List[FileEdit]) -> List[str]:
     return failures
 
 
-def apply(plan: Plan) -> ApplyResult:
+def apply(
+    plan: Plan,
+    *,
+    restart_timeout: float = 120.0,
+    connect: Optional[Callable[[float], SystemdClient]] = None,
+) -> ApplyResult:
     result = ApplyResult()
     for edit in plan.edits:
         try:
@@ -57,6 +67,7 @@ def apply(plan: Plan) -> ApplyResult:
         for reason in edit.reasons:
             result.actions.append(f"{edit.path}: {reason}")
         log.info("file updated", path=str(edit.path), changes=list(edit.reasons))
+    restart_units(plan, result, restart_timeout, connect)
     if plan.efa is not None and plan.efa.install:
         from agent import efa
 
@@ -66,3 +77,84 @@ def apply(plan: Plan) -> ApplyResult:
             log.error("EFA userspace not installed", error=str(exc))
             result.failures.append(str(exc))
     return result
+
+
+def restart_units(
+    plan: Plan,
+    result: ApplyResult,
+    timeout: float,
+    connect: Optional[Callable[[float], SystemdClient]] = None,
+) -> None:
+    """Restart ``plan.restarts`` in order, after the file edits; each restart bounded by ``timeout``.
+
+    If containerd does not come back active after a restart that loads this run's own edit, the
+    edited files get their previous contents back and containerd is restarted again: the agent
+    never leaves containerd down because of its own change. That is still a failure (exit 1).
+    """
+    from agent import systemd
+
+    for held in plan.not_restarted:
+        if held.status == FAIL:
+            result.failures.append(f"restart pending: {held.unit}: {held.reason}")
+        elif held.status == WARN:
+            result.actions.append(f"restart pending: {held.unit}: {held.reason}")
+        log.warning("not restarted", unit=held.unit, reason=held.reason)
+    if not plan.restarts:
+        return
+    try:
+        client = (connect or (lambda t: systemd.connect(timeout=t)))(timeout)
+    except systemd.SystemdError as exc:
+        for restart in plan.restarts:
+            result.failures.append(f"restart pending: {restart.unit}: {restart.reason}; cannot restart it: "
+                                   f"{exc}")
+        log.error("cannot reach systemd", error=str(exc))
+        return
+    with client:
+        blocked: Optional[str] = None
+        for restart in plan.restarts:
+            if blocked is not None:
+                result.failures.append(f"{restart.unit}: not restarted: {blocked}")
+                continue
+            if _restart(client, restart, timeout, result):
+                continue
+            if restart.rollback_on_failure and _roll_back(client, restart, timeout, result):
+                continue
+            if restart is plan.restarts[0]:
+                blocked = f"{restart.unit} is not active"
+
+
+def _restart(client: SystemdClient, restart: Restart, timeout: float, result: ApplyResult) -> bool:
+    from agent import systemd
+
+    try:
+        outcome = client.restart(restart.unit, timeout)
+    except systemd.SystemdError as exc:
+        log.error("restart failed", unit=restart.unit, error=str(exc))
+        result.failures.append(str(exc))
+        return False
+    result.restarted.append(restart.unit)
+    result.actions.append(f"restarted {restart.unit}: {restart.reason}")
+    log.info("restarted", unit=restart.unit, pid=outcome.after.main_pid, seconds=round(outcome.seconds, 3))
+    return True
+
+
+def _roll_back(client: SystemdClient, restart: Restart, timeout: float, result: ApplyResult) -> bool:
+    """Put the previous files back and restart ``restart.unit`` again; True when it is active again."""
+    restored = 0
+    for edit in reversed([e for e in result.written if e.resource == "containerd"]):
+        problems = rollback([edit])
+        result.failures.extend(problems)
+        if not problems:
+            restored += 1
+            result.written.remove(edit)
+            result.actions.append(f"rolled back {edit.path}: {restart.unit} did not come back active with it")
+    if not restored:
+        return False
+    again = Restart(restart.unit, "with the previous configuration restored")
+    if not _restart(client, again, timeout, result):
+        return False
+    result.failures.append(
+        f"{restart.unit} did not come back active with this run's configuration change; the previous "
+        f"configuration is restored and {restart.unit} is active again"
+    )
+    return True

@@ -177,10 +177,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     root = _root(args)
     results = checks.evaluate(node.discover(root, config), config)
     document = health.report_document(results)
+    outcome = None
+    if args.report:  # only now are requests and the API client loaded: plain `check` stays fast
+        from agent import report
+
+        outcome = report.finish(root, config, results, publish_report=True)
+        document = outcome.document
     if args.format == "json":
         _print(health.render_json(document))
     else:
         _print(health.render_table(results, color=sys.stdout.isatty()))
+        if outcome is not None:
+            _print(report.summary_line(outcome))
+    if outcome is not None and not outcome.ok:
+        return 1
     return health.exit_code_for(document["health"])
 
 
@@ -205,12 +215,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         the_plan = plan.make_plan(node.discover(root, config), config)
         for problem in the_plan.problems:
             log.warning("not fixed", problem=problem)
-        result = apply.apply(the_plan)
+        result = apply.apply(the_plan, restart_timeout=config.restart.timeout_seconds)
         results = checks.evaluate(node.discover(root, config), config)
-    actions: List[str] = result.actions
+    actions: List[str] = result.actions + [f"failed: {failure}" for failure in result.failures]
     _print(health.render_table(results, actions, color=sys.stdout.isatty()))
     code = health.exit_code_for(health.overall_health(results))
     if result.failures:
+        code = 1
+    from agent import report
+
+    # Always a report: the status file (and metrics); the cluster too unless report.publish is false.
+    # A publishing failure only changes the exit code: what run did to the node stays done.
+    restarts = {unit: result.restarted.count(unit) for unit in result.restarted}  # the metrics counter
+    outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
+                            restarts=restarts)
+    _print(report.summary_line(outcome))
+    if not outcome.ok:
         code = 1
     log.info("run finished", health=health.overall_health(results), actions=len(actions))
     return code

@@ -14,20 +14,27 @@ from agent.containerd import ContainerdConfigSet
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot
 from agent.nvidia import NvidiaRuntimeConfig
+from agent.systemd import SystemdError, UnitStates
 
 if TYPE_CHECKING:
+    from agent.driver import DriverFacts
     from agent.efa import EfaFacts
+    from agent.versions import NodeVersions
 
 
 class NodeFacts(NamedTuple):
     root: NodeRoot
     containerd: Union[ContainerdConfigSet, NodeFileError]
     nvidia_runtime: Union[NvidiaRuntimeConfig, NodeFileError, None]
-    efa: Optional[EfaFacts] = None
+    # containerd/kubelet as systemd sees them; no bus is kept as the error (None: not discovered).
+    units: Union[UnitStates, SystemdError, None] = None
+    driver: Optional[DriverFacts] = None  # None only in facts built by hand (tests)
+    versions: Optional[NodeVersions] = None
+    efa: Optional[EfaFacts] = None  # None only in facts built by hand (tests)
 
 
 def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
-    from agent import containerd, efa, nvidia
+    from agent import containerd, efa, nvidia, systemd
 
     containerd_facts: Union[ContainerdConfigSet, NodeFileError]
     try:
@@ -39,5 +46,11 @@ def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
         nvidia_facts = nvidia.load(root, config.nvidia_runtime)
     except NodeFileError as exc:
         nvidia_facts = exc
-    return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts,
-                     efa=efa.discover(root, config.efa))
+    units = systemd.discover(systemd.units_to_discover(config.restart.units),
+                             timeout=min(config.restart.timeout_seconds, systemd.DISCOVERY_TIMEOUT))
+    from agent import driver, versions
+
+    driver_facts = driver.discover(root)
+    node_versions = versions.discover(root, driver_facts.version, driver_facts.version_note)
+    return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts, units=units,
+                     driver=driver_facts, versions=node_versions, efa=efa.discover(root, config.efa))

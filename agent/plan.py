@@ -7,12 +7,15 @@ but must not fix on its own (an unreadable file, mixed-version drop-ins) travel 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, RestartSettings
+from agent.containerd import ContainerdConfigSet
 from agent.errors import NodeFileError
-from agent.fs import FileEdit
+from agent.fs import FileEdit, NodeRoot
+from agent.health import FAIL, SKIP, WARN
 from agent.node import NodeFacts
+from agent.systemd import SystemdError, UnitStates, stale_daemon
 
 if TYPE_CHECKING:
     from agent.efa import EfaAction
@@ -21,12 +24,24 @@ if TYPE_CHECKING:
 class Restart(NamedTuple):
     unit: str
     reason: str
+    # The restart loads this run's own edit: if the unit does not come back active, apply puts the
+    # previous files back and restarts it again (the agent never leaves containerd down by its change).
+    rollback_on_failure: bool = False
+
+
+class NotRestarted(NamedTuple):
+    """A restart the plan does not do: pending (``warn``/``fail``) or not applicable (``skip``)."""
+
+    unit: str
+    reason: str
+    status: str  # WARN: policy never; FAIL: needed but impossible (no systemd, not loaded); SKIP
 
 
 class Plan(NamedTuple):
     edits: Tuple[FileEdit, ...] = ()
     restarts: Tuple[Restart, ...] = ()
     problems: Tuple[str, ...] = ()
+    not_restarted: Tuple[NotRestarted, ...] = ()
     efa: Optional[EfaAction] = None  # the EFA userspace action and why (install or not)
 
     @property
@@ -51,11 +66,79 @@ def make_plan(facts: NodeFacts, config: AgentConfig) -> Plan:
         edit, nvidia_problems = nvidia.reconcile(facts.nvidia_runtime, config.nvidia_runtime)
         edits.extend([edit] if edit else [])
         problems.extend(nvidia_problems)
+    config_set = facts.containerd if isinstance(facts.containerd, ContainerdConfigSet) else None
+    restarts, not_restarted = plan_restarts(facts.units, config_set, edits, config.restart, facts.root)
     efa_action = None
     if facts.efa is not None:
         efa_action, efa_problems = efa.decide(facts.efa, config.efa, facts.root)
         problems.extend(efa_problems)
-    return Plan(edits=tuple(edits), problems=tuple(problems), efa=efa_action)
+    return Plan(edits=tuple(edits), problems=tuple(problems), restarts=restarts, not_restarted=not_restarted,
+                efa=efa_action)
+
+
+def plan_restarts(
+    units: Union[UnitStates, SystemdError, None],
+    config_set: Optional[ContainerdConfigSet],
+    edits: Sequence[FileEdit],
+    settings: RestartSettings,
+    root: NodeRoot,
+) -> Tuple[Tuple[Restart, ...], Tuple[NotRestarted, ...]]:
+    """Which units restart, in order, and why. ``restart.units``: containerd first, then the rest.
+
+    containerd restarts when this run changes its effective configuration, when the running daemon
+    is older than its configuration (the pre-awslabs/amazon-eks-ami#2705 nodeadm case), or with
+    ``policy: always``. The units after it (kubelet) restart only after containerd does, and only
+    when loaded and running: kubelet keeps its CRI connection to the old daemon, but starting a
+    kubelet nodeadm has not started is not the agent's call. A converged node restarts nothing.
+    """
+    containerd_unit, followers = settings.units[0], settings.units[1:]
+    changed = sorted({root.node_path(e.path) for e in edits if e.resource == "containerd"})
+    needs: List[str] = []
+    if changed:
+        needs.append(f"this run changes its configuration ({', '.join(changed)})")
+    state = units.get(containerd_unit) if isinstance(units, UnitStates) else None
+    stale = stale_daemon(state, config_set)
+    if stale is not None:
+        needs.append(stale.describe())
+    if settings.policy == "always":
+        needs.append("restart.policy is always")
+    if not needs:
+        return (), ()
+    reason = "; ".join(needs)
+    if settings.policy == "never":
+        held = [NotRestarted(containerd_unit, f"{reason}; not restarting it (restart.policy: never)",
+                             WARN)]
+        held.extend(NotRestarted(u, f"after {containerd_unit} (restart.policy: never)", WARN)
+                    for u in followers)
+        return (), tuple(held)
+    if not isinstance(units, UnitStates):
+        why = str(units) if units is not None else "unit state not discovered"
+        held = [NotRestarted(containerd_unit, f"{reason}; cannot restart it: {why}", FAIL)]
+        held.extend(NotRestarted(u, f"after {containerd_unit}; cannot restart it: {why}", FAIL)
+                    for u in followers)
+        return (), tuple(held)
+    if state is None or not state.loaded:
+        shown = state.load_state if state is not None else "not discovered"
+        why = f"{reason}; cannot restart it: {containerd_unit} is not loaded ({shown})"
+        return (), (NotRestarted(containerd_unit, why, FAIL),)
+    if not state.running and settings.policy != "always":
+        why = f"{state.describe()}: it loads the new configuration when it starts"
+        return (), (NotRestarted(containerd_unit, why, SKIP),)
+    restarts = [Restart(containerd_unit, reason, rollback_on_failure=bool(changed))]
+    skipped: List[NotRestarted] = []
+    for unit in followers:
+        follower = units.get(unit)
+        if follower is None or not follower.loaded:
+            shown = follower.load_state if follower is not None else "not discovered"
+            skipped.append(NotRestarted(unit, f"{unit} is not loaded ({shown}); nothing to restart after "
+                                        f"{containerd_unit}", SKIP))
+        elif not follower.running:
+            why = f"{follower.describe()}; not starting it (nodeadm starts it)"
+            skipped.append(NotRestarted(unit, why, SKIP))
+        else:
+            restarts.append(Restart(unit, f"after {containerd_unit}: it keeps its connection to the old "
+                                          "container runtime"))
+    return tuple(restarts), tuple(skipped)
 
 
 def render_plan(plan: Plan) -> str:
@@ -67,11 +150,14 @@ def render_plan(plan: Plan) -> str:
         out.append("")
     for restart in plan.restarts:
         out.append(f"restart {restart.unit}: {restart.reason}")
+    for held in plan.not_restarted:
+        label = "no restart of" if held.status == SKIP else "restart pending"
+        out.append(f"{label} {held.unit}: {held.reason}")
     if plan.efa is not None and plan.efa.applicable:
         out.append(f"efa: {plan.efa.describe()}")
     for problem in plan.problems:
         out.append(f"problem (not fixed): {problem}")
-    if plan.changes_nothing and not plan.problems:
+    if plan.changes_nothing and not plan.problems and not plan.not_restarted:
         out.append("nothing to do: the node is converged")
     elif plan.changes_nothing:
         out.append("no change planned")

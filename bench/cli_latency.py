@@ -3,7 +3,7 @@
     .venv/bin/python bench/cli_latency.py [--python PATH] [--runs N]
 
 Builds a simulated node from tests/samples (containerd 2.x, the toolkit's default config, one
-drifted containerd setting so `plan` has a diff to compute), then times, alternating, N runs each of
+drifted containerd setting so `plan` has a diff to compute, the packaged agent config), then times, alternating, N runs each of
 `python -c pass`, `python -m agent check` and `python -m agent plan`, and prints the medians, the
 ratios (goal: `check` within 3x a bare interpreter start) and the slowest imports of `check` from
 `-X importtime`.
@@ -30,6 +30,8 @@ def simulated_node(base: Path) -> Path:
         "etc/containerd/config.toml": (SAMPLES / "containerd-v3-nodeadm-nvidia-no-systemdcgroup.toml").read_text(),
         "etc/nvidia-container-runtime/config.toml": (SAMPLES / "nvidia-container-runtime-default.toml").read_text(),
         "etc/eks/containerd-version.txt": "containerd github.com/containerd/containerd/v2 2.2.3 6f5b9e7\n",
+        # as installed by the RPM: every key commented out, so the YAML parser runs as on a node
+        "etc/gpu-node-agent/config.yaml": (REPO / "packaging" / "config.yaml").read_text(),
     }
     for rel, text in files.items():
         p = base / rel

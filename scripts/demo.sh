@@ -11,6 +11,14 @@ install -D -m 644 tests/samples/containerd-v3-nodeadm-merged.toml "$NODE/etc/con
 install -D -m 644 tests/samples/containerd-conf.d-99-nvidia.toml "$NODE/etc/containerd/config.d/99-nvidia.toml"
 install -D -m 644 tests/samples/nvidia-container-runtime-legacy.toml "$NODE/etc/nvidia-container-runtime/config.toml"
 install -D -m 644 /dev/stdin "$NODE/etc/eks/containerd-version.txt" <<<"containerd github.com/containerd/containerd/v2 2.2.3 6f5b9e7"
+# The GPU side of the known-good AMI (v20260512): kubelet's version, the loaded driver, one GPU, and
+# stand-ins for the two tools the checks run (the real ones need a GPU).
+install -D -m 644 /dev/stdin "$NODE/etc/eks/kubelet-version.txt" <<<"Kubernetes v1.35.2-eks-b1e2c3d"
+install -D -m 644 /dev/stdin "$NODE/proc/driver/nvidia/version" \
+  <<<"NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.03  Release Build  (dvs-builder@U22)"
+install -D -m 644 /dev/null "$NODE/dev/nvidia0"
+install -D -m 755 /dev/stdin "$NODE/usr/bin/nvidia-smi" <<<$'#!/bin/sh\necho 580.159.03'
+install -D -m 755 /dev/stdin "$NODE/usr/bin/nvidia-ctk" <<<$'#!/bin/sh\necho "NVIDIA Container Toolkit CLI version 1.19.0"'
 # No systemd, cluster or EFA hardware on this simulated node: leave restarts, EFA and publishing out.
 install -D -m 644 /dev/stdin "$NODE/etc/gpu-node-agent/config.yaml" <<'YAML'
 restart:

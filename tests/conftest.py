@@ -3,7 +3,7 @@
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
@@ -53,3 +53,29 @@ def which(tool: str) -> str:
     if not path:
         pytest.skip(f"{tool} not installed (scripts/setup.sh installs it)")
     return path
+
+
+@pytest.fixture
+def boot_systemd(need_root: None) -> Iterator[Callable[..., Any]]:
+    """Boot real systemd instances (tests/systemd_harness.py ``boot``); all are powered off afterwards."""
+    from tests.systemd_harness import boot
+
+    booted: List[Any] = []
+
+    def start(*args: Any, **kwargs: Any) -> Any:
+        instance = boot(*args, **kwargs)
+        booted.append(instance)
+        return instance
+
+    yield start
+    for instance in booted:
+        instance.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> None:
+    """Each test starts with unconfigured logging: structlog binds the stderr of the test that first
+    logged (pytest's capture), which later tests must not write to."""
+    from agent import log
+
+    log.setup()

@@ -17,7 +17,6 @@ import io
 import json
 import re
 import shlex
-import shutil
 import socket
 import socketserver
 import ssl
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
-from tests.conftest import SAMPLES
+from tests.gpu_node import healthy_gpu_node
 
 VERSION = "1.48.0"
 LIBFABRIC = "2.1.0amzn3.0"
@@ -77,14 +76,9 @@ def fi_info_script(libfabric: str) -> str:
 
 
 def converged_node(root: Path, *, hardware: bool = True) -> Path:
-    """A node whose containerd and NVIDIA runtime files are already right, so only EFA matters."""
-    efa_node(root, efa=hardware)
-    (root / "etc/containerd").mkdir(parents=True)
-    shutil.copy(SAMPLES / "containerd-v3-nodeadm-nvidia.toml", root / "etc/containerd/config.toml")
-    (root / "etc/nvidia-container-runtime").mkdir(parents=True)
-    shutil.copy(SAMPLES / "nvidia-container-runtime-default.toml",
-                root / "etc/nvidia-container-runtime/config.toml")
-    return root
+    """A known-good GPU node (tests/gpu_node.py) where everything but EFA is already right."""
+    healthy_gpu_node(root)
+    return efa_node(root, efa=hardware)
 
 
 def write_config(path: Path, **efa_keys: object) -> Path:

@@ -9,15 +9,20 @@ import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
+import pydbus  # noqa: F401  (these load before the fake filesystem is active)
 import pytest
-import tomlkit  # noqa: F401  (imported before the fake filesystem is active)
+import tomlkit  # noqa: F401
 import yaml  # noqa: F401
+from gi.repository import Gio, GLib  # noqa: F401
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.helpers import set_uid
 
+import agent.driver  # before the fake filesystem is active, like every module the tests patch
+import agent.versions
 from agent import cli
 from tests.conftest import sample
 from tests.containerd_helpers import VERSION_TEXT
+from tests.gpu_node import known_good_facts
 
 ROOT = "/node"
 CONTAINERD = "/etc/containerd/config.toml"
@@ -28,15 +33,23 @@ SAMPLES = {name: sample(name) for name in (
     "containerd-v2-nodeadm-nvidia.toml", "containerd-v3-nodeadm-merged.toml", "containerd-v3-migrated.toml",
     "nvidia-container-runtime-default.toml", "nvidia-container-runtime-legacy.toml",
 )}
+AGENT_CONFIG = "/etc/gpu-node-agent/config.yaml"
 HEALTHY = {
     CONTAINERD: SAMPLES["containerd-v3-nodeadm-nvidia.toml"],
     NVIDIA: SAMPLES["nvidia-container-runtime-default.toml"],
     VERSION: VERSION_TEXT[2],
+    # These tests are about files: no systemd here (restarts are tested against a real one), no cluster.
+    AGENT_CONFIG: "restart:\n  policy: never\nreport:\n  publish: false\n",
 }
 
 
 @pytest.fixture
-def node(fs: FakeFilesystem) -> Iterator[FakeFilesystem]:
+def node(fs: FakeFilesystem, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeFilesystem]:
+    # pyfakefs cannot run nvidia-smi or nvidia-ctk: the GPU driver and component versions are the
+    # known-good row's here (test_driver.py and test_compat.py test them on real files).
+    driver, versions = known_good_facts()
+    monkeypatch.setattr(agent.driver, "discover", lambda root, **kw: driver)
+    monkeypatch.setattr(agent.versions, "discover", lambda root, *args: versions)
     fs.create_dir(ROOT)
     yield fs
     set_uid(0)
@@ -97,7 +110,8 @@ def test_plan_shows_the_diff_run_applies_it_and_a_second_run_changes_nothing(
     code, out, _ = run(capsys, "run")
     assert code == 0, out
     assert "health: healthy" in out
-    assert out.count("action: ") == changes
+    assert out.count(f"action: {ROOT}") == changes
+    assert ("action: restart pending: containerd.service" in out) == bool(changes)
     after_first = snapshot()
 
     code, out, _ = run(capsys, "run")
@@ -139,7 +153,7 @@ def test_check_healthy_is_exit_0_with_a_table(node: FakeFilesystem, capsys: pyte
 
 
 def test_check_degraded_is_exit_2(node: FakeFilesystem, capsys: pytest.CaptureFixture) -> None:
-    write(node, {CONTAINERD: HEALTHY[CONTAINERD], VERSION: VERSION_TEXT[2]})  # no toolkit config: warn
+    write(node, {k: v for k, v in HEALTHY.items() if k != NVIDIA})  # no toolkit config: warn
     code, out, _ = run(capsys, "check")
     assert code == 2 and out.endswith("health: degraded\n")
 
@@ -247,7 +261,7 @@ def test_bad_agent_config_is_exit_64(
 
 
 def test_default_config_is_read_under_root(node: FakeFilesystem, capsys: pytest.CaptureFixture) -> None:
-    write(node, {**HEALTHY, "/etc/gpu-node-agent/config.yaml": "restart:\n  policy: never\n"})
+    write(node, HEALTHY)
     code, out, _ = run(capsys, "config", "show")
     assert code == 0 and f"source: {ROOT}/etc/gpu-node-agent/config.yaml" in out and "policy: never" in out
 

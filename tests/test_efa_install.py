@@ -383,7 +383,7 @@ def test_run_installs_then_does_nothing(
     assert cli(root, config, "check") == 1
     assert efa_row(capsys.readouterr().out).startswith("efa fail EFA userspace not installed")
 
-    cli(root, config, "run")
+    assert cli(root, config, "run") == 0
     out = capsys.readouterr().out
     assert efa_row(out) == f"efa pass EFA userspace {VERSION}, libfabric {LIBFABRIC} (rdmap0s6)"
     assert f"action: EFA userspace {VERSION} installed (libfabric {LIBFABRIC})" in out
@@ -391,7 +391,7 @@ def test_run_installs_then_does_nothing(
     assert run_lines(runs)[1] == "lock=held"  # the installer ran under the agent's run lock
 
     # second run: no request reaches the server, nothing is executed
-    cli(root, config, "run")
+    assert cli(root, config, "run") == 0
     out = capsys.readouterr().out
     assert "action: EFA" not in out and efa_row(out).startswith("efa pass")
     assert len(served.gets()) == 1 and len(run_lines(runs)) == 2
@@ -411,7 +411,7 @@ def test_bake_then_boot_without_network(
     assert cli(root, config, "plan") == 0
     out = capsys.readouterr().out
     assert "from the cache /var/cache/gpu-node-agent/aws-efa-installer-1.48.0.tar.gz" in out
-    cli(root, config, "run")
+    assert cli(root, config, "run") == 0
     assert efa_row(capsys.readouterr().out).startswith("efa pass")
     assert len(served.gets()) == 1 and run_lines(runs)[0].endswith("args=-y --skip-kmod --no-verify")
 
@@ -421,7 +421,7 @@ def test_a_pin_change_reinstalls(
 ) -> None:
     converged_node(root)
     first = sha256(served.files[f"/aws-efa-installer-{VERSION}.tar.gz"])
-    cli(root, write_config(tmp_path / "a.yaml", base_url=served.base_url, sha256=first), "run")
+    assert cli(root, write_config(tmp_path / "a.yaml", base_url=served.base_url, sha256=first), "run") == 0
     newer = installer_tarball(installer_script(root, runs, version="1.49.0"))
     served.add("1.49.0", newer)
     config = write_config(tmp_path / "b.yaml", base_url=served.base_url, version="1.49.0",
@@ -429,7 +429,7 @@ def test_a_pin_change_reinstalls(
     capsys.readouterr()
     assert cli(root, config, "plan") == 0
     assert "efa: install aws-efa-installer 1.49.0: installed 1.48.0, pinned 1.49.0" in capsys.readouterr().out
-    cli(root, config, "run")
+    assert cli(root, config, "run") == 0
     assert efa_row(capsys.readouterr().out).startswith("efa pass EFA userspace 1.49.0")
     assert [r.path for r in served.gets()] == [
         "/aws-efa-installer-1.48.0.tar.gz", "/aws-efa-installer-1.49.0.tar.gz"]
@@ -467,7 +467,7 @@ def test_run_without_efa_hardware_skips(tmp_path: Path, runs: Path, served: Inst
                                         capsys: pytest.CaptureFixture[str]) -> None:
     root = converged_node(tmp_path / "plain", hardware=False)
     config = write_config(tmp_path / "config.yaml", base_url=served.base_url, sha256="ab" * 32)
-    cli(root, config, "run")
+    assert cli(root, config, "run") == 0
     row = efa_row(capsys.readouterr().out)
     assert row == "efa skip no EFA device under /sys/class/infiniband: not applicable"
     assert served.gets() == [] and run_lines(runs) == []

@@ -5,12 +5,18 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from agent import log
 from tests.conftest import REPO
+
+
+@pytest.fixture(autouse=True)
+def default_logging() -> Iterator[None]:
+    yield
+    log.setup()  # back to stderr for whatever runs next
 
 
 class Stream(io.StringIO):

@@ -295,6 +295,7 @@ def test_installed_check_reports_the_broken_node(installed: Path) -> None:
     assert "SystemdCgroup" in checks["containerd-config"]["message"]
     assert checks["nvidia-runtime-config"]["status"] == "fail"
     assert 'mode = "legacy"' in checks["nvidia-runtime-config"]["message"]
+    assert checks["compatibility"]["details"]["matrix"].startswith(str(installed))  # package data shipped
     assert report["agent"] == __version__
     table = launcher(installed, "check")
     assert table.returncode == 1

@@ -1,0 +1,427 @@
+"""Reporting: check results -> the Node's annotations and condition, the status file, the metrics file.
+
+What the cluster sees (contract.md):
+* annotations ``<prefix>/health`` (``healthy|degraded|unhealthy``) and ``<prefix>/report`` (compact
+  JSON, at most 4 KiB: messages are shortened, the structure never), set with a JSON merge patch;
+* the condition (``report.condition``, default ``GPUNodeAgentReady``): ``True`` when healthy or
+  degraded, ``False`` when unhealthy, set with a *strategic* merge patch on ``nodes/{name}/status``
+  so kubelet's own conditions stay; ``lastTransitionTime`` is kept while the status is unchanged,
+  which is why the Node is read first.
+
+On the node: the status file (the report with details, and how publishing went) and, when
+configured, a Prometheus textfile, both written atomically. Publishing failures are reported, never
+raised: ``run`` has already changed the node, and a report cannot undo that.
+
+The node name: ``report.node_name``, else kubelet's ``--hostname-override`` from
+``/etc/eks/kubelet/environment``, else IMDS ``local-hostname``, else the hostname (lowercased, as
+kubelet does).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from agent.config import AgentConfig
+from agent.errors import AgentError, NodeFileError, NodeFileMissing
+from agent.fs import NodeRoot, atomic_write, read_text
+from agent.health import (
+    DEGRADED,
+    FAIL,
+    HEALTHY,
+    PASS,
+    SKIP,
+    UNHEALTHY,
+    WARN,
+    CheckResult,
+    ordered,
+    overall_health,
+    report_document,
+)
+from agent.log import get_logger
+
+ANNOTATION_LIMIT = 4096  # bytes of the <prefix>/report value
+CONDITION_MESSAGE_LIMIT = 1024
+READABLE_MESSAGE = 80  # characters a message keeps before actions start folding into "+N more"
+KUBELET_ENVIRONMENT = "/etc/eks/kubelet/environment"
+KUBELET_ARGS_VARIABLE = "NODEADM_KUBELET_ARGS"
+REASONS = {HEALTHY: "AllChecksPassed", DEGRADED: "ChecksWarned", UNHEALTHY: "CheckFailed"}
+_ELLIPSIS = "\u2026"
+
+log = get_logger("report")
+
+
+def _rfc3339(now: datetime) -> str:
+    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- the annotation ------------------------------------------------------------------------------
+
+
+def _clip(text: str, limit: Optional[int]) -> str:
+    if limit is None or len(text) <= limit:
+        return text
+    return text[: max(0, limit - 1)] + _ELLIPSIS if limit > 0 else ""
+
+
+def _encode(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT) -> str:
+    """The ``<prefix>/report`` value: the report without details, at most ``limit`` bytes.
+
+    Every check keeps its name and status. When the whole does not fit, every message and action
+    is cut to the same, largest possible length, so short messages stay whole. Rather than cut
+    everything below ``READABLE_MESSAGE`` characters, trailing actions fold into one ``+N more``.
+    """
+    checks = [{"name": c["name"], "status": c["status"], "message": c.get("message", "")}
+              for c in document["checks"]]
+    actions = [str(a) for a in document.get("actions", [])]
+    head = {k: document[k] for k in ("v", "agent", "time", "health")}
+    longest = max([len(c["message"]) for c in checks] + [len(a) for a in actions] + [0])
+
+    def render(cap: Optional[int], kept: int) -> bytes:
+        acts = [_clip(a, cap) for a in actions[:kept]]
+        if kept < len(actions):
+            acts.append(f"+{len(actions) - kept} more")
+        return _encode({**head, "checks": [{**c, "message": _clip(c["message"], cap)} for c in checks],
+                        "actions": acts})
+
+    def fits(cap: Optional[int], kept: int) -> bool:
+        return len(render(cap, kept)) <= limit
+
+    def best_cap(kept: int) -> int:  # the largest cap that fits (fits(0, kept) holds)
+        lo, hi = 0, longest
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid, kept) else (lo, mid - 1)
+        return lo
+
+    kept = len(actions)
+    if fits(None, kept):
+        return render(None, kept).decode()
+    floor = min(READABLE_MESSAGE, longest)
+    if not fits(floor, kept):
+        while kept > 0 and not fits(floor, kept):  # fold actions until messages stay readable
+            kept -= 1
+        if not fits(floor, kept) and not fits(0, kept):
+            raise ValueError(f"{len(checks)} checks do not fit in {limit} bytes even without messages")
+    return render(best_cap(kept), kept).decode()
+
+
+# --- the condition -------------------------------------------------------------------------------
+
+
+def condition_message(results: Sequence[CheckResult]) -> str:
+    """The first failing check, else the first warning one, else a summary."""
+    results = ordered(results)
+    for status in (FAIL, WARN):
+        for r in results:
+            if r.status == status:
+                return _clip(f"{r.name}: {r.message}", CONDITION_MESSAGE_LIMIT)
+    passed = sum(1 for r in results if r.status == PASS)
+    skipped = sum(1 for r in results if r.status == SKIP)
+    return f"{passed} checks passed" + (f", {skipped} skipped" if skipped else "")
+
+
+def node_condition(
+    condition_type: str,
+    results: Sequence[CheckResult],
+    now: datetime,
+    previous: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
+    health = overall_health(results)
+    status = "False" if health == UNHEALTHY else "True"
+    stamp = _rfc3339(now)
+    kept = previous.get("lastTransitionTime") if previous and previous.get("status") == status else None
+    return {
+        "type": condition_type,
+        "status": status,
+        "reason": REASONS[health],
+        "message": condition_message(results),
+        "lastHeartbeatTime": stamp,
+        "lastTransitionTime": kept or stamp,
+    }
+
+
+def find_condition(node: Mapping[str, Any], condition_type: str) -> Optional[Mapping[str, Any]]:
+    status = node.get("status")
+    conditions = status.get("conditions") if isinstance(status, Mapping) else None
+    for cond in conditions if isinstance(conditions, list) else []:
+        if isinstance(cond, Mapping) and cond.get("type") == condition_type:
+            return cond
+    return None
+
+
+# --- the node name -------------------------------------------------------------------------------
+
+
+def hostname_override(text: str) -> Optional[str]:
+    """kubelet's ``--hostname-override`` from nodeadm's environment file (``KEY=value`` lines)."""
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if not sep or key.strip() != KUBELET_ARGS_VARIABLE:
+            continue
+        try:  # systemd unquotes the value, then ExecStart's $VAR splits it at whitespace
+            words = shlex.split(value)
+        except ValueError:
+            words = [value]
+        args = [arg for word in words for arg in word.split()]
+        for i, arg in enumerate(args):
+            if arg.startswith("--hostname-override="):
+                return arg.split("=", 1)[1].strip() or None
+            if arg == "--hostname-override" and i + 1 < len(args):
+                return args[i + 1].strip() or None
+    return None
+
+
+class NodeName(NamedTuple):
+    name: str
+    source: str
+
+
+def resolve_node_name(
+    root: NodeRoot,
+    config: AgentConfig,
+    *,
+    imds: Optional[Callable[[], Any]] = None,
+    hostname: Callable[[], str] = socket.gethostname,
+) -> NodeName:
+    if config.report.node_name:
+        return NodeName(config.report.node_name, "report.node_name")
+    try:
+        override = hostname_override(read_text(root.path(KUBELET_ENVIRONMENT)))
+    except NodeFileMissing:
+        override = None
+    except NodeFileError as exc:
+        log.warning("cannot read kubelet environment", error=str(exc))
+        override = None
+    if override:
+        return NodeName(override.lower(), f"--hostname-override in {KUBELET_ENVIRONMENT}")
+    from agent.imds import ImdsClient, ImdsError
+
+    client = imds() if imds is not None else ImdsClient.from_settings(config.imds)
+    try:
+        if not client.disabled:
+            local = client.get("local-hostname")
+            if local and local.strip():
+                return NodeName(local.strip().split()[0].lower(), "IMDS local-hostname")
+    except ImdsError as exc:
+        log.info("IMDS did not give the node name", error=str(exc))
+    finally:
+        client.close()
+    return NodeName(hostname().strip().lower(), "hostname")
+
+
+# --- publishing ----------------------------------------------------------------------------------
+
+
+class PublishResult(NamedTuple):
+    ok: bool
+    node: Optional[str] = None
+    node_source: Optional[str] = None
+    annotations: bool = False  # the annotations were set
+    condition: Optional[bool] = None  # None: no condition configured
+    error: Optional[str] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "attempted": True,
+            "ok": self.ok,
+            "node": self.node,
+            "node_source": self.node_source,
+            "annotations": self.annotations,
+            "condition": self.condition,
+            "error": self.error,
+        }
+
+
+def publish(
+    root: NodeRoot,
+    config: AgentConfig,
+    results: Sequence[CheckResult],
+    document: Mapping[str, Any],
+    *,
+    now: Optional[datetime] = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    client_factory: Optional[Callable[..., Any]] = None,
+    imds: Optional[Callable[[], Any]] = None,
+    hostname: Callable[[], str] = socket.gethostname,
+) -> PublishResult:
+    """Set the annotations and the condition on this node's Node object. Never raises an AgentError."""
+    from agent import kube
+
+    settings = config.report
+    deadline = kube.Deadline(settings.timeout_seconds, clock)
+    now = now or datetime.now(timezone.utc)
+    name: Optional[NodeName] = None
+    annotated = False
+    try:
+        name = resolve_node_name(root, config, imds=imds, hostname=hostname)
+        kubeconfig = kube.load_kubeconfig(root, settings.kubeconfig)
+        factory = client_factory or kube.KubeClient
+        with factory(kubeconfig, clock=clock, sleep=sleep) as client:
+            node = client.get_node(name.name, deadline, wait_registered=True)
+            prefix = settings.annotation_prefix
+            client.patch_node(name.name, {"metadata": {"annotations": {
+                f"{prefix}/health": document["health"],
+                f"{prefix}/report": compact_report(document),
+            }}}, deadline)
+            annotated = True
+            if settings.condition is None:
+                return PublishResult(True, name.name, name.source, True, None)
+            cond = node_condition(settings.condition, results, now, find_condition(node, settings.condition))
+            client.patch_node_status(name.name, {"status": {"conditions": [cond]}}, deadline)
+        log.info("report published", node=name.name, health=document["health"])
+        return PublishResult(True, name.name, name.source, True, True)
+    except AgentError as exc:
+        error = str(exc)
+    except Exception as exc:  # a bug must not cost the status file; the message says where it came from
+        log.error("publishing crashed", error=repr(exc))
+        error = f"internal error while publishing: {type(exc).__name__}: {exc}"
+    log.error("report not published", error=error)
+    condition = None if settings.condition is None or not annotated else False
+    return PublishResult(False, name.name if name else None, name.source if name else None, annotated,
+                         condition, error)
+
+
+# --- local state ---------------------------------------------------------------------------------
+
+
+class ReportOutcome(NamedTuple):
+    document: Dict[str, Any]  # what the status file holds
+    published: Optional[PublishResult]  # None: publishing not asked for
+    problems: Tuple[str, ...] = ()  # local files that could not be written
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and (self.published is None or self.published.ok)
+
+
+def _previous_restarts(path: Any) -> Dict[str, int]:
+    try:
+        doc = json.loads(read_text(path))
+        counts = doc.get("restarts_total", {}) if isinstance(doc, dict) else {}
+        return {str(k): int(v) for k, v in counts.items() if isinstance(v, int) and v >= 0}
+    except (NodeFileError, ValueError, AttributeError):
+        return {}
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(
+    results: Sequence[CheckResult],
+    now: datetime,
+    restarts_total: Mapping[str, int],
+    published: Optional[PublishResult],
+) -> str:
+    """Prometheus text exposition for the node_exporter textfile collector."""
+    health = overall_health(results)
+    lines: List[str] = [
+        "# HELP gpu_node_agent_health Node health from the agent's last report (1 for the current state).",
+        "# TYPE gpu_node_agent_health gauge",
+    ]
+    lines += [f'gpu_node_agent_health{{health="{h}"}} {int(h == health)}'
+              for h in (HEALTHY, DEGRADED, UNHEALTHY)]
+    lines += [
+        "# HELP gpu_node_agent_check Health check status from the last report (1 for the current status).",
+        "# TYPE gpu_node_agent_check gauge",
+    ]
+    for r in ordered(results):
+        for status in (PASS, WARN, FAIL, SKIP):
+            labels = f'check="{_label(r.name)}",status="{status}"'
+            lines.append(f"gpu_node_agent_check{{{labels}}} {int(r.status == status)}")
+    lines += [
+        "# HELP gpu_node_agent_last_run_timestamp_seconds When the agent last reported (Unix time).",
+        "# TYPE gpu_node_agent_last_run_timestamp_seconds gauge",
+        f"gpu_node_agent_last_run_timestamp_seconds {now.timestamp():.3f}",
+        "# HELP gpu_node_agent_restarts_total Units the agent restarted since boot.",
+        "# TYPE gpu_node_agent_restarts_total counter",
+    ]
+    lines += [f'gpu_node_agent_restarts_total{{unit="{_label(u)}"}} {n}'
+              for u, n in sorted(restarts_total.items())]
+    if published is not None:
+        lines += [
+            "# HELP gpu_node_agent_report_published Whether the last report reached the API server.",
+            "# TYPE gpu_node_agent_report_published gauge",
+            f"gpu_node_agent_report_published {int(published.ok)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _status_bytes(document: Mapping[str, Any]) -> bytes:
+    order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total")
+    ordered_doc = {k: document[k] for k in order if k in document}
+    return (json.dumps(ordered_doc, indent=2) + "\n").encode()
+
+
+def _write(root: NodeRoot, node_path: str, data: bytes) -> Optional[str]:
+    path = root.path(node_path)
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        atomic_write(path, data)
+    except NodeFileError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{path}: cannot write: {exc.strerror or exc}"
+    return None
+
+
+def finish(
+    root: NodeRoot,
+    config: AgentConfig,
+    results: Sequence[CheckResult],
+    actions: Sequence[str] = (),
+    *,
+    publish_report: bool,
+    restarts: Optional[Mapping[str, int]] = None,
+    now: Optional[datetime] = None,
+    publisher: Optional[Callable[..., PublishResult]] = None,
+) -> ReportOutcome:
+    """The end of every ``run`` (and of ``check --report``): publish when asked, then always write
+    the status file (and the metrics file when configured). ``restarts``: units restarted by this
+    run and how often; the status file keeps the running totals since boot for the counter."""
+    now = now or datetime.now(timezone.utc)
+    document = report_document(results, actions, now=now)
+    status_path = config.report.status_file
+    totals = _previous_restarts(root.path(status_path))
+    for unit, count in (restarts or {}).items():
+        totals[unit] = totals.get(unit, 0) + int(count)
+    local = {**document, "restarts_total": totals}
+    published = None
+    if publish_report:
+        # The node's own view first: publishing may take up to report.timeout_seconds.
+        _write(root, status_path, _status_bytes({**local, "publish": {"attempted": True, "ok": None}}))
+        published = (publisher or publish)(root, config, results, document, now=now)
+    document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
+    problems: List[str] = []
+    err = _write(root, status_path, _status_bytes(document))
+    if err:
+        problems.append(err)
+    if config.report.metrics_file:
+        err = _write(root, config.report.metrics_file, metrics_text(results, now, totals, published).encode())
+        if err:
+            problems.append(err)
+    for problem in problems:
+        log.error("report file not written", error=problem)
+    return ReportOutcome(document, published, tuple(problems))
+
+
+def summary_line(outcome: ReportOutcome) -> str:
+    """One line for the terminal about where the report went."""
+    parts = []
+    p = outcome.published
+    if p is not None and p.ok:
+        parts.append(f"published: node {p.node} ({p.node_source})")
+    elif p is not None:
+        parts.append(f"not published: {p.error}")
+    parts.extend(f"not written: {problem}" for problem in outcome.problems)
+    return "\n".join(parts) + "\n" if parts else ""
