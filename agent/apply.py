@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
-from agent.errors import NodeFileError
+from agent.errors import AgentError, NodeFileError
 from agent.fs import FileEdit, atomic_write, read_text
 from agent.health import FAIL, WARN
 from agent.log import get_logger
@@ -71,6 +71,14 @@ def apply(
             result.actions.append(f"{edit.path}: {reason}")
         log.info("file updated", path=str(edit.path), changes=list(edit.reasons))
     restart_units(plan, result, restart_timeout, connect)
+    if plan.efa is not None and plan.efa.install:
+        from agent import efa
+
+        try:
+            result.actions.append(efa.execute(plan.efa))
+        except AgentError as exc:
+            log.error("EFA userspace not installed", error=str(exc))
+            result.failures.append(str(exc))
     return result
 
 

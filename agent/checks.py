@@ -12,7 +12,7 @@ from agent.node import NodeFacts
 
 
 def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
-    from agent import containerd, nvidia, systemd
+    from agent import containerd, efa, nvidia, systemd
 
     results: List[CheckResult] = []
     if isinstance(facts.containerd, NodeFileError):
@@ -33,6 +33,8 @@ def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
         results.append(driver.check(facts.driver))
     if facts.versions is not None:
         results.append(compat.check(facts.versions))
+    if facts.efa is not None:
+        results.append(efa.check(facts.efa, config.efa))
     return results
 
 

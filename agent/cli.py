@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="print the effective configuration with defaults")
     _add_global_options(show, suppress=True)
     show.set_defaults(handler=cmd_config_show)
+    efa = command("efa", cmd_efa_help, "EFA userspace installer")
+    efa_sub = efa.add_subparsers(dest="efa_command", metavar="ACTION", parser_class=_Parser)
+    efa_fetch = efa_sub.add_parser("fetch", help="download and verify the pinned installer into the cache")
+    _add_global_options(efa_fetch, suppress=True)
+    efa_fetch.set_defaults(handler=cmd_efa_fetch)
     command("version", cmd_version, "print the agent version")
     return parser
 
@@ -146,6 +151,22 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     from agent.config import dump_config
 
     _print(dump_config(_config(args)))
+    return 0
+
+
+def cmd_efa_help(args: argparse.Namespace) -> int:
+    from agent.errors import UsageError
+
+    raise UsageError("efa needs an action: fetch")
+
+
+def cmd_efa_fetch(args: argparse.Namespace) -> int:
+    from agent import efa
+
+    config = _config(args)
+    root = _root(args)
+    path = efa.fetch(config.efa, root, durable=True)  # the cache an AMI is baked with
+    _print(f"{root.node_path(path)}: aws-efa-installer {config.efa.version}, sha256 verified\n")
     return 0
 
 

@@ -18,6 +18,7 @@ from agent.systemd import SystemdError, UnitStates
 
 if TYPE_CHECKING:
     from agent.driver import DriverFacts
+    from agent.efa import EfaFacts
     from agent.versions import NodeVersions
 
 
@@ -29,10 +30,11 @@ class NodeFacts(NamedTuple):
     units: Union[UnitStates, SystemdError, None] = None
     driver: Optional[DriverFacts] = None  # None only in facts built by hand (tests)
     versions: Optional[NodeVersions] = None
+    efa: Optional[EfaFacts] = None  # None only in facts built by hand (tests)
 
 
 def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
-    from agent import containerd, nvidia, systemd
+    from agent import containerd, efa, nvidia, systemd
 
     containerd_facts: Union[ContainerdConfigSet, NodeFileError]
     try:
@@ -51,4 +53,4 @@ def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
     driver_facts = driver.discover(root)
     node_versions = versions.discover(root, driver_facts.version, driver_facts.version_note)
     return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts, units=units,
-                     driver=driver_facts, versions=node_versions)
+                     driver=driver_facts, versions=node_versions, efa=efa.discover(root, config.efa))

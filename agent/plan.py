@@ -7,7 +7,7 @@ but must not fix on its own (an unreadable file, mixed-version drop-ins) travel 
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from agent.config import AgentConfig, RestartSettings
 from agent.containerd import ContainerdConfigSet
@@ -16,6 +16,9 @@ from agent.fs import FileEdit, NodeRoot
 from agent.health import FAIL, SKIP, WARN
 from agent.node import NodeFacts
 from agent.systemd import SystemdError, UnitStates, stale_daemon
+
+if TYPE_CHECKING:
+    from agent.efa import EfaAction
 
 
 class Restart(NamedTuple):
@@ -39,14 +42,15 @@ class Plan(NamedTuple):
     restarts: Tuple[Restart, ...] = ()
     problems: Tuple[str, ...] = ()
     not_restarted: Tuple[NotRestarted, ...] = ()
+    efa: Optional[EfaAction] = None  # the EFA userspace action and why (install or not)
 
     @property
     def changes_nothing(self) -> bool:
-        return not self.edits and not self.restarts
+        return not self.edits and not self.restarts and not (self.efa and self.efa.install)
 
 
 def make_plan(facts: NodeFacts, config: AgentConfig) -> Plan:
-    from agent import containerd, nvidia
+    from agent import containerd, efa, nvidia
 
     edits: List[FileEdit] = []
     problems: List[str] = []
@@ -64,7 +68,12 @@ def make_plan(facts: NodeFacts, config: AgentConfig) -> Plan:
         problems.extend(nvidia_problems)
     config_set = facts.containerd if isinstance(facts.containerd, ContainerdConfigSet) else None
     restarts, not_restarted = plan_restarts(facts.units, config_set, edits, config.restart, facts.root)
-    return Plan(edits=tuple(edits), problems=tuple(problems), restarts=restarts, not_restarted=not_restarted)
+    efa_action = None
+    if facts.efa is not None:
+        efa_action, efa_problems = efa.decide(facts.efa, config.efa, facts.root)
+        problems.extend(efa_problems)
+    return Plan(edits=tuple(edits), problems=tuple(problems), restarts=restarts, not_restarted=not_restarted,
+                efa=efa_action)
 
 
 def plan_restarts(
@@ -144,6 +153,8 @@ def render_plan(plan: Plan) -> str:
     for held in plan.not_restarted:
         label = "no restart of" if held.status == SKIP else "restart pending"
         out.append(f"{label} {held.unit}: {held.reason}")
+    if plan.efa is not None and plan.efa.applicable:
+        out.append(f"efa: {plan.efa.describe()}")
     for problem in plan.problems:
         out.append(f"problem (not fixed): {problem}")
     if plan.changes_nothing and not plan.problems and not plan.not_restarted:
