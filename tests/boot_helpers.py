@@ -375,7 +375,7 @@ class BootedNode:
     def start_target(self) -> List[JobRecord]:
         """Start ``TARGET`` (the boot transaction of the node's units) and wait for it; returns
         every ``JobRemoved`` systemd emitted meanwhile."""
-        sd = self._sd()
+        sd = self.instance
         with sd.record_jobs() as recorder:
             self.target_started = time.time() * 1e6
             proc = sd.systemctl("start", TARGET, timeout=TARGET_TIMEOUT, check=False)
@@ -388,7 +388,7 @@ class BootedNode:
     def systemctl_recording(self, verb: str, unit: str) -> Tuple["subprocess.CompletedProcess[str]", List[JobRecord]]:
         """``systemctl VERB UNIT`` in the instance (it waits for the job), and every job that
         finished meanwhile, the unit's own included."""
-        sd = self._sd()
+        sd = self.instance
         with sd.record_jobs() as recorder:
             proc = sd.systemctl(verb, unit, timeout=TARGET_TIMEOUT, check=False)
             if proc.returncode == 0:
@@ -396,11 +396,11 @@ class BootedNode:
         return proc, recorder.jobs
 
     def props(self, unit: str) -> Dict[str, Any]:
-        return self._sd().properties(unit)
+        return self.instance.properties(unit)
 
     def timer_property(self, timer: str, name: str) -> int:
         """A numeric property of the ``org.freedesktop.systemd1.Timer`` interface."""
-        sd = self._sd()
+        sd = self.instance
         bus = ["busctl", f"--address={sd.bus_address}"]
         path = run([*bus, "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
                     "org.freedesktop.systemd1.Manager", "LoadUnit", "s", timer], timeout=10).stdout.split()[1]
@@ -414,19 +414,24 @@ class BootedNode:
         return self.run_log.read_text().splitlines() if self.run_log.exists() else []
 
     def journal(self, unit: str) -> str:
-        return self._sd().nsenter("journalctl", "--no-pager", "-o", "cat", "-u", unit, check=False).stdout
+        return self.instance.nsenter("journalctl", "--no-pager", "-o", "cat", "-u", unit, check=False).stdout
 
     def diagnostics(self) -> str:
         """What to show when an assertion fails: units, journal, console."""
-        sd = self._sd()
+        sd = self.instance
         parts = [sd.systemctl("list-units", "--all", "--no-legend", check=False).stdout]
         parts.append(sd.nsenter("journalctl", "--no-pager", "-o", "short-monotonic", check=False).stdout[-6000:])
         parts.append(sd.console_log()[-3000:])
         return "\n".join(parts)
 
-    def _sd(self) -> BootedSystemd:
+    @property
+    def instance(self) -> BootedSystemd:
         assert self.sd is not None, "boot() first"
         return self.sd
+
+    def console(self) -> str:
+        """The instance's console (what EC2's "Get system log" would show)."""
+        return self.instance.console_log()
 
 
 def units_of(jobs: List[JobRecord]) -> List[Tuple[str, str]]:

@@ -13,7 +13,7 @@ start loaded); and the bytes of the node's files.
 import json
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -84,7 +84,7 @@ def sample_bytes(name: str) -> bytes:
     return (SAMPLES / name).read_bytes()
 
 
-def of(jobs: List[JobRecord], units: tuple = NODE_UNITS) -> List[str]:
+def of(jobs: List[JobRecord], units: Tuple[str, ...] = NODE_UNITS) -> List[str]:
     return [j.unit for j in jobs if j.unit in units]
 
 
@@ -149,9 +149,8 @@ def test_boot_fixes_nodeadm_drift_and_restarts_containerd_then_kubelet_once(node
     assert_not_restarted_by_systemd(node)
     assert len(node.daemons.wait_for_starts(5, timeout=0.5)) == 4
     # StandardOutput=journal+console: the result table is on the serial console too.
-    console = node.sd.console_log() if node.sd else ""
-    agent_lines = [line for line in console.splitlines() if f"gpu-node-agent[{agent['ExecMainPID']}]:" in line]
-    assert any(line.endswith("health: healthy") for line in agent_lines), console[-3000:]
+    agent_lines = [line for line in node.console().splitlines() if f"gpu-node-agent[{agent['ExecMainPID']}]:" in line]
+    assert any(line.endswith("health: healthy") for line in agent_lines), node.console()[-3000:]
     assert any("action: restarted containerd.service" in line for line in agent_lines)
 
 
@@ -169,7 +168,7 @@ def test_shipped_units_boot_unchanged_with_their_hardening(node: BootedNode, pac
         shipped = exec_start(packaged.unit(unit)).split()
         (argv,) = [cmd[1] for cmd in p["ExecStart"]]
         assert argv == [shipped[0], "--root", str(node.root), *shipped[1:]]
-        assert (node.sd.base / "run/test-units" / unit).read_text() == packaged.unit(unit)  # type: ignore[union-attr]
+        assert (node.instance.unit_dir / unit).read_text() == packaged.unit(unit)
     assert_exited_ok(node, AGENT)
     p = node.props(AGENT)
     assert (p["StandardOutput"], p["StandardError"]) == ("journal+console", "journal+console")
@@ -262,8 +261,7 @@ def test_heartbeat_timer_is_armed_and_its_service_writes_the_status_file(node: B
     node.boot(previous=HEALTHY, rendered=DRIFTED)
     node.start_target()
     assert_exited_ok(node, AGENT)
-    sd = node.sd
-    assert sd is not None
+    sd = node.instance
 
     # Armed by the boot (the preset enables the timer), first due 5 to 7 minutes after startup
     # (OnBootSec=5min plus RandomizedDelaySec=2min; in a container, OnBootSec counts from systemd's
@@ -282,6 +280,8 @@ def test_heartbeat_timer_is_armed_and_its_service_writes_the_status_file(node: B
     proc, jobs = node.systemctl_recording("start", CHECK)
     after = datetime.now(timezone.utc)
 
+    # report.publish is false on this node: status file only, no API server needed (contract.md),
+    # so a healthy node's heartbeat succeeds.
     assert proc.returncode == 0, f"{proc.stderr}\n{node.diagnostics()}"
     assert units_of(jobs) == [(CHECK, "done")]  # the heartbeat restarts nothing
     p = node.props(CHECK)
@@ -289,7 +289,7 @@ def test_heartbeat_timer_is_armed_and_its_service_writes_the_status_file(node: B
     assert (p["ActiveState"], p["Result"], p["ExecMainCode"], p["ExecMainStatus"]) == ("inactive", "success", 1, 0)
     # StandardOutput=journal: the table is in the journal, not on the console.
     assert "health: healthy" in node.journal(CHECK)
-    assert f"gpu-node-agent[{p['ExecMainPID']}]" not in sd.console_log()
+    assert f"gpu-node-agent[{p['ExecMainPID']}]" not in node.console()
 
     # The status file (contract.md, "What the cluster sees"): the report JSON with details,
     # written atomically to report.status_file under the node's root, publishing or not.
@@ -346,9 +346,8 @@ def test_restarting_the_agent_unit_reruns_nodeadm_and_restarts_the_daemons(node:
     assert "the daemon runs an older configuration" in node.journal(AGENT)
 
     # The documented way to re-run the agent by hand: nothing re-runs, nothing restarts.
-    assert node.sd is not None
-    with node.sd.record_jobs() as recorder:
-        by_hand = node.sd.nsenter("/usr/bin/gpu-node-agent", "--root", str(node.root), "run", check=False)
+    with node.instance.record_jobs() as recorder:
+        by_hand = node.instance.nsenter("/usr/bin/gpu-node-agent", "--root", str(node.root), "run", check=False)
     assert by_hand.returncode == 0, by_hand.stdout + by_hand.stderr
     assert recorder.jobs == []
     assert node.runs().count("nodeadm-run") == 2
