@@ -254,6 +254,76 @@ def containerd_first_drop_in() -> Dict[str, str]:
     }
 
 
+# --- hardening probes ----------------------------------------------------------------------------
+
+# Prints what a unit's sandbox allows, as name=value lines, into $1. Compared between a unit with
+# none of the hardening and one with the shipped unit's hardening lines, it shows that systemd
+# really applied each directive here (systemd skips some sandboxing silently, e.g. a mount
+# namespace it cannot set up in a container).
+PROBE_SCRIPT = r"""#!/bin/sh
+flag() { if "$@" >/dev/null 2>&1; then echo yes; else echo no; fi; }
+capbnd=$(sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status)
+cgroupfs=$(findmnt -n -o TARGET -t cgroup2,cgroup | head -n 1)
+{
+  echo "uts_namespace=$(flag test "$(readlink /proc/self/ns/uts)" != "$(readlink /proc/1/ns/uts)")"
+  echo "private_tmp=$(flag test "$(stat -c %d:%i /tmp)" != "$(stat -c %d:%i /proc/1/root/tmp)")"
+  echo "root_home_writable=$(flag test -w /root)"
+  echo "cgroupfs_writable=$(flag test -w "$cgroupfs")"
+  echo "sysctl_writable=$(flag test -w /proc/sys/vm/drop_caches)"
+  echo "etc_writable=$(flag test -w {etc_probe})"
+  echo "cap_sys_module=$(( (0x$capbnd >> 16) & 1 ))"
+  echo "no_new_privs=$(sed -n 's/^NoNewPrivs:[[:space:]]*//p' /proc/self/status)"
+  echo "seccomp=$(sed -n 's/^Seccomp:[[:space:]]*//p' /proc/self/status)"
+  echo "personality_change=$(flag setarch "$(uname -m)" -R true)"
+  echo "realtime=$(flag chrt -f 1 true)"
+} > "$1"
+"""
+# A directory under /etc that is writable in the instance (a tmpfs mounted on it after boot), so
+# that ProtectSystem= has something to make read-only: the instance's /usr and /etc are read-only.
+ETC_PROBE = "/etc/gna-boot-probe"
+# Each hardening directive the units ship -> (what the probe reports, without it, with it).
+PROBES = {
+    "PrivateTmp=yes": ("private_tmp", "no", "yes"),
+    "ProtectHome=read-only": ("root_home_writable", "yes", "no"),
+    "ProtectControlGroups=yes": ("cgroupfs_writable", "yes", "no"),
+    "ProtectHostname=yes": ("uts_namespace", "no", "yes"),
+    "RestrictRealtime=yes": ("realtime", "yes", "no"),
+    "LockPersonality=yes": ("personality_change", "yes", "no"),
+    "SystemCallArchitectures=native": ("seccomp", "0", "2"),  # a seccomp filter is installed
+    "ProtectSystem=full": ("etc_writable", "yes", "no"),
+    "NoNewPrivileges=yes": ("no_new_privs", "0", "1"),
+    "ProtectKernelTunables=yes": ("sysctl_writable", "yes", "no"),
+    "ProtectKernelModules=yes": ("cap_sys_module", "1", "0"),
+}
+# [Service] settings that are not sandboxing (everything else in the shipped units must be probed).
+NOT_HARDENING = ("Type", "RemainAfterExit", "ExecStart", "SuccessExitStatus", "TimeoutStartSec",
+                 "StandardOutput", "StandardError")
+
+
+def service_directives(unit_text: str) -> List[str]:
+    """The ``Key=value`` lines of the ``[Service]`` section, comments left out."""
+    section, out = "", []
+    for line in unit_text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith(("#", ";")):
+            out.append(line)
+    return out
+
+
+def hardening(unit_text: str) -> List[str]:
+    return [d for d in service_directives(unit_text) if d.split("=", 1)[0] not in NOT_HARDENING]
+
+
+def probe_unit(script: Path, out: Path, directives: List[str]) -> str:
+    return "[Service]\nType=oneshot\n" + "".join(f"{d}\n" for d in directives) + f"ExecStart={script} {out}\n"
+
+
+def parse_probe(text: str) -> Dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines())
+
+
 # A journal, so StandardOutput=journal+console of the agent's unit behaves as on a node (without
 # journald, systemd connects the stream to /dev/null and the console shows nothing).
 JOURNALD_SOCKET = """\

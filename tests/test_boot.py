@@ -24,11 +24,14 @@ from tests.boot_helpers import (
     CONTAINERD,
     DRIFTED,
     DROP_IN,
+    ETC_PROBE,
     HEALTHY,
     KMOD,
     KUBELET,
     NODEADM_CONFIG,
     NODEADM_RUN,
+    PROBE_SCRIPT,
+    PROBES,
     SAMPLES,
     TARGET,
     TIMER,
@@ -37,7 +40,10 @@ from tests.boot_helpers import (
     containerd_first_drop_in,
     digest,
     exec_start,
+    hardening,
     index_of,
+    parse_probe,
+    probe_unit,
     units_of,
 )
 from tests.systemd_harness import BootedSystemd, JobRecord
@@ -158,11 +164,11 @@ def test_shipped_units_boot_unchanged_with_their_hardening(node: BootedNode, pac
     node.boot(previous=HEALTHY, rendered=HEALTHY)
     node.start_target()
 
-    for unit, hardening in ((AGENT, AGENT_HARDENING), (CHECK, CHECK_HARDENING)):
+    for unit, in_force in ((AGENT, AGENT_HARDENING), (CHECK, CHECK_HARDENING)):
         p = node.props(unit)
         assert p["LoadState"] == "loaded" and p["FragmentPath"] == f"/run/test-units/{unit}"
         assert p["DropInPaths"] == [f"/run/test-units/{unit}.d/{DROP_IN}"]
-        assert {key: p[key] for key in hardening} == hardening
+        assert {key: p[key] for key in in_force} == in_force
         assert p["SystemCallArchitectures"] == ["native"]
         # The drop-in changes the command line only: the shipped one, with --root.
         shipped = exec_start(packaged.unit(unit)).split()
@@ -172,6 +178,39 @@ def test_shipped_units_boot_unchanged_with_their_hardening(node: BootedNode, pac
     assert_exited_ok(node, AGENT)
     p = node.props(AGENT)
     assert (p["StandardOutput"], p["StandardError"]) == ("journal+console", "journal+console")
+
+
+def test_every_hardening_directive_of_the_units_is_in_force_here(node: BootedNode, packaged: PackagedAgent) -> None:
+    """systemd can set up every sandboxing directive of the shipped units inside the test's
+    namespaces (so the boot tests run the agent under all of them): a probe with none of them and
+    a probe with each unit's own lines differ in exactly what each directive restricts."""
+    script = node.work / "probe.sh"
+    script.write_text(PROBE_SCRIPT.replace("{etc_probe}", ETC_PROBE))
+    script.chmod(0o755)
+    probes = {"probe-none.service": probe_unit(script, node.work / "none.out", [])}
+    shipped = {}
+    for unit in (AGENT, CHECK):
+        shipped[unit] = hardening(packaged.unit(unit))
+        unknown = [d for d in shipped[unit] if d not in PROBES]
+        assert not unknown, f"{unit}: no probe for {unknown} (add one to PROBES, or to NOT_HARDENING)"
+        probes[f"probe-{unit}"] = probe_unit(script, node.work / f"{unit}.out", shipped[unit])
+    node.boot(previous=HEALTHY, rendered=HEALTHY, extra_files={f"{ETC_PROBE}/.keep": "", **{
+        f"/run/test-units/{name}": text for name, text in probes.items()}})
+    node.instance.nsenter("mount", "-t", "tmpfs", "tmpfs", ETC_PROBE)
+    for name in probes:
+        proc = node.instance.systemctl("start", name, check=False)
+        assert proc.returncode == 0, f"{name}: {proc.stderr}\n{node.diagnostics()}"
+
+    without = parse_probe((node.work / "none.out").read_text())
+    assert {key: without[key] for key, _, _ in PROBES.values()} == {key: off for key, off, _ in PROBES.values()}
+    for unit, directives in shipped.items():
+        sandboxed = parse_probe((node.work / f"{unit}.out").read_text())
+        expected = {key: (on if directive in directives else off) for directive, (key, off, on) in PROBES.items()}
+        assert {key: sandboxed[key] for key in expected} == expected, unit
+    # And the agent's own unit: its private /tmp lives on while the unit is active (exited).
+    node.start_target()
+    private = node.instance.nsenter("ls", "/tmp").stdout.split()
+    assert any(AGENT in entry for entry in private), private
 
 
 # --- 2. converged boot: nothing to fix, nothing restarted ----------------------------------------
