@@ -483,8 +483,15 @@ class BootedNode:
         """The stand-ins' runs, in order (nodeadm-config, nodeadm-run, nvidia-kmod-load)."""
         return self.run_log.read_text().splitlines() if self.run_log.exists() else []
 
-    def journal(self, unit: str) -> str:
-        return self.instance.nsenter("journalctl", "--no-pager", "-o", "cat", "-u", unit, check=False).stdout
+    def journal(self, unit: str, *, containing: str = "", timeout: float = 5.0) -> str:
+        """The unit's journal; with ``containing``, once it contains that text (journald reads a
+        unit's output stream asynchronously, so the last lines can land after the unit exited)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.instance.nsenter("journalctl", "--no-pager", "-o", "cat", "-u", unit, check=False).stdout
+            if containing in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)
 
     def diagnostics(self) -> str:
         """What to show when an assertion fails: units, journal, console."""
@@ -499,9 +506,15 @@ class BootedNode:
         assert self.sd is not None, "boot() first"
         return self.sd
 
-    def console(self) -> str:
-        """The instance's console (what EC2's "Get system log" would show)."""
-        return self.instance.console_log()
+    def console(self, *, containing: str = "", timeout: float = 5.0) -> str:
+        """The instance's console (what EC2's "Get system log" would show); with ``containing``,
+        once it contains that text (journald forwards to the console as it reads the stream)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.instance.console_log()
+            if containing in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)
 
 
 def units_of(jobs: List[JobRecord]) -> List[Tuple[str, str]]:
