@@ -32,7 +32,6 @@ from tests.boot_helpers import (
     NODEADM_RUN,
     PROBE_SCRIPT,
     PROBES,
-    SAMPLES,
     TARGET,
     TIMER,
     BootedNode,
@@ -46,6 +45,7 @@ from tests.boot_helpers import (
     probe_unit,
     units_of,
 )
+from tests.conftest import SAMPLES
 from tests.systemd_harness import BootedSystemd, JobRecord
 
 pytestmark = pytest.mark.root
@@ -130,7 +130,7 @@ def test_boot_fixes_nodeadm_drift_and_restarts_containerd_then_kubelet_once(node
     assert_ran_after_nodeadm(node, jobs)
     # The config is what nodeadm renders plus SystemdCgroup = true, byte for byte.
     assert node.config_toml.read_bytes() == sample_bytes(HEALTHY)
-    # Every job of the boot, each once, and all done: nothing else started or restarted.
+    # Every job of the boot, all done: nothing else started or restarted.
     assert sorted(units_of(jobs)) == sorted(
         [(u, "done") for u in (TIMER, NODEADM_CONFIG, KMOD, NODEADM_RUN, AGENT, TARGET)]
         + [(CONTAINERD, "done"), (KUBELET, "done")] * 2
@@ -176,6 +176,10 @@ def test_shipped_units_boot_unchanged_with_their_hardening(node: BootedNode, pac
         shipped = exec_start(packaged.unit(unit)).split()
         (argv,) = [cmd[1] for cmd in p["ExecStart"]]
         assert argv == [shipped[0], "--root", str(node.root), *shipped[1:]]
+        drop_in = (node.instance.unit_dir / f"{unit}.d" / DROP_IN).read_text().splitlines()
+        assert [line for line in drop_in if not line.startswith("#")] == [
+            "[Service]", "ExecStart=", f"ExecStart={shipped[0]} --root {node.root} {' '.join(shipped[1:])}"
+        ]
         assert (node.instance.unit_dir / unit).read_text() == packaged.unit(unit)
     assert_exited_ok(node, AGENT)
     p = node.props(AGENT)
@@ -335,8 +339,9 @@ def test_heartbeat_timer_is_armed_and_its_service_writes_the_status_file(node: B
 
     # The status file (contract.md, "What the cluster sees"): the report JSON with details,
     # written atomically to report.status_file under the node's root, publishing or not.
-    # NOTE: written by `check --report` only once the reporting work (status file, annotation,
-    # condition) is merged; this asserts the contract, not the code present when it was written.
+    # NOTE: `check --report` writes it only once the reporting code (status file, annotation,
+    # condition) is in; this asserts the contract, not the code present when it was written. It
+    # also needs `check --report` to honour report.publish: false (no API server here).
     assert node.status_file.is_file(), f"check --report wrote no {node.status_file}\n{node.journal(CHECK)}"
     status = json.loads(node.status_file.read_text())
     assert status["v"] == 1 and status["agent"] == __version__
