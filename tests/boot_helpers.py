@@ -346,7 +346,7 @@ Requires=systemd-journald.socket
 After=systemd-journald.socket
 [Service]
 Type=notify
-ExecStart=/lib/systemd/systemd-journald
+ExecStart=/usr/lib/systemd/systemd-journald
 Sockets=systemd-journald.socket
 StandardOutput=null
 """
@@ -371,7 +371,6 @@ class BootedNode:
         self.sd: Optional[BootedSystemd] = None
         self.jobs: List[JobRecord] = []
         self.target_started = 0.0  # realtime µs, when the target's start was requested
-        self.target_done = 0.0
 
     @property
     def config_toml(self) -> Path:
@@ -411,14 +410,12 @@ class BootedNode:
         )
         return units
 
-    def drop_ins(self, extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    def drop_ins(self) -> Dict[str, str]:
         """``/run/test-units/UNIT.d/NAME.conf`` files: ``--root`` for the agent's two services."""
-        files = {
+        return {
             f"/run/test-units/{unit}.d/{DROP_IN}": drop_in(self.packaged.unit(unit), self.root)
             for unit in (AGENT, CHECK)
         }
-        files.update(extra or {})
-        return files
 
     def boot(
         self,
@@ -449,7 +446,6 @@ class BootedNode:
         with sd.record_jobs() as recorder:
             self.target_started = time.time() * 1e6
             proc = sd.systemctl("start", TARGET, timeout=TARGET_TIMEOUT, check=False)
-            self.target_done = time.time() * 1e6
             assert proc.returncode == 0, f"systemctl start {TARGET}: {proc.stderr}\n{self.diagnostics()}"
             wait_for_job(recorder, TARGET)
         self.jobs = recorder.jobs
