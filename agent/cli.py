@@ -181,7 +181,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.report:  # only now are requests and the API client loaded: plain `check` stays fast
         from agent import report
 
-        outcome = report.finish(root, config, results, publish_report=True)
+        # report.publish: false (AMI bake, no cluster yet) means the status file and metrics only
+        outcome = report.finish(root, config, results, publish_report=config.report.publish)
         document = outcome.document
     if args.format == "json":
         _print(health.render_json(document))

@@ -248,6 +248,17 @@ def test_check_report_failure_exits_1(root: Path, api: ApiServer, aws: FakeAws, 
     assert code == 1 and "not published: exec plugin aws: exited with 255: An error occurred" in out
 
 
+def test_check_report_without_publishing_refreshes_the_status_file_only(
+    root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write(root, "/etc/gpu-node-agent/config.yaml", "report:\n  publish: false\n")  # AMI bake: no cluster
+    code, out, _ = run_cli(["--root", str(root), "check", "--report"], capsys)
+    assert "published" not in out
+    status = json.loads((root / "run/gpu-node-agent/status.json").read_text())
+    assert status["publish"] == {"attempted": False}
+    assert code == EXIT_FOR[status["health"]]
+
+
 def test_run_reports_and_a_publishing_failure_keeps_the_repair(
     root: Path, api: ApiServer, aws: FakeAws, capsys: pytest.CaptureFixture
 ) -> None:
