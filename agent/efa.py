@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional,
 
 from agent.config import EfaSettings
 from agent.errors import AgentError, NodeFileError, NodeFileMissing
-from agent.fs import NodeRoot, read_text
+from agent.fs import NodeRoot, fsync_dir, read_text
 from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
 from agent.log import get_logger
 
@@ -615,7 +615,7 @@ def download(
         os.chmod(tmp, 0o644)
         os.rename(tmp, target)
         if durable:
-            _fsync_dir(directory)
+            fsync_dir(directory)
         log.info("installer downloaded and verified", url=url, path=str(target), bytes=partial.written,
                  sha256=actual)
     except _WriteFailed as exc:
@@ -625,19 +625,6 @@ def download(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()  # still there only when something failed
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -123,10 +123,11 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         if isinstance(exc, OSError):
             raise NodeFileError(path, f"cannot write: {exc.strerror or exc}") from None
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: some filesystems refuse)."""
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
