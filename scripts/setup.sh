@@ -28,7 +28,7 @@ if ((${#missing[@]})); then
 fi
 
 # The venvs are reinstalled only when pyproject.toml changed since the last setup.
-STAMP=$(sha256sum pyproject.toml | cut -d' ' -f1)
+STAMP=$(cat pyproject.toml scripts/al2023-constraints.txt | sha256sum | cut -d' ' -f1)
 
 # Python 3.11 (Debian's): has gi from python3-gi.
 if [ ! -x .venv/bin/python ]; then
@@ -39,7 +39,8 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$STAMP" ]; then
   echo "$STAMP" > .venv/.setup-stamp
 fi
 
-# Python 3.9: the interpreter the agent runs on in production (AL2023).
+# Python 3.9: the interpreter the agent runs on in production (AL2023), with AL2023's requests,
+# urllib3 and PyYAML (scripts/al2023-constraints.txt).
 PY39=""
 for candidate in "$HOME"/.pyenv/versions/3.9*/bin/python3.9 /usr/local/bin/python3.9 /usr/bin/python3.9 python3.9; do
   if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 9)' >/dev/null 2>&1; then
@@ -54,7 +55,8 @@ if [ ! -x .venv39/bin/python ]; then
   "$PY39" -m venv .venv39
 fi
 if [ "$(cat .venv39/.setup-stamp 2>/dev/null)" != "$STAMP" ]; then
-  .venv39/bin/pip install -q --disable-pip-version-check 'PyGObject<3.51' -e '.[test]'
+  .venv39/bin/pip install -q --disable-pip-version-check -c scripts/al2023-constraints.txt \
+    'PyGObject<3.51' -e '.[test]'
   echo "$STAMP" > .venv39/.setup-stamp
 fi
 echo "setup: ok (.venv: $(.venv/bin/python -V 2>&1), .venv39: $(.venv39/bin/python -V 2>&1))"
