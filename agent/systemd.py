@@ -10,8 +10,10 @@ A restart is ``Manager.RestartUnit(unit, "replace")`` done the way nodeadm does 
 with a deadline, then confirm ``ActiveState == "active"`` (the job result alone does not say the
 unit stayed up). Every failure is one ``SystemdError`` line naming the unit and what was expected.
 
-gi/pydbus are imported inside the functions that talk to the bus, so importing this module (for
-its data types and checks) stays cheap.
+Discovery (``discover``: ``check``, ``plan``, and ``run`` before deciding) only reads, and does so
+over ``agent.dbus_wire``, a small client on the standard library's sockets: importing gi + pydbus
+costs more than the rest of ``check``. gi/pydbus are imported inside the client's methods, so only
+a restart loads them, and importing this module (for its data types and checks) stays cheap.
 """
 
 import contextlib
@@ -39,6 +41,7 @@ from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
 
 if TYPE_CHECKING:
     from agent.containerd import ContainerdConfigSet
+    from agent.dbus_wire import Connection
 
 BUS_ADDRESS_ENV = "DBUS_SYSTEM_BUS_ADDRESS"
 DEFAULT_BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
@@ -184,6 +187,23 @@ def _glib_error_name(exc: BaseException) -> Tuple[str, str]:
     return "", message
 
 
+def _error_for(name: str, message: str, what: str, unit: Optional[str], timeout: float,
+               address: str) -> SystemdError:
+    """The ``SystemdError`` for a D-Bus error ``name`` (or a GIO error, ``gio.<nick>``) during ``what``."""
+    if name in ("gio.timed-out", f"{DBUS_ERROR}.NoReply", f"{DBUS_ERROR}.Timeout"):
+        return SystemdTimeout(f"{what}: systemd did not answer within {timeout:.3g}s", unit)
+    if name == "org.freedesktop.systemd1.NoSuchUnit":
+        return UnitNotLoaded(f"{unit}: no such unit (systemd has not loaded it)", unit)
+    if name in ("org.freedesktop.systemd1.LoadFailed",):
+        return UnitNotLoaded(f"{unit}: {message}", unit)
+    if name in (f"{DBUS_ERROR}.ServiceUnknown", f"{DBUS_ERROR}.NameHasNoOwner", "gio.closed",
+                f"{DBUS_ERROR}.Disconnected"):
+        return BusUnreachable(f"system bus {address}: {message}", unit)
+    if name in (f"{DBUS_ERROR}.AccessDenied", f"{DBUS_ERROR}.InteractiveAuthorizationRequired"):
+        return SystemdError(f"{what}: permission denied ({message}); the agent must run as root", unit)
+    return SystemdError(f"{what}: {message}" + (f" ({name})" if name else ""), unit)
+
+
 class SystemdClient:
     """A connection to systemd on one system bus. Use as a context manager (closes the connection)."""
 
@@ -260,18 +280,7 @@ class SystemdClient:
 
     def _error(self, exc: BaseException, what: str, unit: Optional[str], timeout: float) -> SystemdError:
         name, message = _glib_error_name(exc)
-        if name in ("gio.timed-out", f"{DBUS_ERROR}.NoReply", f"{DBUS_ERROR}.Timeout"):
-            return SystemdTimeout(f"{what}: systemd did not answer within {timeout:.3g}s", unit)
-        if name == "org.freedesktop.systemd1.NoSuchUnit":
-            return UnitNotLoaded(f"{unit}: no such unit (systemd has not loaded it)", unit)
-        if name in ("org.freedesktop.systemd1.LoadFailed",):
-            return UnitNotLoaded(f"{unit}: {message}", unit)
-        if name in (f"{DBUS_ERROR}.ServiceUnknown", f"{DBUS_ERROR}.NameHasNoOwner", "gio.closed",
-                    f"{DBUS_ERROR}.Disconnected"):
-            return BusUnreachable(f"system bus {self.address}: {message}", unit)
-        if name in (f"{DBUS_ERROR}.AccessDenied", f"{DBUS_ERROR}.InteractiveAuthorizationRequired"):
-            return SystemdError(f"{what}: permission denied ({message}); the agent must run as root", unit)
-        return SystemdError(f"{what}: {message}" + (f" ({name})" if name else ""), unit)
+        return _error_for(name, message, what, unit, timeout, self.address)
 
     def _call(
         self,
@@ -452,16 +461,77 @@ def connect(address: Optional[str] = None, *, timeout: float = DEFAULT_CALL_TIME
     return SystemdClient(address, timeout=timeout).connect()
 
 
+class _UnitReader:
+    """Reads unit state over ``agent.dbus_wire`` the way ``SystemdClient.unit_state`` does over pydbus
+    (``GetUnit``, else ``LoadUnit``; ``Unit`` properties; ``Service.MainPID``), errors mapped alike."""
+
+    def __init__(self, bus: "Connection", address: str, timeout: float) -> None:
+        self.bus = bus
+        self.address = address
+        self.timeout = timeout
+
+    def call(self, path: str, iface: str, method: str, args: Tuple[str, Tuple[Any, ...]], reply: str,
+             unit: str) -> Any:
+        """The reply's one value (of type ``reply``); failures as ``SystemdError``s naming the unit."""
+        from agent import dbus_wire
+
+        try:
+            (value,) = self.bus.call(SYSTEMD_BUS_NAME, path, iface, method, args[0], args[1], reply_signature=reply)
+            return value
+        except dbus_wire.RemoteError as exc:
+            if exc.name in (f"{DBUS_ERROR}.ServiceUnknown", f"{DBUS_ERROR}.NameHasNoOwner"):
+                raise BusUnreachable(f"system bus {self.address}: systemd ({SYSTEMD_BUS_NAME}) is not on it: "
+                                     f"{exc.message}", unit) from None
+            raise _error_for(exc.name, exc.message, f"{unit}: {method}", unit, self.timeout, self.address) from None
+        except dbus_wire.DBusTimeout:
+            raise SystemdTimeout(f"{unit}: {method}: systemd did not answer within {self.timeout:.3g}s",
+                                 unit) from None
+        except dbus_wire.DBusError as exc:  # disconnected, or a reply this client cannot read
+            raise BusUnreachable(f"system bus {self.address}: {unit}: {method}: {exc}", unit) from None
+
+    def unit_state(self, name: str) -> UnitState:
+        try:
+            path = self.call(MANAGER_PATH, MANAGER_IFACE, "GetUnit", ("s", (name,)), "o", name)
+        except UnitNotLoaded:
+            path = self.call(MANAGER_PATH, MANAGER_IFACE, "LoadUnit", ("s", (name,)), "o", name)
+        props = self.call(path, PROPERTIES_IFACE, "GetAll", ("s", (UNIT_IFACE,)), "a{sv}", name)
+        values = {key: variant.value for key, variant in props.items()}
+        main_pid: Any = 0
+        if name.endswith(".service") and values.get("LoadState") == "loaded":
+            main_pid = self.call(path, PROPERTIES_IFACE, "Get", ("ss", (SERVICE_IFACE, "MainPID")), "v", name).value
+        try:
+            return UnitState(
+                name=name,
+                load_state=str(values.get("LoadState", "")),
+                active_state=str(values.get("ActiveState", "")),
+                sub_state=str(values.get("SubState", "")),
+                active_enter_timestamp=int(values.get("ActiveEnterTimestamp", 0)),
+                main_pid=int(main_pid),
+                invocation_id=bytes(values.get("InvocationID") or b"").hex(),
+            )
+        except (TypeError, ValueError) as exc:
+            raise SystemdError(f"{name}: unexpected property value from systemd: {exc}", name) from None
+
+
 def discover(names: Sequence[str], *, address: Optional[str] = None,
              timeout: float = DISCOVERY_TIMEOUT) -> Union[UnitStates, SystemdError]:
-    """The state of ``names``; a failure (no bus, systemd silent) is returned as data, never raised."""
+    """The state of ``names``, read-only over ``agent.dbus_wire`` within ``timeout`` overall (no gi or
+    pydbus import); a failure (no bus, systemd silent) is returned as data, never raised."""
+    from agent import dbus_wire
+
+    address = address or bus_address()
     try:
-        with SystemdClient(address, timeout=timeout) as client:
-            return client.unit_states(names, timeout=timeout)
-    except SystemdError as exc:
-        return exc
-    except ImportError as exc:  # python3-gobject / pydbus missing: the RPM requires them
-        return BusUnreachable(f"cannot talk to systemd: {exc}")
+        bus = dbus_wire.Connection.open(address, timeout=timeout)
+    except dbus_wire.DBusTimeout as exc:
+        return SystemdTimeout(f"system bus {address}: {exc}")
+    except dbus_wire.DBusError as exc:
+        return BusUnreachable(f"system bus {address}: {exc}")
+    with bus:
+        reader = _UnitReader(bus, address, timeout)
+        try:
+            return UnitStates(address, tuple(reader.unit_state(name) for name in names))
+        except SystemdError as exc:
+            return exc
 
 
 def units_to_discover(units: Sequence[str]) -> List[str]:
