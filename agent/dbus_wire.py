@@ -28,15 +28,19 @@ What this module owns:
 Python values: ``y n q i u x t h`` int, ``b`` bool, ``d`` float, ``s`` str, ``o`` ``ObjectPath``,
 ``g`` ``Signature`` (both ``str``), ``ay`` bytes, other arrays list, ``a{..}`` dict, struct tuple,
 ``v`` ``Variant(signature, value)``.
+
+Importing this module must stay cheap (it is on ``check``'s path): it uses the C module ``_socket``
+rather than ``socket``, whose import spends ~3 ms on Python 3.9 converting constants to enums and
+loading ``selectors``, none of which a blocking unix socket needs; and plain classes, not
+``NamedTuple``s (~0.2 ms each to create).
 """
 
+import _socket
 import os
-import re
-import socket
 import struct
 import time
 from functools import lru_cache
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 # --- protocol constants ------------------------------------------------------------------------------
 
@@ -65,7 +69,17 @@ _HEADER_FIELD_TYPES = {PATH: "o", INTERFACE: "s", MEMBER: "s", ERROR_NAME: "s", 
                        DESTINATION: "s", SENDER: "s", SIGNATURE: "g", UNIX_FDS: "u"}
 _REQUIRED_FIELDS = {METHOD_CALL: (PATH, MEMBER), METHOD_RETURN: (REPLY_SERIAL,),
                     ERROR: (ERROR_NAME, REPLY_SERIAL), SIGNAL: (PATH, INTERFACE, MEMBER)}
-_OBJECT_PATH = re.compile(r"/\Z|(/[A-Za-z0-9_]+)+\Z")
+_PATH_ELEMENT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def valid_object_path(path: str) -> bool:
+    """``/``, or ``/``-separated non-empty elements of ``[A-Za-z0-9_]`` (no trailing ``/``)."""
+    if path == "/":
+        return True
+    return path.startswith("/") and all(
+        element and _PATH_ELEMENT_CHARS.issuperset(element) for element in path[1:].split("/")
+    )
+
 
 # --- errors ------------------------------------------------------------------------------------------
 
@@ -115,11 +129,25 @@ class Signature(str):
     """A D-Bus type signature (``g``)."""
 
 
-class Variant(NamedTuple):
-    """A ``v``: one value of one complete type."""
+class Variant:
+    """A ``v``: one ``value`` of the one complete type ``signature``."""
 
-    signature: str
-    value: Any
+    __slots__ = ("signature", "value")
+
+    def __init__(self, signature: str, value: Any) -> None:
+        self.signature = signature
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Variant):
+            return NotImplemented
+        return self.signature == other.signature and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash((self.signature, self.value))
+
+    def __repr__(self) -> str:
+        return f"Variant({self.signature!r}, {self.value!r})"
 
 
 # --- signatures --------------------------------------------------------------------------------------
@@ -133,12 +161,18 @@ _INT_RANGE = {"y": (0, 0xFF), "n": (-0x8000, 0x7FFF), "q": (0, 0xFFFF), "i": (-0
 _STRUCTS = {order: {code: struct.Struct(order + fmt) for code, fmt in _FIXED_FORMAT.items()} for order in "<>"}
 
 
-class DBusType(NamedTuple):
+class DBusType:
     """One complete type: ``code`` is a type code (``a``, ``(`` and ``{`` for containers) and
     ``children`` its element type (array), members (struct) or key and value (dict entry)."""
 
-    code: str
-    children: Tuple["DBusType", ...] = ()
+    __slots__ = ("children", "code")
+
+    def __init__(self, code: str, children: Tuple["DBusType", ...] = ()) -> None:
+        self.code = code
+        self.children = children
+
+    def __repr__(self) -> str:
+        return f"DBusType({self.code!r}, {self.children!r})"
 
 
 def _parse_one(sig: str, pos: int, arrays: int, structs: int) -> Tuple[DBusType, int]:
@@ -190,6 +224,9 @@ def parse_signature(sig: str) -> Tuple[DBusType, ...]:
     return tuple(types)
 
 
+_SIGNATURE_TYPE = DBusType("g")
+
+
 def _single_type(sig: str) -> DBusType:
     types = parse_signature(sig)
     if len(types) != 1:
@@ -231,7 +268,7 @@ class _Writer:
         elif code in "sog":
             if not isinstance(value, str):
                 raise ProtocolError(f"{code!r} needs a str, not {type(value).__name__}")
-            if code == "o" and not _OBJECT_PATH.match(value):
+            if code == "o" and not valid_object_path(value):
                 raise ProtocolError(f"{value!r} is not a valid object path")
             if code == "g":
                 parse_signature(value)
@@ -249,7 +286,7 @@ class _Writer:
             if not isinstance(value, Variant):
                 raise ProtocolError(f"'v' needs a Variant, not {type(value).__name__}")
             inner = _single_type(value.signature)
-            self.write(DBusType("g"), value.signature)
+            self.write(_SIGNATURE_TYPE, value.signature)
             self.write(inner, value.value, depth + 1)
         elif code == "(":
             if not isinstance(value, (tuple, list)) or len(value) != len(t.children):
@@ -361,7 +398,7 @@ class _Reader:
         if code == "s" or code == "o":
             text = self._text(self.fixed("u"), code)
             if code == "o":
-                if not _OBJECT_PATH.match(text):
+                if not valid_object_path(text):
                     raise ProtocolError(f"invalid object path {text[:80]!r}")
                 return ObjectPath(text)
             return text
@@ -370,7 +407,7 @@ class _Reader:
             parse_signature(text)
             return Signature(text)
         if code == "v":
-            sig = self.read(DBusType("g"))
+            sig = self.read(_SIGNATURE_TYPE)
             return Variant(str(sig), self.read(_single_type(sig), depth + 1))
         if code == "(":
             self.align(8)
@@ -425,14 +462,20 @@ _FIXED_HEADER = 16  # endianness, type, flags, version, body length, serial, hea
 _HEADER_FIELDS_TYPE = parse_signature("a(yv)")[0]
 
 
-class Message(NamedTuple):
-    type: int
-    flags: int
-    serial: int
-    fields: Dict[int, Any]  # header field code -> value (unknown codes are dropped)
-    order: str
-    data: bytes  # the whole message, as received
-    body_offset: int
+class Message:
+    """A received message: header fields decoded (unknown codes dropped), the body on demand."""
+
+    __slots__ = ("body_offset", "data", "fields", "flags", "order", "serial", "type")
+
+    def __init__(self, msg_type: int, flags: int, serial: int, fields: Dict[int, Any], order: str, data: bytes,
+                 body_offset: int) -> None:
+        self.type = msg_type
+        self.flags = flags
+        self.serial = serial
+        self.fields = fields  # header field code -> value
+        self.order = order  # "<" or ">"
+        self.data = data  # the whole message, as received
+        self.body_offset = body_offset
 
     @property
     def signature(self) -> str:
@@ -528,10 +571,15 @@ def encode_message(
 # --- addresses ---------------------------------------------------------------------------------------
 
 
-class Address(NamedTuple):
-    text: str  # as given, for messages
-    sockaddr: Any  # str path or bytes (abstract: leading NUL)
-    guid: Optional[str]
+class Address:
+    """One ``unix:`` entry of a bus address."""
+
+    __slots__ = ("guid", "sockaddr", "text")
+
+    def __init__(self, text: str, sockaddr: Union[str, bytes], guid: Optional[str]) -> None:
+        self.text = text  # as given, for messages
+        self.sockaddr = sockaddr  # a path, or bytes starting with NUL (abstract namespace)
+        self.guid = guid
 
 
 def _unescape(value: str) -> bytes:
@@ -572,7 +620,7 @@ def parse_address(address: str) -> List[Address]:
             keys[key] = _unescape(value)
         guid = keys.pop("guid", b"").decode("ascii", "replace") or None
         if set(keys) == {"path"}:
-            sockaddr: Any = os.fsdecode(keys["path"])
+            sockaddr: Union[str, bytes] = os.fsdecode(keys["path"])
         elif set(keys) == {"abstract"}:
             sockaddr = b"\0" + keys["abstract"]
         else:
@@ -594,7 +642,7 @@ class Connection:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: "_socket.socket",
         address: Address,
         deadline: float,
         *,
@@ -602,7 +650,7 @@ class Connection:
         clock: Callable[[], float] = time.monotonic,
         max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
-        self.sock: Optional[socket.socket] = sock
+        self.sock: Optional[_socket.socket] = sock
         self.address = address
         self.deadline = deadline
         self.timeout = timeout  # what the deadline was set from, for messages
@@ -631,13 +679,13 @@ class Connection:
         failures: List[str] = []
         entries = parse_address(address)
         for entry in entries:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # close-on-exec, as every socket
             conn = cls(sock, entry, deadline, timeout=timeout, clock=clock, max_message=max_message)
             try:
                 sock.settimeout(conn._remaining("connecting"))
                 sock.connect(entry.sockaddr)
                 conn._authenticate()
-            except socket.timeout:
+            except _socket.timeout:
                 conn.close()
                 raise DBusTimeout("connecting", timeout) from None
             except (ConnectFailed, Disconnected, OSError) as exc:
@@ -679,17 +727,17 @@ class Connection:
             raise DBusTimeout(doing, self.timeout)
         return remaining
 
-    def _socket(self) -> socket.socket:
+    def _live_socket(self) -> "_socket.socket":
         if self.sock is None:
             raise Disconnected("connection closed")
         return self.sock
 
     def _send(self, data: bytes, doing: str) -> None:
-        sock = self._socket()
+        sock = self._live_socket()
         try:
             sock.settimeout(self._remaining(doing))
             sock.sendall(data)
-        except socket.timeout:
+        except _socket.timeout:
             self.close()
             raise DBusTimeout(doing, self.timeout) from None
         except OSError as exc:
@@ -699,11 +747,11 @@ class Connection:
     def _fill(self, size: int, doing: str) -> None:
         """Receive until at least ``size`` bytes are buffered."""
         while len(self._buf) < size:
-            sock = self._socket()
+            sock = self._live_socket()
             try:
                 sock.settimeout(self._remaining(doing))
                 chunk = sock.recv(max(RECV_CHUNK, min(size - len(self._buf), self.max_message)))
-            except socket.timeout:
+            except _socket.timeout:
                 self.close()
                 raise DBusTimeout(doing, self.timeout) from None
             except OSError as exc:
