@@ -7,6 +7,7 @@ for generated types and values, and round trips. Malformed and hostile input mus
 ``ProtocolError`` (never another exception, an unbounded allocation or a hang).
 """
 
+import contextlib
 import os
 import socket
 import struct
@@ -86,7 +87,7 @@ def complete_types() -> st.SearchStrategy[str]:
     return st.recursive(st.one_of(BASIC, st.just("v")), extend, max_leaves=6)
 
 
-TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=12)
+TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=12)  # no surrogates, no NUL
 PATHS = st.lists(st.from_regex(r"[A-Za-z0-9_]{1,6}", fullmatch=True), max_size=3).map(
     lambda parts: ObjectPath("/" + "/".join(parts)))
 
@@ -372,20 +373,16 @@ def test_corrupted_messages_only_raise_protocol_error(order: str, data: st.DataO
     message = bytearray(sample_message(order))
     for _ in range(data.draw(st.integers(1, 4))):
         message[data.draw(st.integers(0, len(message) - 1))] = data.draw(st.integers(0, 255))
-    try:
+    with contextlib.suppress(ProtocolError):
         w.decode_message(bytes(message)).body()
-    except ProtocolError:
-        pass
 
 
 @settings(max_examples=300, deadline=None)
 @given(signature=complete_types(), data=st.binary(max_size=64))
 def test_random_bytes_only_raise_protocol_error(signature: str, data: bytes) -> None:
     for order in ORDERS:
-        try:
+        with contextlib.suppress(ProtocolError):
             w.unmarshal(signature, data, order)
-        except ProtocolError:
-            pass
 
 
 def header(order: str = "<", msg_type: int = 2, flags: int = 0, version: int = 1, body_length: int = 0,
