@@ -341,7 +341,11 @@ def marshal(signature: str, values: Sequence[Any], order: str = "<") -> bytes:
 
 
 class _Reader:
-    """Reads values from ``data[pos:end]``; alignment is relative to ``data[0]`` (the message start)."""
+    """Reads values from ``data[pos:end]``; alignment is relative to ``data[0]`` (the message start).
+
+    Written for speed as well as strictness (systemd's ``GetAll`` replies hold hundreds of values):
+    messages are only formatted on failure, and aligned positions skip the padding check.
+    """
 
     def __init__(self, data: bytes, order: str, pos: int = 0, end: Optional[int] = None) -> None:
         self.data = data
@@ -350,44 +354,64 @@ class _Reader:
         self.end = len(data) if end is None else end
         self.structs = _STRUCTS[order]
 
-    def _need(self, n: int, what: str) -> None:
-        if self.pos + n > self.end:
-            raise ProtocolError(f"truncated: {what} at offset {self.pos} needs {n} bytes, "
-                                f"{max(0, self.end - self.pos)} left")
+    def _truncated(self, pos: int, size: int, what: str) -> ProtocolError:
+        return ProtocolError(f"truncated: {what} at offset {pos} needs {size} bytes, {max(0, self.end - pos)} left")
 
     def align(self, alignment: int) -> None:
-        pad = -self.pos % alignment
+        pos = self.pos
+        pad = -pos % alignment
         if pad:
-            self._need(pad, "padding")
-            if any(self.data[self.pos:self.pos + pad]):
-                raise ProtocolError(f"non-zero padding at offset {self.pos}")
-            self.pos += pad
+            if pos + pad > self.end:
+                raise self._truncated(pos, pad, "padding")
+            if any(self.data[pos:pos + pad]):
+                raise ProtocolError(f"non-zero padding at offset {pos}")
+            self.pos = pos + pad
 
     def fixed(self, code: str) -> Any:
-        self.align(_ALIGN[code])
+        """A fixed-size value (each is aligned to its own size)."""
         s = self.structs[code]
-        self._need(s.size, repr(code))
-        (value,) = s.unpack_from(self.data, self.pos)
-        self.pos += s.size
-        return value
+        size = s.size
+        if self.pos % size:
+            self.align(size)
+        pos = self.pos
+        if pos + size > self.end:
+            raise self._truncated(pos, size, repr(code))
+        self.pos = pos + size
+        return s.unpack_from(self.data, pos)[0]
 
     def _text(self, length: int, code: str) -> str:
-        self._need(length + 1, f"{code!r} of {length} bytes")
-        start, self.pos = self.pos, self.pos + length + 1
-        raw = self.data[start:start + length]
-        if self.data[start + length] != 0:
+        """``length`` bytes of UTF-8 and their NUL terminator (``s``, ``o``, ``g``)."""
+        start = self.pos
+        stop = start + length
+        if stop + 1 > self.end:
+            raise self._truncated(start, length + 1, f"{code!r} of {length} bytes")
+        data = self.data
+        if data[stop] != 0:
             raise ProtocolError(f"{code!r} at offset {start} is not NUL-terminated")
-        if b"\0" in raw:
+        if data.find(b"\0", start, stop) >= 0:
             raise ProtocolError(f"{code!r} at offset {start} contains a NUL byte")
+        self.pos = stop + 1
         try:
-            return raw.decode("utf-8")
+            return data[start:stop].decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ProtocolError(f"{code!r} at offset {start} is not valid UTF-8: {exc.reason}") from None
+
+    def _signature(self) -> str:
+        if self.pos >= self.end:
+            raise self._truncated(self.pos, 1, "'g'")
+        length = self.data[self.pos]
+        self.pos += 1
+        return self._text(length, "g")
 
     def read(self, t: DBusType, depth: int = 0) -> Any:
         code = t.code
         if depth > MAX_DEPTH:
             raise ProtocolError(f"value nested deeper than {MAX_DEPTH} at offset {self.pos}")
+        if code == "s":
+            return self._text(self.fixed("u"), code)
+        if code == "v":
+            sig = self._signature()
+            return Variant(sig, self.read(_single_type(sig), depth + 1))
         if code in _FIXED_FORMAT:
             value = self.fixed(code)
             if code == "b":
@@ -395,25 +419,21 @@ class _Reader:
                     raise ProtocolError(f"boolean {value} at offset {self.pos - 4} (must be 0 or 1)")
                 return bool(value)
             return value
-        if code == "s" or code == "o":
-            text = self._text(self.fixed("u"), code)
-            if code == "o":
-                if not valid_object_path(text):
-                    raise ProtocolError(f"invalid object path {text[:80]!r}")
-                return ObjectPath(text)
-            return text
-        if code == "g":
-            text = self._text(self.fixed("y"), code)
-            parse_signature(text)
-            return Signature(text)
-        if code == "v":
-            sig = self.read(_SIGNATURE_TYPE)
-            return Variant(str(sig), self.read(_single_type(sig), depth + 1))
-        if code == "(":
-            self.align(8)
-            return tuple(self.read(member, depth + 1) for member in t.children)
         if code == "a":
             return self._read_array(t.children[0], depth + 1)
+        if code == "(":
+            if self.pos % 8:
+                self.align(8)
+            return tuple([self.read(member, depth + 1) for member in t.children])
+        if code == "o":
+            text = self._text(self.fixed("u"), code)
+            if not valid_object_path(text):
+                raise ProtocolError(f"invalid object path {text[:80]!r}")
+            return ObjectPath(text)
+        if code == "g":
+            text = self._signature()
+            parse_signature(text)
+            return Signature(text)
         raise ProtocolError(f"cannot unmarshal type code {code!r} here")
 
     def _read_array(self, element: DBusType, depth: int) -> Any:
@@ -421,8 +441,9 @@ class _Reader:
         if length > MAX_ARRAY_LENGTH:
             raise ProtocolError(f"array of {length} bytes at offset {self.pos - 4} (at most {MAX_ARRAY_LENGTH})")
         self.align(_ALIGN[element.code])
-        self._need(length, f"array of {length} bytes")
         end = self.pos + length
+        if end > self.end:
+            raise self._truncated(self.pos, length, f"array of {length} bytes")
         outer_end, self.end = self.end, end  # an element may not run past the array's own length
         try:
             if element.code == "y":
@@ -433,7 +454,8 @@ class _Reader:
                 key_type, value_type = element.children
                 result: Dict[Any, Any] = {}
                 while self.pos < end:
-                    self.align(8)
+                    if self.pos % 8:
+                        self.align(8)
                     key = self.read(key_type, depth + 1)
                     result[key] = self.read(value_type, depth + 1)
                 return result
