@@ -11,7 +11,8 @@ What this module owns:
 - **Handshake**: a NUL byte, SASL ``AUTH EXTERNAL <hex of the euid's decimal digits>``, ``OK <guid>``,
   ``BEGIN``, then ``org.freedesktop.DBus.Hello`` (the bus's unique name for this connection).
 - **Method calls**: one overall deadline for the connection (every connect/send/recv gets what is
-  left of it); replies matched by ``REPLY_SERIAL``; an error reply becomes ``RemoteError`` with the
+  left of it); several calls can be sent at once (``call_many``: one round trip); replies matched
+  by ``REPLY_SERIAL``; an error reply becomes ``RemoteError`` with the
   D-Bus error name and message; signals, other replies, calls to us and unknown message types are
   read and skipped without decoding their body. Calls carry ``NO_AUTO_START``: reading state never
   activates a service. Unix fds are never negotiated.
@@ -99,6 +100,7 @@ class DBusTimeout(DBusError):
         super().__init__(f"no answer within {timeout:.3g}s while {doing}")
         self.doing = doing
         self.timeout = timeout
+        self.unanswered: Tuple[int, ...] = ()  # Connection.call_many: the calls still without a reply
 
 
 class Disconnected(DBusError):
@@ -847,25 +849,70 @@ class Connection:
     ) -> Tuple[Any, ...]:
         """Call a method and return the reply's values; ``RemoteError`` for an error reply, and
         ``ProtocolError`` when ``reply_signature`` is given and the reply has another."""
-        self._serial += 1
-        serial = self._serial
-        fields = {PATH: ObjectPath(path), INTERFACE: interface, MEMBER: member, DESTINATION: destination}
-        data = encode_message(METHOD_CALL, serial, fields, signature, args,
-                              flags=0 if auto_start else NO_AUTO_START)
-        doing = f"waiting for the reply to {member}"
-        self._send(data, f"calling {member}")
-        while True:
-            message = self.receive(doing)
-            if message.type not in (METHOD_RETURN, ERROR) or message.reply_serial != serial:
-                continue  # signals, calls to us, other replies, unknown types: not ours to handle
+        call = MethodCall(destination, path, interface, member, signature, args, reply_signature=reply_signature)
+        (result,) = self.call_many([call], auto_start=auto_start)
+        if isinstance(result, RemoteError):
+            raise result
+        return result
+
+    def call_many(
+        self, calls: Sequence["MethodCall"], *, auto_start: bool = False
+    ) -> List[Union[Tuple[Any, ...], RemoteError]]:
+        """Send every call at once, then collect the replies (in whatever order they come): one round
+        trip instead of one per call. Each result is the reply's values or, in its place, the
+        ``RemoteError`` of an error reply. A timeout raises ``DBusTimeout`` with ``unanswered`` set
+        (indexes into ``calls``); a reply not of the call's ``reply_signature`` raises ``ProtocolError``.
+        """
+        waiting: Dict[int, int] = {}  # serial -> index in calls
+        data = bytearray()
+        for index, call in enumerate(calls):
+            self._serial += 1
+            waiting[self._serial] = index
+            fields = {PATH: ObjectPath(call.path), INTERFACE: call.interface, MEMBER: call.member,
+                      DESTINATION: call.destination}
+            data += encode_message(METHOD_CALL, self._serial, fields, call.signature, call.args,
+                                   flags=0 if auto_start else NO_AUTO_START)
+        results: List[Union[Tuple[Any, ...], RemoteError, None]] = [None] * len(calls)
+        if calls:
+            self._send(bytes(data), f"calling {calls[0].member}")
+        while waiting:
+            first = calls[min(waiting.values())]
             try:
-                if message.type == METHOD_RETURN and reply_signature not in (None, message.signature):
-                    raise ProtocolError(f"{member} returned {message.signature!r}, expected {reply_signature!r}")
+                message = self.receive(f"waiting for the reply to {first.member}")
+            except DBusTimeout as exc:
+                exc.unanswered = tuple(sorted(waiting.values()))
+                raise
+            if message.type not in (METHOD_RETURN, ERROR) or message.reply_serial not in waiting:
+                continue  # signals, calls to us, other replies, unknown types: not ours to handle
+            index = waiting.pop(message.reply_serial)
+            call = calls[index]
+            try:
+                if message.type == METHOD_RETURN and call.reply_signature not in (None, message.signature):
+                    raise ProtocolError(f"{call.member} returned {message.signature!r}, "
+                                        f"expected {call.reply_signature!r}")
                 body = message.body()
             except ProtocolError:
                 self.close()  # a peer that sends this is not one to keep talking to
                 raise
             if message.type == ERROR:
                 text = body[0] if body and isinstance(body[0], str) else ""
-                raise RemoteError(str(message.fields[ERROR_NAME]), text)
-            return body
+                results[index] = RemoteError(str(message.fields[ERROR_NAME]), text)
+            else:
+                results[index] = body
+        return [r for r in results if r is not None]  # all of them: every call was answered
+
+
+class MethodCall:
+    """A method call for ``Connection.call_many``."""
+
+    __slots__ = ("args", "destination", "interface", "member", "path", "reply_signature", "signature")
+
+    def __init__(self, destination: str, path: str, interface: str, member: str, signature: str = "",
+                 args: Sequence[Any] = (), *, reply_signature: Optional[str] = None) -> None:
+        self.destination = destination
+        self.path = path
+        self.interface = interface
+        self.member = member
+        self.signature = signature
+        self.args = args
+        self.reply_signature = reply_signature

@@ -461,44 +461,86 @@ def connect(address: Optional[str] = None, *, timeout: float = DEFAULT_CALL_TIME
     return SystemdClient(address, timeout=timeout).connect()
 
 
+class _Request(NamedTuple):
+    unit: str
+    path: str
+    iface: str
+    method: str
+    args: Tuple[str, Tuple[Any, ...]]  # (signature, values)
+    reply: str  # the reply's signature: one value
+
+
 class _UnitReader:
     """Reads unit state over ``agent.dbus_wire`` the way ``SystemdClient.unit_state`` does over pydbus
-    (``GetUnit``, else ``LoadUnit``; ``Unit`` properties; ``Service.MainPID``), errors mapped alike."""
+    (``GetUnit``, else ``LoadUnit``; ``Unit`` properties; ``Service.MainPID``), errors mapped alike.
+    The calls for all units go out together, in two or three round trips in all."""
 
     def __init__(self, bus: "Connection", address: str, timeout: float) -> None:
         self.bus = bus
         self.address = address
         self.timeout = timeout
 
-    def call(self, path: str, iface: str, method: str, args: Tuple[str, Tuple[Any, ...]], reply: str,
-             unit: str) -> Any:
-        """The reply's one value (of type ``reply``); failures as ``SystemdError``s naming the unit."""
+    def batch(self, requests: Sequence[_Request]) -> List[Union[Any, SystemdError]]:
+        """Each request's one reply value, or its error as a ``SystemdError`` naming the unit (returned,
+        for the caller to judge); a failure of the whole exchange (timeout, bus gone) is raised."""
         from agent import dbus_wire
 
+        calls = [dbus_wire.MethodCall(SYSTEMD_BUS_NAME, r.path, r.iface, r.method, r.args[0], r.args[1],
+                                      reply_signature=r.reply) for r in requests]
         try:
-            (value,) = self.bus.call(SYSTEMD_BUS_NAME, path, iface, method, args[0], args[1], reply_signature=reply)
-            return value
-        except dbus_wire.RemoteError as exc:
-            if exc.name in (f"{DBUS_ERROR}.ServiceUnknown", f"{DBUS_ERROR}.NameHasNoOwner"):
-                raise BusUnreachable(f"system bus {self.address}: systemd ({SYSTEMD_BUS_NAME}) is not on it: "
-                                     f"{exc.message}", unit) from None
-            raise _error_for(exc.name, exc.message, f"{unit}: {method}", unit, self.timeout, self.address) from None
-        except dbus_wire.DBusTimeout:
-            raise SystemdTimeout(f"{unit}: {method}: systemd did not answer within {self.timeout:.3g}s",
-                                 unit) from None
+            replies = self.bus.call_many(calls)
+        except dbus_wire.DBusTimeout as exc:
+            late = requests[exc.unanswered[0] if exc.unanswered else 0]
+            raise SystemdTimeout(f"{late.unit}: {late.method}: systemd did not answer within {self.timeout:.3g}s",
+                                 late.unit) from None
         except dbus_wire.DBusError as exc:  # disconnected, or a reply this client cannot read
-            raise BusUnreachable(f"system bus {self.address}: {unit}: {method}: {exc}", unit) from None
+            first = requests[0]
+            raise BusUnreachable(f"system bus {self.address}: {first.unit}: {first.method}: {exc}",
+                                 first.unit) from None
+        results: List[Union[Any, SystemdError]] = []
+        for request, reply in zip(requests, replies):
+            if not isinstance(reply, dbus_wire.RemoteError):
+                results.append(reply[0])
+            elif reply.name in (f"{DBUS_ERROR}.ServiceUnknown", f"{DBUS_ERROR}.NameHasNoOwner"):
+                results.append(BusUnreachable(f"system bus {self.address}: systemd ({SYSTEMD_BUS_NAME}) is not on "
+                                              f"it: {reply.message}", request.unit))
+            else:
+                results.append(_error_for(reply.name, reply.message, f"{request.unit}: {request.method}",
+                                          request.unit, self.timeout, self.address))
+        return results
 
-    def unit_state(self, name: str) -> UnitState:
-        try:
-            path = self.call(MANAGER_PATH, MANAGER_IFACE, "GetUnit", ("s", (name,)), "o", name)
-        except UnitNotLoaded:
-            path = self.call(MANAGER_PATH, MANAGER_IFACE, "LoadUnit", ("s", (name,)), "o", name)
-        props = self.call(path, PROPERTIES_IFACE, "GetAll", ("s", (UNIT_IFACE,)), "a{sv}", name)
+    def unit_states(self, names: Sequence[str]) -> Tuple[UnitState, ...]:
+        paths = self.batch([_Request(n, MANAGER_PATH, MANAGER_IFACE, "GetUnit", ("s", (n,)), "o") for n in names])
+        not_loaded = [i for i, path in enumerate(paths) if isinstance(path, UnitNotLoaded)]
+        if not_loaded:  # LoadUnit reads it from disk if it exists, else gives a "not-found" unit
+            loaded = self.batch([_Request(names[i], MANAGER_PATH, MANAGER_IFACE, "LoadUnit", ("s", (names[i],)), "o")
+                                 for i in not_loaded])
+            for i, path in zip(not_loaded, loaded):
+                paths[i] = path
+        unit_paths: List[str] = []
+        for path in paths:
+            if isinstance(path, SystemdError):
+                raise path
+            unit_paths.append(path)
+        requests = []
+        for name, path in zip(names, unit_paths):
+            requests.append(_Request(name, path, PROPERTIES_IFACE, "GetAll", ("s", (UNIT_IFACE,)), "a{sv}"))
+            if name.endswith(".service"):  # used only when the unit turns out to be loaded
+                requests.append(_Request(name, path, PROPERTIES_IFACE, "Get", ("ss", (SERVICE_IFACE, "MainPID")), "v"))
+        replies = iter(self.batch(requests))
+        return tuple(self._unit_state(name, next(replies), next(replies) if name.endswith(".service") else None)
+                     for name in names)
+
+    @staticmethod
+    def _unit_state(name: str, props: Union[Any, SystemdError], main_pid: Union[Any, SystemdError, None]) -> UnitState:
+        if isinstance(props, SystemdError):
+            raise props
         values = {key: variant.value for key, variant in props.items()}
-        main_pid: Any = 0
-        if name.endswith(".service") and values.get("LoadState") == "loaded":
-            main_pid = self.call(path, PROPERTIES_IFACE, "Get", ("ss", (SERVICE_IFACE, "MainPID")), "v", name).value
+        pid: Any = 0
+        if main_pid is not None and values.get("LoadState") == "loaded":
+            if isinstance(main_pid, SystemdError):
+                raise main_pid
+            pid = main_pid.value
         try:
             return UnitState(
                 name=name,
@@ -506,7 +548,7 @@ class _UnitReader:
                 active_state=str(values.get("ActiveState", "")),
                 sub_state=str(values.get("SubState", "")),
                 active_enter_timestamp=int(values.get("ActiveEnterTimestamp", 0)),
-                main_pid=int(main_pid),
+                main_pid=int(pid),
                 invocation_id=bytes(values.get("InvocationID") or b"").hex(),
             )
         except (TypeError, ValueError) as exc:
@@ -527,9 +569,8 @@ def discover(names: Sequence[str], *, address: Optional[str] = None,
     except dbus_wire.DBusError as exc:
         return BusUnreachable(f"system bus {address}: {exc}")
     with bus:
-        reader = _UnitReader(bus, address, timeout)
         try:
-            return UnitStates(address, tuple(reader.unit_state(name) for name in names))
+            return UnitStates(address, _UnitReader(bus, address, timeout).unit_states(names))
         except SystemdError as exc:
             return exc
 

@@ -814,3 +814,57 @@ def test_deadline_uses_the_injected_clock(peer: Callable[..., Peer]) -> None:
     now = iter([0.0, 100.0])
     with pytest.raises(w.DBusTimeout, match="while connecting"):
         open_bus(p.address, timeout=5, clock=lambda: next(now))
+
+
+def test_calls_sent_together_and_answered_in_any_order(peer: Callable[..., Peer]) -> None:
+    def script(side: PeerSide) -> None:
+        side.handshake()
+        side.hello()
+        first, second, third = side.message(), side.message(), side.message()
+        side.reply(third, "u", [3])
+        side.error(second, "org.freedesktop.DBus.Error.AccessDenied", "no")
+        side.reply(first, "u", [1])
+        side.drain()
+
+    p = peer(script)
+    with open_bus(p.address) as bus:
+        results = bus.call_many([w.MethodCall("a.b", "/", "a.b", f"M{i}", "u", [i]) for i in (1, 2, 3)])
+    assert results[0] == (1,) and results[2] == (3,)
+    assert isinstance(results[1], w.RemoteError) and results[1].name == "org.freedesktop.DBus.Error.AccessDenied"
+    assert [m.fields[w.MEMBER] for m in p.check().received[1:]] == ["M1", "M2", "M3"]
+
+
+def test_timeout_names_the_unanswered_calls(peer: Callable[..., Peer]) -> None:
+    def script(side: PeerSide) -> None:
+        side.handshake()
+        side.hello()
+        first = side.message()
+        side.message()
+        side.message()
+        side.reply(first, "u", [1])
+        side.drain()
+
+    p = peer(script)
+    with open_bus(p.address, timeout=0.5) as bus, pytest.raises(w.DBusTimeout) as err:
+        bus.call_many([w.MethodCall("a.b", "/", "a.b", f"M{i}") for i in (1, 2, 3)])
+    assert err.value.unanswered == (1, 2)
+    assert str(err.value) == "no answer within 0.5s while waiting for the reply to M2"
+
+
+def test_discovery_names_the_unit_systemd_did_not_answer_for(peer: Callable[..., Peer]) -> None:
+    """Through ``systemd.discover``: GetUnit answered for containerd, not for kubelet."""
+    from agent import systemd
+
+    def script(side: PeerSide) -> None:
+        side.handshake()
+        side.hello()
+        containerd, kubelet = side.message(), side.message()
+        assert containerd.body() == ("containerd.service",) and kubelet.body() == ("kubelet.service",)
+        side.reply(containerd, "o", [ObjectPath("/org/freedesktop/systemd1/unit/containerd_2eservice")])
+        side.drain()
+
+    p = peer(script)
+    found = systemd.discover(["containerd.service", "kubelet.service"], address=p.address, timeout=0.5)
+    assert isinstance(found, systemd.SystemdTimeout)
+    assert (str(found), found.unit) == ("kubelet.service: GetUnit: systemd did not answer within 0.5s",
+                                        "kubelet.service")
