@@ -92,8 +92,13 @@ PATHS = st.lists(st.from_regex(r"[A-Za-z0-9_]{1,6}", fullmatch=True), max_size=3
     lambda parts: ObjectPath("/" + "/".join(parts)))
 
 
-def values_of(t: w.DBusType, depth: int = 0, handle_max: int = 0xFFFFFFFF) -> st.SearchStrategy[Any]:
+def values_of(t: w.DBusType, depth: int = 0, handle_max: int = 0xFFFFFFFF,
+              empty_signatures: bool = True) -> st.SearchStrategy[Any]:
     code = t.code
+
+    def inner(child: w.DBusType, level: int) -> st.SearchStrategy[Any]:
+        return values_of(child, level, handle_max, empty_signatures)
+
     if code in INT_RANGES:
         return st.integers(*INT_RANGES[code])
     if code == "h":
@@ -107,30 +112,30 @@ def values_of(t: w.DBusType, depth: int = 0, handle_max: int = 0xFFFFFFFF) -> st
     if code == "o":
         return PATHS
     if code == "g":
-        return st.lists(complete_types(), max_size=3).map("".join).filter(lambda s: len(s) <= 255).map(Signature)
+        return st.lists(complete_types(), min_size=0 if empty_signatures else 1, max_size=3).map("".join).filter(
+            lambda s: len(s) <= 255).map(Signature)
     if code == "v":
         if depth > 3:
             return st.just(Variant("y", 1))
         return complete_types().flatmap(
-            lambda sig: values_of(w.parse_signature(sig)[0], depth + 1, handle_max).map(lambda v: Variant(sig, v)))
+            lambda sig: inner(w.parse_signature(sig)[0], depth + 1).map(lambda v: Variant(sig, v)))
     if code == "(":
-        return st.tuples(*(values_of(m, depth + 1, handle_max) for m in t.children))
+        return st.tuples(*(inner(m, depth + 1) for m in t.children))
     element = t.children[0]
     if element.code == "y":
         return st.binary(max_size=8)
     if element.code == "{":
         key, value = element.children
-        return st.dictionaries(values_of(key, depth + 1, handle_max), values_of(value, depth + 1, handle_max),
-                               max_size=3)
-    return st.lists(values_of(element, depth + 1, handle_max), max_size=3)
+        return st.dictionaries(inner(key, depth + 1), inner(value, depth + 1), max_size=3)
+    return st.lists(inner(element, depth + 1), max_size=3)
 
 
 @st.composite
-def bodies(draw: Any, handle_max: int = 0xFFFFFFFF) -> Tuple[str, List[Any]]:
+def bodies(draw: Any, handle_max: int = 0xFFFFFFFF, empty_signatures: bool = True) -> Tuple[str, List[Any]]:
     """(signature of 1-3 complete types, values)."""
     types = draw(st.lists(complete_types(), min_size=1, max_size=3))
     signature = "".join(types)
-    values = [draw(values_of(w.parse_signature(t)[0], 0, handle_max)) for t in types]
+    values = [draw(values_of(w.parse_signature(t)[0], 0, handle_max, empty_signatures)) for t in types]
     return signature, values
 
 
@@ -208,8 +213,11 @@ def test_reads_glib_messages(body: Tuple[str, List[Any]], order: str) -> None:
     assert message.body() == tuple(values)
 
 
+# GLib 2.74's parser mishandles an empty signature ('g' of length 0) that ends an array element: it
+# drops the element or fails, on its own messages as on ours (its encoding of them is byte-for-byte
+# ours, see above). So GLib only reads messages without empty signatures here.
 @FAST
-@given(body=bodies(GLIB_HANDLE_MAX), order=st.sampled_from(ORDERS))
+@given(body=bodies(GLIB_HANDLE_MAX, empty_signatures=False), order=st.sampled_from(ORDERS))
 def test_glib_reads_our_messages(body: Tuple[str, List[Any]], order: str) -> None:
     from gi.repository import Gio
 
