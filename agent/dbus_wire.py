@@ -57,13 +57,13 @@ BUS_INTERFACE = "org.freedesktop.DBus"
 # --- limits (specification values unless noted) -----------------------------------------------------
 
 MAX_MESSAGE_SIZE = 1 << 27  # 128 MiB, the specification's ceiling
-DEFAULT_MAX_MESSAGE = 4 << 20  # what this client accepts by default: systemd's GetAll is ~10 KiB
+DEFAULT_MAX_MESSAGE = 4 << 20  # accepted by default; systemd's GetAll replies are 3-11 KiB
 MAX_ARRAY_LENGTH = 1 << 26
 MAX_SIGNATURE_LENGTH = 255
 MAX_ARRAY_NESTING = 32
 MAX_STRUCT_NESTING = 32
 MAX_DEPTH = 64  # arrays + structs + dict entries + variants, in one value
-MAX_AUTH_LINE = 16384  # not specified; libdbus accepts lines up to 16 KiB
+MAX_AUTH_LINE = 16384  # not specified by D-Bus; real lines are under 100 bytes
 RECV_CHUNK = 65536
 
 _HEADER_FIELD_TYPES = {PATH: "o", INTERFACE: "s", MEMBER: "s", ERROR_NAME: "s", REPLY_SERIAL: "u",

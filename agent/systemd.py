@@ -12,8 +12,8 @@ unit stayed up). Every failure is one ``SystemdError`` line naming the unit and 
 
 Discovery (``discover``: ``check``, ``plan``, and ``run`` before deciding) only reads, and does so
 over ``agent.dbus_wire``, a small client on the standard library's sockets: importing gi + pydbus
-costs more than the rest of ``check``. gi/pydbus are imported inside the client's methods, so only
-a restart loads them, and importing this module (for its data types and checks) stays cheap.
+costs more than the rest of ``check``. gi/pydbus are imported inside ``SystemdClient``'s methods, so
+only a restart loads them, and importing this module (for its data types and checks) stays cheap.
 """
 
 import contextlib
@@ -494,9 +494,7 @@ class _UnitReader:
             raise SystemdTimeout(f"{late.unit}: {late.method}: systemd did not answer within {self.timeout:.3g}s",
                                  late.unit) from None
         except dbus_wire.DBusError as exc:  # disconnected, or a reply this client cannot read
-            first = requests[0]
-            raise BusUnreachable(f"system bus {self.address}: {first.unit}: {first.method}: {exc}",
-                                 first.unit) from None
+            raise BusUnreachable(f"system bus {self.address}: {exc}", requests[0].unit) from None
         results: List[Union[Any, SystemdError]] = []
         for request, reply in zip(requests, replies):
             if not isinstance(reply, dbus_wire.RemoteError):

@@ -876,3 +876,24 @@ def test_discovery_names_the_unit_systemd_did_not_answer_for(peer: Callable[...,
     assert isinstance(found, systemd.SystemdTimeout)
     assert (str(found), found.unit) == ("kubelet.service: GetUnit: systemd did not answer within 0.5s",
                                         "kubelet.service")
+
+
+@pytest.mark.parametrize(("behaviour", "expected"), [
+    ("hang up", "the peer closed the connection while waiting for the reply to GetUnit"),
+    ("wrong type", "GetUnit returned 's', expected 'o'"),
+])
+def test_discovery_when_the_peer_misbehaves(peer: Callable[..., Peer], behaviour: str, expected: str) -> None:
+    from agent import systemd
+
+    def script(side: PeerSide) -> None:
+        side.handshake()
+        side.hello()
+        call = side.message()
+        if behaviour == "wrong type":
+            side.reply(call, "s", ["/not/a/path"])
+            side.drain()
+
+    p = peer(script)
+    found = systemd.discover(["containerd.service"], address=p.address)
+    assert isinstance(found, systemd.BusUnreachable)
+    assert str(found) == f"system bus {p.address}: {expected}"
