@@ -274,7 +274,10 @@ class _Writer:
                 raise ProtocolError(f"{value!r} is not a valid object path")
             if code == "g":
                 parse_signature(value)
-            data = value.encode("utf-8")
+            try:
+                data = value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ProtocolError(f"{code!r} value is not valid UTF-8: {exc.reason}") from None
             if b"\0" in data:
                 raise ProtocolError(f"{code!r} value contains a NUL character")
             if code == "g":

@@ -333,6 +333,7 @@ def test_variant_nesting_is_bounded() -> None:
     ("d", "1.0", "'d' needs a float"),
     ("s", b"x", "'s' needs a str"),
     ("s", "a\0b", "contains a NUL character"),
+    ("s", "\udc80", "not valid UTF-8"),
     ("o", "/a/", "not a valid object path"),
     ("g", "z", "unknown type code"),
     ("v", 5, "'v' needs a Variant"),
