@@ -706,7 +706,10 @@ class Connection:
         failures: List[str] = []
         entries = parse_address(address)
         for entry in entries:
-            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # close-on-exec, as every socket
+            try:
+                sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # close-on-exec, as every socket
+            except OSError as exc:  # e.g. out of file descriptors
+                raise ConnectFailed(f"cannot create a socket: {exc.strerror or exc}") from None
             conn = cls(sock, entry, deadline, timeout=timeout, clock=clock, max_message=max_message)
             try:
                 sock.settimeout(conn._remaining("connecting"))
