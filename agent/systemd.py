@@ -10,8 +10,10 @@ A restart is ``Manager.RestartUnit(unit, "replace")`` done the way nodeadm does 
 with a deadline, then confirm ``ActiveState == "active"`` (the job result alone does not say the
 unit stayed up). Every failure is one ``SystemdError`` line naming the unit and what was expected.
 
-gi/pydbus are imported inside the functions that talk to the bus, so importing this module (for
-its data types and checks) stays cheap.
+Discovery (``discover``: ``check``, ``plan``, and ``run`` before deciding) only reads, and does so
+over ``agent.dbus_wire``, a small client on the standard library's sockets: importing gi + pydbus
+costs more than the rest of ``check``. gi/pydbus are imported inside ``SystemdClient``'s methods, so
+only a restart loads them, and importing this module (for its data types and checks) stays cheap.
 """
 
 import contextlib
@@ -39,6 +41,7 @@ from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
 
 if TYPE_CHECKING:
     from agent.containerd import ContainerdConfigSet
+    from agent.dbus_wire import Connection
 
 BUS_ADDRESS_ENV = "DBUS_SYSTEM_BUS_ADDRESS"
 DEFAULT_BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
@@ -184,6 +187,23 @@ def _glib_error_name(exc: BaseException) -> Tuple[str, str]:
     return "", message
 
 
+def _error_for(name: str, message: str, what: str, unit: Optional[str], timeout: float,
+               address: str) -> SystemdError:
+    """The ``SystemdError`` for a D-Bus error ``name`` (or a GIO error, ``gio.<nick>``) during ``what``."""
+    if name in ("gio.timed-out", f"{DBUS_ERROR}.NoReply", f"{DBUS_ERROR}.Timeout"):
+        return SystemdTimeout(f"{what}: systemd did not answer within {timeout:.3g}s", unit)
+    if name == "org.freedesktop.systemd1.NoSuchUnit":
+        return UnitNotLoaded(f"{unit}: no such unit (systemd has not loaded it)", unit)
+    if name in ("org.freedesktop.systemd1.LoadFailed",):
+        return UnitNotLoaded(f"{unit}: {message}", unit)
+    if name in (f"{DBUS_ERROR}.ServiceUnknown", f"{DBUS_ERROR}.NameHasNoOwner", "gio.closed",
+                f"{DBUS_ERROR}.Disconnected"):
+        return BusUnreachable(f"system bus {address}: {message}", unit)
+    if name in (f"{DBUS_ERROR}.AccessDenied", f"{DBUS_ERROR}.InteractiveAuthorizationRequired"):
+        return SystemdError(f"{what}: permission denied ({message}); the agent must run as root", unit)
+    return SystemdError(f"{what}: {message}" + (f" ({name})" if name else ""), unit)
+
+
 class SystemdClient:
     """A connection to systemd on one system bus. Use as a context manager (closes the connection)."""
 
@@ -260,18 +280,7 @@ class SystemdClient:
 
     def _error(self, exc: BaseException, what: str, unit: Optional[str], timeout: float) -> SystemdError:
         name, message = _glib_error_name(exc)
-        if name in ("gio.timed-out", f"{DBUS_ERROR}.NoReply", f"{DBUS_ERROR}.Timeout"):
-            return SystemdTimeout(f"{what}: systemd did not answer within {timeout:.3g}s", unit)
-        if name == "org.freedesktop.systemd1.NoSuchUnit":
-            return UnitNotLoaded(f"{unit}: no such unit (systemd has not loaded it)", unit)
-        if name in ("org.freedesktop.systemd1.LoadFailed",):
-            return UnitNotLoaded(f"{unit}: {message}", unit)
-        if name in (f"{DBUS_ERROR}.ServiceUnknown", f"{DBUS_ERROR}.NameHasNoOwner", "gio.closed",
-                    f"{DBUS_ERROR}.Disconnected"):
-            return BusUnreachable(f"system bus {self.address}: {message}", unit)
-        if name in (f"{DBUS_ERROR}.AccessDenied", f"{DBUS_ERROR}.InteractiveAuthorizationRequired"):
-            return SystemdError(f"{what}: permission denied ({message}); the agent must run as root", unit)
-        return SystemdError(f"{what}: {message}" + (f" ({name})" if name else ""), unit)
+        return _error_for(name, message, what, unit, timeout, self.address)
 
     def _call(
         self,
@@ -452,16 +461,116 @@ def connect(address: Optional[str] = None, *, timeout: float = DEFAULT_CALL_TIME
     return SystemdClient(address, timeout=timeout).connect()
 
 
+class _Request(NamedTuple):
+    unit: str
+    path: str
+    iface: str
+    method: str
+    args: Tuple[str, Tuple[Any, ...]]  # (signature, values)
+    reply: str  # the reply's signature: one value
+
+
+class _UnitReader:
+    """Reads unit state over ``agent.dbus_wire`` the way ``SystemdClient.unit_state`` does over pydbus
+    (``GetUnit``, else ``LoadUnit``; ``Unit`` properties; ``Service.MainPID``), errors mapped alike.
+    The calls for all units go out together, in two or three round trips in all."""
+
+    def __init__(self, bus: "Connection", address: str, timeout: float) -> None:
+        self.bus = bus
+        self.address = address
+        self.timeout = timeout
+
+    def batch(self, requests: Sequence[_Request]) -> List[Union[Any, SystemdError]]:
+        """Each request's one reply value, or its error as a ``SystemdError`` naming the unit (returned,
+        for the caller to judge); a failure of the whole exchange (timeout, bus gone) is raised."""
+        from agent import dbus_wire
+
+        calls = [dbus_wire.MethodCall(SYSTEMD_BUS_NAME, r.path, r.iface, r.method, r.args[0], r.args[1],
+                                      reply_signature=r.reply) for r in requests]
+        try:
+            replies = self.bus.call_many(calls)
+        except dbus_wire.DBusTimeout as exc:
+            late = requests[exc.unanswered[0] if exc.unanswered else 0]
+            raise SystemdTimeout(f"{late.unit}: {late.method}: systemd did not answer within {self.timeout:.3g}s",
+                                 late.unit) from None
+        except dbus_wire.DBusError as exc:  # disconnected, or a reply this client cannot read
+            raise BusUnreachable(f"system bus {self.address}: {exc}", requests[0].unit) from None
+        results: List[Union[Any, SystemdError]] = []
+        for request, reply in zip(requests, replies):
+            if not isinstance(reply, dbus_wire.RemoteError):
+                results.append(reply[0])
+            elif reply.name in (f"{DBUS_ERROR}.ServiceUnknown", f"{DBUS_ERROR}.NameHasNoOwner"):
+                results.append(BusUnreachable(f"system bus {self.address}: systemd ({SYSTEMD_BUS_NAME}) is not on "
+                                              f"it: {reply.message}", request.unit))
+            else:
+                results.append(_error_for(reply.name, reply.message, f"{request.unit}: {request.method}",
+                                          request.unit, self.timeout, self.address))
+        return results
+
+    def unit_states(self, names: Sequence[str]) -> Tuple[UnitState, ...]:
+        paths = self.batch([_Request(n, MANAGER_PATH, MANAGER_IFACE, "GetUnit", ("s", (n,)), "o") for n in names])
+        not_loaded = [i for i, path in enumerate(paths) if isinstance(path, UnitNotLoaded)]
+        if not_loaded:  # LoadUnit reads it from disk if it exists, else gives a "not-found" unit
+            loaded = self.batch([_Request(names[i], MANAGER_PATH, MANAGER_IFACE, "LoadUnit", ("s", (names[i],)), "o")
+                                 for i in not_loaded])
+            for i, path in zip(not_loaded, loaded):
+                paths[i] = path
+        unit_paths: List[str] = []
+        for path in paths:
+            if isinstance(path, SystemdError):
+                raise path
+            unit_paths.append(path)
+        requests = []
+        for name, path in zip(names, unit_paths):
+            requests.append(_Request(name, path, PROPERTIES_IFACE, "GetAll", ("s", (UNIT_IFACE,)), "a{sv}"))
+            if name.endswith(".service"):  # used only when the unit turns out to be loaded
+                requests.append(_Request(name, path, PROPERTIES_IFACE, "Get", ("ss", (SERVICE_IFACE, "MainPID")), "v"))
+        replies = iter(self.batch(requests))
+        return tuple(self._unit_state(name, next(replies), next(replies) if name.endswith(".service") else None)
+                     for name in names)
+
+    @staticmethod
+    def _unit_state(name: str, props: Union[Any, SystemdError], main_pid: Union[Any, SystemdError, None]) -> UnitState:
+        if isinstance(props, SystemdError):
+            raise props
+        values = {key: variant.value for key, variant in props.items()}
+        pid: Any = 0
+        if main_pid is not None and values.get("LoadState") == "loaded":
+            if isinstance(main_pid, SystemdError):
+                raise main_pid
+            pid = main_pid.value
+        try:
+            return UnitState(
+                name=name,
+                load_state=str(values.get("LoadState", "")),
+                active_state=str(values.get("ActiveState", "")),
+                sub_state=str(values.get("SubState", "")),
+                active_enter_timestamp=int(values.get("ActiveEnterTimestamp", 0)),
+                main_pid=int(pid),
+                invocation_id=bytes(values.get("InvocationID") or b"").hex(),
+            )
+        except (TypeError, ValueError) as exc:
+            raise SystemdError(f"{name}: unexpected property value from systemd: {exc}", name) from None
+
+
 def discover(names: Sequence[str], *, address: Optional[str] = None,
              timeout: float = DISCOVERY_TIMEOUT) -> Union[UnitStates, SystemdError]:
-    """The state of ``names``; a failure (no bus, systemd silent) is returned as data, never raised."""
+    """The state of ``names``, read-only over ``agent.dbus_wire`` within ``timeout`` overall (no gi or
+    pydbus import); a failure (no bus, systemd silent) is returned as data, never raised."""
+    from agent import dbus_wire
+
+    address = address or bus_address()
     try:
-        with SystemdClient(address, timeout=timeout) as client:
-            return client.unit_states(names, timeout=timeout)
-    except SystemdError as exc:
-        return exc
-    except ImportError as exc:  # python3-gobject / pydbus missing: the RPM requires them
-        return BusUnreachable(f"cannot talk to systemd: {exc}")
+        bus = dbus_wire.Connection.open(address, timeout=timeout)
+    except dbus_wire.DBusTimeout as exc:
+        return SystemdTimeout(f"system bus {address}: {exc}")
+    except dbus_wire.DBusError as exc:
+        return BusUnreachable(f"system bus {address}: {exc}")
+    with bus:
+        try:
+            return UnitStates(address, _UnitReader(bus, address, timeout).unit_states(names))
+        except SystemdError as exc:
+            return exc
 
 
 def units_to_discover(units: Sequence[str]) -> List[str]:

@@ -79,14 +79,15 @@ def test_journald_priority_prefixes_when_stderr_is_the_journal(tmp_path: Any, mo
     assert "timestamp" not in json.loads(lines[0][3:])  # the journal stamps lines itself
 
 
-def test_check_does_not_import_structlog_or_requests(tmp_path: Any) -> None:
+def test_check_does_not_import_heavy_modules(tmp_path: Any) -> None:
+    """structlog and requests load only when used; gi and pydbus only for a restart (``run``)."""
     node = tmp_path / "node"
     (node / "etc/containerd").mkdir(parents=True)
     (node / "etc/containerd/config.toml").write_text("version = 3\n")
     code = (
         "import sys\nfrom agent.cli import main\n"
         f"main(['--root', {str(node)!r}, 'check'])\n"
-        "print(sorted(m for m in ('structlog', 'requests') if m in sys.modules))"
+        "print(sorted(m for m in ('structlog', 'requests', 'gi', 'pydbus') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
     assert out.splitlines()[-1] == "[]"

@@ -1,0 +1,423 @@
+"""Unit-state discovery over the read-only D-Bus client, against a real systemd (booted in private
+namespaces, tests/systemd_harness.py), a real dbus-daemon, and python-dbusmock.
+
+The reference is the restart path's pydbus client (``SystemdClient.unit_states``) and GLib's own
+D-Bus message parser: discovery must report exactly what they report, for units that are active,
+inactive, failed and not found, and fail the same way (``SystemdError`` subclasses) when the bus is
+missing, silent or has no systemd on it. ``check`` and ``plan`` must not load gi/pydbus at all.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Set, Tuple
+
+import pytest
+
+from agent import dbus_wire, systemd
+from agent.health import SKIP
+from tests.conftest import REPO, sample
+from tests.systemd_harness import BootedSystemd, _children
+
+UNITS = {
+    "running.service": "[Unit]\nDescription=runs\n[Service]\nExecStart=/bin/sleep infinity\n",
+    "stopped.service": "[Unit]\nDescription=never started\n[Service]\nExecStart=/bin/sleep infinity\n",
+    "broken.service": "[Unit]\nDescription=fails at start\n[Service]\nExecStart=/bin/false\n",
+    "done.service": "[Unit]\nDescription=oneshot\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
+}
+WANTS = ["running.service", "broken.service", "done.service"]
+NAMES = [*UNITS, "missing.service", "dbus.socket", "test.target"]
+
+
+@pytest.fixture
+def sd(boot_systemd: Callable[..., BootedSystemd]) -> BootedSystemd:
+    instance = boot_systemd(UNITS, wants=WANTS)
+    instance.wait_until("running.service", "active")
+    instance.wait_until("broken.service", "failed")
+    return instance
+
+
+def pydbus_states(address: str, names: List[str]) -> systemd.UnitStates:
+    with systemd.SystemdClient(address, timeout=10) as client:
+        return client.unit_states(names)
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """SIGSTOP ``pid`` (a process of a booted instance) for the block: it accepts nothing, answers nothing."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def bus_daemon_pid(sd: BootedSystemd) -> int:
+    """Host pid of the instance's dbus-daemon (a child of its systemd)."""
+    for pid in _children(sd.pid):
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "dbus-daemon":
+            return pid
+    raise AssertionError("no dbus-daemon in the booted instance")
+
+
+# --- against real systemd ------------------------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_unit_states_equal_the_pydbus_client(sd: BootedSystemd) -> None:
+    found = systemd.discover(NAMES, address=sd.bus_address)
+    assert isinstance(found, systemd.UnitStates), found
+    assert found == pydbus_states(sd.bus_address, NAMES)
+    # And what systemd itself says (so both clients cannot be wrong the same way).
+    states = {u.name: (u.load_state, u.active_state, u.sub_state) for u in found.units}
+    assert states == {
+        "running.service": ("loaded", "active", "running"),
+        "stopped.service": ("loaded", "inactive", "dead"),
+        "broken.service": ("loaded", "failed", "failed"),
+        "done.service": ("loaded", "active", "exited"),
+        "missing.service": ("not-found", "inactive", "dead"),
+        "dbus.socket": ("loaded", "active", "running"),
+        "test.target": ("loaded", "active", "active"),
+    }
+    running = found.get("running.service")
+    assert running is not None
+    props = sd.properties("running.service")
+    assert running.main_pid == props["MainPID"] > 0
+    assert running.active_enter_timestamp == props["ActiveEnterTimestamp"] > 0
+    assert running.invocation_id == bytes(props["InvocationID"]).hex() and len(running.invocation_id) == 32
+    missing = found.get("missing.service")
+    assert missing is not None and (missing.main_pid, missing.active_enter_timestamp, missing.invocation_id) == (
+        0, 0, "")
+
+    sd.systemctl("restart", "running.service")
+    again = systemd.discover(NAMES, address=sd.bus_address)
+    assert isinstance(again, systemd.UnitStates)
+    assert again == pydbus_states(sd.bus_address, NAMES)
+    restarted = again.get("running.service")
+    assert restarted is not None and restarted.main_pid != running.main_pid
+    assert restarted.invocation_id != running.invocation_id
+    assert restarted.active_enter_timestamp > running.active_enter_timestamp
+
+
+@pytest.mark.root
+def test_systemd_replies_decode_as_glib_decodes_them(sd: BootedSystemd) -> None:
+    """Every property of the Unit and Service interfaces (some 400, of 25 types), from the same bytes."""
+    from gi.repository import Gio
+
+    received: List[dbus_wire.Message] = []
+    with dbus_wire.Connection.open(sd.bus_address, timeout=10) as bus:
+        receive = bus.receive
+
+        def recording(doing: str = "") -> dbus_wire.Message:
+            message = receive(doing)
+            received.append(message)
+            return message
+
+        bus.receive = recording  # type: ignore[method-assign]
+        for name in [*UNITS, "missing.service"]:
+            (path,) = bus.call(systemd.SYSTEMD_BUS_NAME, systemd.MANAGER_PATH, systemd.MANAGER_IFACE, "LoadUnit",
+                               "s", [name])
+            for iface in (systemd.UNIT_IFACE, systemd.SERVICE_IFACE):
+                bus.call(systemd.SYSTEMD_BUS_NAME, path, systemd.PROPERTIES_IFACE, "GetAll", "s", [iface])
+    replies = [m for m in received if m.signature == "a{sv}"]
+    assert len(replies) == 2 * (len(UNITS) + 1)
+    signatures: Set[str] = set()
+    for message in replies:
+        (ours,) = message.body()
+        (theirs,) = Gio.DBusMessage.new_from_blob(message.data, Gio.DBusCapabilityFlags.NONE).get_body().unpack()
+        assert {k: plain(v) for k, v in ours.items()} == theirs
+        signatures.update(v.signature for v in ours.values())
+    assert {"t", "b", "ay", "aay", "a(sasbttttuii)", "(bas)", "a(iiqq)", "q", "i", "u", "s", "as"} <= signatures
+
+
+def plain(value: Any) -> Any:
+    """Our decoded value as GLib's ``unpack()`` gives it: variants unwrapped, ``ay`` as a list of ints."""
+    if isinstance(value, dbus_wire.Variant):
+        return plain(value.value)
+    if isinstance(value, bytes):
+        return list(value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.root
+def test_addresses_are_tried_in_order(sd: BootedSystemd, tmp_path: Path) -> None:
+    address = f"unix:path={tmp_path}/no-such-bus;{sd.bus_address}"
+    found = systemd.discover(["running.service"], address=address)
+    assert isinstance(found, systemd.UnitStates) and found.address == address
+    assert found.units == pydbus_states(sd.bus_address, ["running.service"]).units
+
+
+@pytest.mark.root
+def test_bus_that_accepts_but_never_answers(sd: BootedSystemd) -> None:
+    with stopped(bus_daemon_pid(sd)):
+        started = time.monotonic()
+        found = systemd.discover(["running.service"], address=sd.bus_address, timeout=0.5)
+        elapsed = time.monotonic() - started
+    assert isinstance(found, systemd.SystemdTimeout), found
+    assert str(found) == f"system bus {sd.bus_address}: no answer within 0.5s while authenticating"
+    assert 0.5 <= elapsed < 2.5
+    assert isinstance(systemd.discover(["running.service"], address=sd.bus_address), systemd.UnitStates)
+
+
+@pytest.mark.root
+def test_systemd_that_does_not_answer(sd: BootedSystemd) -> None:
+    """The bus answers (Hello) but systemd, PID 1, is stopped: the GetUnit call is bounded."""
+    with stopped(sd.pid):
+        started = time.monotonic()
+        found = systemd.discover(["running.service", "stopped.service"], address=sd.bus_address, timeout=0.5)
+        elapsed = time.monotonic() - started
+    assert isinstance(found, systemd.SystemdTimeout), found
+    assert str(found) == "running.service: GetUnit: systemd did not answer within 0.5s"
+    assert found.unit == "running.service"
+    assert 0.5 <= elapsed < 2.5
+    assert systemd.check_unit_running("containerd-running", "running.service", found).status == SKIP
+
+
+# --- without systemd -----------------------------------------------------------------------------------------
+
+
+def test_no_bus_at_the_address(tmp_path: Path) -> None:
+    address = f"unix:path={tmp_path}/no-such-bus"
+    found = systemd.discover(["containerd.service"], address=address)
+    assert isinstance(found, systemd.BusUnreachable)
+    assert str(found) == f"system bus {address}: cannot connect: No such file or directory"
+    check = systemd.check_containerd_running(found, None, "containerd.service")
+    assert (check.status, check.message) == (SKIP, f"cannot read containerd.service: system bus {address}: "
+                                                   "cannot connect: No such file or directory")
+    found = systemd.discover(["containerd.service"], address="tcp:host=127.0.0.1,port=1")
+    assert isinstance(found, systemd.BusUnreachable)
+    assert "transport 'tcp' is not supported" in str(found)
+
+
+def test_socket_that_never_accepts(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "silent.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        started = time.monotonic()
+        found = systemd.discover(["containerd.service"], address=f"unix:path={path}", timeout=0.3)
+        elapsed = time.monotonic() - started
+    assert isinstance(found, systemd.SystemdTimeout)
+    assert str(found) == f"system bus unix:path={path}: no answer within 0.3s while authenticating"
+    assert 0.3 <= elapsed < 2
+
+
+BUS_CONFIG = (
+    '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN" '
+    '"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
+    "<busconfig><type>custom</type><listen>{listen}</listen>"
+    '<auth>EXTERNAL</auth><policy context="default"><allow user="*"/><allow own="*"/>'
+    '<allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/></policy></busconfig>\n'
+)
+
+
+def test_bus_without_systemd_on_an_abstract_address(tmp_path: Path) -> None:
+    """A real dbus-daemon (libdbus: authentication, Hello, routing) on which systemd is not registered."""
+    name = f"gna-test-{uuid.uuid4().hex}"
+    config = tmp_path / "bus.conf"
+    config.write_text(BUS_CONFIG.format(listen=f"unix:abstract={name}"))
+    daemon = subprocess.Popen(["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile",
+                               "--print-address=1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert daemon.stdout is not None
+        printed = daemon.stdout.readline().strip()  # the daemon prints its address once it listens
+        assert printed.startswith(f"unix:abstract={name},guid="), printed
+        with dbus_wire.Connection.open(printed, timeout=5) as bus:  # the guid is verified too
+            assert bus.unique_name.startswith(":1.") and printed.endswith(f"guid={bus.guid}")
+            (names,) = bus.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "ListNames",
+                                reply_signature="as")
+            assert "org.freedesktop.DBus" in names and bus.unique_name in names
+            with pytest.raises(dbus_wire.RemoteError) as err:
+                bus.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "NoSuchMethod")
+            assert err.value.name == "org.freedesktop.DBus.Error.UnknownMethod"
+        found = systemd.discover(["containerd.service"], address=f"unix:abstract={name}")
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+    assert isinstance(found, systemd.BusUnreachable), found
+    assert str(found).startswith(f"system bus unix:abstract={name}: systemd (org.freedesktop.systemd1) is not on "
+                                 "it: ")
+
+
+# --- against python-dbusmock (libdbus on the sending side) ------------------------------------------------------
+
+# Loaded by path into the mock server process (dbusmock "-t <path>").
+TEMPLATE = r'''
+"""systemd Manager subset for discovery: GetUnit, LoadUnit; units with properties of every basic type."""
+import dbus
+from dbusmock import mockobject
+
+BUS_NAME = "org.freedesktop.systemd1"
+MAIN_OBJ = "/org/freedesktop/systemd1"
+MAIN_IFACE = "org.freedesktop.systemd1.Manager"
+UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+SYSTEM_BUS = True
+
+
+def load(mock, parameters):
+    mock.units = {}
+    path = MAIN_OBJ + "/unit/containerd_2eservice"
+    mock.AddObject(path, UNIT_IFACE, {
+        "Id": "containerd.service",
+        "LoadState": "loaded",
+        "ActiveState": "active",
+        "SubState": "running",
+        "ActiveEnterTimestamp": dbus.UInt64(1_700_000_000_123_456),
+        "InvocationID": dbus.Array([dbus.Byte(b) for b in range(16)], signature="y"),
+        "Byte": dbus.Byte(255),
+        "Bool": dbus.Boolean(True),
+        "Int16": dbus.Int16(-32768),
+        "UInt16": dbus.UInt16(65535),
+        "Int32": dbus.Int32(-2147483648),
+        "Int64": dbus.Int64(-(1 << 63)),
+        "UInt64": dbus.UInt64((1 << 64) - 1),
+        "Double": dbus.Double(-1.5e300),
+        "Path": dbus.ObjectPath("/org/freedesktop/systemd1/unit/x"),
+        "Signature": dbus.Signature("a{sv}(iaay)"),
+        "Strings": dbus.Array(["a", "ünïcödé", ""], signature="s"),
+        "Pairs": dbus.Array([dbus.Struct(("Requires", "x.service"), signature="ss")], signature="(ss)"),
+        "Dict": dbus.Dictionary({"k": dbus.Int32(1, variant_level=1)}, signature="sv"),
+        "Nested": dbus.Array([dbus.Array([dbus.Byte(1), dbus.Byte(2)], signature="y")], signature="ay"),
+        "Empty": dbus.Array([], signature="x"),
+    }, [])
+    mockobject.objects[path].AddProperties(SERVICE_IFACE, {"MainPID": dbus.UInt32(4242)})
+    mock.units["containerd.service"] = path
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="s", out_signature="o")
+def GetUnit(self, name):
+    if name == "secret.service":
+        raise dbus.exceptions.DBusException("Access denied", name="org.freedesktop.DBus.Error.AccessDenied")
+    if name not in self.units:
+        raise dbus.exceptions.DBusException(f"Unit {name} not loaded.", name="org.freedesktop.systemd1.NoSuchUnit")
+    return self.units[name]
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="s", out_signature="o")
+def LoadUnit(self, name):
+    if name in self.units:
+        return self.units[name]
+    path = MAIN_OBJ + "/unit/" + "".join(c if c.isalnum() else "_%02x" % ord(c) for c in name)
+    self.AddObject(path, UNIT_IFACE, {"Id": name, "LoadState": "not-found", "ActiveState": "inactive",
+                                      "SubState": "dead", "ActiveEnterTimestamp": dbus.UInt64(0),
+                                      "InvocationID": dbus.Array([], signature="y")}, [])
+    self.units[name] = path
+    return path
+'''
+
+
+@pytest.fixture
+def mock_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private system bus with the mock systemd on it; yields the bus address."""
+    from dbusmock.testcase import BusType, DBusTestCase, PrivateDBus
+
+    template = tmp_path / "systemd_discovery_template.py"
+    template.write_text(TEMPLATE)
+    # PrivateDBus exports its address in os.environ; monkeypatch restores the previous value after.
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent")
+    with PrivateDBus(BusType.SYSTEM) as bus:
+        server, _ = DBusTestCase.spawn_server_template(str(template), {}, system_bus=True)
+        try:
+            yield bus.address
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def test_mock_systemd_states_equal_the_pydbus_client(mock_systemd: str) -> None:
+    names = ["containerd.service", "kubelet.service"]
+    found = systemd.discover(names, address=mock_systemd)
+    assert isinstance(found, systemd.UnitStates), found
+    assert found == pydbus_states(mock_systemd, names)
+    assert found.units == (
+        systemd.UnitState("containerd.service", "loaded", "active", "running", 1_700_000_000_123_456, 4242,
+                          bytes(range(16)).hex()),
+        systemd.UnitState("kubelet.service", "not-found", "inactive", "dead", 0, 0, ""),
+    )
+
+
+def test_every_basic_type_from_libdbus(mock_systemd: str) -> None:
+    with dbus_wire.Connection.open(mock_systemd, timeout=5) as bus:
+        (props,) = bus.call(systemd.SYSTEMD_BUS_NAME, "/org/freedesktop/systemd1/unit/containerd_2eservice",
+                            systemd.PROPERTIES_IFACE, "GetAll", "s", [systemd.UNIT_IFACE], reply_signature="a{sv}")
+    V = dbus_wire.Variant
+    expected = {
+        "Byte": V("y", 255), "Bool": V("b", True), "Int16": V("n", -32768), "UInt16": V("q", 65535),
+        "Int32": V("i", -2147483648), "Int64": V("x", -(1 << 63)), "UInt64": V("t", (1 << 64) - 1),
+        "Double": V("d", -1.5e300), "Path": V("o", "/org/freedesktop/systemd1/unit/x"),
+        "Signature": V("g", "a{sv}(iaay)"), "Strings": V("as", ["a", "ünïcödé", ""]),
+        "Pairs": V("a(ss)", [("Requires", "x.service")]), "Dict": V("a{sv}", {"k": V("i", 1)}),
+        "Nested": V("aay", [b"\x01\x02"]), "Empty": V("ax", []), "InvocationID": V("ay", bytes(range(16))),
+    }
+    assert {k: props[k] for k in expected} == expected
+
+
+def test_mock_systemd_permission_denied(mock_systemd: str) -> None:
+    found = systemd.discover(["secret.service"], address=mock_systemd)
+    assert isinstance(found, systemd.SystemdError) and type(found) is systemd.SystemdError
+    assert str(found) == ("secret.service: GetUnit: permission denied (Access denied); the agent must run as root")
+    assert found.unit == "secret.service"
+
+
+# --- what check, plan and run import --------------------------------------------------------------------------
+
+PROBE = """\
+import json, sys
+from agent.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"exit": code, "modules": sorted(m for m in ("gi", "pydbus", "agent.dbus_wire") if m in sys.modules)}))
+"""
+
+
+def run_agent(node: Path, config: Path, address: str, *args: str) -> Tuple[Dict[str, Any], str]:
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": address, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", PROBE, "--config", str(config), "--root", str(node),
+                           "--log-format", "json", *args], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=str(REPO), check=False)
+    lines = proc.stdout.strip().splitlines()
+    assert lines, proc.stderr
+    return json.loads(lines[-1]), proc.stdout + proc.stderr
+
+
+@pytest.mark.root
+def test_check_and_plan_do_not_load_gi_or_pydbus(boot_systemd: Callable[..., BootedSystemd], tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    for rel, name in (("etc/containerd/config.toml", "containerd-v3-nodeadm-nvidia.toml"),
+                      ("etc/nvidia-container-runtime/config.toml", "nvidia-container-runtime-default.toml")):
+        (node / rel).parent.mkdir(parents=True, exist_ok=True)
+        (node / rel).write_text(sample(name))
+    config = tmp_path / "agent.yaml"
+    config.write_text("restart:\n  policy: when-needed\n  timeout_seconds: 10\nreport:\n  publish: false\n")
+    daemon = "[Service]\nExecStart=/bin/sleep infinity\n"
+    sd = boot_systemd({"containerd.service": daemon, "kubelet.service": daemon},
+                      wants=["containerd.service", "kubelet.service"])
+    sd.wait_until("kubelet.service", "active")
+
+    result, output = run_agent(node, config, sd.bus_address, "check")
+    assert result == {"exit": 0, "modules": ["agent.dbus_wire"]}, output
+    assert "containerd-running     pass    containerd.service active (running)" in output
+    result, output = run_agent(node, config, sd.bus_address, "plan")
+    assert result == {"exit": 0, "modules": ["agent.dbus_wire"]}, output
+    result, output = run_agent(node, config, sd.bus_address, "run", "--lock-wait", "5")
+    assert result == {"exit": 0, "modules": ["agent.dbus_wire"]}, output  # converged: nothing to restart
+
+    config.write_text("restart:\n  policy: always\n  timeout_seconds: 10\nreport:\n  publish: false\n")
+    before = sd.properties("containerd.service")["MainPID"]
+    result, output = run_agent(node, config, sd.bus_address, "run", "--lock-wait", "5")
+    assert result == {"exit": 0, "modules": ["agent.dbus_wire", "gi", "pydbus"]}, output  # restarts: pydbus
+    assert sd.properties("containerd.service")["MainPID"] != before
