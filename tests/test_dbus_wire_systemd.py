@@ -23,6 +23,7 @@ import pytest
 from agent import dbus_wire, systemd
 from agent.health import SKIP
 from tests.conftest import REPO, sample
+from tests.gpu_node import gpu_side
 from tests.systemd_harness import BootedSystemd, _children
 
 UNITS = {
@@ -401,6 +402,7 @@ def test_check_and_plan_do_not_load_gi_or_pydbus(boot_systemd: Callable[..., Boo
                       ("etc/nvidia-container-runtime/config.toml", "nvidia-container-runtime-default.toml")):
         (node / rel).parent.mkdir(parents=True, exist_ok=True)
         (node / rel).write_text(sample(name))
+    gpu_side(node)  # driver, GPUs and component versions of a known-good node
     config = tmp_path / "agent.yaml"
     config.write_text("restart:\n  policy: when-needed\n  timeout_seconds: 10\nreport:\n  publish: false\n")
     daemon = "[Service]\nExecStart=/bin/sleep infinity\n"
