@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -50,46 +50,72 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     parser.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS if suppress else 0)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lock-wait", type=float, default=DEFAULT_LOCK_WAIT, metavar="SECONDS",
+                   help=f"how long to wait for another run to finish (default {DEFAULT_LOCK_WAIT:g})")
+
+
+def _add_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--report", action="store_true", help="also publish the node annotation and condition")
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
+    validate = actions.add_parser("validate", help="validate a configuration file")
+    _add_global_options(validate, suppress=True)
+    validate.add_argument("path", nargs="?", help="file to validate (default: --config)")
+    validate.set_defaults(handler=cmd_config_validate)
+    show = actions.add_parser("show", help="print the effective configuration with defaults")
+    _add_global_options(show, suppress=True)
+    show.set_defaults(handler=cmd_config_show)
+
+
+def _add_efa(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="efa_command", metavar="ACTION", parser_class=_Parser)
+    fetch = actions.add_parser("fetch", help="download and verify the pinned installer into the cache")
+    _add_global_options(fetch, suppress=True)
+    fetch.set_defaults(handler=cmd_efa_fetch)
+
+
+_OPTIONS_WITH_VALUES = ("--config", "--root", "--log-format")
+
+
+def command_in(argv: Sequence[str]) -> Optional[str]:
+    """The command word of ``argv`` (global options may come first), or None."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _OPTIONS_WITH_VALUES:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; with ``only`` (a known command), just that command's sub-parser: building all
+    of them is a noticeable share of a `check` over SSM."""
     parser = _Parser(prog=PROG, description="Keep an EKS AL2023 NVIDIA GPU node at its working defaults.")
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     _add_global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+    for name, (handler, help_text, add) in COMMANDS.items():
+        if only in COMMANDS and name != only:
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
         _add_global_options(p, suppress=True)
         p.set_defaults(handler=handler)
-        return p
-
-    run = command("run", cmd_run, "reconcile the node once, then report")
-    run.add_argument("--lock-wait", type=float, default=DEFAULT_LOCK_WAIT, metavar="SECONDS",
-                     help=f"how long to wait for another run to finish (default {DEFAULT_LOCK_WAIT:g})")
-    command("plan", cmd_plan, "show what run would change and why; changes nothing")
-    check = command("check", cmd_check, "evaluate every health check")
-    check.add_argument("--format", choices=("table", "json"), default="table")
-    check.add_argument("--report", action="store_true", help="also publish the node annotation and condition")
-    config = command("config", cmd_config_help, "validate or show the agent configuration")
-    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
-    validate = config_sub.add_parser("validate", help="validate a configuration file")
-    _add_global_options(validate, suppress=True)
-    validate.add_argument("path", nargs="?", help="file to validate (default: --config)")
-    validate.set_defaults(handler=cmd_config_validate)
-    show = config_sub.add_parser("show", help="print the effective configuration with defaults")
-    _add_global_options(show, suppress=True)
-    show.set_defaults(handler=cmd_config_show)
-    efa = command("efa", cmd_efa_help, "EFA userspace installer")
-    efa_sub = efa.add_subparsers(dest="efa_command", metavar="ACTION", parser_class=_Parser)
-    efa_fetch = efa_sub.add_parser("fetch", help="download and verify the pinned installer into the cache")
-    _add_global_options(efa_fetch, suppress=True)
-    efa_fetch.set_defaults(handler=cmd_efa_fetch)
-    command("version", cmd_version, "print the agent version")
+        if add is not None:
+            add(p)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command_in(argv)).parse_args(argv)
     from agent import log
     from agent.errors import AgentError
 
@@ -236,3 +262,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = 1
     log.info("run finished", health=health.overall_health(results), actions=len(actions))
     return code
+
+
+# name -> (handler, help, what the command adds to its parser)
+COMMANDS: Dict[str, Tuple[Callable[[argparse.Namespace], int], str, Optional[Callable[..., None]]]] = {
+    "run": (cmd_run, "reconcile the node once, then report", _add_run),
+    "plan": (cmd_plan, "show what run would change and why; changes nothing", None),
+    "check": (cmd_check, "evaluate every health check", _add_check),
+    "efa": (cmd_efa_help, "EFA userspace installer", _add_efa),
+    "config": (cmd_config_help, "validate or show the agent configuration", _add_config),
+    "version": (cmd_version, "print the agent version", None),
+}

@@ -215,8 +215,16 @@ def load_config(path: Optional[str], *, default_path: Path) -> AgentConfig:
     return parse_config(text, str(target))
 
 
+def _only_comments(text: str) -> bool:
+    """True for a file with nothing but comments, blank lines and document markers (the packaged one)."""
+    return all(not line.strip() or line.lstrip().startswith("#") or line.rstrip() in ("---", "...")
+               for line in text.splitlines())
+
+
 def parse_config(text: str, source: str) -> AgentConfig:
-    import yaml  # only paid for when a configuration file exists
+    if _only_comments(text):
+        return AgentConfig(source=source)  # as YAML would say, without paying for its import
+    import yaml  # only paid for when a configuration file sets something
 
     loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     loader = loader_cls(text)

@@ -26,7 +26,7 @@ from agent.config import ContainerdSettings
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import FileEdit, NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
-from agent.tomledit import NotFixable, parse_toml, set_value, tidy
+from agent.tomledit import NotFixable, parse_toml, set_value, tidy, toml_values
 
 CONTAINERD_VERSION_FILE = "/etc/eks/containerd-version.txt"
 V3_RUNTIME_PLUGIN = "io.containerd.cri.v1.runtime"
@@ -93,8 +93,7 @@ def _read_config_file(root: NodeRoot, node_path: str, *, main: bool) -> ConfigFi
         if main:
             raise NodeFileMissing(path, "does not exist (has nodeadm run?)") from None
         raise NodeFileMissing(path, "is imported but does not exist; containerd refuses to start") from None
-    doc = parse_toml(text, path)
-    data = doc.unwrap()
+    data = toml_values(root, path, text)
     version = data.get("version", 0)
     if not isinstance(version, int) or isinstance(version, bool):
         raise NodeFileError(path, f"'version' must be an integer, got {version!r}")

@@ -11,7 +11,6 @@ import difflib
 import errno
 import fcntl
 import os
-import tempfile
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
@@ -103,6 +102,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         st: Optional[os.stat_result] = path.stat()
     except FileNotFoundError:
         st = None
+    import tempfile  # only when writing: `check` never pays for it
+
     directory = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:

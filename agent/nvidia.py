@@ -21,7 +21,7 @@ from agent.config import NvidiaRuntimeSettings
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import FileEdit, NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
-from agent.tomledit import NotFixable, comment_out, parse_toml, set_value
+from agent.tomledit import NotFixable, comment_out, parse_toml, set_value, toml_values
 
 MODES = ("auto", "jit-cdi", "cdi", "csv", "legacy")
 DEFAULT_MODE = "auto"
@@ -54,7 +54,7 @@ def load(root: NodeRoot, settings: NvidiaRuntimeSettings) -> Optional[NvidiaRunt
         text = read_text(path)
     except NodeFileMissing:
         return None
-    return NvidiaRuntimeConfig(path, text, parse_toml(text, path).unwrap())
+    return NvidiaRuntimeConfig(path, text, toml_values(root, path, text))
 
 
 def drift(cfg: NvidiaRuntimeConfig) -> List[Drift]:

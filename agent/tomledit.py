@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from agent.errors import NodeFileError
+
+if TYPE_CHECKING:
+    from agent.fs import NodeRoot
 
 
 class NotFixable(Exception):
@@ -39,6 +42,47 @@ def parse_toml(text: str, path: object) -> Any:
     except Exception as exc:  # tomlkit's own failure on a layout it cannot represent
         raise NodeFileError(path, f"the agent's TOML parser (tomlkit) cannot handle this layout "
                             f"({type(exc).__name__}: {exc}); nothing changed") from None
+
+
+VALUES_CACHE = "/run/gpu-node-agent/toml-values.json"
+_CACHE_ENTRIES = 32
+
+
+def toml_values(root: NodeRoot, path: object, text: str) -> Dict[str, Any]:
+    """The plain values of a TOML file's ``text``, as ``parse_toml(text).unwrap()`` gives them.
+
+    Parsing with tomlkit (and importing it) is most of what `check` costs, and the files rarely
+    change; so the values are kept in the agent's own state (``/run/gpu-node-agent``, gone at boot)
+    next to the exact text they came from, and reused only for byte-identical text. The cache is
+    best effort: unreadable, corrupt or unwritable means parsing as usual.
+    """
+    import json
+
+    cache_path = root.path(VALUES_CACHE)
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+        entry = cache["files"].get(str(path)) if cache.get("v") == 1 else None
+        if entry is not None and entry["text"] == text and isinstance(entry["values"], dict):
+            return dict(entry["values"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        cache = None
+    values: Dict[str, Any] = parse_toml(text, path).unwrap()
+    try:
+        json.dumps(values, allow_nan=True)  # TOML dates and times have no JSON form: not cached
+    except (TypeError, ValueError):
+        return values
+    files = dict(cache["files"]) if isinstance(cache, dict) and isinstance(cache.get("files"), dict) else {}
+    files.pop(str(path), None)
+    files[str(path)] = {"text": text, "values": values}
+    kept = dict(list(files.items())[-_CACHE_ENTRIES:])
+    try:
+        from agent.fs import atomic_write
+
+        cache_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        atomic_write(cache_path, json.dumps({"v": 1, "files": kept}).encode("utf-8"))
+    except (OSError, NodeFileError):
+        pass
+    return values
 
 
 def set_value(doc: Any, key: Sequence[str], value: Any) -> None:

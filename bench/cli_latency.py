@@ -1,6 +1,6 @@
 """How fast `check` and `plan` answer, against a bare start of the same interpreter.
 
-    .venv/bin/python bench/cli_latency.py [--python PATH] [--runs N]
+    .venv/bin/python bench/cli_latency.py [--python PATH] [--runs N] [--layout dev|installed]
 
 Builds a simulated node from tests/samples (containerd 2.x, the toolkit's default config, one
 drifted containerd setting so `plan` has a diff to compute, the packaged agent config), then
@@ -41,6 +41,27 @@ def simulated_node(base: Path) -> Path:
     return base
 
 
+def installed_tree(base: Path, python: str) -> Path:
+    """A tree laid out like the RPM: the launcher in usr/bin, the agent and its pinned bundled
+    libraries (packaging/bundled-requirements.txt) in usr/lib/gpu-node-agent, compiled to bytecode.
+    PyYAML, which a node gets from the distribution, goes there too when ``python`` lacks it."""
+    import shutil
+
+    lib = base / "usr" / "lib" / "gpu-node-agent"
+    launcher = base / "usr" / "bin" / "gpu-node-agent"
+    launcher.parent.mkdir(parents=True)
+    shutil.copy(REPO / "packaging" / "gpu-node-agent-launcher.py", launcher)
+    shutil.copytree(REPO / "agent", lib / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+           "--target", str(lib)]
+    subprocess.run([*pip, "--require-hashes", "-r", str(REPO / "packaging" / "bundled-requirements.txt")],
+                   check=True)
+    if subprocess.run([python, "-s", "-c", "import yaml"], capture_output=True, check=False).returncode:
+        subprocess.run([*pip, "PyYAML"], check=True)
+    subprocess.run([python, "-m", "compileall", "-q", str(lib)], check=True)
+    return launcher
+
+
 def timed(cmd: List[str], env: Dict[str, str]) -> Tuple[float, float]:
     """(wall seconds, CPU seconds) of one run; CPU time is what other load on the box disturbs least."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -55,16 +76,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--python", default=sys.executable, help="interpreter to measure (default: this one)")
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--layout", choices=("dev", "installed"), default="dev",
+                        help="dev: `python -m agent` from this checkout in the given (venv) interpreter; "
+                             "installed: the RPM's layout and launcher on a plain interpreter, `python -s`")
     args = parser.parse_args()
     # Bytecode caches on, as on a node (the package ships compiled); the warm-up run writes them.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPATH"] = str(REPO)
     with tempfile.TemporaryDirectory() as tmp:
-        root = str(simulated_node(Path(tmp)))
+        root = str(simulated_node(Path(tmp) / "node"))
+        if args.layout == "dev":
+            env["PYTHONPATH"] = str(REPO)
+            agent = [args.python, "-m", "agent"]
+            bare = [args.python, "-c", "pass"]
+        else:
+            agent = [args.python, "-s", str(installed_tree(Path(tmp) / "tree", args.python))]
+            bare = [args.python, "-s", "-c", "pass"]
         commands = {
-            "python -c pass": [args.python, "-c", "pass"],
-            "check": [args.python, "-m", "agent", "--root", root, "check"],
-            "plan": [args.python, "-m", "agent", "--root", root, "plan"],
+            "python -c pass": bare,
+            "check": [*agent, "--root", root, "check"],
+            "plan": [*agent, "--root", root, "plan"],
         }
         for cmd in commands.values():  # warm the page cache and the bytecode caches
             timed(cmd, env)
@@ -78,7 +108,7 @@ def main() -> None:
         importtime = subprocess.run([args.python, "-X", "importtime", *commands["check"][1:]], cwd=REPO, env=env,
                                     capture_output=True, text=True, check=False).stderr
     version = subprocess.run([args.python, "-V"], capture_output=True, text=True, check=False).stdout.strip()
-    print(f"interpreter: {args.python} ({version}), {args.runs} runs each, medians")
+    print(f"interpreter: {args.python} ({version}), layout {args.layout}, {args.runs} runs each, medians")
     print(f"  {'':<16} {'wall':>9}  {'ratio':>6}   {'cpu':>9}  {'ratio':>6}")
     bare_wall, bare_cpu = statistics.median(wall["python -c pass"]), statistics.median(cpu["python -c pass"])
     for name in commands:

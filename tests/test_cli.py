@@ -7,7 +7,7 @@ leave every node file exactly as it was.
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pydbus  # noqa: F401  (these load before the fake filesystem is active)
 import pytest
@@ -293,3 +293,22 @@ def test_version(capsys: pytest.CaptureFixture) -> None:
         cli.main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"gpu-node-agent {__version__}\n"
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["check"], "check"),
+    (["--root", "/x", "--config", "/c.yaml", "-v", "plan"], "plan"),
+    (["--log-format", "json", "config", "show"], "config"),
+    (["--root=/x", "run", "--lock-wait", "1"], "run"),
+    (["--version"], None),
+    ([], None),
+])
+def test_the_command_word_is_found_after_global_options(argv: List[str], command: Optional[str]) -> None:
+    assert cli.command_in(argv) == command
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    usage = capsys.readouterr().out
+    assert all(name in usage for name in cli.COMMANDS)

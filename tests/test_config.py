@@ -129,3 +129,19 @@ def test_show_prints_a_config_that_loads_back_to_the_same_values() -> None:
     shown = dump_config(config)
     assert shown.startswith("# effective configuration (source: c.yaml)\n")
     assert parse_config(shown, "shown.yaml").settings() == config.settings()
+
+
+def test_the_packaged_config_is_read_without_loading_yaml() -> None:
+    """The RPM ships every key commented out: `check` should not pay for a YAML parser to learn that."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = (
+        "import sys\nfrom agent.config import parse_config, AgentConfig\n"
+        f"c = parse_config(open({str(REPO / 'packaging' / 'config.yaml')!r}).read(), 'config.yaml')\n"
+        "assert c.settings() == AgentConfig().settings()\nprint('yaml' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
