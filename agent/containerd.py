@@ -77,10 +77,6 @@ class ContainerdConfigSet(NamedTuple):
     def main(self) -> ConfigFile:
         return self.files[0]
 
-    @property
-    def newest_mtime(self) -> float:
-        return max(f.mtime for f in self.files)
-
 
 def _read_config_file(root: NodeRoot, node_path: str, *, main: bool) -> ConfigFile:
     path = root.path(node_path)
