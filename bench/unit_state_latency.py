@@ -19,17 +19,17 @@ where that applies, and, in process, the median of ``discover()`` itself once it
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from cli_latency import timed  # noqa: E402  (this directory: the same wall/CPU timing)
 from systemd_harness import boot  # noqa: E402
 
 from agent import systemd  # noqa: E402
@@ -38,15 +38,6 @@ UNITS = ["containerd.service", "kubelet.service"]
 DAEMON = "[Service]\nExecStart=/usr/bin/sleep infinity\n"
 WIRE = "from agent import systemd; s = systemd.discover({units!r}); assert isinstance(s, systemd.UnitStates), s"
 PYDBUS = ("from agent import systemd\nwith systemd.SystemdClient() as c:\n    c.unit_states({units!r})")
-
-
-def timed(cmd: List[str], env: Dict[str, str]) -> Tuple[float, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
