@@ -20,7 +20,7 @@ import pytest
 from agent import cli
 from tests.conftest import REPO, sample
 from tests.gpu_node import gpu_side
-from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord
+from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, free_port, wait_for_healthz
 
 pytestmark = pytest.mark.root
 
@@ -52,6 +52,7 @@ class GpuNode:
         self.boot_systemd = boot_systemd
         self.sd: Optional[BootedSystemd] = None
         self.config_file = tmp_path / "agent.yaml"
+        self.healthz_port = free_port()
 
     @property
     def containerd_config(self) -> Path:
@@ -67,6 +68,8 @@ class GpuNode:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         gpu_side(self.root)  # the driver, GPUs and component versions of the known-good AMI
+        self.daemons.install_ctr(self.root)
+        self.daemons.node_kubelet_config(self.root, self.healthz_port)
         return self
 
     def agent_config(self, policy: str = "when-needed", timeout: float = 10) -> None:
@@ -79,16 +82,18 @@ class GpuNode:
     ) -> BootedSystemd:
         units = {
             CONTAINERD: self.daemons.containerd_unit(
-                self.containerd_config, restart_always=restart_always, start_timeout=start_timeout
+                self.containerd_config, restart_always=restart_always, start_timeout=start_timeout,
+                socket=self.root / "run/containerd/containerd.sock",
             )
         }
         if kubelet:
-            units[KUBELET] = self.daemons.kubelet_unit()
+            units[KUBELET] = self.daemons.kubelet_unit(self.healthz_port)
         self.sd = self.boot_systemd(units, wants=list(units), binds=[self.tmp])
         self.monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", self.sd.bus_address)
         self.sd.wait_until(CONTAINERD, "active")
         if kubelet:
             self.sd.wait_until(KUBELET, "active")
+            wait_for_healthz(self.healthz_port)  # Type=simple: active a moment before it serves
         return self.sd
 
     def agent(self, *args: str) -> Tuple[int, str, str]:
@@ -251,7 +256,7 @@ def test_containerd_failing_with_new_config_is_rolled_back(gpu_node: GpuNode, re
     assert starts[-2][0] == "containerd" and starts[-2][2] == digest(old_text)
     assert any(s[0] == "containerd" and s[2] != digest(old_text) for s in starts)
     assert "rolled back" in out
-    assert "did not come back active with this run's configuration change" in out
+    assert "did not come back serving with this run's configuration change" in out
     assert "containerd-config      fail" in out  # the drift is still there, and reported
 
 
