@@ -746,8 +746,10 @@ class FakeNodeDaemons:
 
     def node_kubelet_config(self, root: Path, port: int) -> None:
         """kubelet's config where nodeadm puts it, with the stand-in's healthz port."""
-        write_text(root / "etc/eks/kubelet/environment",
-                   'NODEADM_KUBELET_ARGS="--config=/etc/kubernetes/kubelet/config.json"\n')
+        env = root / "etc/eks/kubelet/environment"
+        text = env.read_text() if env.exists() else "NODEADM_KUBELET_ARGS=\n"
+        write_text(env, text.replace("NODEADM_KUBELET_ARGS=",
+                                     "NODEADM_KUBELET_ARGS=--config=/etc/kubernetes/kubelet/config.json ", 1))
         write_text(root / "etc/kubernetes/kubelet/config.json",
                    '{"kind": "KubeletConfiguration", "healthzBindAddress": "127.0.0.1", '
                    f'"healthzPort": {port}}}\n')
