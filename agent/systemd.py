@@ -240,10 +240,10 @@ class SystemdClient:
         try:
             self._con = Gio.DBusConnection.new_for_address_sync(self.address, flags, None, cancellable)
         except GLib.Error as exc:
-            _, message = _glib_error_name(exc)
             if cancellable.is_cancelled():
-                message = f"no answer within {self.timeout:g}s"
-            raise BusUnreachable(f"system bus {self.address}: {message}") from None
+                raise SystemdTimeout(f"system bus {self.address}: no answer within {self.timeout:g}s while "
+                                     "connecting") from None
+            raise BusUnreachable(f"system bus {self.address}: {_glib_error_name(exc)[1]}") from None
         finally:
             timer.cancel()
         from pydbus.bus import Bus

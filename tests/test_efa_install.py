@@ -19,6 +19,7 @@ from agent.cli import main
 from agent.config import EfaSettings
 from agent.fs import NodeRoot
 from tests.efa_helpers import (
+
     LIBFABRIC,
     VERSION,
     InstallerServer,
@@ -30,6 +31,9 @@ from tests.efa_helpers import (
     sha256,
     write_config,
 )
+
+# The unit checks as on a healthy node: these tests are about files, not systemd (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("units_serving")
 
 SYMLINK, HARDLINK = tarfile.SYMTYPE, tarfile.LNKTYPE
 CHR, BLK, FIFO = tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE

@@ -26,7 +26,7 @@ class ScriptedSystemd:
         self.calls: List[str] = []
         self.closed = False
 
-    def restart(self, unit: str, timeout: float) -> RestartOutcome:
+    def restart(self, unit: str, timeout: float, *, reset_failed: bool = False) -> RestartOutcome:
         self.calls.append(unit)
         outcome = self.script.get(unit, [None]).pop(0) if self.script.get(unit) else None
         if outcome is not None:
@@ -97,7 +97,7 @@ def test_rollback_restores_the_file_and_restarts_containerd_again(edit: FileEdit
     assert result.failures == [
         str(failed(CONTAINERD)),
         "containerd.service did not come back serving with this run's configuration change; the previous "
-        "configuration is restored and containerd.service is active again",
+        "configuration is restored and containerd.service serves again",
     ]
 
 

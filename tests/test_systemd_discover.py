@@ -108,7 +108,7 @@ def test_bus_that_accepts_but_never_answers(sd: BootedSystemd) -> None:
         found = systemd.discover(["running.service"], address=sd.bus_address, timeout=0.5)
         elapsed = time.monotonic() - started
     assert isinstance(found, systemd.SystemdTimeout), found
-    assert str(found) == f"system bus {sd.bus_address}: no answer within 0.5s while authenticating"
+    assert str(found) == f"system bus {sd.bus_address}: no answer within 0.5s while connecting"
     assert 0.5 <= elapsed < 2.5
     assert isinstance(systemd.discover(["running.service"], address=sd.bus_address), systemd.UnitStates)
 
@@ -134,13 +134,13 @@ def test_no_bus_at_the_address(tmp_path: Path) -> None:
     address = f"unix:path={tmp_path}/no-such-bus"
     found = systemd.discover(["containerd.service"], address=address)
     assert isinstance(found, systemd.BusUnreachable)
-    assert str(found) == f"system bus {address}: cannot connect: No such file or directory"
+    assert str(found) == f"system bus {address}: Could not connect: No such file or directory"
     check = systemd.check_containerd_running(found, None, "containerd.service")
     assert (check.status, check.message) == (WARN, f"cannot read containerd.service: system bus {address}: "
-                                                   "cannot connect: No such file or directory")
+                                                   "Could not connect: No such file or directory")
     found = systemd.discover(["containerd.service"], address="tcp:host=127.0.0.1,port=1")
     assert isinstance(found, systemd.BusUnreachable)
-    assert "transport 'tcp' is not supported" in str(found)
+    assert str(found) == "system bus tcp:host=127.0.0.1,port=1: Could not connect to 127.0.0.1: Connection refused"
 
 
 def test_socket_that_never_accepts(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_socket_that_never_accepts(tmp_path: Path) -> None:
         found = systemd.discover(["containerd.service"], address=f"unix:path={path}", timeout=0.3)
         elapsed = time.monotonic() - started
     assert isinstance(found, systemd.SystemdTimeout)
-    assert str(found) == f"system bus unix:path={path}: no answer within 0.3s while authenticating"
+    assert str(found) == f"system bus unix:path={path}: no answer within 0.3s while connecting"
     assert 0.3 <= elapsed < 2
 
 
