@@ -105,7 +105,8 @@ class RealContainerdNode:
         )
 
     def boot(self, *, start_limit_burst: int = 5) -> BootedSystemd:
-        units = {CONTAINERD: self.containerd_unit(start_limit_burst), KUBELET: self.daemons.kubelet_unit(self.healthz_port)}
+        units = {CONTAINERD: self.containerd_unit(start_limit_burst),
+                 KUBELET: self.daemons.kubelet_unit(self.healthz_port)}
         files = {
             # what the sample's base_runtime_spec names (the CRI plugin loads it at start)
             "/etc/containerd/base-runtime-spec.json": '{"ociVersion": "1.1.0"}\n',

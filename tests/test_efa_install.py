@@ -19,7 +19,6 @@ from agent.cli import main
 from agent.config import EfaSettings
 from agent.fs import NodeRoot
 from tests.efa_helpers import (
-
     LIBFABRIC,
     VERSION,
     InstallerServer,
