@@ -442,3 +442,37 @@ def test_check_json_reports_unit_state(gpu_node: GpuNode) -> None:
     assert code == 1
     assert checks["kubelet-running"]["status"] == "fail"
     assert checks["kubelet-running"]["message"] == "kubelet.service inactive (dead), expected active"
+
+
+# --- 9. kubelet serves only when its healthz says so; what cannot be read warns -----------------------
+
+
+def test_kubelet_active_but_not_healthy_fails_check_and_restart(gpu_node: GpuNode) -> None:
+    gpu_node.agent_config(timeout=2)
+    gpu_node.write_node(HEALTHY).boot()
+    (gpu_node.daemons.control("kubelet") / "healthz").write_text("500 [-]syncloop failed")
+
+    code, out, _ = gpu_node.agent("check")
+    assert code == 1, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("kubelet-running"))
+    assert line.split()[1] == "fail"
+    assert f"but kubelet healthz http://127.0.0.1:{gpu_node.healthz_port}/healthz: HTTP 500 '[-]syncloop failed'" in line
+
+    gpu_node.make_stale()
+    code, out, jobs = gpu_node.run_recording()
+    assert code == 1, out
+    assert units_of(jobs) == [(CONTAINERD, "done"), (KUBELET, "done")]
+    assert "kubelet.service: restarted and active, but kubelet healthz" in out
+    assert "(still so after waiting for kubelet's healthz" in out
+
+
+def test_containerd_that_cannot_be_asked_warns_and_is_not_healthy(gpu_node: GpuNode) -> None:
+    gpu_node.write_node(HEALTHY).boot()
+    (gpu_node.root / "usr/bin/ctr").unlink()
+
+    code, out, _ = gpu_node.agent("check")
+
+    assert code == 2, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("containerd-running"))
+    assert line.split()[1] == "warn" and line.endswith("but cannot ask containerd: /usr/bin/ctr not found")
+    assert "health: degraded" in out
