@@ -17,20 +17,22 @@ from agent import cri, kubelet, serving
 from agent.fs import NodeRoot
 from agent.serving import NOT_SERVING, SERVING, UNKNOWN, Serving
 
+# ctr pads every column, the last one too: the rows end in blanks (added back below).
 PLUGINS_LS = """\
-TYPE                                  ID                       PLATFORMS      STATUS    
-io.containerd.content.v1              content                  -              ok        
-io.containerd.snapshotter.v1          btrfs                    linux/amd64    skip      
-io.containerd.grpc.v1                 cri                      linux/amd64    error     
+TYPE                                  ID                       PLATFORMS      STATUS
+io.containerd.content.v1              content                  -              ok
+io.containerd.snapshotter.v1          btrfs                    linux/amd64    skip
+io.containerd.grpc.v1                 cri                      linux/amd64    error
 """
+PLUGINS_LS = "\n".join(f"{row:<96}" for row in PLUGINS_LS.splitlines()) + "\n"
 PLUGINS_LS_D = """\
 Type:          io.containerd.grpc.v1
 ID:            cri
 Platforms:     linux/amd64
-Exports:      
+Exports:
                CRIVersionAlpha      v1alpha2
                CRIVersion           v1
-Error:        
+Error:
                Code:        Unknown
                Message:     invalid plugin config: `mirrors` cannot be set when `config_path` is provided
 """
@@ -139,7 +141,7 @@ class Healthz:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 status, body = outer.answers.pop(0) if len(outer.answers) > 1 else outer.answers[0]
                 self.send_response(status)
                 self.end_headers()

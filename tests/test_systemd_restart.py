@@ -456,7 +456,8 @@ def test_kubelet_active_but_not_healthy_fails_check_and_restart(gpu_node: GpuNod
     assert code == 1, out
     line = next(ln for ln in out.splitlines() if ln.startswith("kubelet-running"))
     assert line.split()[1] == "fail"
-    assert f"but kubelet healthz http://127.0.0.1:{gpu_node.healthz_port}/healthz: HTTP 500 '[-]syncloop failed'" in line
+    url = f"http://127.0.0.1:{gpu_node.healthz_port}/healthz"
+    assert f"but kubelet healthz {url}: HTTP 500 '[-]syncloop failed'" in line
 
     gpu_node.make_stale()
     code, out, jobs = gpu_node.run_recording()
