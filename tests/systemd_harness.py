@@ -809,3 +809,28 @@ class FakeNodeDaemons:
             f"{f' --healthz-port {healthz_port}' if healthz_port else ''}\n"
             "Restart=on-failure\nRestartSec=5\n"
         )
+
+
+# --- Debian's real containerd (1.6) as a service of the test systemd --------------------------------------
+
+# What the real daemon needs inside the instance: the nodeadm sample's base_runtime_spec (the CRI
+# plugin loads it at start) and its CNI conf_dir, which must exist because /etc is read-only here.
+REAL_CONTAINERD_FILES = {
+    "/etc/containerd/base-runtime-spec.json": '{"ociVersion": "1.1.0"}\n',
+    "/etc/cni/net.d/.keep": "",
+}
+
+
+def real_containerd_unit(config: Path, socket: Path, log: Path, *, start_limit_burst: int = 5,
+                         start_limit_interval: str = "60s") -> str:
+    """containerd's own unit where systemd behaviour depends on it (``Type=notify``, ``Delegate``,
+    ``KillMode=process``), with a private root and state and the socket at ``socket`` (a host path:
+    keep it short, a unix socket path has at most 107 bytes, and containerd adds ``.ttrpc``)."""
+    return (
+        "[Unit]\nDescription=containerd (Debian's daemon, test instance)\n"
+        f"StartLimitIntervalSec={start_limit_interval}\nStartLimitBurst={start_limit_burst}\n"
+        "[Service]\nType=notify\nDelegate=yes\nKillMode=process\nTimeoutStartSec=30\n"
+        f"ExecStart=/usr/bin/containerd --config {config} --address {socket} "
+        "--root /var/lib/containerd --state /run/containerd-state\n"
+        f"StandardOutput=append:{log}\nStandardError=append:{log}\n"
+    )

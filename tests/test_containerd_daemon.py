@@ -26,7 +26,15 @@ import pytest
 from agent import cli
 from tests.conftest import sample, which
 from tests.gpu_node import gpu_side
-from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, free_port, wait_for_healthz
+from tests.systemd_harness import (
+    REAL_CONTAINERD_FILES,
+    BootedSystemd,
+    FakeNodeDaemons,
+    JobRecord,
+    free_port,
+    real_containerd_unit,
+    wait_for_healthz,
+)
 
 pytestmark = pytest.mark.root
 
@@ -94,25 +102,13 @@ class RealContainerdNode:
         self.config_file.write_text(f"restart:\n  timeout_seconds: 20\n{extra}report:\n  publish: false\n")
 
     def containerd_unit(self, start_limit_burst: int = 5) -> str:
-        sock = self.root / "run/containerd/containerd.sock"
-        return (
-            "[Unit]\nDescription=containerd (Debian's daemon, test instance)\n"
-            f"StartLimitIntervalSec=60\nStartLimitBurst={start_limit_burst}\n"
-            "[Service]\nType=notify\nDelegate=yes\nKillMode=process\nTimeoutStartSec=30\n"
-            f"ExecStart=/usr/bin/containerd --config {self.config} --address {sock} "
-            "--root /var/lib/containerd --state /run/containerd-state\n"
-            f"StandardOutput=append:{self.base}/containerd.log\nStandardError=append:{self.base}/containerd.log\n"
-        )
+        return real_containerd_unit(self.config, self.root / "run/containerd/containerd.sock",
+                                    self.base / "containerd.log", start_limit_burst=start_limit_burst)
 
     def boot(self, *, start_limit_burst: int = 5) -> BootedSystemd:
         units = {CONTAINERD: self.containerd_unit(start_limit_burst),
                  KUBELET: self.daemons.kubelet_unit(self.healthz_port)}
-        files = {
-            # what the sample's base_runtime_spec names (the CRI plugin loads it at start)
-            "/etc/containerd/base-runtime-spec.json": '{"ociVersion": "1.1.0"}\n',
-            "/etc/cni/net.d/.keep": "",  # /etc is read-only here: the CNI conf_dir must exist
-        }
-        self.sd = self.boot_systemd(units, files, wants=list(units), binds=[self.base])
+        self.sd = self.boot_systemd(units, REAL_CONTAINERD_FILES, wants=list(units), binds=[self.base])
         self.monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", self.sd.bus_address)
         self.sd.wait_until(CONTAINERD, "active", timeout=30)
         self.sd.wait_until(KUBELET, "active")
