@@ -228,7 +228,11 @@ class SystemdClient:
 
     def connect(self) -> "SystemdClient":
         """Open the connection and find systemd on the bus. Raises ``BusUnreachable``."""
-        from gi.repository import Gio, GLib
+        try:
+            from gi.repository import Gio, GLib
+        except ImportError as exc:  # the RPM requires python3-gobject-base; a bare interpreter may lack it
+            raise BusUnreachable(f"system bus {self.address}: cannot load the D-Bus client (gi: "
+                                 f"{type(exc).__name__}); install python3-gobject-base") from None
 
         flags = Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION
         cancellable = Gio.Cancellable.new()

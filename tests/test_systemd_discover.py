@@ -9,6 +9,7 @@ missing, silent or has no systemd on it is a ``SystemdError`` returned as data, 
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import pytest
 
 from agent import systemd
 from agent.health import WARN
+from tests.conftest import REPO
 from tests.systemd_harness import BootedSystemd, _children
 
 UNITS = {
@@ -289,3 +291,16 @@ def test_mock_systemd_permission_denied(mock_systemd: str) -> None:
     assert isinstance(found, systemd.SystemdError) and type(found) is systemd.SystemdError
     assert str(found) == ("secret.service: GetUnit: permission denied (Access denied); the agent must run as root")
     assert found.unit == "secret.service"
+
+
+def test_without_the_gi_bindings_unit_state_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    code = (
+        "import sys\nsys.modules['gi'] = None  # as on an interpreter without python3-gobject-base\n"
+        "from agent import systemd\n"
+        f"found = systemd.discover(['containerd.service'], address='unix:path={tmp_path}/bus')\n"
+        "print(type(found).__name__, found)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == (f"BusUnreachable system bus unix:path={tmp_path}/bus: cannot load the D-Bus "
+                                  "client (gi: ModuleNotFoundError); install "
+                                  "python3-gobject-base"), out
