@@ -14,7 +14,7 @@ from agent.containerd import ContainerdConfigSet
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot
 from agent.nvidia import NvidiaRuntimeConfig
-from agent.systemd import SystemdError, UnitStates
+from agent.systemd import SystemdError, UnitState, UnitStates
 
 if TYPE_CHECKING:
     from agent.driver import DriverFacts
@@ -79,5 +79,26 @@ def _serving(
         for unit, probe in probes.items():
             state = units.get(unit)
             if state is not None and state.active_state == "active":
-                serving[unit] = probe.read(cri.PROBE_TIMEOUT)
+                serving[unit] = _ask(probe, state)
     return probes, serving
+
+
+# A daemon that systemd started moments ago may not serve yet (kubelet is active before its healthz
+# listens): the answer is awaited until it has been active this long, then taken as it is.
+STARTING_GRACE_SECONDS = 10.0
+PROBE_TIMEOUT = 5.0  # one reading of a daemon's own word (ctr, healthz)
+
+
+def _ask(probe: ServingProbe, state: UnitState) -> Serving:
+    import time
+
+    from agent import serving
+
+    answer = probe.read(PROBE_TIMEOUT)
+    since = state.active_since
+    if answer.ok or answer.final or since is None:
+        return answer
+    remaining = since + STARTING_GRACE_SECONDS - time.time()
+    if remaining <= 0:
+        return answer
+    return serving.wait(probe, time.monotonic() + min(remaining, STARTING_GRACE_SECONDS))
