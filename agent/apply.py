@@ -130,23 +130,38 @@ def restart_units(
                 blocked = f"{restart.unit} is not active"
 
 
-def _restart(client: SystemdClient, restart: Restart, timeout: float, result: ApplyResult) -> bool:
-    from agent import systemd
+def _restart(client: SystemdClient, restart: Restart, timeout: float, result: ApplyResult, *,
+             reset_failed: bool = False) -> bool:
+    """Restart one unit and wait until it serves (its probe says so), all within ``timeout``."""
+    import time
 
+    from agent import serving, systemd
+
+    deadline = time.monotonic() + timeout
     try:
-        outcome = client.restart(restart.unit, timeout)
+        outcome = client.restart(restart.unit, timeout, reset_failed=reset_failed)
     except systemd.SystemdError as exc:
         log.error("restart failed", unit=restart.unit, error=str(exc))
         result.failures.append(str(exc))
         return False
+    answer = serving.wait(restart.probe, deadline) if restart.probe is not None else None
+    if answer is not None and not answer.ok and not (answer.state == serving.UNKNOWN and answer.final):
+        problem = f"{restart.unit}: restarted and active, but {answer.message}"
+        log.error("restart failed", unit=restart.unit, error=problem)
+        result.failures.append(problem)
+        return False
     result.restarted.append(restart.unit)
     result.actions.append(f"restarted {restart.unit}: {restart.reason}")
-    log.info("restarted", unit=restart.unit, pid=outcome.after.main_pid, seconds=round(outcome.seconds, 3))
+    if answer is not None and not answer.ok:  # the agent cannot ask (e.g. no ctr): systemd's word only
+        result.actions.append(f"{restart.unit}: not confirmed serving: {answer.message}")
+        log.warning("restart not confirmed", unit=restart.unit, reason=answer.message)
+    log.info("restarted", unit=restart.unit, pid=outcome.after.main_pid, seconds=round(outcome.seconds, 3),
+             serving=answer.message if answer is not None else None)
     return True
 
 
 def _roll_back(client: SystemdClient, restart: Restart, timeout: float, result: ApplyResult) -> bool:
-    """Put the previous files back and restart ``restart.unit`` again; True when it is active again."""
+    """Put the previous files back and restart ``restart.unit`` again; True when it serves again."""
     restored = 0
     for edit in reversed([e for e in result.written if e.resource == "containerd"]):
         problems = rollback([edit])
@@ -154,14 +169,15 @@ def _roll_back(client: SystemdClient, restart: Restart, timeout: float, result: 
         if not problems:
             restored += 1
             result.written.remove(edit)
-            result.actions.append(f"rolled back {edit.path}: {restart.unit} did not come back active with it")
+            result.actions.append(f"rolled back {edit.path}: {restart.unit} did not come back serving with it")
     if not restored:
         return False
-    again = Restart(restart.unit, "with the previous configuration restored")
-    if not _restart(client, again, timeout, result):
+    again = restart._replace(reason="with the previous configuration restored")
+    # ResetFailedUnit first: the failed restart counts against systemd's start-rate limit.
+    if not _restart(client, again, timeout, result, reset_failed=True):
         return False
     result.failures.append(
-        f"{restart.unit} did not come back active with this run's configuration change; the previous "
-        f"configuration is restored and {restart.unit} is active again"
+        f"{restart.unit} did not come back serving with this run's configuration change; the previous "
+        f"configuration is restored and {restart.unit} serves again"
     )
     return True

@@ -20,8 +20,10 @@ def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
     else:
         results.append(containerd.check(facts.containerd, config.containerd))
     config_set = None if isinstance(facts.containerd, NodeFileError) else facts.containerd
-    results.append(systemd.check_containerd_running(facts.units, config_set, config.restart.units[0]))
-    results.append(systemd.check_kubelet_running(facts.units, systemd.kubelet_unit(config.restart.units)))
+    containerd_unit, kubelet_unit = config.restart.units[0], systemd.kubelet_unit(config.restart.units)
+    results.append(systemd.check_containerd_running(facts.units, config_set, containerd_unit,
+                                                    facts.serving.get(containerd_unit)))
+    results.append(systemd.check_kubelet_running(facts.units, kubelet_unit, facts.serving.get(kubelet_unit)))
     if isinstance(facts.nvidia_runtime, NodeFileError):
         results.append(nvidia.check_unreadable(facts.nvidia_runtime))
     else:

@@ -7,18 +7,19 @@ as one failing check while the other checks still run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
 from agent.config import AgentConfig
 from agent.containerd import ContainerdConfigSet
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot
 from agent.nvidia import NvidiaRuntimeConfig
-from agent.systemd import SystemdError, UnitStates
+from agent.systemd import SystemdError, UnitState, UnitStates
 
 if TYPE_CHECKING:
     from agent.driver import DriverFacts
     from agent.efa import EfaFacts
+    from agent.serving import Serving, ServingProbe
     from agent.versions import NodeVersions
 
 
@@ -31,6 +32,10 @@ class NodeFacts(NamedTuple):
     driver: Optional[DriverFacts] = None  # None only in facts built by hand (tests)
     versions: Optional[NodeVersions] = None
     efa: Optional[EfaFacts] = None  # None only in facts built by hand (tests)
+    # How to ask containerd and kubelet whether they serve (by unit), and their answers, asked only
+    # of units that are active: systemd's "active" alone does not say they serve.
+    probes: Mapping[str, ServingProbe] = {}
+    serving: Mapping[str, Serving] = {}
 
 
 def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
@@ -48,9 +53,52 @@ def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
         nvidia_facts = exc
     units = systemd.discover(systemd.units_to_discover(config.restart.units),
                              timeout=min(config.restart.timeout_seconds, systemd.DISCOVERY_TIMEOUT))
+    probes, serving = _serving(root, config, containerd_facts, units)
     from agent import driver, versions
 
     driver_facts = driver.discover(root)
     node_versions = versions.discover(root, driver_facts.version, driver_facts.version_note)
     return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts, units=units,
-                     driver=driver_facts, versions=node_versions, efa=efa.discover(root, config.efa))
+                     driver=driver_facts, versions=node_versions, efa=efa.discover(root, config.efa),
+                     probes=probes, serving=serving)
+
+
+def _serving(
+    root: NodeRoot, config: AgentConfig, containerd_facts: Union[ContainerdConfigSet, NodeFileError],
+    units: Union[UnitStates, SystemdError],
+) -> Tuple[Dict[str, ServingProbe], Dict[str, Serving]]:
+    from agent import cri, kubelet, systemd
+
+    probes: Dict[str, ServingProbe] = {}
+    cri_probe = cri.probe(root, None if isinstance(containerd_facts, NodeFileError) else containerd_facts)
+    if cri_probe is not None:
+        probes[config.restart.units[0]] = cri_probe
+    probes[systemd.kubelet_unit(config.restart.units)] = kubelet.probe(root)
+    serving: Dict[str, Serving] = {}
+    if isinstance(units, UnitStates):
+        for unit, probe in probes.items():
+            state = units.get(unit)
+            if state is not None and state.active_state == "active":
+                serving[unit] = _ask(probe, state)
+    return probes, serving
+
+
+# A daemon that systemd started moments ago may not serve yet (kubelet is active before its healthz
+# listens): the answer is awaited until it has been active this long, then taken as it is.
+STARTING_GRACE_SECONDS = 10.0
+PROBE_TIMEOUT = 5.0  # one reading of a daemon's own word (ctr, healthz)
+
+
+def _ask(probe: ServingProbe, state: UnitState) -> Serving:
+    import time
+
+    from agent import serving
+
+    answer = probe.read(PROBE_TIMEOUT)
+    since = state.active_since
+    if answer.ok or answer.final or since is None:
+        return answer
+    remaining = since + STARTING_GRACE_SECONDS - time.time()
+    if remaining <= 0:
+        return answer
+    return serving.wait(probe, time.monotonic() + min(remaining, STARTING_GRACE_SECONDS))

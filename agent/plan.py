@@ -7,7 +7,7 @@ but must not fix on its own (an unreadable file, mixed-version drop-ins) travel 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from agent.config import AgentConfig, RestartSettings
 from agent.containerd import ContainerdConfigSet
@@ -19,6 +19,7 @@ from agent.systemd import SystemdError, UnitStates, stale_daemon
 
 if TYPE_CHECKING:
     from agent.efa import EfaAction
+    from agent.serving import ServingProbe
 
 
 class Restart(NamedTuple):
@@ -27,6 +28,9 @@ class Restart(NamedTuple):
     # The restart loads this run's own edit: if the unit does not come back active, apply puts the
     # previous files back and restarts it again (the agent never leaves containerd down by its change).
     rollback_on_failure: bool = False
+    # How to ask the daemon whether it serves after the restart (containerd's CRI plugins, kubelet's
+    # healthz); the restart is done only when it does.
+    probe: Optional[ServingProbe] = None
 
 
 class NotRestarted(NamedTuple):
@@ -67,7 +71,8 @@ def make_plan(facts: NodeFacts, config: AgentConfig) -> Plan:
         edits.extend([edit] if edit else [])
         problems.extend(nvidia_problems)
     config_set = facts.containerd if isinstance(facts.containerd, ContainerdConfigSet) else None
-    restarts, not_restarted = plan_restarts(facts.units, config_set, edits, config.restart, facts.root)
+    restarts, not_restarted = plan_restarts(facts.units, config_set, edits, config.restart, facts.root,
+                                            facts.probes)
     efa_action = None
     if facts.efa is not None:
         efa_action, efa_problems = efa.decide(facts.efa, config.efa, facts.root)
@@ -82,6 +87,7 @@ def plan_restarts(
     edits: Sequence[FileEdit],
     settings: RestartSettings,
     root: NodeRoot,
+    probes: Optional[Mapping[str, ServingProbe]] = None,
 ) -> Tuple[Tuple[Restart, ...], Tuple[NotRestarted, ...]]:
     """Which units restart, in order, and why. ``restart.units``: containerd first, then the rest.
 
@@ -124,7 +130,8 @@ def plan_restarts(
     if not state.running and settings.policy != "always":
         why = f"{state.describe()}: it loads the new configuration when it starts"
         return (), (NotRestarted(containerd_unit, why, SKIP),)
-    restarts = [Restart(containerd_unit, reason, rollback_on_failure=bool(changed))]
+    probes = probes or {}
+    restarts = [Restart(containerd_unit, reason, rollback_on_failure=bool(changed), probe=probes.get(containerd_unit))]
     skipped: List[NotRestarted] = []
     for unit in followers:
         follower = units.get(unit)
@@ -137,7 +144,7 @@ def plan_restarts(
             skipped.append(NotRestarted(unit, why, SKIP))
         else:
             restarts.append(Restart(unit, f"after {containerd_unit}: it keeps its connection to the old "
-                                          "container runtime"))
+                                          "container runtime", probe=probes.get(unit)))
     return tuple(restarts), tuple(skipped)
 
 

@@ -10,10 +10,9 @@ A restart is ``Manager.RestartUnit(unit, "replace")`` done the way nodeadm does 
 with a deadline, then confirm ``ActiveState == "active"`` (the job result alone does not say the
 unit stayed up). Every failure is one ``SystemdError`` line naming the unit and what was expected.
 
-Discovery (``discover``: ``check``, ``plan``, and ``run`` before deciding) only reads, and does so
-over ``agent.dbus_wire``, a small client on the standard library's sockets: importing gi + pydbus
-costs more than the rest of ``check``. gi/pydbus are imported inside ``SystemdClient``'s methods, so
-only a restart loads them, and importing this module (for its data types and checks) stays cheap.
+Discovery (``discover``: ``check``, ``plan``, and ``run`` before deciding) reads over the same
+client. gi/pydbus are imported inside ``SystemdClient``'s methods, so importing this module (for its
+data types) stays cheap for commands that never talk to systemd.
 """
 
 import contextlib
@@ -37,11 +36,12 @@ from typing import (
 )
 
 from agent.errors import AgentError
-from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.health import FAIL, PASS, WARN, CheckResult
+from agent.serving import NOT_SERVING
 
 if TYPE_CHECKING:
     from agent.containerd import ContainerdConfigSet
-    from agent.dbus_wire import Connection
+    from agent.serving import Serving
 
 BUS_ADDRESS_ENV = "DBUS_SYSTEM_BUS_ADDRESS"
 DEFAULT_BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
@@ -228,7 +228,11 @@ class SystemdClient:
 
     def connect(self) -> "SystemdClient":
         """Open the connection and find systemd on the bus. Raises ``BusUnreachable``."""
-        from gi.repository import Gio, GLib
+        try:
+            from gi.repository import Gio, GLib
+        except ImportError as exc:  # the RPM requires python3-gobject-base; a bare interpreter may lack it
+            raise BusUnreachable(f"system bus {self.address}: cannot load the D-Bus client (gi: "
+                                 f"{type(exc).__name__}); install python3-gobject-base") from None
 
         flags = Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION
         cancellable = Gio.Cancellable.new()
@@ -240,10 +244,10 @@ class SystemdClient:
         try:
             self._con = Gio.DBusConnection.new_for_address_sync(self.address, flags, None, cancellable)
         except GLib.Error as exc:
-            _, message = _glib_error_name(exc)
             if cancellable.is_cancelled():
-                message = f"no answer within {self.timeout:g}s"
-            raise BusUnreachable(f"system bus {self.address}: {message}") from None
+                raise SystemdTimeout(f"system bus {self.address}: no answer within {self.timeout:g}s while "
+                                     "connecting") from None
+            raise BusUnreachable(f"system bus {self.address}: {_glib_error_name(exc)[1]}") from None
         finally:
             timer.cancel()
         from pydbus.bus import Bus
@@ -379,9 +383,26 @@ class SystemdClient:
                 raise self._error(exc, "Subscribe", None, self._remaining(deadline)) from None
         self._subscribed = True
 
-    def restart(self, name: str, timeout: float) -> RestartOutcome:
+    def reset_failed(self, name: str, *, deadline: Optional[float] = None) -> None:
+        """``ResetFailedUnit``: forget the unit's failed state and its start-rate counter."""
+        self._call(SYSTEMD_BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "ResetFailedUnit", ("s", (name,)), None,
+                   unit=name, deadline=deadline)
+
+    def service_result(self, name: str, *, deadline: Optional[float] = None) -> str:
+        """The service's ``Result`` (``success``, ``exit-code``, ``start-limit-hit``, ...), '' if unknown."""
+        try:
+            path = self.unit_object(name, deadline=deadline)
+            (value,) = self._call(SYSTEMD_BUS_NAME, path, PROPERTIES_IFACE, "Get", ("ss", (SERVICE_IFACE, "Result")),
+                                  "(v)", unit=name, deadline=deadline)
+        except SystemdError:
+            return ""
+        return str(value)
+
+    def restart(self, name: str, timeout: float, *, reset_failed: bool = False) -> RestartOutcome:
         """Restart ``name`` and wait, at most ``timeout`` seconds, until it is confirmed active.
 
+        A unit in ``failed`` (or any unit, with ``reset_failed``) gets ``ResetFailedUnit`` first, so
+        systemd's start-rate limit cannot refuse the restart (a rollback must not be refused).
         Raises ``UnitNotLoaded``, ``JobFailed`` (result other than done, or not active after it),
         ``SystemdTimeout`` (the job still runs at the deadline) or ``BusUnreachable``.
         """
@@ -391,6 +412,8 @@ class SystemdClient:
         before = self.unit_state(name, deadline=deadline)
         if not before.loaded:
             raise UnitNotLoaded(f"{name}: cannot restart, the unit is not loaded ({before.load_state})", name)
+        if reset_failed or before.active_state == "failed":
+            self.reset_failed(name, deadline=deadline)
         finished: Dict[str, str] = {}
 
         def on_job_removed(_sender: str, _path: str, _iface: str, _signal: str, params: Any) -> None:
@@ -424,8 +447,12 @@ class SystemdClient:
         result = finished[job]
         after = self.unit_state(name, deadline=max(deadline, self.clock() + 1.0))
         if result != "done":
+            why = ""
+            if result == "failed" and self.service_result(name, deadline=self.clock() + 1.0) == "start-limit-hit":
+                why = ("; systemd's start-rate limit was hit (too many starts in a short time), not a problem "
+                       "of the configuration")
             raise JobFailed(f"{name}: restart job finished with result '{result}', expected 'done'; now "
-                            f"{after.active_state} ({after.sub_state})", name, result)
+                            f"{after.active_state} ({after.sub_state}){why}", name, result)
         if after.active_state != "active":
             raise JobFailed(f"{name}: restart job done but the unit is {after.active_state} "
                             f"({after.sub_state}), expected active", name, result)
@@ -461,116 +488,16 @@ def connect(address: Optional[str] = None, *, timeout: float = DEFAULT_CALL_TIME
     return SystemdClient(address, timeout=timeout).connect()
 
 
-class _Request(NamedTuple):
-    unit: str
-    path: str
-    iface: str
-    method: str
-    args: Tuple[str, Tuple[Any, ...]]  # (signature, values)
-    reply: str  # the reply's signature: one value
-
-
-class _UnitReader:
-    """Reads unit state over ``agent.dbus_wire`` the way ``SystemdClient.unit_state`` does over pydbus
-    (``GetUnit``, else ``LoadUnit``; ``Unit`` properties; ``Service.MainPID``), errors mapped alike.
-    The calls for all units go out together, in two or three round trips in all."""
-
-    def __init__(self, bus: "Connection", address: str, timeout: float) -> None:
-        self.bus = bus
-        self.address = address
-        self.timeout = timeout
-
-    def batch(self, requests: Sequence[_Request]) -> List[Union[Any, SystemdError]]:
-        """Each request's one reply value, or its error as a ``SystemdError`` naming the unit (returned,
-        for the caller to judge); a failure of the whole exchange (timeout, bus gone) is raised."""
-        from agent import dbus_wire
-
-        calls = [dbus_wire.MethodCall(SYSTEMD_BUS_NAME, r.path, r.iface, r.method, r.args[0], r.args[1],
-                                      reply_signature=r.reply) for r in requests]
-        try:
-            replies = self.bus.call_many(calls)
-        except dbus_wire.DBusTimeout as exc:
-            late = requests[exc.unanswered[0] if exc.unanswered else 0]
-            raise SystemdTimeout(f"{late.unit}: {late.method}: systemd did not answer within {self.timeout:.3g}s",
-                                 late.unit) from None
-        except dbus_wire.DBusError as exc:  # disconnected, or a reply this client cannot read
-            raise BusUnreachable(f"system bus {self.address}: {exc}", requests[0].unit) from None
-        results: List[Union[Any, SystemdError]] = []
-        for request, reply in zip(requests, replies):
-            if not isinstance(reply, dbus_wire.RemoteError):
-                results.append(reply[0])
-            elif reply.name in (f"{DBUS_ERROR}.ServiceUnknown", f"{DBUS_ERROR}.NameHasNoOwner"):
-                results.append(BusUnreachable(f"system bus {self.address}: systemd ({SYSTEMD_BUS_NAME}) is not on "
-                                              f"it: {reply.message}", request.unit))
-            else:
-                results.append(_error_for(reply.name, reply.message, f"{request.unit}: {request.method}",
-                                          request.unit, self.timeout, self.address))
-        return results
-
-    def unit_states(self, names: Sequence[str]) -> Tuple[UnitState, ...]:
-        paths = self.batch([_Request(n, MANAGER_PATH, MANAGER_IFACE, "GetUnit", ("s", (n,)), "o") for n in names])
-        not_loaded = [i for i, path in enumerate(paths) if isinstance(path, UnitNotLoaded)]
-        if not_loaded:  # LoadUnit reads it from disk if it exists, else gives a "not-found" unit
-            loaded = self.batch([_Request(names[i], MANAGER_PATH, MANAGER_IFACE, "LoadUnit", ("s", (names[i],)), "o")
-                                 for i in not_loaded])
-            for i, path in zip(not_loaded, loaded):
-                paths[i] = path
-        unit_paths: List[str] = []
-        for path in paths:
-            if isinstance(path, SystemdError):
-                raise path
-            unit_paths.append(path)
-        requests = []
-        for name, path in zip(names, unit_paths):
-            requests.append(_Request(name, path, PROPERTIES_IFACE, "GetAll", ("s", (UNIT_IFACE,)), "a{sv}"))
-            if name.endswith(".service"):  # used only when the unit turns out to be loaded
-                requests.append(_Request(name, path, PROPERTIES_IFACE, "Get", ("ss", (SERVICE_IFACE, "MainPID")), "v"))
-        replies = iter(self.batch(requests))
-        return tuple(self._unit_state(name, next(replies), next(replies) if name.endswith(".service") else None)
-                     for name in names)
-
-    @staticmethod
-    def _unit_state(name: str, props: Union[Any, SystemdError], main_pid: Union[Any, SystemdError, None]) -> UnitState:
-        if isinstance(props, SystemdError):
-            raise props
-        values = {key: variant.value for key, variant in props.items()}
-        pid: Any = 0
-        if main_pid is not None and values.get("LoadState") == "loaded":
-            if isinstance(main_pid, SystemdError):
-                raise main_pid
-            pid = main_pid.value
-        try:
-            return UnitState(
-                name=name,
-                load_state=str(values.get("LoadState", "")),
-                active_state=str(values.get("ActiveState", "")),
-                sub_state=str(values.get("SubState", "")),
-                active_enter_timestamp=int(values.get("ActiveEnterTimestamp", 0)),
-                main_pid=int(pid),
-                invocation_id=bytes(values.get("InvocationID") or b"").hex(),
-            )
-        except (TypeError, ValueError) as exc:
-            raise SystemdError(f"{name}: unexpected property value from systemd: {exc}", name) from None
-
-
 def discover(names: Sequence[str], *, address: Optional[str] = None,
              timeout: float = DISCOVERY_TIMEOUT) -> Union[UnitStates, SystemdError]:
-    """The state of ``names``, read-only over ``agent.dbus_wire`` within ``timeout`` overall (no gi or
-    pydbus import); a failure (no bus, systemd silent) is returned as data, never raised."""
-    from agent import dbus_wire
-
-    address = address or bus_address()
+    """The state of ``names``, read-only, within ``timeout`` overall; a failure (no bus, systemd
+    silent) is returned as data, never raised, so ``check`` reports it and goes on."""
+    client = SystemdClient(address, timeout=timeout)
     try:
-        bus = dbus_wire.Connection.open(address, timeout=timeout)
-    except dbus_wire.DBusTimeout as exc:
-        return SystemdTimeout(f"system bus {address}: {exc}")
-    except dbus_wire.DBusError as exc:
-        return BusUnreachable(f"system bus {address}: {exc}")
-    with bus:
-        try:
-            return UnitStates(address, _UnitReader(bus, address, timeout).unit_states(names))
-        except SystemdError as exc:
-            return exc
+        with client:
+            return client.unit_states(names, timeout=timeout)
+    except SystemdError as exc:
+        return exc
 
 
 def units_to_discover(units: Sequence[str]) -> List[str]:
@@ -627,18 +554,26 @@ def _state_details(state: UnitState) -> Dict[str, Any]:
 
 
 def check_unit_running(
-    check_name: str, name: str, units: Union[UnitStates, SystemdError, None]
+    check_name: str, name: str, units: Union[UnitStates, SystemdError, None], serving: "Optional[Serving]" = None,
 ) -> CheckResult:
-    """pass: active; warn: starting or reloading; fail: not loaded, inactive, failed; skip: no systemd."""
+    """pass: active and (when asked) the daemon serves; warn: starting or reloading, or a state the
+    agent could not read (no bus, cannot ask the daemon); fail: not loaded, inactive, failed, or
+    active while the daemon says it does not serve."""
     if units is None or isinstance(units, SystemdError):
         why = str(units) if units is not None else "unit state not discovered"
-        return CheckResult(check_name, SKIP, f"cannot read {name}: {why}")
+        return CheckResult(check_name, WARN, f"cannot read {name}: {why}")
     state = units.get(name)
     if state is None:
-        return CheckResult(check_name, SKIP, f"{name}: state not discovered")
+        return CheckResult(check_name, WARN, f"{name}: state not discovered")
     details = _state_details(state)
     if state.active_state == "active":
-        return CheckResult(check_name, PASS, state.describe(), details)
+        if serving is None:
+            return CheckResult(check_name, PASS, state.describe(), details)
+        details = {**details, "serving": serving.state, **serving.details}
+        if serving.ok:
+            return CheckResult(check_name, PASS, f"{state.describe()}; {serving.message}", details)
+        status = FAIL if serving.state == NOT_SERVING else WARN
+        return CheckResult(check_name, status, f"{state.describe()}, but {serving.message}", details)
     if state.loaded and state.active_state in ("activating", "reloading"):
         return CheckResult(check_name, WARN, state.describe(), details)
     return CheckResult(check_name, FAIL, state.describe() + ("" if not state.loaded else ", expected active"),
@@ -649,9 +584,11 @@ def check_containerd_running(
     units: Union[UnitStates, SystemdError, None],
     config_set: "Optional[ContainerdConfigSet]",
     unit: str,
+    serving: "Optional[Serving]" = None,
 ) -> CheckResult:
-    """``containerd-running``: the daemon is active and not older than its configuration."""
-    result = check_unit_running("containerd-running", unit, units)
+    """``containerd-running``: the daemon is active, its CRI plugins are ``ok`` (``agent/cri.py``),
+    and it is not older than its configuration."""
+    result = check_unit_running("containerd-running", unit, units, serving)
     if result.status != PASS or not isinstance(units, UnitStates):
         return result
     stale = stale_daemon(units.get(unit), config_set)
@@ -662,5 +599,8 @@ def check_containerd_running(
     return CheckResult("containerd-running", WARN, f"{stale.describe()} (restart pending)", details)
 
 
-def check_kubelet_running(units: Union[UnitStates, SystemdError, None], unit: str) -> CheckResult:
-    return check_unit_running("kubelet-running", unit, units)
+def check_kubelet_running(
+    units: Union[UnitStates, SystemdError, None], unit: str, serving: "Optional[Serving]" = None
+) -> CheckResult:
+    """``kubelet-running``: the unit is active and kubelet's healthz answers ``ok`` (``agent/kubelet.py``)."""
+    return check_unit_running("kubelet-running", unit, units, serving)

@@ -20,6 +20,7 @@ install -D -m 644 /dev/null "$NODE/dev/nvidia0"
 install -D -m 755 /dev/stdin "$NODE/usr/bin/nvidia-smi" <<<$'#!/bin/sh\necho 580.159.03'
 install -D -m 755 /dev/stdin "$NODE/usr/bin/nvidia-ctk" <<<$'#!/bin/sh\necho "NVIDIA Container Toolkit CLI version 1.19.0"'
 # No systemd, cluster or EFA hardware on this simulated node: leave restarts, EFA and publishing out.
+# (containerd-running and kubelet-running warn: without a system bus the agent cannot prove them.)
 install -D -m 644 /dev/stdin "$NODE/etc/gpu-node-agent/config.yaml" <<'YAML'
 restart:
   policy: never

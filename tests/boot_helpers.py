@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from tests.conftest import SAMPLES
 from tests.packaging_helpers import built_rpm, install, run, scratch_dir
-from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, JobRecorder
+from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, JobRecorder, free_port
 
 AGENT = "gpu-node-agent.service"
 CHECK = "gpu-node-agent-check.service"
@@ -366,6 +366,7 @@ class BootedNode:
         self.work = Path(tempfile.mkdtemp(prefix="gna-boot-", dir="/var/lib"))
         self.root = self.work / "node"
         self.daemons = FakeNodeDaemons(self.work / "daemons").install()
+        self.healthz_port = free_port()  # the kubelet stand-in's healthz
         self.run_log = self.work / "runs.log"
         self.rendered = self.work / "nodeadm-rendered.toml"
         self.sd: Optional[BootedSystemd] = None
@@ -396,8 +397,9 @@ class BootedNode:
             NODEADM_CONFIG: nodeadm_config_unit(self.run_log),
             NODEADM_RUN: nodeadm_run_unit(script),
             KMOD: kmod_unit(self.run_log),
-            CONTAINERD: self.daemons.containerd_unit(self.config_toml),
-            KUBELET: self.daemons.kubelet_unit(),
+            CONTAINERD: self.daemons.containerd_unit(self.config_toml,
+                                                     socket=self.root / "run/containerd/containerd.sock"),
+            KUBELET: self.daemons.kubelet_unit(self.healthz_port),
         }
         for name in (AGENT, CHECK, TIMER):
             units[name] = self.packaged.unit(name)
@@ -428,6 +430,8 @@ class BootedNode:
         """Boot systemd (bus and journal only), ready to start ``TARGET``. ``previous``: the
         sample config.toml holds before the boot; ``rendered``: the sample nodeadm writes."""
         known_good_node(self.root, previous, agent_config(self.packaged.default_config()))
+        self.daemons.install_ctr(self.root)  # answers for the containerd stand-in as the real ctr does
+        self.daemons.node_kubelet_config(self.root, self.healthz_port)
         shutil.copyfile(SAMPLES / rendered, self.rendered)
         files: Dict[str, Union[str, bytes]] = {**self.packaged.usr_files(), **self.drop_ins()}
         files.update(extra_files or {})

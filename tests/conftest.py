@@ -79,3 +79,28 @@ def _fresh_logging() -> None:
     from agent import log
 
     log.setup()
+
+
+@pytest.fixture
+def units_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """containerd and kubelet active (since tomorrow: never older than their files) and serving,
+    as systemd and the daemons report them on a healthy node. For tests of other parts that run
+    without a system bus (pyfakefs, no systemd); without it the unit checks warn ("cannot read").
+    The real thing: tests/test_systemd_restart.py and tests/test_containerd_daemon.py."""
+    import time as _time
+
+    from agent import node, systemd
+    from agent.serving import SERVING, Serving
+
+    since = int((_time.time() + 86400) * 1e6)
+
+    def discover(names: Any, **_: Any) -> Any:
+        return systemd.UnitStates("unix:path=/run/dbus/system_bus_socket", tuple(
+            systemd.UnitState(n, "loaded", "active", "running", since, 100 + i) for i, n in enumerate(names)))
+
+    def serving(root: Any, config: Any, containerd_facts: Any, units: Any) -> Any:
+        names = [config.restart.units[0], systemd.kubelet_unit(config.restart.units)]
+        return {}, {n: Serving(SERVING, f"{n}: serving") for n in names}
+
+    monkeypatch.setattr(systemd, "discover", discover)
+    monkeypatch.setattr(node, "_serving", serving)

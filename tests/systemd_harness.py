@@ -541,6 +541,11 @@ def boot(
     return instance
 
 
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")[-3000:]
@@ -570,14 +575,20 @@ def _wait_for_bus(instance: BootedSystemd, deadline: float) -> None:
 # controlled through files in its control directory:
 #   fail-if-contains  exit 1 when the config contains this text (a config containerd rejects)
 #   never-ready       never send READY=1 (Type=notify: the start job never finishes)
+#   healthz           kubelet: answer GET /healthz with "<status> <body>" from this file (default "200 ok")
+# With --socket it listens on that unix socket before READY=1, as containerd does (FAKE_CTR answers
+# for it); with --healthz-port it serves kubelet's /healthz on 127.0.0.1.
 FAKE_DAEMON = r'''#!/usr/bin/python3
-import argparse, hashlib, os, signal, socket, sys, time, tomllib
+import argparse, hashlib, os, signal, socket, sys, threading, time, tomllib
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 p = argparse.ArgumentParser()
 p.add_argument("--name", required=True)
 p.add_argument("--log", required=True)
 p.add_argument("--config")
 p.add_argument("--control", required=True)
+p.add_argument("--socket")
+p.add_argument("--healthz-port", type=int)
 a = p.parse_args()
 digest = "-"
 if a.config:
@@ -598,6 +609,32 @@ if a.config:
             text = f.read().strip()
         if text and text in data.decode():
             sys.exit(f"{a.name}: rejecting {a.config}: contains {text!r}")
+if a.socket:
+    with __import__("contextlib").suppress(FileNotFoundError):
+        os.unlink(a.socket)
+    os.makedirs(os.path.dirname(a.socket), exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(a.socket)
+    listener.listen(16)
+if a.healthz_port:
+    class Healthz(BaseHTTPRequestHandler):
+        def do_GET(self):
+            answer = "200 ok"
+            with __import__("contextlib").suppress(OSError):
+                with open(os.path.join(a.control, "healthz")) as f:
+                    answer = f.read().strip()
+            status, _, body = answer.partition(" ")
+            self.send_response(int(status))
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    HTTPServer.allow_reuse_address = True
+    server = HTTPServer(("127.0.0.1", a.healthz_port), Healthz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
 if not os.path.exists(os.path.join(a.control, "never-ready")):
     address = os.environ.get("NOTIFY_SOCKET")
     if address:
@@ -611,6 +648,66 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 while True:
     signal.pause()
 '''
+
+
+# ``ctr plugins ls`` for the containerd stand-in, answering as Debian's real containerd 1.6 does
+# (the listing's columns and the ``-d`` block's ``Error:``/``Message:`` lines are copied from its
+# output; the ``io.containerd.cri.v1`` rows are the plugins containerd 2.x adds, which the samples'
+# containerd-version.txt names): the CRI plugin is ``ok``, or ``error`` with the reason in the
+# stand-in's control file
+# ``cri-error``. Like the real ctr, it fails when nothing listens on --address.
+FAKE_CTR = r'''#!/usr/bin/python3
+import os, socket, sys
+
+args = sys.argv[1:]
+address = args[args.index("--address") + 1]
+control = CONTROL_DIR
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(address)
+    s.close()
+except OSError as exc:
+    sys.exit(f'ctr: failed to dial "{address}": context deadline exceeded: connection error: {exc}')
+error = ""
+if os.path.exists(os.path.join(control, "cri-error")):
+    with open(os.path.join(control, "cri-error")) as f:
+        error = f.read().strip()
+status = "error" if error else "ok"
+if "-d" in args:
+    print("Type:          io.containerd.grpc.v1\nID:            cri\nPlatforms:     linux/amd64\nExports:")
+    print("               CRIVersionAlpha      v1alpha2\n               CRIVersion           v1")
+    if error:
+        print(f"Error:\n               Code:        Unknown\n               Message:     {error}")
+else:
+    print("TYPE                                  ID                       PLATFORMS      STATUS    ")
+    print("io.containerd.content.v1              content                  -              ok        ")
+    print("io.containerd.cri.v1                  images                   -              ok        ")
+    print("io.containerd.cri.v1                  runtime                  linux/amd64    ok        ")
+    print(f"io.containerd.grpc.v1                 cri                      linux/amd64    {status:<10}")
+'''
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_healthz(port: int, timeout: float = 10.0) -> None:
+    """Until the kubelet stand-in answers on 127.0.0.1:``port`` (bounded)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -638,6 +735,24 @@ class FakeNodeDaemons:
             self.control(name).mkdir(parents=True, exist_ok=True)
         self.start_log.touch()
         return self
+
+    def install_ctr(self, root: Path) -> Path:
+        """``ROOT/usr/bin/ctr`` answering for the containerd stand-in (see ``FAKE_CTR``)."""
+        ctr = root / "usr/bin/ctr"
+        ctr.parent.mkdir(parents=True, exist_ok=True)
+        ctr.write_text(FAKE_CTR.replace("CONTROL_DIR", repr(str(self.control("containerd")))))
+        ctr.chmod(0o755)
+        return ctr
+
+    def node_kubelet_config(self, root: Path, port: int) -> None:
+        """kubelet's config where nodeadm puts it, with the stand-in's healthz port."""
+        env = root / "etc/eks/kubelet/environment"
+        text = env.read_text() if env.exists() else "NODEADM_KUBELET_ARGS=\n"
+        write_text(env, text.replace("NODEADM_KUBELET_ARGS=",
+                                     "NODEADM_KUBELET_ARGS=--config=/etc/kubernetes/kubelet/config.json ", 1))
+        write_text(root / "etc/kubernetes/kubelet/config.json",
+                   '{"kind": "KubeletConfiguration", "healthzBindAddress": "127.0.0.1", '
+                   f'"healthzPort": {port}}}\n')
 
     def starts(self) -> List[Tuple[str, int, str]]:
         """Every start so far, in order: (name, pid, config digest)."""
@@ -667,7 +782,8 @@ class FakeNodeDaemons:
             time.sleep(0.02)
 
     def containerd_unit(self, config: Path, *, restart_always: bool = True,
-                        start_timeout: str = "90s", start_limit: bool = True) -> str:
+                        start_timeout: str = "90s", start_limit: bool = True,
+                        socket: Optional[Path] = None) -> str:
         # Mirrors containerd's own unit where systemd behaviour depends on it: Type=notify (the start
         # job finishes at READY=1), Restart=always. start_limit=False lifts systemd's default of 5
         # starts per 10 s, for benchmarks that restart it many times.
@@ -677,17 +793,44 @@ class FakeNodeDaemons:
             f"[Unit]\nDescription=containerd stand-in (test)\n{limit}"
             "[Service]\nType=notify\n"
             f"ExecStart=/usr/bin/python3 {self.script} --name containerd --log {self.start_log} "
-            f"--config {config} --control {self.control('containerd')}\n"
+            f"--config {config} --control {self.control('containerd')}"
+            f"{f' --socket {socket}' if socket else ''}\n"
             f"{restart}TimeoutStartSec={start_timeout}\nKillMode=process\n"
         )
 
-    def kubelet_unit(self) -> str:
+    def kubelet_unit(self, healthz_port: Optional[int] = None) -> str:
         # Like the EKS kubelet unit: simple service, ordered after containerd, restarts on failure.
         return (
             "[Unit]\nDescription=kubelet stand-in (test)\n"
             "After=containerd.service\nWants=containerd.service\n"
             "[Service]\n"
             f"ExecStart=/usr/bin/python3 {self.script} --name kubelet --log {self.start_log} "
-            f"--control {self.control('kubelet')}\n"
+            f"--control {self.control('kubelet')}"
+            f"{f' --healthz-port {healthz_port}' if healthz_port else ''}\n"
             "Restart=on-failure\nRestartSec=5\n"
         )
+
+
+# --- Debian's real containerd (1.6) as a service of the test systemd --------------------------------------
+
+# What the real daemon needs inside the instance: the nodeadm sample's base_runtime_spec (the CRI
+# plugin loads it at start) and its CNI conf_dir, which must exist because /etc is read-only here.
+REAL_CONTAINERD_FILES = {
+    "/etc/containerd/base-runtime-spec.json": '{"ociVersion": "1.1.0"}\n',
+    "/etc/cni/net.d/.keep": "",
+}
+
+
+def real_containerd_unit(config: Path, socket: Path, log: Path, *, start_limit_burst: int = 5,
+                         start_limit_interval: str = "60s") -> str:
+    """containerd's own unit where systemd behaviour depends on it (``Type=notify``, ``Delegate``,
+    ``KillMode=process``), with a private root and state and the socket at ``socket`` (a host path:
+    keep it short, a unix socket path has at most 107 bytes, and containerd adds ``.ttrpc``)."""
+    return (
+        "[Unit]\nDescription=containerd (Debian's daemon, test instance)\n"
+        f"StartLimitIntervalSec={start_limit_interval}\nStartLimitBurst={start_limit_burst}\n"
+        "[Service]\nType=notify\nDelegate=yes\nKillMode=process\nTimeoutStartSec=30\n"
+        f"ExecStart=/usr/bin/containerd --config {config} --address {socket} "
+        "--root /var/lib/containerd --state /run/containerd-state\n"
+        f"StandardOutput=append:{log}\nStandardError=append:{log}\n"
+    )

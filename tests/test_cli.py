@@ -24,6 +24,9 @@ from tests.conftest import sample
 from tests.containerd_helpers import VERSION_TEXT
 from tests.gpu_node import known_good_facts
 
+# The unit checks as on a healthy node: these tests are about files, not systemd (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("units_serving")
+
 ROOT = "/node"
 CONTAINERD = "/etc/containerd/config.toml"
 NVIDIA = "/etc/nvidia-container-runtime/config.toml"

@@ -13,6 +13,9 @@ from agent.fs import NodeRoot
 from agent.health import FAIL, PASS, SKIP, WARN
 from tests.efa_helpers import LIBFABRIC, converged_node, efa_node, write_config, write_installed
 
+# The unit checks as on a healthy node: these tests are about files, not systemd (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("units_serving")
+
 
 @pytest.fixture(autouse=True)
 def fresh_log() -> Iterator[None]:

@@ -31,6 +31,9 @@ from tests.efa_helpers import (
     write_config,
 )
 
+# The unit checks as on a healthy node: these tests are about files, not systemd (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("units_serving")
+
 SYMLINK, HARDLINK = tarfile.SYMTYPE, tarfile.LNKTYPE
 CHR, BLK, FIFO = tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE
 

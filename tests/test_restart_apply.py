@@ -26,7 +26,7 @@ class ScriptedSystemd:
         self.calls: List[str] = []
         self.closed = False
 
-    def restart(self, unit: str, timeout: float) -> RestartOutcome:
+    def restart(self, unit: str, timeout: float, *, reset_failed: bool = False) -> RestartOutcome:
         self.calls.append(unit)
         outcome = self.script.get(unit, [None]).pop(0) if self.script.get(unit) else None
         if outcome is not None:
@@ -93,11 +93,11 @@ def test_rollback_restores_the_file_and_restarts_containerd_again(edit: FileEdit
     assert edit.path.read_text() == "old\n"
     assert client.calls == [CONTAINERD, CONTAINERD, KUBELET]
     assert result.written == []
-    assert f"rolled back {edit.path}: containerd.service did not come back active with it" in result.actions
+    assert f"rolled back {edit.path}: containerd.service did not come back serving with it" in result.actions
     assert result.failures == [
         str(failed(CONTAINERD)),
-        "containerd.service did not come back active with this run's configuration change; the previous "
-        "configuration is restored and containerd.service is active again",
+        "containerd.service did not come back serving with this run's configuration change; the previous "
+        "configuration is restored and containerd.service serves again",
     ]
 
 

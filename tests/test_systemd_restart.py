@@ -20,7 +20,7 @@ import pytest
 from agent import cli
 from tests.conftest import REPO, sample
 from tests.gpu_node import gpu_side
-from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord
+from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, free_port, wait_for_healthz
 
 pytestmark = pytest.mark.root
 
@@ -52,6 +52,7 @@ class GpuNode:
         self.boot_systemd = boot_systemd
         self.sd: Optional[BootedSystemd] = None
         self.config_file = tmp_path / "agent.yaml"
+        self.healthz_port = free_port()
 
     @property
     def containerd_config(self) -> Path:
@@ -67,6 +68,8 @@ class GpuNode:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         gpu_side(self.root)  # the driver, GPUs and component versions of the known-good AMI
+        self.daemons.install_ctr(self.root)
+        self.daemons.node_kubelet_config(self.root, self.healthz_port)
         return self
 
     def agent_config(self, policy: str = "when-needed", timeout: float = 10) -> None:
@@ -79,16 +82,18 @@ class GpuNode:
     ) -> BootedSystemd:
         units = {
             CONTAINERD: self.daemons.containerd_unit(
-                self.containerd_config, restart_always=restart_always, start_timeout=start_timeout
+                self.containerd_config, restart_always=restart_always, start_timeout=start_timeout,
+                socket=self.root / "run/containerd/containerd.sock",
             )
         }
         if kubelet:
-            units[KUBELET] = self.daemons.kubelet_unit()
+            units[KUBELET] = self.daemons.kubelet_unit(self.healthz_port)
         self.sd = self.boot_systemd(units, wants=list(units), binds=[self.tmp])
         self.monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", self.sd.bus_address)
         self.sd.wait_until(CONTAINERD, "active")
         if kubelet:
             self.sd.wait_until(KUBELET, "active")
+            wait_for_healthz(self.healthz_port)  # Type=simple: active a moment before it serves
         return self.sd
 
     def agent(self, *args: str) -> Tuple[int, str, str]:
@@ -251,7 +256,7 @@ def test_containerd_failing_with_new_config_is_rolled_back(gpu_node: GpuNode, re
     assert starts[-2][0] == "containerd" and starts[-2][2] == digest(old_text)
     assert any(s[0] == "containerd" and s[2] != digest(old_text) for s in starts)
     assert "rolled back" in out
-    assert "did not come back active with this run's configuration change" in out
+    assert "did not come back serving with this run's configuration change" in out
     assert "containerd-config      fail" in out  # the drift is still there, and reported
 
 
@@ -437,3 +442,38 @@ def test_check_json_reports_unit_state(gpu_node: GpuNode) -> None:
     assert code == 1
     assert checks["kubelet-running"]["status"] == "fail"
     assert checks["kubelet-running"]["message"] == "kubelet.service inactive (dead), expected active"
+
+
+# --- 9. kubelet serves only when its healthz says so; what cannot be read warns -----------------------
+
+
+def test_kubelet_active_but_not_healthy_fails_check_and_restart(gpu_node: GpuNode) -> None:
+    gpu_node.agent_config(timeout=2)
+    gpu_node.write_node(HEALTHY).boot()
+    (gpu_node.daemons.control("kubelet") / "healthz").write_text("500 [-]syncloop failed")
+
+    code, out, _ = gpu_node.agent("check")
+    assert code == 1, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("kubelet-running"))
+    assert line.split()[1] == "fail"
+    url = f"http://127.0.0.1:{gpu_node.healthz_port}/healthz"
+    assert f"but kubelet healthz {url}: HTTP 500 '[-]syncloop failed'" in line
+
+    gpu_node.make_stale()
+    code, out, jobs = gpu_node.run_recording()
+    assert code == 1, out
+    assert units_of(jobs) == [(CONTAINERD, "done"), (KUBELET, "done")]
+    assert "kubelet.service: restarted and active, but kubelet healthz" in out
+    assert "(still so after waiting for kubelet's healthz" in out
+
+
+def test_containerd_that_cannot_be_asked_warns_and_is_not_healthy(gpu_node: GpuNode) -> None:
+    gpu_node.write_node(HEALTHY).boot()
+    (gpu_node.root / "usr/bin/ctr").unlink()
+
+    code, out, _ = gpu_node.agent("check")
+
+    assert code == 2, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("containerd-running"))
+    assert line.split()[1] == "warn" and line.endswith("but cannot ask containerd: /usr/bin/ctr not found")
+    assert "health: degraded" in out

@@ -1,13 +1,11 @@
-"""Unit-state discovery over the read-only D-Bus client, against a real systemd (booted in private
-namespaces, tests/systemd_harness.py), a real dbus-daemon, and python-dbusmock.
+"""Unit-state discovery (``systemd.discover``) against a real systemd (booted in private namespaces,
+tests/systemd_harness.py), a real dbus-daemon, and python-dbusmock.
 
-The reference is the restart path's pydbus client (``SystemdClient.unit_states``) and GLib's own
-D-Bus message parser: discovery must report exactly what they report, for units that are active,
-inactive, failed and not found, and fail the same way (``SystemdError`` subclasses) when the bus is
-missing, silent or has no systemd on it. ``check`` and ``plan`` must not load gi/pydbus at all.
+The reference is what systemd itself reports (the harness reads it with ``busctl``, independent of
+the agent's client), for units that are active, inactive, failed and not found; a bus that is
+missing, silent or has no systemd on it is a ``SystemdError`` returned as data, within the timeout.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -16,14 +14,13 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Set, Tuple
+from typing import Callable, Iterator
 
 import pytest
 
-from agent import dbus_wire, systemd
-from agent.health import SKIP
-from tests.conftest import REPO, sample
-from tests.gpu_node import gpu_side
+from agent import systemd
+from agent.health import WARN
+from tests.conftest import REPO
 from tests.systemd_harness import BootedSystemd, _children
 
 UNITS = {
@@ -42,11 +39,6 @@ def sd(boot_systemd: Callable[..., BootedSystemd]) -> BootedSystemd:
     instance.wait_until("running.service", "active")
     instance.wait_until("broken.service", "failed")
     return instance
-
-
-def pydbus_states(address: str, names: List[str]) -> systemd.UnitStates:
-    with systemd.SystemdClient(address, timeout=10) as client:
-        return client.unit_states(names)
 
 
 @contextmanager
@@ -74,8 +66,6 @@ def bus_daemon_pid(sd: BootedSystemd) -> int:
 def test_unit_states_equal_the_pydbus_client(sd: BootedSystemd) -> None:
     found = systemd.discover(NAMES, address=sd.bus_address)
     assert isinstance(found, systemd.UnitStates), found
-    assert found == pydbus_states(sd.bus_address, NAMES)
-    # And what systemd itself says (so both clients cannot be wrong the same way).
     states = {u.name: (u.load_state, u.active_state, u.sub_state) for u in found.units}
     assert states == {
         "running.service": ("loaded", "active", "running"),
@@ -99,7 +89,6 @@ def test_unit_states_equal_the_pydbus_client(sd: BootedSystemd) -> None:
     sd.systemctl("restart", "running.service")
     again = systemd.discover(NAMES, address=sd.bus_address)
     assert isinstance(again, systemd.UnitStates)
-    assert again == pydbus_states(sd.bus_address, NAMES)
     restarted = again.get("running.service")
     assert restarted is not None and restarted.main_pid != running.main_pid
     assert restarted.invocation_id != running.invocation_id
@@ -107,57 +96,11 @@ def test_unit_states_equal_the_pydbus_client(sd: BootedSystemd) -> None:
 
 
 @pytest.mark.root
-def test_systemd_replies_decode_as_glib_decodes_them(sd: BootedSystemd) -> None:
-    """Every property of the Unit and Service interfaces (some 400, of 25 types), from the same bytes."""
-    from gi.repository import Gio
-
-    received: List[dbus_wire.Message] = []
-    with dbus_wire.Connection.open(sd.bus_address, timeout=10) as bus:
-        receive = bus.receive
-
-        def recording(doing: str = "") -> dbus_wire.Message:
-            message = receive(doing)
-            received.append(message)
-            return message
-
-        bus.receive = recording  # type: ignore[method-assign]
-        for name in [*UNITS, "missing.service"]:
-            (path,) = bus.call(systemd.SYSTEMD_BUS_NAME, systemd.MANAGER_PATH, systemd.MANAGER_IFACE, "LoadUnit",
-                               "s", [name])
-            for iface in (systemd.UNIT_IFACE, systemd.SERVICE_IFACE):
-                bus.call(systemd.SYSTEMD_BUS_NAME, path, systemd.PROPERTIES_IFACE, "GetAll", "s", [iface])
-    replies = [m for m in received if m.signature == "a{sv}"]
-    assert len(replies) == 2 * (len(UNITS) + 1)
-    signatures: Set[str] = set()
-    for message in replies:
-        (ours,) = message.body()
-        (theirs,) = Gio.DBusMessage.new_from_blob(message.data, Gio.DBusCapabilityFlags.NONE).get_body().unpack()
-        assert {k: plain(v) for k, v in ours.items()} == theirs
-        signatures.update(v.signature for v in ours.values())
-    assert {"t", "b", "ay", "aay", "a(sasbttttuii)", "(bas)", "a(iiqq)", "q", "i", "u", "s", "as"} <= signatures
-
-
-def plain(value: Any) -> Any:
-    """Our decoded value as GLib's ``unpack()`` gives it: variants unwrapped, ``ay`` as a list of ints."""
-    if isinstance(value, dbus_wire.Variant):
-        return plain(value.value)
-    if isinstance(value, bytes):
-        return list(value)
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(plain(v) for v in value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value
-
-
-@pytest.mark.root
 def test_addresses_are_tried_in_order(sd: BootedSystemd, tmp_path: Path) -> None:
     address = f"unix:path={tmp_path}/no-such-bus;{sd.bus_address}"
     found = systemd.discover(["running.service"], address=address)
     assert isinstance(found, systemd.UnitStates) and found.address == address
-    assert found.units == pydbus_states(sd.bus_address, ["running.service"]).units
+    assert found.units == systemd.discover(["running.service"], address=sd.bus_address).units
 
 
 @pytest.mark.root
@@ -167,7 +110,7 @@ def test_bus_that_accepts_but_never_answers(sd: BootedSystemd) -> None:
         found = systemd.discover(["running.service"], address=sd.bus_address, timeout=0.5)
         elapsed = time.monotonic() - started
     assert isinstance(found, systemd.SystemdTimeout), found
-    assert str(found) == f"system bus {sd.bus_address}: no answer within 0.5s while authenticating"
+    assert str(found) == f"system bus {sd.bus_address}: no answer within 0.5s while connecting"
     assert 0.5 <= elapsed < 2.5
     assert isinstance(systemd.discover(["running.service"], address=sd.bus_address), systemd.UnitStates)
 
@@ -183,7 +126,7 @@ def test_systemd_that_does_not_answer(sd: BootedSystemd) -> None:
     assert str(found) == "running.service: GetUnit: systemd did not answer within 0.5s"
     assert found.unit == "running.service"
     assert 0.5 <= elapsed < 2.5
-    assert systemd.check_unit_running("containerd-running", "running.service", found).status == SKIP
+    assert systemd.check_unit_running("containerd-running", "running.service", found).status == WARN
 
 
 # --- without systemd -----------------------------------------------------------------------------------------
@@ -193,13 +136,13 @@ def test_no_bus_at_the_address(tmp_path: Path) -> None:
     address = f"unix:path={tmp_path}/no-such-bus"
     found = systemd.discover(["containerd.service"], address=address)
     assert isinstance(found, systemd.BusUnreachable)
-    assert str(found) == f"system bus {address}: cannot connect: No such file or directory"
+    assert str(found) == f"system bus {address}: Could not connect: No such file or directory"
     check = systemd.check_containerd_running(found, None, "containerd.service")
-    assert (check.status, check.message) == (SKIP, f"cannot read containerd.service: system bus {address}: "
-                                                   "cannot connect: No such file or directory")
+    assert (check.status, check.message) == (WARN, f"cannot read containerd.service: system bus {address}: "
+                                                   "Could not connect: No such file or directory")
     found = systemd.discover(["containerd.service"], address="tcp:host=127.0.0.1,port=1")
     assert isinstance(found, systemd.BusUnreachable)
-    assert "transport 'tcp' is not supported" in str(found)
+    assert str(found) == "system bus tcp:host=127.0.0.1,port=1: Could not connect to 127.0.0.1: Connection refused"
 
 
 def test_socket_that_never_accepts(tmp_path: Path) -> None:
@@ -213,7 +156,7 @@ def test_socket_that_never_accepts(tmp_path: Path) -> None:
         found = systemd.discover(["containerd.service"], address=f"unix:path={path}", timeout=0.3)
         elapsed = time.monotonic() - started
     assert isinstance(found, systemd.SystemdTimeout)
-    assert str(found) == f"system bus unix:path={path}: no answer within 0.3s while authenticating"
+    assert str(found) == f"system bus unix:path={path}: no answer within 0.3s while connecting"
     assert 0.3 <= elapsed < 2
 
 
@@ -237,14 +180,6 @@ def test_bus_without_systemd_on_an_abstract_address(tmp_path: Path) -> None:
         assert daemon.stdout is not None
         printed = daemon.stdout.readline().strip()  # the daemon prints its address once it listens
         assert printed.startswith(f"unix:abstract={name},guid="), printed
-        with dbus_wire.Connection.open(printed, timeout=5) as bus:  # the guid is verified too
-            assert bus.unique_name.startswith(":1.") and printed.endswith(f"guid={bus.guid}")
-            (names,) = bus.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "ListNames",
-                                reply_signature="as")
-            assert "org.freedesktop.DBus" in names and bus.unique_name in names
-            with pytest.raises(dbus_wire.RemoteError) as err:
-                bus.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "NoSuchMethod")
-            assert err.value.name == "org.freedesktop.DBus.Error.UnknownMethod"
         found = systemd.discover(["containerd.service"], address=f"unix:abstract={name}")
     finally:
         daemon.terminate()
@@ -344,28 +279,11 @@ def test_mock_systemd_states_equal_the_pydbus_client(mock_systemd: str) -> None:
     names = ["containerd.service", "kubelet.service"]
     found = systemd.discover(names, address=mock_systemd)
     assert isinstance(found, systemd.UnitStates), found
-    assert found == pydbus_states(mock_systemd, names)
     assert found.units == (
         systemd.UnitState("containerd.service", "loaded", "active", "running", 1_700_000_000_123_456, 4242,
                           bytes(range(16)).hex()),
         systemd.UnitState("kubelet.service", "not-found", "inactive", "dead", 0, 0, ""),
     )
-
-
-def test_every_basic_type_from_libdbus(mock_systemd: str) -> None:
-    with dbus_wire.Connection.open(mock_systemd, timeout=5) as bus:
-        (props,) = bus.call(systemd.SYSTEMD_BUS_NAME, "/org/freedesktop/systemd1/unit/containerd_2eservice",
-                            systemd.PROPERTIES_IFACE, "GetAll", "s", [systemd.UNIT_IFACE], reply_signature="a{sv}")
-    V = dbus_wire.Variant
-    expected = {
-        "Byte": V("y", 255), "Bool": V("b", True), "Int16": V("n", -32768), "UInt16": V("q", 65535),
-        "Int32": V("i", -2147483648), "Int64": V("x", -(1 << 63)), "UInt64": V("t", (1 << 64) - 1),
-        "Double": V("d", -1.5e300), "Path": V("o", "/org/freedesktop/systemd1/unit/x"),
-        "Signature": V("g", "a{sv}(iaay)"), "Strings": V("as", ["a", "ünïcödé", ""]),
-        "Pairs": V("a(ss)", [("Requires", "x.service")]), "Dict": V("a{sv}", {"k": V("i", 1)}),
-        "Nested": V("aay", [b"\x01\x02"]), "Empty": V("ax", []), "InvocationID": V("ay", bytes(range(16))),
-    }
-    assert {k: props[k] for k in expected} == expected
 
 
 def test_mock_systemd_permission_denied(mock_systemd: str) -> None:
@@ -375,51 +293,14 @@ def test_mock_systemd_permission_denied(mock_systemd: str) -> None:
     assert found.unit == "secret.service"
 
 
-# --- what check, plan and run import --------------------------------------------------------------------------
-
-PROBE = """\
-import json, sys
-from agent.cli import main
-code = main(sys.argv[1:])
-print(json.dumps({"exit": code, "modules": sorted(m for m in ("gi", "pydbus", "agent.dbus_wire") if m in sys.modules)}))
-"""
-
-
-def run_agent(node: Path, config: Path, address: str, *args: str) -> Tuple[Dict[str, Any], str]:
-    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": address, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", PROBE, "--config", str(config), "--root", str(node),
-                           "--log-format", "json", *args], capture_output=True, text=True, timeout=120, env=env,
-                          cwd=str(REPO), check=False)
-    lines = proc.stdout.strip().splitlines()
-    assert lines, proc.stderr
-    return json.loads(lines[-1]), proc.stdout + proc.stderr
-
-
-@pytest.mark.root
-def test_check_and_plan_do_not_load_gi_or_pydbus(boot_systemd: Callable[..., BootedSystemd], tmp_path: Path) -> None:
-    node = tmp_path / "node"
-    for rel, name in (("etc/containerd/config.toml", "containerd-v3-nodeadm-nvidia.toml"),
-                      ("etc/nvidia-container-runtime/config.toml", "nvidia-container-runtime-default.toml")):
-        (node / rel).parent.mkdir(parents=True, exist_ok=True)
-        (node / rel).write_text(sample(name))
-    gpu_side(node)  # driver, GPUs and component versions of a known-good node
-    config = tmp_path / "agent.yaml"
-    config.write_text("restart:\n  policy: when-needed\n  timeout_seconds: 10\nreport:\n  publish: false\n")
-    daemon = "[Service]\nExecStart=/bin/sleep infinity\n"
-    sd = boot_systemd({"containerd.service": daemon, "kubelet.service": daemon},
-                      wants=["containerd.service", "kubelet.service"])
-    sd.wait_until("kubelet.service", "active")
-
-    result, output = run_agent(node, config, sd.bus_address, "check")
-    assert result == {"exit": 0, "modules": ["agent.dbus_wire"]}, output
-    assert "containerd-running     pass    containerd.service active (running)" in output
-    result, output = run_agent(node, config, sd.bus_address, "plan")
-    assert result == {"exit": 0, "modules": ["agent.dbus_wire"]}, output
-    result, output = run_agent(node, config, sd.bus_address, "run", "--lock-wait", "5")
-    assert result == {"exit": 0, "modules": ["agent.dbus_wire"]}, output  # converged: nothing to restart
-
-    config.write_text("restart:\n  policy: always\n  timeout_seconds: 10\nreport:\n  publish: false\n")
-    before = sd.properties("containerd.service")["MainPID"]
-    result, output = run_agent(node, config, sd.bus_address, "run", "--lock-wait", "5")
-    assert result == {"exit": 0, "modules": ["agent.dbus_wire", "gi", "pydbus"]}, output  # restarts: pydbus
-    assert sd.properties("containerd.service")["MainPID"] != before
+def test_without_the_gi_bindings_unit_state_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    code = (
+        "import sys\nsys.modules['gi'] = None  # as on an interpreter without python3-gobject-base\n"
+        "from agent import systemd\n"
+        f"found = systemd.discover(['containerd.service'], address='unix:path={tmp_path}/bus')\n"
+        "print(type(found).__name__, found)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == (f"BusUnreachable system bus unix:path={tmp_path}/bus: cannot load the D-Bus "
+                                  "client (gi: ModuleNotFoundError); install "
+                                  "python3-gobject-base"), out
