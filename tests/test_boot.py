@@ -517,22 +517,38 @@ def test_restarting_the_agent_unit_runs_the_agent_alone_and_restarts_nothing(nod
 # --- 7. the boot order has no cycle, as systemd itself computes it --------------------------------------
 
 
+def verify_log(node: BootedNode) -> str:
+    """`systemd-analyze verify` of the node's boot target inside the instance, every unit loaded from
+    the instance's unit directory (the installed units byte for byte, the stand-ins shaped like
+    AL2023's, every program they run present): it builds the target's start transaction, as PID 1
+    would, and logs (at debug level) each job it installs and any ordering cycle it has to break.
+    (With --recursive-errors=no it would load the named unit alone: no transaction to check.)"""
+    proc = node.instance.nsenter("env", "SYSTEMD_LOG_LEVEL=debug", "SYSTEMD_UNIT_PATH=/run/test-units",
+                                 "systemd-analyze", "verify", "--man=no", TARGET, check=False)
+    return proc.stdout + proc.stderr
+
+
 def manager_log(node: BootedNode) -> str:
-    """What systemd logged: the journal and the console (it breaks an ordering cycle by deleting a
+    """What PID 1 logged: the journal and the console (it breaks an ordering cycle by deleting a
     job, and says so there, "Found ordering cycle ...")."""
     journal = node.instance.nsenter("journalctl", "--no-pager", "-o", "cat", check=False).stdout
     return journal + node.instance.console_log()
 
 
-def test_the_boot_transaction_has_no_ordering_cycle_and_systemd_would_report_one(node: BootedNode) -> None:
+def test_the_boot_has_no_ordering_cycle_and_systemd_would_report_one(node: BootedNode) -> None:
     node.boot(previous=HEALTHY, rendered=HEALTHY)
+
+    log = verify_log(node)
+    for unit in (PREPARE, AGENT, NODEADM_CONFIG, NODEADM_RUN, KMOD, "cloud-init.service", "cloud-final.service"):
+        assert f"Installed new job {unit}/start" in log, f"{unit} not in the transaction:\n{log[-3000:]}"
+    assert "ordering cycle" not in log
     jobs = node.start_target()
     assert all(result == "done" for _, result in units_of(jobs))
     assert "ordering cycle" not in manager_log(node)
 
-    # The check can fail: ordered after nodeadm-run as well, the prepare pass makes a cycle, and
-    # systemd deletes a job of the boot transaction to break it.
+    # Both checks can fail: ordered after nodeadm-run as well, the prepare pass makes a cycle.
     (node.instance.unit_dir / f"{PREPARE}.d" / "99-cycle.conf").write_text("[Unit]\nAfter=nodeadm-run.service\n")
+    assert "Found ordering cycle" in verify_log(node)
     node.instance.systemctl("daemon-reload")
     node.instance.systemctl("stop", TARGET, PREPARE)
     node.instance.systemctl("start", TARGET, check=False)
