@@ -60,6 +60,16 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", action="store_true", help="also publish the node annotation and condition")
 
 
+def _add_status(p: argparse.ArgumentParser) -> None:
+    from agent.status import DEFAULT_WAIT_TIMEOUT
+
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--wait", action="store_true",
+                   help="block until gpu-node-agent.service's run of this boot has finished")
+    p.add_argument("--timeout", type=float, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
+                   help=f"with --wait: give up after SECONDS (default {DEFAULT_WAIT_TIMEOUT:g}), exit 1")
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
     validate = actions.add_parser("validate", help="validate a configuration file")
@@ -124,6 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.handler(args))
     except AgentError as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
+        _finish_pass(args, None, None, exc.exit_code, [f"failed: {exc}"])
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
@@ -146,6 +157,35 @@ def _config(args: argparse.Namespace, path: Optional[str] = None) -> AgentConfig
     from agent.config import DEFAULT_CONFIG_PATH, load_config
 
     return load_config(path or args.config, default_path=_root(args).path(DEFAULT_CONFIG_PATH))
+
+
+def _start_pass(args: argparse.Namespace, name: str) -> None:
+    """Start the status file's record of this boot pass (prepare, run, check --report)."""
+    from agent.status import PassRecord
+
+    args.pass_record = PassRecord(_root(args), name)
+
+
+def _finish_pass(args: argparse.Namespace, config: Optional[AgentConfig], health: Optional[str], code: int,
+                 actions: Sequence[str]) -> None:
+    record = getattr(args, "pass_record", None)
+    if record is None:
+        return
+    args.pass_record = None
+    from contextlib import suppress
+
+    from agent.config import ReportSettings
+    from agent.errors import AgentError
+
+    if config is None:  # the pass ended in an expected failure, maybe the configuration itself
+        with suppress(AgentError):
+            config = _config(args)
+    status_file = config.report.status_file if config is not None else ReportSettings().status_file
+    problem = record.finish(status_file, health, code, actions)
+    if problem:
+        from agent.log import get_logger
+
+        get_logger("status").error("pass not recorded", error=problem)
 
 
 def _print(text: str) -> None:
@@ -199,6 +239,8 @@ def cmd_efa_fetch(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from agent import checks, health, node
 
+    if args.report:
+        _start_pass(args, "check")
     config = _config(args)
     root = _root(args)
     results = checks.evaluate(node.discover(root, config), config)
@@ -216,9 +258,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         _print(health.render_table(results, color=sys.stdout.isatty()))
         if outcome is not None:
             _print(report.summary_line(outcome))
-    if outcome is not None and not outcome.ok:
-        return 1
-    return health.exit_code_for(document["health"])
+    code = 1 if outcome is not None and not outcome.ok else health.exit_code_for(document["health"])
+    if outcome is not None:
+        _finish_pass(args, config, document["health"], code, document.get("actions", []))
+    return code
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -236,6 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.log import get_logger
 
     log = get_logger("run")
+    _start_pass(args, "run")
     config = _config(args)
     root = _root(args)
     with fs.run_lock(root, args.lock_wait):
@@ -261,12 +305,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not outcome.ok:
         code = 1
     log.info("run finished", health=health.overall_health(results), actions=len(actions))
+    _finish_pass(args, config, health.overall_health(results), code, actions)
     return code
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from agent import health, prepare, report
+    from agent.log import get_logger
+
+    _start_pass(args, "prepare")
+    config = _config(args)
+    root = _root(args)
+    result = prepare.prepare(root, config, args.lock_wait)
+    _print(health.render_table(result.results, result.actions, color=sys.stdout.isatty()))
+    state = health.overall_health(result.results)
+    code = 1 if result.failed else health.exit_code_for(state)
+    # The Node object may not exist yet: the status file (and metrics) only, never the cluster.
+    outcome = report.finish(root, config, result.results, result.actions, publish_report=False)
+    _print(report.summary_line(outcome))
+    if not outcome.ok:
+        code = 1
+    get_logger("prepare").info("prepare finished", health=state, actions=len(result.actions))
+    _finish_pass(args, config, state, code, result.actions)
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent import health, status
+
+    config = _config(args)
+    root = _root(args)
+    path = root.path(config.report.status_file)
+    if args.wait:
+        view = status.wait_for_run(root, path, args.timeout)
+    else:
+        disabled = root.path(status.DISABLED).exists()
+        try:
+            view = status.summary(status.load(path), status.boot_id(root), disabled=disabled)
+        except status.StatusFileError:
+            if not disabled:
+                raise
+            view = status.summary({}, status.boot_id(root), disabled=True)
+    _print(health.render_json(view) if args.format == "json" else status.render_table(view))
+    return status.exit_code(view)
 
 
 # name -> (handler, help, what the command adds to its parser)
 COMMANDS: Dict[str, Tuple[Callable[[argparse.Namespace], int], str, Optional[Callable[..., None]]]] = {
     "run": (cmd_run, "reconcile the node once, then report", _add_run),
+    "prepare": (cmd_prepare, "boot pass before nodeadm-run: fix the files (and EFA), restart nothing, "
+                             "publish nothing", _add_run),
+    "status": (cmd_status, "the boot passes and the last report, from the status file", _add_status),
     "plan": (cmd_plan, "show what run would change and why; changes nothing", None),
     "check": (cmd_check, "evaluate every health check", _add_check),
     "efa": (cmd_efa_help, "EFA userspace installer", _add_efa),

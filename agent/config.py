@@ -115,6 +115,7 @@ class EfaSettings(NamedTuple):
     cache_dir: str = "/var/cache/gpu-node-agent"
     installer_args: Tuple[str, ...] = ("-y", "--skip-kmod", "--no-verify")
     timeout_seconds: float = 1200.0
+    before_kubelet: bool = True  # install in the prepare pass, before nodeadm-run starts kubelet
 
 
 class ReportSettings(NamedTuple):

@@ -358,7 +358,7 @@ def metrics_text(
 
 
 def _status_bytes(document: Mapping[str, Any]) -> bytes:
-    order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total")
+    order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total", "passes")
     ordered_doc = {k: document[k] for k in order if k in document}
     return (json.dumps(ordered_doc, indent=2) + "\n").encode()
 
@@ -395,7 +395,9 @@ def finish(
     totals = _previous_restarts(root.path(status_path))
     for unit, count in (restarts or {}).items():
         totals[unit] = totals.get(unit, 0) + int(count)
-    local = {**document, "restarts_total": totals}
+    from agent import status  # the boot passes' records (agent/status.py) outlive every report
+
+    local = {**document, "restarts_total": totals, **status.carried(root.path(status_path))}
     published = None
     if publish_report:
         # The node's own view first: publishing may take up to report.timeout_seconds.

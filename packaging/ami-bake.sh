@@ -11,8 +11,8 @@
 #   3. download and verify the pinned EFA installer into the agent's cache (`gpu-node-agent efa
 #      fetch`), so nodes booted from the image need no network for it; --no-efa-fetch for images
 #      whose instance types have no EFA;
-#   4. enable gpu-node-agent.service and gpu-node-agent-check.timer (never start them: the agent
-#      must not reconcile or report the build instance);
+#   4. enable gpu-node-agent-prepare.service, gpu-node-agent.service and gpu-node-agent-check.timer
+#      (never start them: the agent must not reconcile or report the build instance);
 #   5. clear the run-time state a node must not inherit from the image: /run/gpu-node-agent (lock,
 #      status file) and the configured status and metrics files.
 set -euo pipefail
@@ -70,7 +70,7 @@ if [ "$efa_fetch" = yes ]; then
   agent efa fetch
 fi
 
-systemctl_image enable gpu-node-agent.service gpu-node-agent-check.timer
+systemctl_image enable gpu-node-agent-prepare.service gpu-node-agent.service gpu-node-agent-check.timer
 
 # Run-time state from this build (a test run, the lock) would make the first boot report stale
 # health. /run is a tmpfs on a booted node, but not in a mounted image.

@@ -2,18 +2,27 @@
 
 What boots, and where each piece comes from:
 
-* ``gpu-node-agent.service``, ``gpu-node-agent-check.service`` and ``.timer``: the unit files the
-  RPM installed into a scratch root, byte for byte. The one thing the test has to change, the
-  simulated node's ``--root``, is a drop-in (``DROP_IN``) next to them, never an edit.
+* ``gpu-node-agent-prepare.service``, ``gpu-node-agent.service``, ``gpu-node-agent-check.service``
+  and ``.timer``: the unit files the RPM installed into a scratch root, byte for byte. The one
+  thing the test has to change, the simulated node's ``--root``, is a drop-in (``DROP_IN``) next
+  to them, never an edit.
 * ``/usr/bin/gpu-node-agent`` and ``/usr/lib/gpu-node-agent``: the RPM's files, placed at their
   real paths in the instance (the harness overlays them on the host's read-only ``/usr``), so the
   units start the installed launcher, which runs on the host's ``/usr/bin/python3``.
-* Stand-ins for the EKS AL2023 units the agent is ordered against, with the ordering and types of
-  the real ones (amazon-eks-ami ``templates/al2023/runtime``): ``nodeadm-config.service``,
-  ``nodeadm-run.service`` (renders ``/etc/containerd/config.toml`` on every boot, then starts
-  containerd and kubelet and waits for them, as nodeadm before amazon-eks-ami#2705 does; a no-op for
-  a daemon already running), ``nvidia-kmod-load.service``; containerd and kubelet are the
-  harness's ``FakeNodeDaemons`` (they log every start with the digest of the config they loaded).
+* Stand-ins for the EKS AL2023 units the agent is ordered against. The unit files have the real
+  ones' ordering, dependencies, type and command line (amazon-eks-ami
+  ``templates/al2023/runtime/rootfs/etc/systemd/system/nodeadm-{config,run}.service``; cloud-init
+  22.2.2's ``cloud-{init,config,final}.service`` as rendered for Amazon Linux; AL2023 GPU's
+  ``nvidia-kmod-load.service``); the programs they run are stand-ins placed at the real paths
+  (``NODEADM``, ``CLOUD_INIT``), doing what nodeadm's ``cmd/nodeadm/init/init.go`` does as far as
+  the agent can tell: ``nodeadm init --skip run`` (nodeadm-config) renders
+  ``/etc/containerd/config.toml`` from ``imds://user-data`` only and caches what it rendered from;
+  ``nodeadm init --skip config`` (nodeadm-run) re-renders only when the current config (user data
+  plus ``/etc/eks/nodeadm.d`` drop-ins) differs from that cache, then restarts containerd and
+  kubelet over D-Bus (``RestartUnit``, since amazon-eks-ami#2705; ``StartUnit`` before it) and
+  waits for each to be active. cloud-final runs the test's user data. containerd and kubelet are
+  the harness's ``FakeNodeDaemons`` (they log every start with the digest of the config they
+  loaded); as on the AMI, they are not enabled: nodeadm-run starts them.
 * ``gpu-node.target``: what ``multi-user.target`` pulls in on a node: the AMI's enabled units plus
   what the RPM's preset enables.
 
@@ -37,6 +46,7 @@ from tests.packaging_helpers import built_rpm, install, run, scratch_dir
 from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, JobRecorder, free_port
 
 AGENT = "gpu-node-agent.service"
+PREPARE = "gpu-node-agent-prepare.service"
 CHECK = "gpu-node-agent-check.service"
 TIMER = "gpu-node-agent-check.timer"
 NODEADM_CONFIG = "nodeadm-config.service"
@@ -46,6 +56,11 @@ CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
 TARGET = "gpu-node.target"
 JOURNALD = "systemd-journald.service"
+CLOUD_INIT_UNITS = ("cloud-init.service", "cloud-config.service", "cloud-final.service")
+NODEADM = "/usr/bin/nodeadm"
+CLOUD_INIT = "/usr/bin/cloud-init"
+NODEADM_D = "/etc/eks/nodeadm.d"
+NODEADM_CACHE = "/run/eks/nodeadm/config.json"
 
 HEALTHY = "containerd-v3-nodeadm-nvidia.toml"
 DRIFTED = "containerd-v3-nodeadm-nvidia-no-systemdcgroup.toml"  # the agent adds SystemdCgroup = true
@@ -55,10 +70,11 @@ INSTALLED_UNIT_DIR = "usr/lib/systemd/system"
 PRESET = "usr/lib/systemd/system-preset/50-gpu-node-agent.preset"
 LAUNCHER = "/usr/bin/gpu-node-agent"
 LIBDIR = "/usr/lib/gpu-node-agent"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 STATUS_FILE = "/run/gpu-node-agent/status.json"  # report.status_file's default (contract.md)
 DROP_IN = "50-boot-test.conf"
-# Enabled on the EKS AL2023 NVIDIA AMI (WantedBy=multi-user.target), so part of every boot.
-AMI_ENABLED = (NODEADM_CONFIG, NODEADM_RUN, KMOD)
+# Enabled on the EKS AL2023 NVIDIA AMI (multi-user.target, cloud-init.target), so part of every boot.
+AMI_ENABLED = (NODEADM_CONFIG, NODEADM_RUN, KMOD, *CLOUD_INIT_UNITS)
 # Every systemd wait in these tests is bounded by one of these.
 TARGET_TIMEOUT = 60.0
 RESTART_TIMEOUT = 20  # the agent's restart.timeout_seconds on the simulated node
@@ -161,15 +177,16 @@ def drop_in(unit_text: str, root: Path) -> str:
 # --- the simulated node --------------------------------------------------------------------------
 
 
-def agent_config(packaged_default: str) -> str:
-    """The packaged default configuration (every key commented out) plus what this node sets."""
+def agent_config(packaged_default: str, extra: str = "") -> str:
+    """The packaged default configuration (every key commented out) plus what this node sets
+    (``extra``: more sections, YAML)."""
     return packaged_default + (
         "\n## Boot test node: no API server here; a bounded restart wait.\n"
         "report:\n"
         "  publish: false\n"
         "restart:\n"
         f"  timeout_seconds: {RESTART_TIMEOUT}\n"
-    )
+    ) + extra
 
 
 def write_file(root: Path, node_path: str, data: Union[str, bytes], mode: int = 0o644) -> Path:
@@ -182,8 +199,10 @@ def write_file(root: Path, node_path: str, data: Union[str, bytes], mode: int = 
 
 def known_good_node(root: Path, containerd_config: str, config_yaml: str) -> Path:
     """A node of the runbook's known-good row whose config.toml currently holds ``containerd_config``
-    (a sample name): what the previous boot left there, before nodeadm renders it again."""
+    (a sample name): what the previous boot left there, before nodeadm renders it again. Its boot
+    id is the kernel's (this boot's)."""
     write_file(root, "/etc/containerd/config.toml", (SAMPLES / containerd_config).read_bytes())
+    write_file(root, BOOT_ID, Path(BOOT_ID).read_text())
     write_file(root, "/etc/nvidia-container-runtime/config.toml", (SAMPLES / NVIDIA_DEFAULT).read_bytes())
     write_file(root, "/etc/gpu-node-agent/config.yaml", config_yaml)
     for node_path, text in KNOWN_GOOD_FILES.items():
@@ -195,41 +214,131 @@ def known_good_node(root: Path, containerd_config: str, config_yaml: str) -> Pat
 
 # --- stand-ins for the EKS units -----------------------------------------------------------------
 
-
-def nodeadm_config_unit(run_log: Path) -> str:
-    # amazon-eks-ami nodeadm-config.service: oneshot `nodeadm init --skip run`, no RemainAfterExit.
-    return (
-        "[Unit]\nDescription=EKS Nodeadm Config (test stand-in)\n"
-        "Before=cloud-init.service\nAfter=systemd-networkd-wait-online.service\n"
-        "[Service]\nType=oneshot\n"
-        f"ExecStart=/bin/sh -c 'echo nodeadm-config >> {run_log}'\n"
-    )
-
-
-NODEADM_RUN_SCRIPT = """#!/bin/sh
-# nodeadm init --skip config, as far as the agent can tell: render containerd's configuration over
-# whatever the previous boot left (nodeadm writes the file in place), then start containerd and
-# kubelet. nodeadm before amazon-eks-ami#2705 calls StartUnit and waits for ActiveState=active;
-# `systemctl start` waits for the start job, which for these units ends when they are active. For a
-# daemon that is already running, both are no-ops: it keeps its old configuration.
+# nodeadm's two boot phases, as far as the agent can tell (cmd/nodeadm/init/init.go).
+NODEADM_SCRIPT = r"""#!/bin/sh
+# nodeadm stand-in (tests/boot_helpers.py). `init --skip run`: the config phase; `init --skip config`:
+# the run phase. Every run is logged to {run_log}.
 set -eu
-echo nodeadm-run >> {run_log}
-cat {rendered} > {config}
-systemctl start containerd.service
-systemctl start kubelet.service
+case "$*" in
+  *"--skip run"*) phase=config ;;
+  *"--skip config"*) phase=run ;;
+  *) echo "nodeadm stand-in: unknown command: $*" >&2; exit 2 ;;
+esac
+echo "nodeadm-$phase" >> {run_log}
+# What the config the phase reads is made of beyond imds://user-data: the nodeadm.d drop-ins (the
+# run phase's --config-source file:///etc/eks/nodeadm.d/; the config phase reads IMDS only).
+sources() {{ if [ "$phase" = run ] && [ -d {nodeadm_d} ]; then ls -1 {nodeadm_d}; fi; }}
+render() {{ cat {rendered} > {config}; }}  # nodeadm writes the file in place, every render
+mkdir -p "$(dirname {cache})"
+if [ "$phase" = config ]; then
+  render
+  sources > {cache}
+  exit 0
+fi
+# The run phase re-runs the config phase only when the cached config differs from the current one.
+if [ "$(sources)" != "$(cat {cache} 2>/dev/null)" ]; then
+  echo nodeadm-rerender >> {run_log}
+  render
+  sources > {cache}
+fi
+# EnsureRunning: {method} over D-Bus, then wait until the unit is active (and its job is done).
+bus() {{ busctl --no-pager "$@"; }}
+unit_property() {{ bus get-property org.freedesktop.systemd1 "$1" org.freedesktop.systemd1.Unit "$2"; }}
+for unit in containerd.service kubelet.service; do
+  bus call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager \
+    {method} ss "$unit" replace > /dev/null
+  path=$(bus call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager \
+    GetUnit s "$unit" | cut -d'"' -f2)
+  tries=0
+  until [ "$(unit_property "$path" Job)" = '(uo) 0 "/"' ] && [ "$(unit_property "$path" ActiveState)" = 's "active"' ]
+  do
+    tries=$((tries + 1))
+    if [ "$tries" -gt 600 ]; then echo "nodeadm stand-in: $unit not active" >&2; exit 1; fi
+    sleep 0.05
+  done
+done
 """
 
+# cloud-init's stages, as far as the node's boot order goes: the final stage runs the user data.
+CLOUD_INIT_SCRIPT = """#!/bin/sh
+# cloud-init stand-in (tests/boot_helpers.py): logs each stage; `modules --mode=final` runs the
+# test's user data script, if there is one.
+set -eu
+case "$*" in
+  "init") echo cloud-init >> {run_log} ;;
+  "modules --mode=config") echo cloud-config >> {run_log} ;;
+  "modules --mode=final")
+    echo cloud-final >> {run_log}
+    if [ -x {user_data} ]; then {user_data}; fi ;;
+  *) echo "cloud-init stand-in: unknown command: $*" >&2; exit 2 ;;
+esac
+"""
 
-def nodeadm_run_unit(script: Path) -> str:
-    # amazon-eks-ami nodeadm-run.service: ordering, Requires= and type as shipped; no RemainAfterExit,
-    # so once done it is inactive again (dead), and starting it again runs it again.
-    return (
-        "[Unit]\nDescription=EKS Nodeadm Run (test stand-in)\n"
-        "After=nodeadm-config.service cloud-final.service\nRequires=nodeadm-config.service\n"
-        "[Service]\nType=oneshot\n"
-        f"ExecStart={script}\n"
-        "[Install]\nWantedBy=multi-user.target\n"
-    )
+# The unit files: ordering, dependencies, type and command line of the real ones.
+NODEADM_CONFIG_UNIT = f"""[Unit]
+Description=EKS Nodeadm Config (test stand-in)
+Before=cloud-init.service
+After=systemd-networkd-wait-online.service
+[Service]
+Type=oneshot
+ExecStart={NODEADM} init --skip run --config-source imds://user-data --config-cache {NODEADM_CACHE}
+StandardError=journal+console
+[Install]
+WantedBy=multi-user.target
+"""
+NODEADM_RUN_UNIT = f"""[Unit]
+Description=EKS Nodeadm Run (test stand-in)
+After=nodeadm-config.service cloud-final.service
+Requires=nodeadm-config.service
+[Service]
+Type=oneshot
+ExecStart={NODEADM} init --skip config --config-source imds://user-data --config-source file://{NODEADM_D}/ \
+--config-cache {NODEADM_CACHE}
+StandardError=journal+console
+[Install]
+WantedBy=multi-user.target
+"""
+CLOUD_UNITS = {
+    "cloud-init.service": f"""[Unit]
+Description=Initial cloud-init job (metadata service crawler) (test stand-in)
+DefaultDependencies=no
+Wants=cloud-init-local.service sshd-keygen.service sshd.service
+After=cloud-init-local.service systemd-networkd-wait-online.service
+Before=network-online.target sshd-keygen.service sshd.service systemd-user-sessions.service
+[Service]
+Type=oneshot
+ExecStart={CLOUD_INIT} init
+RemainAfterExit=yes
+TimeoutSec=0
+StandardOutput=journal+console
+""",
+    "cloud-config.service": f"""[Unit]
+Description=Apply the settings specified in cloud-config (test stand-in)
+After=network-online.target cloud-config.target
+Wants=network-online.target cloud-config.target
+[Service]
+Type=oneshot
+ExecStart={CLOUD_INIT} modules --mode=config
+RemainAfterExit=yes
+TimeoutSec=0
+StandardOutput=journal+console
+""",
+    "cloud-final.service": f"""[Unit]
+Description=Execute cloud user/final scripts (test stand-in)
+After=network-online.target cloud-config.service rc-local.service
+Wants=network-online.target cloud-config.service
+[Service]
+Type=oneshot
+ExecStart={CLOUD_INIT} modules --mode=final
+RemainAfterExit=yes
+TimeoutSec=0
+KillMode=process
+TasksMax=infinity
+StandardOutput=journal+console
+""",
+    "network-online.target": "[Unit]\\nDescription=Network is Online (test stand-in)\\n",
+    "cloud-config.target": "[Unit]\\nDescription=Cloud-config availability (test stand-in)\\n",
+}
 
 
 def kmod_unit(run_log: Path) -> str:
@@ -241,17 +350,6 @@ def kmod_unit(run_log: Path) -> str:
         "[Service]\nType=oneshot\nRemainAfterExit=true\n"
         f"ExecStart=/bin/sh -c 'echo nvidia-kmod-load >> {run_log}'\n"
     )
-
-
-def containerd_first_drop_in() -> Dict[str, str]:
-    """For the pre-#2705 stale case: containerd (enabled on its own) is up before nodeadm-run
-    renders its configuration. On a node the two are seconds apart (nodeadm reads IMDS and the
-    API first); here an ordering makes the race deterministic, and 50 ms keep the file's mtime
-    (the kernel's coarse clock, a few ms) clearly after containerd's ActiveEnterTimestamp."""
-    return {
-        f"/run/test-units/{NODEADM_RUN}.d/50-containerd-first.conf":
-            "[Unit]\nAfter=containerd.service\n[Service]\nExecStartPre=/bin/sleep 0.05\n",
-    }
 
 
 # --- hardening probes ----------------------------------------------------------------------------
@@ -386,26 +484,35 @@ class BootedNode:
             self.sd.shutdown()
         shutil.rmtree(self.work, ignore_errors=True)
 
-    def units(self, *, containerd_enabled: bool = False) -> Dict[str, str]:
-        script = self.work / "nodeadm-run.sh"
-        script.write_text(NODEADM_RUN_SCRIPT.format(run_log=self.run_log, rendered=self.rendered,
-                                                    config=self.config_toml))
-        script.chmod(0o755)
+    @property
+    def user_data(self) -> Path:
+        """The user data script cloud-final runs (none unless a test writes one)."""
+        return self.work / "user-data.sh"
+
+    def programs(self, nodeadm_method: str) -> Dict[str, str]:
+        """The stand-in programs, at the paths the units run them from."""
+        return {
+            NODEADM: NODEADM_SCRIPT.format(run_log=self.run_log, rendered=self.rendered, config=self.config_toml,
+                                           nodeadm_d=self.root / NODEADM_D.lstrip("/"), cache=NODEADM_CACHE,
+                                           method=nodeadm_method),
+            CLOUD_INIT: CLOUD_INIT_SCRIPT.format(run_log=self.run_log, user_data=self.user_data),
+        }
+
+    def units(self) -> Dict[str, str]:
         units = {
             JOURNALD: JOURNALD_SERVICE,
             "systemd-journald.socket": JOURNALD_SOCKET,
-            NODEADM_CONFIG: nodeadm_config_unit(self.run_log),
-            NODEADM_RUN: nodeadm_run_unit(script),
+            NODEADM_CONFIG: NODEADM_CONFIG_UNIT,
+            NODEADM_RUN: NODEADM_RUN_UNIT,
             KMOD: kmod_unit(self.run_log),
             CONTAINERD: self.daemons.containerd_unit(self.config_toml,
                                                      socket=self.root / "run/containerd/containerd.sock"),
             KUBELET: self.daemons.kubelet_unit(self.healthz_port),
+            **CLOUD_UNITS,
         }
-        for name in (AGENT, CHECK, TIMER):
+        for name in (PREPARE, AGENT, CHECK, TIMER):
             units[name] = self.packaged.unit(name)
         wants = [*AMI_ENABLED, *self.packaged.preset_enabled()]
-        if containerd_enabled:
-            wants.append(CONTAINERD)
         units[TARGET] = (
             "[Unit]\nDescription=GPU node boot: what multi-user.target pulls in on a node (test)\n"
             f"Wants={' '.join(wants)}\n"
@@ -413,10 +520,10 @@ class BootedNode:
         return units
 
     def drop_ins(self) -> Dict[str, str]:
-        """``/run/test-units/UNIT.d/NAME.conf`` files: ``--root`` for the agent's two services."""
+        """``/run/test-units/UNIT.d/NAME.conf`` files: ``--root`` for the agent's three services."""
         return {
             f"/run/test-units/{unit}.d/{DROP_IN}": drop_in(self.packaged.unit(unit), self.root)
-            for unit in (AGENT, CHECK)
+            for unit in (PREPARE, AGENT, CHECK)
         }
 
     def boot(
@@ -424,19 +531,23 @@ class BootedNode:
         *,
         previous: str,
         rendered: str,
-        containerd_enabled: bool = False,
+        nodeadm_method: str = "RestartUnit",
+        config_extra: str = "",
         extra_files: Optional[Mapping[str, Union[str, bytes]]] = None,
     ) -> BootedSystemd:
         """Boot systemd (bus and journal only), ready to start ``TARGET``. ``previous``: the
-        sample config.toml holds before the boot; ``rendered``: the sample nodeadm writes."""
-        known_good_node(self.root, previous, agent_config(self.packaged.default_config()))
+        sample config.toml holds before the boot; ``rendered``: the sample nodeadm writes;
+        ``nodeadm_method``: how nodeadm-run starts the daemons (``RestartUnit`` since
+        amazon-eks-ami#2705, ``StartUnit`` before)."""
+        known_good_node(self.root, previous, agent_config(self.packaged.default_config(), config_extra))
         self.daemons.install_ctr(self.root)  # answers for the containerd stand-in as the real ctr does
         self.daemons.node_kubelet_config(self.root, self.healthz_port)
         shutil.copyfile(SAMPLES / rendered, self.rendered)
-        files: Dict[str, Union[str, bytes]] = {**self.packaged.usr_files(), **self.drop_ins()}
+        files: Dict[str, Union[str, bytes]] = {**self.packaged.usr_files(), **self.drop_ins(),
+                                               **self.programs(nodeadm_method)}
         files.update(extra_files or {})
         self.sd = self.boot_systemd(
-            self.units(containerd_enabled=containerd_enabled),
+            self.units(),
             files,
             wants=[JOURNALD, "systemd-journald.socket"],
             binds=[self.work],
@@ -480,7 +591,8 @@ class BootedNode:
         return int(value[1])
 
     def runs(self) -> List[str]:
-        """The stand-ins' runs, in order (nodeadm-config, nodeadm-run, nvidia-kmod-load)."""
+        """The stand-ins' runs, in order (nodeadm-config, nodeadm-run, nodeadm-rerender, cloud-init,
+        cloud-config, cloud-final, nvidia-kmod-load)."""
         return self.run_log.read_text().splitlines() if self.run_log.exists() else []
 
     def journal(self, unit: str, *, containing: str = "", timeout: float = 5.0) -> str:

@@ -31,6 +31,7 @@ efa:
   cache_dir: /var/cache/gpu-node-agent
   installer_args: ["-y", "--skip-kmod", "--no-verify"]
   timeout_seconds: 1200
+  before_kubelet: true            # install in the prepare pass, before nodeadm-run starts kubelet
 report:
   publish: true                   # false: status file and metrics only (AMI bake, no cluster yet)
   annotation_prefix: gpu-node-agent   # keys <prefix>/health and <prefix>/report
@@ -84,6 +85,8 @@ def test_values_are_typed_and_frozen() -> None:
     ("efa:\n  version: 1.48\n",
      "c.yaml:2: efa.version: expected a string, got a number 1.48; quote it: \"1.48.0\""),
     ("efa:\n  sha256: abc\n", "c.yaml:2: efa.sha256: must be 64 hexadecimal characters, got 'abc'"),
+    ("efa:\n  before_kubelet: yes please\n",
+     "c.yaml:2: efa.before_kubelet: expected true or false, got a string 'yes please'"),
     ("efa:\n  installer_args: -y\n", "c.yaml:2: efa.installer_args: expected a list of strings, got a string '-y'"),
     ("efa:\n  base_url: ftp://x\n", "c.yaml:2: efa.base_url: must be an http:// or https:// URL"),
     ("containerd:\n  systemd_cgroup: 'yes'\n",

@@ -35,7 +35,8 @@ from tests.packaging_helpers import (
 )
 
 DISTRO_REQUIRES = {"python3", "python3-requests", "python3-pyyaml", "python3-gobject-base", "systemd"}
-UNITS = ("gpu-node-agent.service", "gpu-node-agent-check.service", "gpu-node-agent-check.timer")
+UNITS = ("gpu-node-agent.service", "gpu-node-agent-prepare.service", "gpu-node-agent-check.service",
+         "gpu-node-agent-check.timer")
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,7 @@ def test_bake_installs_the_config_enables_the_units_and_clears_build_state(
     assert (image / "etc/gpu-node-agent/config.yaml").read_text() == config.read_text()
     wants = image / "etc/systemd/system"
     assert (wants / "multi-user.target.wants/gpu-node-agent.service").is_symlink()
+    assert (wants / "multi-user.target.wants/gpu-node-agent-prepare.service").is_symlink()
     assert (wants / "timers.target.wants/gpu-node-agent-check.timer").is_symlink()
     assert not (image / "run/gpu-node-agent").exists()
     assert not (image / "var/lib/node_exporter/textfile_collector/gpu_node_agent.prom").exists()

@@ -14,17 +14,25 @@ from tests.packaging_helpers import built_rpm, install, run, scratch_dir
 
 UNIT_DIR = "usr/lib/systemd/system"
 AGENT = "gpu-node-agent.service"
+PREPARE = "gpu-node-agent-prepare.service"
 CHECK = "gpu-node-agent-check.service"
 TIMER = "gpu-node-agent-check.timer"
 
-# What the agent's units are ordered against on an EKS AL2023 node, as plain stand-ins.
+# What the agent's units are ordered against on an EKS AL2023 node: the nodeadm units shaped like
+# amazon-eks-ami's (templates/al2023/runtime/rootfs/etc/systemd/system/), with their command lines
+# (the programs are stand-ins in the scratch root, so verify can check they are executable).
 STAND_INS = {
     "nodeadm-config.service": (
-        "[Unit]\nBefore=cloud-init.service\n[Service]\nType=oneshot\nExecStart=/bin/true\n"
+        "[Unit]\nBefore=cloud-init.service\nAfter=systemd-networkd-wait-online.service\n"
+        "[Service]\nType=oneshot\nExecStart=/usr/bin/nodeadm init --skip run --config-source imds://user-data "
+        "--config-cache /run/eks/nodeadm/config.json\nStandardError=journal+console\n"
+        "[Install]\nWantedBy=multi-user.target\n"
     ),
     "nodeadm-run.service": (
-        "[Unit]\nAfter=nodeadm-config.service cloud-final.service\n"
-        "[Service]\nType=oneshot\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"
+        "[Unit]\nAfter=nodeadm-config.service cloud-final.service\nRequires=nodeadm-config.service\n"
+        "[Service]\nType=oneshot\nExecStart=/usr/bin/nodeadm init --skip config --config-source imds://user-data "
+        "--config-source file:///etc/eks/nodeadm.d/ --config-cache /run/eks/nodeadm/config.json\n"
+        "StandardError=journal+console\n[Install]\nWantedBy=multi-user.target\n"
     ),
     "nvidia-kmod-load.service": "[Service]\nType=oneshot\nExecStart=/bin/true\n",
     "containerd.service": "[Service]\nExecStart=/bin/sleep infinity\n",
@@ -41,6 +49,9 @@ def node() -> Path:
         unit = root / "etc/systemd/system" / name
         unit.parent.mkdir(parents=True, exist_ok=True)
         unit.write_text(text)
+    nodeadm = root / "usr/bin/nodeadm"
+    nodeadm.write_text("#!/bin/sh\n")
+    nodeadm.chmod(0o755)
     return root
 
 
@@ -74,9 +85,10 @@ def unit_text(name: str) -> str:
     return (REPO / "systemd" / name).read_text()
 
 
-@pytest.mark.parametrize("name", [AGENT, CHECK, TIMER])
+@pytest.mark.parametrize("name", [PREPARE, AGENT, CHECK, TIMER, "nodeadm-config.service", "nodeadm-run.service"])
 def test_systemd_analyze_verify_has_nothing_to_say(node: Path, name: str) -> None:
-    assert verify(node, node / UNIT_DIR / name) == (0, "")
+    unit = node / UNIT_DIR / name
+    assert verify(node, unit if unit.exists() else node / "etc/systemd/system" / name) == (0, "")
 
 
 def test_verify_would_catch_a_misspelled_key(node: Path, tmp_path: Path) -> None:
@@ -91,7 +103,7 @@ def test_verify_would_catch_a_misspelled_key(node: Path, tmp_path: Path) -> None
 
 
 def test_installed_units_are_the_repository_units(node: Path) -> None:
-    for name in (AGENT, CHECK, TIMER):
+    for name in (PREPARE, AGENT, CHECK, TIMER):
         assert (node / UNIT_DIR / name).read_text() == unit_text(name)
 
 
@@ -100,24 +112,43 @@ def test_preset_enables_the_boot_run_and_the_heartbeat_timer(node: Path, tmp_pat
     root = tmp_path / "node"
     shutil.copytree(node, root, symlinks=True)
     # What %post does on first install (systemctl --no-reload preset), offline, in the image.
-    run(["systemctl", f"--root={root}", "preset", AGENT, CHECK, TIMER])
+    run(["systemctl", f"--root={root}", "preset", PREPARE, AGENT, CHECK, TIMER])
     wants = root / "etc/systemd/system"
     assert os.readlink(wants / "multi-user.target.wants" / AGENT) == f"/{UNIT_DIR}/{AGENT}"
+    assert os.readlink(wants / "multi-user.target.wants" / PREPARE) == f"/{UNIT_DIR}/{PREPARE}"
     assert os.readlink(wants / "timers.target.wants" / TIMER) == f"/{UNIT_DIR}/{TIMER}"
     states = run(["systemctl", f"--root={root}", "is-enabled", AGENT, TIMER, CHECK], check=False).stdout
     assert states.split() == ["enabled", "enabled", "static"]
 
 
-def test_boot_run_is_ordered_after_nodeadm_and_the_driver_and_wants_them_without_requiring_them() -> None:
+def test_prepare_pass_sits_between_nodeadm_config_and_the_daemons_and_pulls_in_nothing() -> None:
+    text = unit_text(PREPARE)
+    assert values(text, "Type") == ["oneshot"]
+    assert values(text, "RemainAfterExit") == ["yes"]
+    assert values(text, "ExecStart") == ["/usr/bin/gpu-node-agent", "prepare"]
+    assert set(values(text, "After")) == {"nodeadm-config.service", "nvidia-kmod-load.service"}
+    assert set(values(text, "Before")) == {"nodeadm-run.service", "containerd.service", "kubelet.service"}
+    for pull in ("Wants", "Requires", "Requisite", "BindsTo", "PartOf", "Upholds"):
+        assert values(text, pull) == [], f"{pull}= would start a oneshot of nodeadm again"
+    # Not ordered against cloud-init: nodeadm-config is Before=cloud-init.service and nodeadm-run
+    # After=cloud-final.service, so no cycle either way, and the pass runs while user data does.
+    assert not {"cloud-init.service", "cloud-final.service", "cloud-config.service"} & set(
+        values(text, "After") + values(text, "Before"))
+    assert values(text, "ConditionPathExists") == ["!/etc/gpu-node-agent/disabled"]
+    assert values(text, "SuccessExitStatus") == ["2"]
+    assert values(text, "WantedBy") == ["multi-user.target"]
+
+
+def test_boot_run_is_ordered_after_nodeadm_and_the_driver_and_pulls_in_nothing() -> None:
     text = unit_text(AGENT)
     assert values(text, "Type") == ["oneshot"]
     assert values(text, "RemainAfterExit") == ["yes"]
     assert values(text, "ExecStart") == ["/usr/bin/gpu-node-agent", "run"]
-    assert {"nodeadm-run.service", "nvidia-kmod-load.service"} <= set(values(text, "After"))
+    assert {"nodeadm-run.service", "nvidia-kmod-load.service", PREPARE} <= set(values(text, "After"))
     for hard in ("Requires", "Requisite", "BindsTo", "PartOf", "Upholds"):
         assert values(text, hard) == [], f"{hard}= would stop the agent from reporting a failed nodeadm"
-    # Pulled in softly: in the same transaction at boot, never a reason not to run.
-    assert set(values(text, "Wants")) == {"nodeadm-run.service", "nvidia-kmod-load.service"}
+    # Ordering only: a Wants= on nodeadm's oneshots would re-run them on `systemctl restart`.
+    assert values(text, "Wants") == []
     # The agent restarts containerd and kubelet and waits for the jobs: ordering them after the
     # agent would make those jobs wait for the agent, a deadlock.
     assert not {"containerd.service", "kubelet.service"} & set(values(text, "Before"))
@@ -127,8 +158,9 @@ def test_boot_run_is_ordered_after_nodeadm_and_the_driver_and_wants_them_without
     assert values(text, "WantedBy") == ["multi-user.target"]
 
 
-def test_hardening_leaves_the_efa_installer_and_the_gpus_alone() -> None:
-    text = unit_text(AGENT)
+@pytest.mark.parametrize("name", [PREPARE, AGENT])
+def test_hardening_leaves_the_efa_installer_and_the_gpus_alone(name: str) -> None:
+    text = unit_text(name)
     keys = {k for _, k, _, _ in directives(text)}
     # The EFA installer installs RPMs into /usr, /etc, /opt: the root file system stays writable.
     assert "ProtectSystem" not in keys
@@ -145,7 +177,7 @@ def test_every_ordering_dependency_and_hardening_line_says_why() -> None:
                  "OnUnitActiveSec", "RandomizedDelaySec", "PrivateTmp", "ProtectHome", "ProtectSystem",
                  "ProtectControlGroups", "ProtectHostname", "ProtectKernelTunables", "NoNewPrivileges",
                  "RestrictRealtime", "LockPersonality", "SystemCallArchitectures"}
-    for name in (AGENT, CHECK, TIMER):
+    for name in (PREPARE, AGENT, CHECK, TIMER):
         silent = [f"{k}={v}" for _, k, v, commented in directives(unit_text(name))
                   if k in explained and not commented]
         # A directive may share the comment of the one right above it (ProtectKernelModules after

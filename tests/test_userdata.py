@@ -58,6 +58,8 @@ def _waits(command: List[str]) -> bool:
     if not words:
         return False
     program, args = words[0].rsplit("/", 1)[-1], words[1:]
+    if program == "gpu-node-agent":  # status --wait waits for gpu-node-agent.service's run
+        return "status" in args and "--wait" in args
     if program == "cloud-init":
         return "status" in args and ("--wait" in args or "-w" in args)
     if program != "systemctl":
@@ -139,6 +141,7 @@ def test_shell_part_never_waits_for_a_unit_ordered_after_cloud_final(name: str) 
         "until systemctl is-active gpu-node-agent.service; do sleep 5; done",
         "systemctl is-system-running --wait",
         "cloud-init status --wait",
+        "gpu-node-agent status --wait --timeout 600",
         "x=1; systemctl start \\\n  gpu-node-agent.service",
     ],
 )
@@ -155,6 +158,7 @@ def test_deadlock_detector_catches_the_trap(script: str) -> None:
         "# systemctl start gpu-node-agent.service",
         "echo 'systemctl start gpu-node-agent.service'",
         "nodeadm init\ngpu-node-agent run",
+        "gpu-node-agent status",
     ],
 )
 def test_deadlock_detector_lets_safe_commands_through(script: str) -> None:
