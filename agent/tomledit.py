@@ -9,10 +9,13 @@ created right after its parent with the file's indentation, and a line is commen
 from __future__ import annotations
 
 import difflib
+import json
 import re
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from agent.errors import NodeFileError
+from agent.tomllayout import KeyLine, Layout, LayoutError
 
 if TYPE_CHECKING:
     from agent.fs import NodeRoot
@@ -85,15 +88,68 @@ def toml_values(root: NodeRoot, path: object, text: str) -> Dict[str, Any]:
     return values
 
 
+def edit_value(text: str, key: Sequence[str], value: Any, *, after: Sequence[str] = (), path: object = "<edit>") -> str:
+    """``text`` with ``key`` set to ``value``, changed the way a careful person would change it.
+
+    An existing value is replaced in place and a key of an inline table is added inside it (tomlkit
+    edits that one line). Any other missing key gets a new line, and a missing table a new header,
+    placed and formatted as the file does it (see the module docstring). ``after`` names sibling
+    keys the new key belongs right after (``SystemdCgroup`` after ``BinaryName``). The result must
+    hold exactly the old values plus this one, or nothing changes (``NotFixable``).
+    """
+    from tomlkit.items import AoT, InlineTable
+
+    doc = parse_toml(text, path)
+    container: Any = doc
+    depth = 0  # how many tables of the path exist
+    for part in key[:-1]:
+        child = container.get(part)
+        if child is None:
+            break
+        if isinstance(child, AoT) or not isinstance(child, Mapping):
+            raise NotFixable(f"{'.'.join(key[: depth + 1])} is not a table ({type(child).__name__})")
+        container, depth = child, depth + 1
+    if (depth == len(key) - 1 and key[-1] in container) or isinstance(container, InlineTable):
+        set_value(doc, key, value)
+        return tidy(text, doc.as_string())
+    before = doc.unwrap()
+    own = container if depth == len(key) - 1 else None
+    rendered = _styled(value, _prefers_literal(None, own, doc)).as_string()
+    try:
+        new_text = _insert(Layout(text), key, depth, rendered, tuple(after))
+    except LayoutError as exc:
+        raise NotFixable(f"cannot place {'.'.join(key)} in this layout ({exc})") from None
+    try:
+        got = parse_toml(new_text, path).unwrap()
+    except NodeFileError as exc:
+        raise NotFixable(f"adding {'.'.join(key)} would not give valid TOML ({exc})") from None
+    node = before
+    for part in key[:-1]:
+        node = node.setdefault(part, {})
+    node[key[-1]] = value
+    if not _same(before, got):
+        raise NotFixable(f"adding {'.'.join(key)} would change other values")
+    return new_text
+
+
 def set_value(doc: Any, key: Sequence[str], value: Any) -> None:
-    """Set ``key`` to ``value`` in the tomlkit document with the smallest change that does it."""
+    """Replace ``key``'s value in the tomlkit document in place (key, quoting style, comment and
+    indentation kept), or add it inside the inline table that should hold it. A key that needs a
+    line of its own is ``edit_value``'s job."""
     from tomlkit.items import AoT, InlineTable
 
     container = doc
     for i, part in enumerate(key[:-1]):
         child = container.get(part)
         if child is None:
-            _create(container, key[i:], value)
+            if not isinstance(container, InlineTable):
+                raise NotFixable(f"{'.'.join(key[: i + 1])} does not exist (edit_value adds tables)")
+            nested: Any = _styled(value, _prefers_literal(None, container, doc))
+            for name in reversed(key[i + 1:]):
+                inner = _inline_table()
+                inner.append(name, nested)
+                nested = inner
+            _append_inline(container, part, nested)
             return
         if isinstance(child, AoT) or not isinstance(child, Mapping):
             raise NotFixable(f"{'.'.join(key[: i + 1])} is not a table ({type(child).__name__})")
@@ -102,14 +158,19 @@ def set_value(doc: Any, key: Sequence[str], value: Any) -> None:
     old = container.get(leaf)
     if isinstance(old, Mapping):
         raise NotFixable(f"{'.'.join(key)} is a table, expected a value")
-    new = _styled(value, _prefers_literal(old, container))
-    if isinstance(container, InlineTable) and old is None:
+    new = _styled(value, _prefers_literal(old, container, doc))
+    if old is None:
+        if not isinstance(container, InlineTable):
+            raise NotFixable(f"{'.'.join(key)} is not set (edit_value adds keys)")
         _append_inline(container, leaf, new)
         return
-    sibling_indent = _indentation(container)[1] if old is None else None
     container[leaf] = new
-    if sibling_indent is not None and _has_values(container):
-        new.trivia.indent = " " * sibling_indent
+
+
+def _inline_table() -> Any:
+    import tomlkit
+
+    return tomlkit.inline_table()
 
 
 def _append_inline(table: Any, key: str, item: Any) -> None:
@@ -125,82 +186,184 @@ def _append_inline(table: Any, key: str, item: Any) -> None:
         table.value.append(None, trailing)
 
 
-def _has_values(container: Any) -> bool:
-    return any(not isinstance(v, Mapping) for v in container.values())
-
-
 def _styled(value: Any, literal: bool) -> Any:
-    """A tomlkit item for ``value``; strings as 'literal' when the surrounding file uses them."""
+    """A tomlkit item for ``value``; a string as a 'literal string' when ``literal`` and it can be one."""
     import tomlkit
 
     if isinstance(value, str):
-        return tomlkit.string(value, literal=literal and "'" not in value and "\n" not in value)
+        plain = "'" not in value and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+        return tomlkit.string(value, literal=literal and plain)
     return tomlkit.item(value)
 
 
-def _prefers_literal(old: Any, container: Any) -> bool:
+def _prefers_literal(old: Any, table: Any, doc: Any) -> bool:
+    """Single quotes or double: the replaced string's own; else what most strings of the table use;
+    else what most strings of the file use (double on a tie or when there are none)."""
     from tomlkit.items import String, StringType
 
     if isinstance(old, String):
-        return old.type == StringType.SLL
-    siblings = [v for v in container.values() if isinstance(v, String)]
-    return bool(siblings) and all(s.type == StringType.SLL for s in siblings)
+        return bool(old.type == StringType.SLL)
+    for scope in (_strings(table, deep=False), _strings(doc, deep=True)):
+        literal = sum(1 for s in scope if s.type == StringType.SLL)
+        basic = sum(1 for s in scope if s.type == StringType.SLB)
+        if literal or basic:
+            return literal > basic
+    return False
 
 
-def _create(container: Any, key: Sequence[str], value: Any) -> None:
-    """Create the missing tables ``key[:-1]`` under ``container`` and set the leaf."""
-    import tomlkit
-    from tomlkit.items import InlineTable
+def _strings(node: Any, *, deep: bool) -> List[Any]:
+    from tomlkit.items import Array, String
 
-    value = _styled(value, _prefers_literal(None, container))
-    if isinstance(container, InlineTable):
-        nested: Any = value
-        for part in reversed(key[1:]):
-            t = tomlkit.inline_table()
-            t.append(part, nested)
-            nested = t
-        _append_inline(container, key[0], nested)
-        return
-    header_indent, key_indent = _indentation(container)
-    tables = [tomlkit.table(is_super_table=True) for _ in key[:-2]] + [tomlkit.table()]
-    leaf_table = tables[-1]
-    leaf_table.add(key[-1], value)
-    leaf_table.add(tomlkit.nl())
-    for parent, child, name in zip(tables, tables[1:], key[1:-1]):
-        parent.append(name, child)
-    top = tables[0]
-    step = key_indent - header_indent
-    leaf_table.trivia.indent = " " * (key_indent + step * (len(tables) - 1))
-    for k, item in leaf_table.value.body:
-        if k is not None:
-            item.trivia.indent = " " * (key_indent + step * len(tables))
-    container[key[0]] = top  # item assignment also works on tomlkit's out-of-order table proxies
+    if node is None:
+        return []
+    items = list(node.values()) if isinstance(node, Mapping) else list(node)
+    out = []
+    for item in items:
+        if isinstance(item, String):
+            out.append(item)
+        elif isinstance(item, Array) or (deep and isinstance(item, (Mapping, list))):
+            out.extend(_strings(item, deep=deep))
+    return out
 
 
-def _indentation(container: Any) -> Tuple[int, int]:
-    """(header indent, key indent) of an existing table, so new sub-tables line up in indented files."""
-    from tomlkit.items import Table
-
-    if not isinstance(container, Table):
-        return 0, 0
-    header = len(container.trivia.indent)
-    for k, item in container.value.body:
-        if k is not None and not isinstance(item, Mapping):
-            return header, len(item.trivia.indent)
-    return header, header
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of equal types (``True`` is not ``1``), recursively."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
 
 
-_KEY = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
-_KEY_LINE = re.compile(rf"^(\s*){_KEY}(?:\s*\.\s*{_KEY})*\s*=")
+# --- where a new line goes, and how it looks ----------------------------------------------------------
+
+
+def _insert(layout: Layout, key: Sequence[str], depth: int, value: str, after: Tuple[str, ...]) -> str:
+    """Add ``key = value`` (``depth`` tables of its path exist) to the text as a new key line, or as a
+    new table holding it."""
+    key = tuple(key)
+    # the deepest table on the path that has its own [header]; the root table when none has
+    owner = max(n for n in range(depth + 1) if layout.header(key[:n]) != -2)
+    table = layout.header(key[:owner])
+    rel = key[owner:]
+    dotted = depth > owner and any(len(k.key) > 1 and k.key[0] == rel[0] for k in layout.keys_of(table))
+    if len(rel) == 1 or dotted:  # a key line of an existing table (``options.SystemdCgroup`` if dotted)
+        return _add_key(layout, table, rel, depth - owner, value, after)
+    return _add_table(layout, key[:-1], key[-1], value)
+
+
+def _add_key(layout: Layout, table: int, key: Tuple[str, ...], existing: int, value: str,
+             after: Tuple[str, ...]) -> str:
+    keys = layout.keys_of(table)
+    prefix = key[:existing]  # the dotted part that already exists (``options`` of ``options.X``)
+    siblings = [k for k in keys if len(k.key) > len(prefix) and k.key[: len(prefix)] == prefix]
+    anchor: Optional[KeyLine] = None
+    before = False
+    if len(siblings) >= 2 and [k.key for k in siblings] == sorted(k.key for k in siblings):
+        later = next((k for k in siblings if k.key > key), None)  # a sorted table stays sorted
+        anchor, before = (later, True) if later is not None else (siblings[-1], False)
+    else:
+        related = [k for k in siblings if k.key[:-1] == key[:-1] and k.key[-1] in after]
+        pool = related or siblings or keys
+        anchor = pool[-1] if pool else None
+    if anchor is None:  # an empty table: the file's indentation step below the header
+        header = layout.headers[table] if table >= 0 else None
+        index = header.line + 1 if header is not None else 0
+        indent = header.indent + layout.key_step() if header is not None else ""
+        text = _key_text(key, (), layout.key_quote()) + layout.key_sep() + value
+    else:
+        index = anchor.line if before else anchor.end + 1
+        while before and layout.kinds[index - 1] == "comment":
+            index -= 1  # a comment above the key it describes stays there
+        indent = anchor.indent
+        shared = _shared(key, anchor.key)
+        text = _key_text(key, anchor.raw[:shared], layout.key_quote()) + anchor.sep + value
+    return _splice(layout, index, [indent + text])
+
+
+def _add_table(layout: Layout, path: Tuple[str, ...], leaf: str, value: str) -> str:
+    headers = layout.headers
+    descendants = [i for i, h in enumerate(headers) if len(h.path) > len(path) and h.path[: len(path)] == path]
+    if descendants:  # [a.b] missing but [a.b.c] present: the new header goes right above its sub-tables
+        near = descendants[0]
+        index = layout.leading_start(near)
+        lead, trail = 0, layout.blank_lines_before_header(False)
+    elif headers:  # after the last existing sub-table of its nearest existing ancestor
+        parent = max(n for n in range(len(path)) if any(h.path[:n] == path[:n] for h in headers))
+        near = max(i for i, h in enumerate(headers) if h.path[:parent] == path[:parent])
+        end = layout.content_end(near)
+        index = end + 1
+        lead, trail = layout.blank_lines_before_header(end == headers[near].line), 0
+    else:  # no table at all: at the end of the file
+        near = -1
+        end = layout.content_end(-1)
+        index = end + 1
+        lead, trail = (layout.blank_lines_before_header(False) if end >= 0 else 0), 0
+    indent = _header_indent(layout, path)
+    quote = layout.key_quote()
+    like = max(range(len(headers)), key=lambda i: (_shared(path, headers[i].path), i == near), default=None)
+    raw = headers[like].raw[: _shared(path, headers[like].path)] if like is not None else ()
+    header = indent + "[" + _key_text(path, raw, quote) + "]"
+    line = indent + layout.key_step() + _key_text((leaf,), (), quote) + layout.key_sep() + value
+    return _splice(layout, index, [""] * lead + [header, line] + [""] * trail)
+
+
+def _header_indent(layout: Layout, path: Tuple[str, ...]) -> str:
+    """Like its siblings' headers; else like the headers at its depth; else its nearest ancestor's
+    header plus the file's step per level; else none."""
+    siblings = [h.indent for h in layout.headers if len(h.path) == len(path) and h.path[:-1] == path[:-1]]
+    if siblings:
+        return siblings[-1]
+    same_depth = Counter(h.indent for h in layout.headers if len(h.path) == len(path)).most_common(1)
+    if same_depth:
+        return same_depth[0][0]
+    ancestor = layout.nearest_ancestor(path)
+    if ancestor is None:
+        return ""
+    return ancestor.indent + layout.header_step() * (len(path) - len(ancestor.path))
+
+
+def _shared(a: Sequence[str], b: Sequence[str]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _key_text(key: Sequence[str], raw: Sequence[str], quote: Optional[str]) -> str:
+    """A dotted key: the first parts as the file writes them (``raw``), the others bare when they
+    can be, else quoted the way the file quotes keys."""
+    parts = list(raw)
+    for name in key[len(raw):]:
+        if _BARE_KEY.fullmatch(name):
+            parts.append(name)
+        elif quote == "'" and "'" not in name and not any(ord(c) < 32 for c in name):
+            parts.append(f"'{name}'")
+        else:
+            parts.append(json.dumps(name))
+    return ".".join(parts)
+
+
+def _splice(layout: Layout, index: int, new_lines: Sequence[str]) -> str:
+    """The layout's text with ``new_lines`` inserted before line ``index``, in the file's line endings."""
+    nl = layout.newline
+    lines = list(layout.lines)
+    block = "".join(line + nl for line in new_lines)
+    if index > 0 and not lines[index - 1].endswith("\n"):  # the file's last line has no newline: keep it so
+        lines[index - 1] += nl
+        block = block[: -len(nl)]
+    lines.insert(index, block)
+    return "".join(lines)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def tidy(old_text: str, new_text: str) -> str:
-    """Undo tomlkit's incidental whitespace changes after an edit.
-
-    A line whose only change is its leading whitespace gets its original back (tomlkit sometimes
-    shifts the indentation of a neighbouring header when it appends a key), and an added key line
-    takes the indentation of the key line right above it.
-    """
+    """Undo tomlkit's incidental whitespace changes after an in-place edit: a line whose only change
+    is its leading whitespace gets its original back."""
     old_lines = old_text.splitlines(True)
     new_lines = new_text.splitlines(True)
     out: List[str] = []
@@ -209,17 +372,8 @@ def tidy(old_text: str, new_text: str) -> str:
         if op == "equal":
             out.extend(old_lines[i1:i2])
             continue
-        olds, news = old_lines[i1:i2], list(new_lines[j1:j2])
-        for k, line in enumerate(news):
-            same = next((o for o in olds if o.lstrip() == line.lstrip()), None)
-            if same is not None:
-                news[k] = same
-            elif _KEY_LINE.match(line):
-                above = next((x for x in reversed(out + news[:k]) if x.strip()), "")
-                match = _KEY_LINE.match(above)
-                if match:
-                    news[k] = match.group(1) + line.lstrip()
-        out.extend(news)
+        olds = old_lines[i1:i2]
+        out.extend(next((o for o in olds if o.lstrip() == line.lstrip()), line) for line in new_lines[j1:j2])
     return "".join(out)
 
 
