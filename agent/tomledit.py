@@ -1,21 +1,27 @@
-"""Minimal, format-preserving TOML edits with tomlkit, shared by the modules that own TOML files.
+"""Minimal, format-preserving TOML edits, shared by the modules that own TOML files.
 
-Only the lines that must change do: a value is replaced in place (its key, quoting style, comment
-and indentation kept), a missing key is added to the table that should hold it, a missing table is
-created right after its parent with the file's indentation, and a line is commented out in place.
+Only the lines that must change do (``edit_value``, ``comment_out``), and new lines look like the
+file's own (``agent.tomllayout`` learns its conventions):
+
+* a value is replaced in place by tomlkit (its key, quoting style, comment and indentation kept), a
+  key of an inline table is added inside it, and a line is commented out in place;
+* a missing key gets a line in its table's block, before the table's trailing blank lines: at its
+  sorted place in a sorted table, else after its related siblings (``after``), else at the table's
+  end; indented like the table's keys, or (empty table) the file's key step below the header;
+* a missing table gets a header right after the last existing sub-table of its nearest existing
+  parent (or right above its own sub-tables), indented like its siblings, with the blank lines the
+  file puts before a header, its key parts spelled like the file's headers;
+* strings take the quotes of their table, else of the file; line endings stay the file's.
 """
 
 
 from __future__ import annotations
 
 import difflib
-import json
-import re
-from collections import Counter
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 from agent.errors import NodeFileError
-from agent.tomllayout import KeyLine, Layout, LayoutError
+from agent.tomllayout import Layout, LayoutError, could_be_literal, insert
 
 if TYPE_CHECKING:
     from agent.fs import NodeRoot
@@ -116,7 +122,7 @@ def edit_value(text: str, key: Sequence[str], value: Any, *, after: Sequence[str
     own = container if depth == len(key) - 1 else None
     rendered = _styled(value, _prefers_literal(None, own, doc)).as_string()
     try:
-        new_text = _insert(Layout(text), key, depth, rendered, tuple(after))
+        new_text = insert(Layout(text), key, depth, rendered, tuple(after))
     except LayoutError as exc:
         raise NotFixable(f"cannot place {'.'.join(key)} in this layout ({exc})") from None
     try:
@@ -191,8 +197,7 @@ def _styled(value: Any, literal: bool) -> Any:
     import tomlkit
 
     if isinstance(value, str):
-        plain = "'" not in value and not any(ord(c) < 32 or ord(c) == 127 for c in value)
-        return tomlkit.string(value, literal=literal and plain)
+        return tomlkit.string(value, literal=literal and could_be_literal(value))
     return tomlkit.item(value)
 
 
@@ -205,10 +210,12 @@ def _prefers_literal(old: Any, table: Any, doc: Any) -> bool:
         return bool(old.type == StringType.SLL)
     for scope in (_strings(table, deep=False), _strings(doc, deep=True)):
         literal = sum(1 for s in scope if s.type == StringType.SLL)
-        basic = sum(1 for s in scope if s.type == StringType.SLB)
+        # a "double-quoted" string that could not be a literal one ("it's") is no choice of style
+        basic = sum(1 for s in scope if s.type == StringType.SLB and could_be_literal(str(s)))
         if literal or basic:
             return literal > basic
     return False
+
 
 
 def _strings(node: Any, *, deep: bool) -> List[Any]:
@@ -235,130 +242,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return bool(a == b)
-
-
-# --- where a new line goes, and how it looks ----------------------------------------------------------
-
-
-def _insert(layout: Layout, key: Sequence[str], depth: int, value: str, after: Tuple[str, ...]) -> str:
-    """Add ``key = value`` (``depth`` tables of its path exist) to the text as a new key line, or as a
-    new table holding it."""
-    key = tuple(key)
-    # the deepest table on the path that has its own [header]; the root table when none has
-    owner = max(n for n in range(depth + 1) if layout.header(key[:n]) != -2)
-    table = layout.header(key[:owner])
-    rel = key[owner:]
-    dotted = depth > owner and any(len(k.key) > 1 and k.key[0] == rel[0] for k in layout.keys_of(table))
-    if len(rel) == 1 or dotted:  # a key line of an existing table (``options.SystemdCgroup`` if dotted)
-        return _add_key(layout, table, rel, depth - owner, value, after)
-    return _add_table(layout, key[:-1], key[-1], value)
-
-
-def _add_key(layout: Layout, table: int, key: Tuple[str, ...], existing: int, value: str,
-             after: Tuple[str, ...]) -> str:
-    keys = layout.keys_of(table)
-    prefix = key[:existing]  # the dotted part that already exists (``options`` of ``options.X``)
-    siblings = [k for k in keys if len(k.key) > len(prefix) and k.key[: len(prefix)] == prefix]
-    anchor: Optional[KeyLine] = None
-    before = False
-    if len(siblings) >= 2 and [k.key for k in siblings] == sorted(k.key for k in siblings):
-        later = next((k for k in siblings if k.key > key), None)  # a sorted table stays sorted
-        anchor, before = (later, True) if later is not None else (siblings[-1], False)
-    else:
-        related = [k for k in siblings if k.key[:-1] == key[:-1] and k.key[-1] in after]
-        pool = related or siblings or keys
-        anchor = pool[-1] if pool else None
-    if anchor is None:  # an empty table: the file's indentation step below the header
-        header = layout.headers[table] if table >= 0 else None
-        index = header.line + 1 if header is not None else 0
-        indent = header.indent + layout.key_step() if header is not None else ""
-        text = _key_text(key, (), layout.key_quote()) + layout.key_sep() + value
-    else:
-        index = anchor.line if before else anchor.end + 1
-        while before and layout.kinds[index - 1] == "comment":
-            index -= 1  # a comment above the key it describes stays there
-        indent = anchor.indent
-        shared = _shared(key, anchor.key)
-        text = _key_text(key, anchor.raw[:shared], layout.key_quote()) + anchor.sep + value
-    return _splice(layout, index, [indent + text])
-
-
-def _add_table(layout: Layout, path: Tuple[str, ...], leaf: str, value: str) -> str:
-    headers = layout.headers
-    descendants = [i for i, h in enumerate(headers) if len(h.path) > len(path) and h.path[: len(path)] == path]
-    if descendants:  # [a.b] missing but [a.b.c] present: the new header goes right above its sub-tables
-        near = descendants[0]
-        index = layout.leading_start(near)
-        lead, trail = 0, layout.blank_lines_before_header(False)
-    elif headers:  # after the last existing sub-table of its nearest existing ancestor
-        parent = max(n for n in range(len(path)) if any(h.path[:n] == path[:n] for h in headers))
-        near = max(i for i, h in enumerate(headers) if h.path[:parent] == path[:parent])
-        end = layout.content_end(near)
-        index = end + 1
-        lead, trail = layout.blank_lines_before_header(end == headers[near].line), 0
-    else:  # no table at all: at the end of the file
-        near = -1
-        end = layout.content_end(-1)
-        index = end + 1
-        lead, trail = (layout.blank_lines_before_header(False) if end >= 0 else 0), 0
-    indent = _header_indent(layout, path)
-    quote = layout.key_quote()
-    like = max(range(len(headers)), key=lambda i: (_shared(path, headers[i].path), i == near), default=None)
-    raw = headers[like].raw[: _shared(path, headers[like].path)] if like is not None else ()
-    header = indent + "[" + _key_text(path, raw, quote) + "]"
-    line = indent + layout.key_step() + _key_text((leaf,), (), quote) + layout.key_sep() + value
-    return _splice(layout, index, [""] * lead + [header, line] + [""] * trail)
-
-
-def _header_indent(layout: Layout, path: Tuple[str, ...]) -> str:
-    """Like its siblings' headers; else like the headers at its depth; else its nearest ancestor's
-    header plus the file's step per level; else none."""
-    siblings = [h.indent for h in layout.headers if len(h.path) == len(path) and h.path[:-1] == path[:-1]]
-    if siblings:
-        return siblings[-1]
-    same_depth = Counter(h.indent for h in layout.headers if len(h.path) == len(path)).most_common(1)
-    if same_depth:
-        return same_depth[0][0]
-    ancestor = layout.nearest_ancestor(path)
-    if ancestor is None:
-        return ""
-    return ancestor.indent + layout.header_step() * (len(path) - len(ancestor.path))
-
-
-def _shared(a: Sequence[str], b: Sequence[str]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
-def _key_text(key: Sequence[str], raw: Sequence[str], quote: Optional[str]) -> str:
-    """A dotted key: the first parts as the file writes them (``raw``), the others bare when they
-    can be, else quoted the way the file quotes keys."""
-    parts = list(raw)
-    for name in key[len(raw):]:
-        if _BARE_KEY.fullmatch(name):
-            parts.append(name)
-        elif quote == "'" and "'" not in name and not any(ord(c) < 32 for c in name):
-            parts.append(f"'{name}'")
-        else:
-            parts.append(json.dumps(name))
-    return ".".join(parts)
-
-
-def _splice(layout: Layout, index: int, new_lines: Sequence[str]) -> str:
-    """The layout's text with ``new_lines`` inserted before line ``index``, in the file's line endings."""
-    nl = layout.newline
-    lines = list(layout.lines)
-    block = "".join(line + nl for line in new_lines)
-    if index > 0 and not lines[index - 1].endswith("\n"):  # the file's last line has no newline: keep it so
-        lines[index - 1] += nl
-        block = block[: -len(nl)]
-    lines.insert(index, block)
-    return "".join(lines)
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def tidy(old_text: str, new_text: str) -> str:

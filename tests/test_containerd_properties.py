@@ -231,7 +231,8 @@ def test_reconcile_is_idempotent_valid_complete_and_minimal(tmp_path_factory: An
     if not result.edits:
         assert new_text == text
     assert_layout_followed(generated, new_text)
-    added = [line[2:] for line in difflib.ndiff(text.splitlines(), new_text.splitlines()) if line.startswith("+ ")]
+    diff = list(difflib.ndiff(text.splitlines(), new_text.splitlines()))
+    added = [line[2:] for line in diff if line.startswith("+ ")]
+    removed = [line for line in diff if line.startswith("- ")]
     event("a table created" if any(a.lstrip().startswith("[") for a in added) else
-          "a key added" if len(added) > len([line for line in difflib.ndiff(text.splitlines(), new_text.splitlines())
-                                             if line.startswith("- ")]) else "values replaced only")
+          "a key added" if len(added) > len(removed) else "values replaced only")  # what the examples cover
