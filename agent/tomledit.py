@@ -118,24 +118,26 @@ def edit_value(text: str, key: Sequence[str], value: Any, *, after: Sequence[str
     if (depth == len(key) - 1 and key[-1] in container) or isinstance(container, InlineTable):
         set_value(doc, key, value)
         return tidy(text, doc.as_string())
-    before = doc.unwrap()
+    wanted = doc.unwrap()
     own = container if depth == len(key) - 1 else None
     rendered = _styled(value, _prefers_literal(None, own, doc)).as_string()
-    try:
-        new_text = insert(Layout(text), key, depth, rendered, tuple(after))
-    except LayoutError as exc:
-        raise NotFixable(f"cannot place {'.'.join(key)} in this layout ({exc})") from None
-    try:
-        got = parse_toml(new_text, path).unwrap()
-    except NodeFileError as exc:
-        raise NotFixable(f"adding {'.'.join(key)} would not give valid TOML ({exc})") from None
-    node = before
+    node = wanted
     for part in key[:-1]:
         node = node.setdefault(part, {})
     node[key[-1]] = value
-    if not _same(before, got):
-        raise NotFixable(f"adding {'.'.join(key)} would change other values")
-    return new_text
+    first_problem = None
+    try:
+        for new_text in insert(Layout(text), key, depth, rendered, tuple(after)):
+            try:
+                if _same(wanted, parse_toml(new_text, path).unwrap()):
+                    return new_text
+                problem = "would change other values"
+            except NodeFileError as exc:
+                problem = f"would not give TOML the agent can read ({exc})"
+            first_problem = first_problem or problem
+    except LayoutError as exc:
+        raise NotFixable(f"cannot place {'.'.join(key)} in this layout ({exc})") from None
+    raise NotFixable(f"adding {'.'.join(key)} {first_problem}")
 
 
 def set_value(doc: Any, key: Sequence[str], value: Any) -> None:

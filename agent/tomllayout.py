@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -271,9 +271,10 @@ def could_be_literal(value: str) -> bool:
 # --- where a new line goes, and how it looks ----------------------------------------------------------
 
 
-def insert(layout: Layout, key: Sequence[str], depth: int, value: str, after: Tuple[str, ...]) -> str:
-    """Add ``key = value`` (``depth`` tables of its path exist) to the text as a new key line, or as a
-    new table holding it."""
+def insert(layout: Layout, key: Sequence[str], depth: int, value: str, after: Tuple[str, ...]) -> Iterator[str]:
+    """The text with ``key = value`` added (``depth`` tables of its path exist) as a new key line, or
+    as a new table holding it: the rules' place first; for a table, then the other places between
+    tables nearest to it (tomlkit cannot read some valid orders of tables, the caller checks)."""
     key = tuple(key)
     # the deepest table on the path that has its own [header]; the root table when none has
     owner = max(n for n in range(depth + 1) if layout.header(key[:n]) != -2)
@@ -281,8 +282,18 @@ def insert(layout: Layout, key: Sequence[str], depth: int, value: str, after: Tu
     rel = key[owner:]
     dotted = depth > owner and any(len(k.key) > 1 and k.key[0] == rel[0] for k in layout.keys_of(table))
     if len(rel) == 1 or dotted:  # a key line of an existing table (``options.SystemdCgroup`` if dotted)
-        return _add_key(layout, table, rel, depth - owner, value, after)
-    return _add_table(layout, key[:-1], key[-1], value)
+        yield _add_key(layout, table, rel, depth - owner, value, after)
+        return
+    path, leaf = key[:-1], key[-1]
+    index, lead, trail, near = _table_place(layout, path)
+    yield _add_table(layout, path, leaf, value, index, lead, trail, near)
+    others = sorted(range(-1, len(layout.headers)), key=lambda t: abs(layout.content_end(t) + 1 - index))
+    for t in others:  # right after table t's content
+        end = layout.content_end(t)
+        if end + 1 != index:
+            after_empty = t >= 0 and end == layout.headers[t].line
+            lead = layout.blank_lines_before_header(after_empty) if end >= 0 else 0
+            yield _add_table(layout, path, leaf, value, end + 1, lead, 0, t)
 
 
 def _add_key(layout: Layout, table: int, key: Tuple[str, ...], existing: int, value: str,
@@ -314,24 +325,25 @@ def _add_key(layout: Layout, table: int, key: Tuple[str, ...], existing: int, va
     return _splice(layout, index, [indent + text])
 
 
-def _add_table(layout: Layout, path: Tuple[str, ...], leaf: str, value: str) -> str:
+def _table_place(layout: Layout, path: Tuple[str, ...]) -> Tuple[int, int, int, int]:
+    """Where the rules put a new ``[path]`` table: (line index, blank lines before it, blank lines
+    after it, the table it is placed next to)."""
     headers = layout.headers
     descendants = [i for i, h in enumerate(headers) if len(h.path) > len(path) and h.path[: len(path)] == path]
     if descendants:  # [a.b] missing but [a.b.c] present: the new header goes right above its sub-tables
-        near = descendants[0]
-        index = layout.leading_start(near)
-        lead, trail = 0, layout.blank_lines_before_header(False)
-    elif headers:  # after the last existing sub-table of its nearest existing ancestor
+        return layout.leading_start(descendants[0]), 0, layout.blank_lines_before_header(False), descendants[0]
+    if headers:  # after the last existing sub-table of its nearest existing ancestor
         parent = max(n for n in range(len(path)) if any(h.path[:n] == path[:n] for h in headers))
         near = max(i for i, h in enumerate(headers) if h.path[:parent] == path[:parent])
         end = layout.content_end(near)
-        index = end + 1
-        lead, trail = layout.blank_lines_before_header(end == headers[near].line), 0
-    else:  # no table at all: at the end of the file
-        near = -1
-        end = layout.content_end(-1)
-        index = end + 1
-        lead, trail = (layout.blank_lines_before_header(False) if end >= 0 else 0), 0
+        return end + 1, layout.blank_lines_before_header(end == headers[near].line), 0, near
+    end = layout.content_end(-1)  # no table at all: at the end of the file
+    return end + 1, (layout.blank_lines_before_header(False) if end >= 0 else 0), 0, -1
+
+
+def _add_table(layout: Layout, path: Tuple[str, ...], leaf: str, value: str, index: int, lead: int, trail: int,
+               near: int) -> str:
+    headers = layout.headers
     indent = _header_indent(layout, path)
     quote = layout.key_quote()
     like = max(range(len(headers)), key=lambda i: (_shared(path, headers[i].path), i == near), default=None)

@@ -16,7 +16,7 @@ import re
 from typing import Any, Dict, List, NamedTuple, Tuple
 
 import tomlkit
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from agent import containerd
@@ -195,6 +195,15 @@ def assert_layout_followed(generated: Generated, new_text: str) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(containerd_configs())
+@example(Generated(  # tomlkit rejects [plugins."...cri"] where the rules put it: the nearest readable place
+    'version = 2\nroot = "/var/lib/containerd"\n'
+    '[plugins."io.containerd.grpc.v1.cri".cni]\nbin_dir = "/opt/cni/bin"\n'
+    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]\n'
+    'BinaryName = "/usr/bin/nvidia-container-runtime"\nSystemdCgroup = true\n'
+    '[plugins."io.containerd.grpc.v1.cri".containerd]\n'
+    '[grpc]\naddress = "/run/containerd/containerd.sock"\n'
+    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]\n',
+    daemon=1, single=False, indent_step=0, gaps=False, crlf=False))
 def test_reconcile_is_idempotent_valid_complete_and_minimal(tmp_path_factory: Any, generated: Generated) -> None:
     text, daemon = generated.text, generated.daemon
     try:

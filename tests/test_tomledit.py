@@ -181,3 +181,11 @@ def test_the_layout_reader_is_not_fooled_by_strings() -> None:
     assert [h.path for h in layout.headers] == [("t", "u.v", "w")]
     assert [(k.key, k.line, k.end) for k in layout.keys] == [(("a",), 0, 0), (("b",), 1, 3), (("k",), 5, 5)]
     assert layout.kinds == ["key", "key", "value", "value", "header", "key"]
+
+
+def test_where_tomlkit_cannot_read_the_rules_place_the_nearest_readable_place_is_taken() -> None:
+    # valid TOML, but tomlkit rejects [p] above [p.cni] here ("Key containerd already exists")
+    text = ("version = 2\n[p.cni]\nb = 1\n[p.containerd.runtimes.nvidia.options]\nB = 1\n"
+            "[p.containerd]\n[grpc]\na = 1\n[p.containerd.runtimes.nvidia]\n")
+    expected = text.replace("[p.containerd]\n", "[p]\nenable_cdi = true\n[p.containerd]\n")
+    assert edit(text, "p.enable_cdi", True) == expected
