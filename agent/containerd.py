@@ -26,7 +26,7 @@ from agent.config import ContainerdSettings
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import FileEdit, NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
-from agent.tomledit import NotFixable, parse_toml, set_value, tidy, toml_values
+from agent.tomledit import NotFixable, edit_value, parse_toml, toml_values
 
 CONTAINERD_VERSION_FILE = "/etc/eks/containerd-version.txt"
 V3_RUNTIME_PLUGIN = "io.containerd.cri.v1.runtime"
@@ -388,18 +388,21 @@ def reconcile(config_set: ContainerdConfigSet, settings: ContainerdSettings) -> 
     return ContainerdReconcile(eff, tuple(edits), tuple(problems))
 
 
+# A new key goes right after these siblings when its table has them (as nodeadm and nvidia-ctk write it).
+_PLACE_AFTER: Dict[str, Tuple[str, ...]] = {"SystemdCgroup": ("BinaryName",)}
+
+
 def _edit_text(target: ConfigFile, plugin_id: str, values: Sequence[EffectiveValue]) -> str:
-    doc = parse_toml(target.text, target.path)
+    """The target file's text with each value set, one edit after another (each one verified)."""
+    text = target.text
     try:
         for v in values:
-            set_value(doc, ("plugins", plugin_id, *v.setting.key), v.setting.desired)
-        text: str = tidy(target.text, doc.as_string())
+            key = ("plugins", plugin_id, *v.setting.key)
+            text = edit_value(text, key, v.setting.desired, after=_PLACE_AFTER.get(key[-1], ()), path=target.path)
     except NotFixable:
         raise
     except Exception as exc:  # a structure tomlkit cannot edit: leave the file alone, say so
         raise NotFixable(f"cannot edit this structure safely ({type(exc).__name__}: {exc})") from exc
-    if not target.text.endswith("\n\n") and text.endswith("\n\n"):
-        text = text.rstrip("\n") + "\n"
     return text
 
 

@@ -1,18 +1,27 @@
-"""Minimal, format-preserving TOML edits with tomlkit, shared by the modules that own TOML files.
+"""Minimal, format-preserving TOML edits, shared by the modules that own TOML files.
 
-Only the lines that must change do: a value is replaced in place (its key, quoting style, comment
-and indentation kept), a missing key is added to the table that should hold it, a missing table is
-created right after its parent with the file's indentation, and a line is commented out in place.
+Only the lines that must change do (``edit_value``, ``comment_out``), and new lines look like the
+file's own (``agent.tomllayout`` learns its conventions):
+
+* a value is replaced in place by tomlkit (its key, quoting style, comment and indentation kept), a
+  key of an inline table is added inside it, and a line is commented out in place;
+* a missing key gets a line in its table's block, before the table's trailing blank lines: at its
+  sorted place in a sorted table, else after its related siblings (``after``), else at the table's
+  end; indented like the table's keys, or (empty table) the file's key step below the header;
+* a missing table gets a header right after the last existing sub-table of its nearest existing
+  parent (or right above its own sub-tables), indented like its siblings, with the blank lines the
+  file puts before a header, its key parts spelled like the file's headers;
+* strings take the quotes of their table, else of the file; line endings stay the file's.
 """
 
 
 from __future__ import annotations
 
 import difflib
-import re
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 from agent.errors import NodeFileError
+from agent.tomllayout import Layout, LayoutError, could_be_literal, insert
 
 if TYPE_CHECKING:
     from agent.fs import NodeRoot
@@ -85,15 +94,70 @@ def toml_values(root: NodeRoot, path: object, text: str) -> Dict[str, Any]:
     return values
 
 
+def edit_value(text: str, key: Sequence[str], value: Any, *, after: Sequence[str] = (), path: object = "<edit>") -> str:
+    """``text`` with ``key`` set to ``value``, changed the way a careful person would change it.
+
+    An existing value is replaced in place and a key of an inline table is added inside it (tomlkit
+    edits that one line). Any other missing key gets a new line, and a missing table a new header,
+    placed and formatted as the file does it (see the module docstring). ``after`` names sibling
+    keys the new key belongs right after (``SystemdCgroup`` after ``BinaryName``). The result must
+    hold exactly the old values plus this one, or nothing changes (``NotFixable``).
+    """
+    from tomlkit.items import AoT, InlineTable
+
+    doc = parse_toml(text, path)
+    container: Any = doc
+    depth = 0  # how many tables of the path exist
+    for part in key[:-1]:
+        child = container.get(part)
+        if child is None:
+            break
+        if isinstance(child, AoT) or not isinstance(child, Mapping):
+            raise NotFixable(f"{'.'.join(key[: depth + 1])} is not a table ({type(child).__name__})")
+        container, depth = child, depth + 1
+    if (depth == len(key) - 1 and key[-1] in container) or isinstance(container, InlineTable):
+        set_value(doc, key, value)
+        return tidy(text, doc.as_string())
+    wanted = doc.unwrap()
+    own = container if depth == len(key) - 1 else None
+    rendered = _styled(value, _prefers_literal(None, own, doc)).as_string()
+    node = wanted
+    for part in key[:-1]:
+        node = node.setdefault(part, {})
+    node[key[-1]] = value
+    first_problem = None
+    try:
+        for new_text in insert(Layout(text), key, depth, rendered, tuple(after)):
+            try:
+                if _same(wanted, parse_toml(new_text, path).unwrap()):
+                    return new_text
+                problem = "would change other values"
+            except NodeFileError as exc:
+                problem = f"would not give TOML the agent can read ({exc})"
+            first_problem = first_problem or problem
+    except LayoutError as exc:
+        raise NotFixable(f"cannot place {'.'.join(key)} in this layout ({exc})") from None
+    raise NotFixable(f"adding {'.'.join(key)} {first_problem}")
+
+
 def set_value(doc: Any, key: Sequence[str], value: Any) -> None:
-    """Set ``key`` to ``value`` in the tomlkit document with the smallest change that does it."""
+    """Replace ``key``'s value in the tomlkit document in place (key, quoting style, comment and
+    indentation kept), or add it inside the inline table that should hold it. A key that needs a
+    line of its own is ``edit_value``'s job."""
     from tomlkit.items import AoT, InlineTable
 
     container = doc
     for i, part in enumerate(key[:-1]):
         child = container.get(part)
         if child is None:
-            _create(container, key[i:], value)
+            if not isinstance(container, InlineTable):
+                raise NotFixable(f"{'.'.join(key[: i + 1])} does not exist (edit_value adds tables)")
+            nested: Any = _styled(value, _prefers_literal(None, container, doc))
+            for name in reversed(key[i + 1:]):
+                inner = _inline_table()
+                inner.append(name, nested)
+                nested = inner
+            _append_inline(container, part, nested)
             return
         if isinstance(child, AoT) or not isinstance(child, Mapping):
             raise NotFixable(f"{'.'.join(key[: i + 1])} is not a table ({type(child).__name__})")
@@ -102,14 +166,19 @@ def set_value(doc: Any, key: Sequence[str], value: Any) -> None:
     old = container.get(leaf)
     if isinstance(old, Mapping):
         raise NotFixable(f"{'.'.join(key)} is a table, expected a value")
-    new = _styled(value, _prefers_literal(old, container))
-    if isinstance(container, InlineTable) and old is None:
+    new = _styled(value, _prefers_literal(old, container, doc))
+    if old is None:
+        if not isinstance(container, InlineTable):
+            raise NotFixable(f"{'.'.join(key)} is not set (edit_value adds keys)")
         _append_inline(container, leaf, new)
         return
-    sibling_indent = _indentation(container)[1] if old is None else None
     container[leaf] = new
-    if sibling_indent is not None and _has_values(container):
-        new.trivia.indent = " " * sibling_indent
+
+
+def _inline_table() -> Any:
+    import tomlkit
+
+    return tomlkit.inline_table()
 
 
 def _append_inline(table: Any, key: str, item: Any) -> None:
@@ -125,82 +194,61 @@ def _append_inline(table: Any, key: str, item: Any) -> None:
         table.value.append(None, trailing)
 
 
-def _has_values(container: Any) -> bool:
-    return any(not isinstance(v, Mapping) for v in container.values())
-
-
 def _styled(value: Any, literal: bool) -> Any:
-    """A tomlkit item for ``value``; strings as 'literal' when the surrounding file uses them."""
+    """A tomlkit item for ``value``; a string as a 'literal string' when ``literal`` and it can be one."""
     import tomlkit
 
     if isinstance(value, str):
-        return tomlkit.string(value, literal=literal and "'" not in value and "\n" not in value)
+        return tomlkit.string(value, literal=literal and could_be_literal(value))
     return tomlkit.item(value)
 
 
-def _prefers_literal(old: Any, container: Any) -> bool:
+def _prefers_literal(old: Any, table: Any, doc: Any) -> bool:
+    """Single quotes or double: the replaced string's own; else what most strings of the table use;
+    else what most strings of the file use (double on a tie or when there are none)."""
     from tomlkit.items import String, StringType
 
     if isinstance(old, String):
-        return old.type == StringType.SLL
-    siblings = [v for v in container.values() if isinstance(v, String)]
-    return bool(siblings) and all(s.type == StringType.SLL for s in siblings)
+        return bool(old.type == StringType.SLL)
+    for scope in (_strings(table, deep=False), _strings(doc, deep=True)):
+        literal = sum(1 for s in scope if s.type == StringType.SLL)
+        # a "double-quoted" string that could not be a literal one ("it's") is no choice of style
+        basic = sum(1 for s in scope if s.type == StringType.SLB and could_be_literal(str(s)))
+        if literal or basic:
+            return literal > basic
+    return False
 
 
-def _create(container: Any, key: Sequence[str], value: Any) -> None:
-    """Create the missing tables ``key[:-1]`` under ``container`` and set the leaf."""
-    import tomlkit
-    from tomlkit.items import InlineTable
 
-    value = _styled(value, _prefers_literal(None, container))
-    if isinstance(container, InlineTable):
-        nested: Any = value
-        for part in reversed(key[1:]):
-            t = tomlkit.inline_table()
-            t.append(part, nested)
-            nested = t
-        _append_inline(container, key[0], nested)
-        return
-    header_indent, key_indent = _indentation(container)
-    tables = [tomlkit.table(is_super_table=True) for _ in key[:-2]] + [tomlkit.table()]
-    leaf_table = tables[-1]
-    leaf_table.add(key[-1], value)
-    leaf_table.add(tomlkit.nl())
-    for parent, child, name in zip(tables, tables[1:], key[1:-1]):
-        parent.append(name, child)
-    top = tables[0]
-    step = key_indent - header_indent
-    leaf_table.trivia.indent = " " * (key_indent + step * (len(tables) - 1))
-    for k, item in leaf_table.value.body:
-        if k is not None:
-            item.trivia.indent = " " * (key_indent + step * len(tables))
-    container[key[0]] = top  # item assignment also works on tomlkit's out-of-order table proxies
+def _strings(node: Any, *, deep: bool) -> List[Any]:
+    from tomlkit.items import Array, String
+
+    if node is None:
+        return []
+    items = list(node.values()) if isinstance(node, Mapping) else list(node)
+    out = []
+    for item in items:
+        if isinstance(item, String):
+            out.append(item)
+        elif isinstance(item, Array) or (deep and isinstance(item, (Mapping, list))):
+            out.extend(_strings(item, deep=deep))
+    return out
 
 
-def _indentation(container: Any) -> Tuple[int, int]:
-    """(header indent, key indent) of an existing table, so new sub-tables line up in indented files."""
-    from tomlkit.items import Table
-
-    if not isinstance(container, Table):
-        return 0, 0
-    header = len(container.trivia.indent)
-    for k, item in container.value.body:
-        if k is not None and not isinstance(item, Mapping):
-            return header, len(item.trivia.indent)
-    return header, header
-
-
-_KEY = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
-_KEY_LINE = re.compile(rf"^(\s*){_KEY}(?:\s*\.\s*{_KEY})*\s*=")
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of equal types (``True`` is not ``1``), recursively."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
 
 
 def tidy(old_text: str, new_text: str) -> str:
-    """Undo tomlkit's incidental whitespace changes after an edit.
-
-    A line whose only change is its leading whitespace gets its original back (tomlkit sometimes
-    shifts the indentation of a neighbouring header when it appends a key), and an added key line
-    takes the indentation of the key line right above it.
-    """
+    """Undo tomlkit's incidental whitespace changes after an in-place edit: a line whose only change
+    is its leading whitespace gets its original back."""
     old_lines = old_text.splitlines(True)
     new_lines = new_text.splitlines(True)
     out: List[str] = []
@@ -209,17 +257,8 @@ def tidy(old_text: str, new_text: str) -> str:
         if op == "equal":
             out.extend(old_lines[i1:i2])
             continue
-        olds, news = old_lines[i1:i2], list(new_lines[j1:j2])
-        for k, line in enumerate(news):
-            same = next((o for o in olds if o.lstrip() == line.lstrip()), None)
-            if same is not None:
-                news[k] = same
-            elif _KEY_LINE.match(line):
-                above = next((x for x in reversed(out + news[:k]) if x.strip()), "")
-                match = _KEY_LINE.match(above)
-                if match:
-                    news[k] = match.group(1) + line.lstrip()
-        out.extend(news)
+        olds = old_lines[i1:i2]
+        out.extend(next((o for o in olds if o.lstrip() == line.lstrip()), line) for line in new_lines[j1:j2])
     return "".join(out)
 
 

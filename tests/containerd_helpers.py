@@ -21,7 +21,7 @@ def make_node(base: Path, files: Dict[str, str], daemon_major: Optional[int] = 2
     for node_path, text in files.items():
         p = base / node_path.lstrip("/")
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+        p.write_bytes(text.encode())
     return NodeRoot(str(base))
 
 
@@ -31,8 +31,8 @@ def reconcile(root: NodeRoot, settings: ContainerdSettings = ContainerdSettings(
 
 def apply_all(result: containerd.ContainerdReconcile) -> None:
     for edit in result.edits:
-        assert edit.path.read_text() == edit.old_text
-        edit.path.write_text(edit.new_text)
+        assert edit.path.read_bytes().decode() == edit.old_text  # bytes: CRLF stays CRLF
+        edit.path.write_bytes(edit.new_text.encode())
 
 
 def converge(root: NodeRoot, settings: ContainerdSettings = ContainerdSettings()) -> containerd.ContainerdReconcile:

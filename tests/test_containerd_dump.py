@@ -47,10 +47,19 @@ DROPIN = (
     '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]\n'
     'BinaryName = "/usr/bin/nvidia-container-runtime.legacy"\n'
 )
+RUNC_DROPIN = (
+    "version = 2\n"
+    "\n"
+    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
+    'runtime_type = "io.containerd.runc.v2"\n'
+)
 
 SCENARIOS = {
     "v2 sample": (V2, {}),
     "v2 without SystemdCgroup": (V2.replace("SystemdCgroup = true\n", ""), {}),
+    "v2 without the nvidia runtime (the agent creates its tables)": (sample("golden/v2.runtime-absent.input.toml"), {}),
+    "v2 without the nvidia runtime, with a drop-in that replaces the CRI table": (
+        sample("golden/v2.runtime-absent.input.toml"), {"conf.d/99-runc.toml": RUNC_DROPIN}),
     "v2 with a drop-in that replaces the CRI table": (V2, {"conf.d/99-nvidia.toml": DROPIN}),
     "v2 with a drop-in without CRI settings": (V2, {"conf.d/10-grpc.toml": 'version = 2\n[grpc]\nuid = 0\n'}),
 }
