@@ -96,7 +96,9 @@ def check_transition(result: CheckResult, previous: Optional[str], *,
     if previous is None and result.status in (PASS, SKIP):
         return None
     kind = WARNING if result.status in (FAIL, WARN) else NORMAL
-    message = f"{result.name}: {previous or 'unknown'} -> {result.status}: {result.message}"
+    # The message leaves the previous status out, so the same failure after a recovery (or after
+    # boot) is the same Event again, counted up, as client-go's correlator does for equal messages.
+    message = f"{result.name}: {result.status}: {result.message}"
     return EventSpec(kind, reason or check_reason(result, previous), message)
 
 
