@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Dict, List, Mapping, Optional
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot, atomic_write, read_text
+from agent.health import CheckResult
 from agent.log import get_logger
+from agent.report import compact_report, node_condition, rfc3339
+
+if TYPE_CHECKING:
+    from agent.config import ReportSettings
+    from agent.kube import Deadline, KubeClient
 
 STATE_FILE = "/run/gpu-node-agent/published.json"
 STATE_VERSION = 1
@@ -115,8 +121,76 @@ def actions_of(report_value: Optional[str]) -> List[str]:
     return [str(a) for a in actions] if isinstance(actions, list) else []
 
 
-def rfc3339(now: datetime) -> str:
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+# --- one publish ---------------------------------------------------------------------------------
+
+
+class NodeSync:
+    """One publish to the Node: at most one GET (only without a memory), then only the writes that
+    change something; each write's answer (the whole Node) also shows what someone else removed."""
+
+    def __init__(self, settings: ReportSettings, results: Sequence[CheckResult], document: Mapping[str, Any],
+                 now: datetime, keep_actions: bool) -> None:
+        self.settings = settings
+        self.results = results
+        self.document = document
+        self.now = now
+        self.keep_actions = keep_actions
+        self.read = False
+        self.wrote: List[str] = []
+
+    def run(self, client: KubeClient, deadline: Deadline, node: str, server: str,
+            memory: Optional[Published]) -> Published:
+        prefix, ctype = self.settings.annotation_prefix, self.settings.condition
+        health_key, report_key = f"{prefix}/health", f"{prefix}/report"
+        keys = [health_key, report_key]
+        seen = memory
+        if seen is None:
+            seen = observe(client.get_node(node, deadline, wait_registered=True), node, server, keys, ctype)
+            self.read = True
+        want = {health_key: str(self.document["health"]),
+                report_key: self._report_value(seen.annotations.get(report_key))}
+        need_annotations = seen.annotations != want
+        prev = seen.condition if ctype and seen.condition and seen.condition.get("type") == ctype else None
+        cond = node_condition(ctype, self.results, self.now, prev) if ctype else None
+        need_condition = ctype is not None and (
+            not same_condition(cond, prev)
+            or heartbeat_due(prev, self.now, self.settings.heartbeat_minutes))
+        if ctype and not need_condition:
+            cond = prev  # unchanged: keep its times
+        uid = seen.uid
+        if need_annotations:
+            there = client.patch_node(node, {"metadata": {"annotations": want}}, deadline)
+            self.wrote.append("annotations")
+            uid = _uid(there) or uid
+            actual = find_condition(there, ctype) if ctype else None
+            if ctype and not need_condition and actual != prev:  # removed or changed behind our back
+                cond, need_condition = node_condition(ctype, self.results, self.now, actual), True
+        if need_condition:
+            there = client.patch_node_status(node, {"status": {"conditions": [cond]}}, deadline)
+            self.wrote.append("condition")
+            uid = _uid(there) or uid
+            if observe(there, node, server, keys, ctype).annotations != want:  # removed
+                client.patch_node(node, {"metadata": {"annotations": want}}, deadline)
+                self.wrote.append("annotations")
+        return Published(node, server, uid, want, cond)
+
+    def _report_value(self, published_value: Optional[str]) -> str:
+        """``<prefix>/report``: ``since`` stays what the Node has while the content is the same."""
+        doc: Mapping[str, Any] = self.document
+        if self.keep_actions:
+            doc = {**doc, "actions": actions_of(published_value)}
+        old_since = since_of(published_value)
+        if old_since:
+            value = compact_report(doc, since=old_since)
+            if value == published_value:
+                return value
+        return compact_report(doc, since=rfc3339(self.now))
+
+
+def _uid(node: Mapping[str, Any]) -> Optional[str]:
+    meta = node.get("metadata")
+    uid = meta.get("uid") if isinstance(meta, Mapping) else None
+    return uid if isinstance(uid, str) else None
 
 
 # --- the file ------------------------------------------------------------------------------------

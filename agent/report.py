@@ -57,7 +57,7 @@ _ELLIPSIS = "\u2026"
 log = get_logger("report")
 
 
-def _rfc3339(now: datetime) -> str:
+def rfc3339(now: datetime) -> str:
     return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -145,7 +145,7 @@ def node_condition(
     """The condition as of ``now``; ``lastTransitionTime`` is ``previous``'s while the status stays."""
     health = overall_health(results)
     status = "False" if health == UNHEALTHY else "True"
-    stamp = _rfc3339(now)
+    stamp = rfc3339(now)
     kept = previous.get("lastTransitionTime") if previous and previous.get("status") == status else None
     return {
         "type": condition_type,
@@ -275,7 +275,7 @@ def publish(
     deadline = kube.Deadline(settings.timeout_seconds, clock)
     now = now or datetime.now(timezone.utc)
     name: Optional[NodeName] = None
-    sync = _NodeSync(settings, results, document, now, keep_actions)
+    sync = published.NodeSync(settings, results, document, now, keep_actions)
     try:
         name = resolve_node_name(root, config, imds=imds, hostname=hostname)
         kubeconfig = kube.load_kubeconfig(root, settings.kubeconfig)
@@ -304,79 +304,6 @@ def publish(
     condition = None if settings.condition is None else "condition" in sync.wrote
     return PublishResult(False, name.name if name else None, name.source if name else None, annotated,
                          condition, error, sync.read, tuple(sync.wrote))
-
-
-class _NodeSync:
-    """One publish to the Node: at most one GET (only without a memory), then only the writes that
-    change something; each write's answer (the whole Node) also shows what someone else removed."""
-
-    def __init__(self, settings: Any, results: Sequence[CheckResult], document: Mapping[str, Any],
-                 now: datetime, keep_actions: bool) -> None:
-        self.settings = settings
-        self.results = results
-        self.document = document
-        self.now = now
-        self.keep_actions = keep_actions
-        self.read = False
-        self.wrote: List[str] = []
-
-    def run(self, client: Any, deadline: Any, node: str, server: str, memory: Any) -> Any:
-        from agent import published
-
-        prefix, ctype = self.settings.annotation_prefix, self.settings.condition
-        health_key, report_key = f"{prefix}/health", f"{prefix}/report"
-        keys = [health_key, report_key]
-        seen = memory
-        if seen is None:
-            seen = published.observe(client.get_node(node, deadline, wait_registered=True), node, server,
-                                     keys, ctype)
-            self.read = True
-        want = {health_key: str(self.document["health"]),
-                report_key: self._report_value(seen.annotations.get(report_key))}
-        need_annotations = seen.annotations != want
-        prev = seen.condition if ctype and seen.condition and seen.condition.get("type") == ctype else None
-        cond = node_condition(ctype, self.results, self.now, prev) if ctype else None
-        need_condition = ctype is not None and (
-            not published.same_condition(cond, prev)
-            or published.heartbeat_due(prev, self.now, self.settings.heartbeat_minutes))
-        if ctype and not need_condition:
-            cond = prev  # unchanged: keep its times
-        uid = seen.uid
-        if need_annotations:
-            there = client.patch_node(node, {"metadata": {"annotations": want}}, deadline)
-            self.wrote.append("annotations")
-            uid = _uid(there) or uid
-            actual = published.find_condition(there, ctype) if ctype else None
-            if ctype and not need_condition and actual != prev:  # removed or changed behind our back
-                cond, need_condition = node_condition(ctype, self.results, self.now, actual), True
-        if need_condition:
-            there = client.patch_node_status(node, {"status": {"conditions": [cond]}}, deadline)
-            self.wrote.append("condition")
-            uid = _uid(there) or uid
-            if published.observe(there, node, server, keys, ctype).annotations != want:  # removed
-                client.patch_node(node, {"metadata": {"annotations": want}}, deadline)
-                self.wrote.append("annotations")
-        return published.Published(node, server, uid, want, cond)
-
-    def _report_value(self, published_value: Optional[str]) -> str:
-        """``<prefix>/report``: ``since`` stays what the Node has while the content is the same."""
-        from agent import published
-
-        doc: Mapping[str, Any] = self.document
-        if self.keep_actions:
-            doc = {**doc, "actions": published.actions_of(published_value)}
-        old_since = published.since_of(published_value)
-        if old_since:
-            value = compact_report(doc, since=old_since)
-            if value == published_value:
-                return value
-        return compact_report(doc, since=_rfc3339(self.now))
-
-
-def _uid(node: Mapping[str, Any]) -> Optional[str]:
-    meta = node.get("metadata")
-    uid = meta.get("uid") if isinstance(meta, Mapping) else None
-    return uid if isinstance(uid, str) else None
 
 
 def _send_events(root: NodeRoot, client: Any, deadline: Any, results: Sequence[CheckResult],

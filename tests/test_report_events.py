@@ -84,10 +84,10 @@ def test_a_check_failing_is_a_warning_event_on_the_node(root: Path, api: ApiServ
 
 
 def test_recovery_then_the_same_failure_again_counts_up(root: Path, api: ApiServer) -> None:
-    broken = results(gpu_errors=(FAIL, "XID 79 on GPU 3"))  # a check the agent does not know yet
-    broken.append(CheckResult("gpu-errors", FAIL, "XID 79 on GPU 3 (00000000:53:00.0): fallen off the bus",
-                              {"event_reason": "GPUFellOffBus"}))
-    fine = results() + [CheckResult("gpu-errors", PASS, "no XID since boot")]
+    # A GPU check that names the reason of its failure in its details.
+    broken = [*results(), CheckResult("gpu-errors", FAIL, "XID 79 on GPU 3 (00000000:53:00.0): fallen off the bus",
+                                      {"event_reason": "GPUFellOffBus"})]
+    fine = [*results(), CheckResult("gpu-errors", PASS, "no XID since boot")]
     publish(root, fine, T0)
     publish(root, broken, T0 + timedelta(minutes=5))
     publish(root, fine, T0 + timedelta(minutes=10))
@@ -105,7 +105,7 @@ def test_recovery_then_the_same_failure_again_counts_up(root: Path, api: ApiServ
 
 def test_another_reason_while_failing_is_a_new_event(root: Path, api: ApiServer) -> None:
     def gpu(reason: str, message: str) -> List[CheckResult]:
-        return results() + [CheckResult("gpu-errors", FAIL, message, {"event_reason": reason})]
+        return [*results(), CheckResult("gpu-errors", FAIL, message, {"event_reason": reason})]
 
     publish(root, gpu("GPUFellOffBus", "XID 79"), T0)
     publish(root, gpu("GPUFellOffBus", "XID 79 twice"), T0 + timedelta(minutes=5))  # same reason: no news

@@ -93,7 +93,7 @@ def kubectl(api: ApiServer, tmp_path: Path) -> Any:
     def call(method: str, path: str, body: Any, ctype: str = "application/merge-patch+json") -> None:
         import requests
 
-        r = requests.request(method, api.url + path, data=json.dumps(body), verify=str(ca),
+        r = requests.request(method, api.url + path, data=json.dumps(body), verify=str(ca), timeout=5,
                              headers={"Authorization": "Bearer admin-token", "Content-Type": ctype})
         assert r.status_code == 200, r.text
 
