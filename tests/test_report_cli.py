@@ -326,7 +326,7 @@ def test_run_repair_is_an_event_and_the_next_heartbeat_writes_nothing(
     assert repaired[0]["involvedObject"]["uid"] == api.nodes[NODE_NAME]["metadata"]["uid"]
     report = json.loads(api.nodes[NODE_NAME]["metadata"]["annotations"]["gpu-node-agent/report"])
     before = len(api.requests)
-    code, out, _ = run_cli(["--root", str(root), "check", "--report"], capsys)
+    _, out, _ = run_cli(["--root", str(root), "check", "--report"], capsys)
     assert f"published: node {NODE_NAME}" in out
     assert api.requests[before:] == []  # the heartbeat after the run: nothing changed, nothing sent
     assert json.loads(api.nodes[NODE_NAME]["metadata"]["annotations"]["gpu-node-agent/report"]) == report
