@@ -461,7 +461,7 @@ def summary_line(outcome: ReportOutcome) -> str:
     parts = []
     p = outcome.published
     if p is not None and p.ok:
-        parts.append(f"published: node {p.node} ({p.node_source})")
+        parts.append(f"published: node {p.node} ({p.node_source})" + ("" if p.wrote else ", unchanged: nothing sent"))
     elif p is not None:
         parts.append(f"not published: {p.error}")
     parts.extend(f"not written: {problem}" for problem in outcome.problems)
