@@ -213,35 +213,3 @@ def test_check_transition(name: str, previous: Optional[str], status: str, detai
 def test_check_transition_with_a_given_reason() -> None:
     spec = events.check_transition(CheckResult("gpu-errors", FAIL, "XID 48"), FAIL, reason="GPUUncorrectableECC")
     assert spec == events.EventSpec("Warning", "GPUUncorrectableECC", "gpu-errors: fail: XID 48")
-
-
-# --- the API server's side ---------------------------------------------------------------------------
-
-
-def test_a_node_may_create_and_patch_events_and_nothing_more(api: ApiServer) -> None:
-    from tests.test_kube_server import call
-
-    body = events.event_object(events.EventSpec("Normal", "UnitRestarted", "m"), f"{NODE}.1a", NODE, "u", "t")
-    assert call(api, "POST", EVENTS, body, "application/json")[0] == 201
-    assert call(api, "POST", EVENTS, body, "application/json")[0] == 409
-    status, _, _ = call(api, "PATCH", f"{EVENTS}/{NODE}.1a", {"count": 2}, "application/strategic-merge-patch+json")
-    assert status == 200 and api.events[("default", f"{NODE}.1a")]["count"] == 2
-    assert call(api, "PATCH", f"{EVENTS}/nope", {"count": 2}, "application/strategic-merge-patch+json")[0] == 404
-    for method, path in (("GET", EVENTS), ("GET", f"{EVENTS}/{NODE}.1a"), ("DELETE", f"{EVENTS}/{NODE}.1a")):
-        status, doc, _ = call(api, method, path)
-        assert status == 403 and f'User "{NODE_USER}" cannot' in doc["message"]
-
-
-@pytest.mark.parametrize("change, problem", [
-    (lambda e: e["metadata"].update(name="Not_A_Name"), "metadata.name"),
-    (lambda e: e["involvedObject"].pop("kind"), "involvedObject"),
-    (lambda e: e["metadata"].update(namespace="kube-system"), "does not match"),
-])
-def test_event_validation(api: ApiServer, change: Any, problem: str) -> None:
-    from tests.test_kube_server import call
-
-    body = events.event_object(events.EventSpec("Normal", "R", "m"), f"{NODE}.1b", NODE, "u", "t")
-    change(body)
-    ns = body["metadata"]["namespace"]
-    status, doc, _ = call(api, "POST", f"/api/v1/namespaces/{ns}/events", body, "application/json")
-    assert status in (400, 422) and problem in doc["message"]
