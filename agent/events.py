@@ -154,7 +154,10 @@ def load(root: NodeRoot) -> Memory:
     try:
         doc = json.loads(read_text(root.path(STATE_FILE)))
         checks = {str(k): (str(v[0]), str(v[1])) for k, v in doc["checks"].items()}
-        sent = {str(k): dict(v) for k, v in doc.get("sent", {}).items() if isinstance(v, dict)}
+        sent = {str(k): {"name": v["name"], "count": int(v["count"]), "last": float(v["last"])}
+                for k, v in doc.get("sent", {}).items()
+                if isinstance(v, dict) and isinstance(v.get("name"), str)
+                and isinstance(v.get("count"), int) and isinstance(v.get("last"), (int, float))}
         return Memory(checks, sent)
     except (NodeFileError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return Memory()

@@ -213,3 +213,11 @@ def test_check_transition(name: str, previous: Optional[str], status: str, detai
 def test_check_transition_with_a_given_reason() -> None:
     spec = events.check_transition(CheckResult("gpu-errors", FAIL, "XID 48"), FAIL, reason="GPUUncorrectableECC")
     assert spec == events.EventSpec("Warning", "GPUUncorrectableECC", "gpu-errors: fail: XID 48")
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"checks": {"efa": "x"}}', '{"checks": {}, "sent": {"k": {"name": 1}}}',
+                                  '{"checks": {}, "sent": {"k": {"name": "n", "count": "2", "last": "soon"}}}'])
+def test_a_damaged_memory_starts_over(root: Path, api: ApiServer, text: str) -> None:
+    write_node_file(root, "/run/gpu-node-agent/events.json", text)
+    out = publish(root, results(efa=(FAIL, "x")), T0)
+    assert out.ok and out.events == {"created": 1, "repeated": 0, "dropped": 0, "error": None}
