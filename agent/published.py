@@ -139,11 +139,13 @@ class NodeSync:
         self.wrote: List[str] = []
 
     def run(self, client: KubeClient, deadline: Deadline, node: str, server: str,
-            memory: Optional[Published]) -> Published:
+            memory: Optional[Published], fresh: Optional[Mapping[str, Any]] = None) -> Published:
+        """``fresh``: the Node as a check of this report already read it; it stands for the memory
+        (it is newer) and for the GET."""
         prefix, ctype = self.settings.annotation_prefix, self.settings.condition
         health_key, report_key = f"{prefix}/health", f"{prefix}/report"
         keys = [health_key, report_key]
-        seen = memory
+        seen = observe(fresh, node, server, keys, ctype) if fresh is not None else memory
         if seen is None:
             seen = observe(client.get_node(node, deadline, wait_registered=True), node, server, keys, ctype)
             self.read = True

@@ -263,12 +263,15 @@ def publish(
     hostname: Callable[[], str] = socket.gethostname,
     events: Sequence[Any] = (),
     keep_actions: bool = False,
+    node: Optional[Mapping[str, Any]] = None,
 ) -> PublishResult:
     """Bring this node's Node object up to date with the report, writing only what changed (see
     ``agent/published.py``), then send the Events of this report. Never raises an AgentError.
 
     ``events``: ``events.EventSpec`` of what a ``run`` did; check transitions are added here.
-    ``keep_actions``: a ``check --report`` keeps the actions the last ``run`` published."""
+    ``keep_actions``: a ``check --report`` keeps the actions the last ``run`` published.
+    ``node``: the Node, if a check of this report has just read it (then no GET is needed, and what
+    someone removed is seen at once)."""
     from agent import kube, published
 
     settings = config.report
@@ -282,7 +285,7 @@ def publish(
         memory = published.load(root, name.name, kubeconfig.cluster.server)
         factory = client_factory or kube.KubeClient
         with factory(kubeconfig, clock=clock, sleep=sleep) as client:
-            after = sync.run(client, deadline, name.name, kubeconfig.cluster.server, memory)
+            after = sync.run(client, deadline, name.name, kubeconfig.cluster.server, memory, node)
             if after != memory:
                 published.save(root, after)
             sent = _send_events(root, client, kube.Deadline(min(EVENTS_SECONDS, deadline.remaining()), clock),
@@ -421,12 +424,14 @@ def finish(
     now: Optional[datetime] = None,
     publisher: Optional[Callable[..., PublishResult]] = None,
     events: Sequence[Any] = (),
+    node: Optional[Mapping[str, Any]] = None,
 ) -> ReportOutcome:
     """The end of every ``run`` (and of ``check --report``): publish when asked, then always write
     the status file (and the metrics file when configured). ``actions``: what a ``run`` did (None
     for ``check --report``, which keeps the actions the last run published on the Node).
     ``restarts``: units restarted by this run and how often; the status file keeps the running
-    totals since boot for the counter. ``events``: ``events.EventSpec`` of this run's actions."""
+    totals since boot for the counter. ``events``: ``events.EventSpec`` of this run's actions.
+    ``node``: the Node as a check of this report read it (see ``publish``)."""
     now = now or datetime.now(timezone.utc)
     document = report_document(results, actions or (), now=now)
     status_path = config.report.status_file
@@ -441,7 +446,7 @@ def finish(
         # The node's own view first: publishing may take up to report.timeout_seconds.
         _write(root, status_path, _status_bytes({**local, "publish": {"attempted": True, "ok": None}}))
         published = (publisher or publish)(root, config, results, document, now=now, events=events,
-                                           keep_actions=actions is None)
+                                           keep_actions=actions is None, node=node)
     document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
     problems: List[str] = []
     err = _write(root, status_path, _status_bytes(document))

@@ -312,3 +312,18 @@ def test_heartbeat_minutes_validated(value: str, problem: str) -> None:
 def test_heartbeat_minutes_zero_and_fractions_are_fine() -> None:
     assert parse_config("report:\n  heartbeat_minutes: 0\n", "c.yaml").report.heartbeat_minutes == 0
     assert parse_config("report:\n  heartbeat_minutes: 7.5\n", "c.yaml").report.heartbeat_minutes == 7.5
+
+
+def test_a_node_a_check_already_read_is_not_read_again_and_shows_removals(
+    root: Path, api: ApiServer, kubectl: Any
+) -> None:
+    node = Node(root, api)
+    node.beat(results(), T0, actions=[])
+    kubectl("PATCH", f"/api/v1/nodes/{NODE}", {"metadata": {"annotations": {HEALTH: None}}})
+    (root / "run/gpu-node-agent/published.json").unlink()
+    fresh = json.loads(json.dumps(api.nodes[NODE]))  # as a check that reads the Node (allocatable) got it
+    before = len(api.requests)
+    report.finish(NodeRoot(str(root)), node.config, results(), publish_report=True, now=T0 + timedelta(minutes=5),
+                  publisher=node._publish, node=fresh)
+    assert [(r.method, r.path) for r in api.requests[before:]] == [META]  # no GET, the removal repaired
+    assert node.annotations()[HEALTH] == "healthy"
