@@ -100,14 +100,14 @@ def heartbeat_due(condition: Optional[Mapping[str, Any]], now: datetime, minutes
 
 
 def since_of(report_value: Optional[str]) -> Optional[str]:
-    """The ``since`` of a published ``<prefix>/report`` value."""
+    """The ``time`` of a published ``<prefix>/report`` value: when its content last changed."""
     if not report_value:
         return None
     try:
         doc = json.loads(report_value)
     except ValueError:
         return None
-    since = doc.get("since") if isinstance(doc, dict) else None
+    since = doc.get("time") if isinstance(doc, dict) else None
     return since if isinstance(since, str) else None
 
 
@@ -177,7 +177,7 @@ class NodeSync:
         return Published(node, server, uid, want, cond)
 
     def _report_value(self, published_value: Optional[str]) -> str:
-        """``<prefix>/report``: ``since`` stays what the Node has while the content is the same."""
+        """``<prefix>/report``: its ``time`` stays what the Node has while the content is the same."""
         doc: Mapping[str, Any] = self.document
         if self.keep_actions:
             doc = {**doc, "actions": actions_of(published_value)}

@@ -78,8 +78,8 @@ def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT, *
                    since: Optional[str] = None) -> str:
     """The ``<prefix>/report`` value: the report without details, at most ``limit`` bytes.
 
-    Nothing in it changes on its own: instead of the report's time it has ``since``, the time its
-    content last changed (default: the report's time), so an unchanged heartbeat has nothing to write.
+    Nothing in it changes on its own: its ``time`` is ``since``, when its content last changed
+    (default: the report's time), so an unchanged heartbeat has nothing to write.
 
     Every check keeps its name and status. When the whole does not fit, every message and action
     is cut to the same, largest possible length, so short messages stay whole. Rather than cut
@@ -88,7 +88,7 @@ def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT, *
     checks = [{"name": c["name"], "status": c["status"], "message": c.get("message", "")}
               for c in document["checks"]]
     actions = [str(a) for a in document.get("actions", [])]
-    head = {"v": document["v"], "agent": document["agent"], "since": since or document["time"],
+    head = {"v": document["v"], "agent": document["agent"], "time": since or document["time"],
             "health": document["health"]}
     longest = max([len(c["message"]) for c in checks] + [len(a) for a in actions] + [0])
 

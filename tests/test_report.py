@@ -47,9 +47,9 @@ def test_small_report_is_complete_and_compact() -> None:
     text = report.compact_report(doc)
     parsed = json.loads(text)
     assert text == json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)  # compact
-    assert list(parsed) == ["v", "agent", "since", "health", "checks", "actions"]
-    assert parsed["v"] == 1 and parsed["since"] == "2026-05-12T10:00:00Z" and parsed["health"] == "healthy"
-    assert json.loads(report.compact_report(doc, since="2026-05-12T09:00:00Z"))["since"] == "2026-05-12T09:00:00Z"
+    assert list(parsed) == ["v", "agent", "time", "health", "checks", "actions"]
+    assert parsed["v"] == 1 and parsed["time"] == "2026-05-12T10:00:00Z" and parsed["health"] == "healthy"
+    assert json.loads(report.compact_report(doc, since="2026-05-12T09:00:00Z"))["time"] == "2026-05-12T09:00:00Z"
     assert parsed["checks"][0] == {
         "name": "containerd-config",
         "status": "pass",

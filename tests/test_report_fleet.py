@@ -108,8 +108,7 @@ def test_unchanged_heartbeats_send_no_request(root: Path, api: ApiServer) -> Non
     assert node.beat(results(), T0, actions=[]) == [GET, META, STATUS]  # the boot run
     for minutes in (5, 11, 16, 22, 27):  # the timer: every 5 minutes plus up to 2
         assert node.beat(results(), T0 + timedelta(minutes=minutes)) == []
-    assert node.report_annotation()["since"] == "2026-05-12T10:00:00Z"
-    assert "time" not in node.report_annotation()  # nothing in it changes on its own
+    assert node.report_annotation()["time"] == "2026-05-12T10:00:00Z"  # the last change, not the last check
     # The local status file still says when the last check ran.
     status = json.loads((root / "run/gpu-node-agent/status.json").read_text())
     assert status["time"] == "2026-05-12T10:27:00Z" and status["publish"]["wrote"] == []
@@ -146,7 +145,7 @@ def test_each_kind_of_change_is_written_once(root: Path, api: ApiServer) -> None
     assert node.beat(worse, when, actions=["restarted containerd.service: config changed"]) == [META]
     assert node.beat(worse, next(at)) == []
     assert node.report_annotation()["actions"] == ["restarted containerd.service: config changed"]
-    assert node.report_annotation()["since"] == when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert node.report_annotation()["time"] == when.strftime("%Y-%m-%dT%H:%M:%SZ")
     # a run that did nothing says so
     assert node.beat(worse, next(at), actions=[]) == [META]
     assert node.report_annotation()["actions"] == []
@@ -246,7 +245,7 @@ def test_a_removed_annotation_is_repaired_at_the_next_heartbeat(root: Path, api:
     assert node.beat(results(), T0 + timedelta(minutes=5)) == []  # not seen: nothing was sent
     assert node.beat(results(), T0 + timedelta(minutes=30)) == [STATUS, META]  # the heartbeat's answer
     assert node.annotations()[HEALTH] == "healthy"
-    assert node.report_annotation()["since"] == "2026-05-12T10:00:00Z"  # the content is as old as ever
+    assert node.report_annotation()["time"] == "2026-05-12T10:00:00Z"  # the content is as old as ever
     assert node.beat(results(), T0 + timedelta(minutes=35)) == []
 
 
