@@ -299,8 +299,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Always a report: the status file (and metrics); the cluster too unless report.publish is false.
     # A publishing failure only changes the exit code: what run did to the node stays done.
     restarts = {unit: result.restarted.count(unit) for unit in result.restarted}  # the metrics counter
+    from agent import events
+
     outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
-                            restarts=restarts)
+                            restarts=restarts, events=events.from_apply(root, result))
     _print(report.summary_line(outcome))
     if not outcome.ok:
         code = 1

@@ -43,6 +43,12 @@ def _positive(value: Any) -> Optional[str]:
     return None
 
 
+def _not_negative(value: Any) -> Optional[str]:
+    if value < 0:
+        return f"must be 0 or more, got {value!r}"
+    return None
+
+
 def _regex(pattern: str, what: str) -> Validator:
     def check(value: Any) -> Optional[str]:
         if value is not None and not re.fullmatch(pattern, value):
@@ -127,6 +133,7 @@ class ReportSettings(NamedTuple):
     status_file: str = "/run/gpu-node-agent/status.json"
     metrics_file: Optional[str] = None
     timeout_seconds: float = 30.0
+    heartbeat_minutes: float = 30.0  # refresh the condition's lastHeartbeatTime at most this often
 
 
 class ImdsSettings(NamedTuple):
@@ -177,6 +184,7 @@ RULES: Dict[str, Tuple[Validator, str]] = {
     "report.status_file": (_absolute_path, ""),
     "report.metrics_file": (lambda v: v and _absolute_path(v), ""),
     "report.timeout_seconds": (_positive, ""),
+    "report.heartbeat_minutes": (_not_negative, ""),
     "imds.endpoint": (_url, ""),
     "imds.timeout_seconds": (_positive, ""),
 }
@@ -320,7 +328,8 @@ class _Builder:
                 self.fail(node, dotted, f"expected true or false, got {_type_name(value)} {value!r}")
         elif hint is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                self.fail(node, dotted, f"expected a number of seconds, got {_type_name(value)} {value!r}")
+                unit = "minutes" if dotted.endswith("_minutes") else "seconds"
+                self.fail(node, dotted, f"expected a number of {unit}, got {_type_name(value)} {value!r}")
             value = float(value)
         elif hint is str:
             if not isinstance(value, str):

@@ -1,4 +1,5 @@
-"""The Kubernetes API with the node's own credentials: kubeconfig, exec credentials, Node reads and patches.
+"""The Kubernetes API with the node's own credentials: kubeconfig, exec credentials, Node reads and
+patches, Events.
 
 No Kubernetes SDK: ``requests`` (AL2023 ships 2.25 with urllib3 1.25, so only APIs those have).
 
@@ -17,7 +18,9 @@ cached until shortly before that time; on a 401 it is obtained again, once.
 
 Requests: 401 -> refresh the credential once; 403 -> not retried (NodeRestriction said no); 404 ->
 for the node itself, waited out (it may not be registered yet); 429 and 5xx -> retried with
-exponential backoff and jitter, honouring ``Retry-After``; every retry within one ``Deadline``.
+exponential backoff and jitter, honouring ``Retry-After`` (waiting at least that long, plus up to
+half of it again, so a crowd told the same ``Retry-After`` does not come back at the same instant);
+every retry within one ``Deadline``.
 TLS material given as data is written to a private temporary directory (mode 0700, files 0600)
 because the TLS stack takes files, and removed by ``close()``. Tokens and keys are never logged.
 """
@@ -436,6 +439,19 @@ class KubeClient:
         return self.request("PATCH", _node_path(name) + "/status", deadline, body=patch,
                             content_type=STRATEGIC_MERGE_PATCH, wait_registered=True)
 
+    # -- Events (the node authorizer lets a node create and patch them, never read or delete) --
+
+    def create_event(self, namespace: str, event: Mapping[str, Any], deadline: Deadline) -> Dict[str, Any]:
+        return self.request("POST", _events_path(namespace), deadline, body=event,
+                            content_type="application/json")
+
+    def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any], deadline: Deadline
+                    ) -> Dict[str, Any]:
+        """A strategic merge patch on an Event (``count``, ``lastTimestamp``), as client-go's
+        event correlator sends for a repeat."""
+        return self.request("PATCH", f"{_events_path(namespace)}/{quote(name, safe='')}", deadline,
+                            body=patch, content_type=STRATEGIC_MERGE_PATCH)
+
     # -- the request loop --
 
     def request(
@@ -517,10 +533,14 @@ class KubeClient:
             self.sleep(delay)
 
     def _delay(self, attempt: int, retry_after: Optional[float]) -> float:
-        """Exponential backoff with equal jitter; at least what ``Retry-After`` asks."""
+        """Exponential backoff with equal jitter; at least what ``Retry-After`` asks, plus a random
+        part of up to half of it (at most ``BACKOFF_CAP``): an API server that sheds load tells every
+        client the same number, and clients that all obey it exactly come back as one wave."""
         step = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
         delay = step / 2 + self.random() * step / 2
-        return max(delay, retry_after) if retry_after is not None else delay
+        if retry_after is None:
+            return delay
+        return max(delay, retry_after + self.random() * min(BACKOFF_CAP, retry_after / 2))
 
     @property
     def session(self) -> requests.Session:
@@ -712,6 +732,10 @@ class KubeClient:
 
 def _node_path(name: str) -> str:
     return f"/api/v1/nodes/{quote(name, safe='')}"
+
+
+def _events_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{quote(namespace, safe='')}/events"
 
 
 def bypass_proxy(host: str, port: int, no_proxy: str) -> bool:

@@ -5,8 +5,10 @@ What the cluster sees (contract.md):
   JSON, at most 4 KiB: messages are shortened, the structure never), set with a JSON merge patch;
 * the condition (``report.condition``, default ``GPUNodeAgentReady``): ``True`` when healthy or
   degraded, ``False`` when unhealthy, set with a *strategic* merge patch on ``nodes/{name}/status``
-  so kubelet's own conditions stay; ``lastTransitionTime`` is kept while the status is unchanged,
-  which is why the Node is read first.
+  so kubelet's own conditions stay; ``lastTransitionTime`` is kept while the status is unchanged;
+* only what changed is written (``agent/published.py``): an unchanged heartbeat sends nothing, and
+  ``lastHeartbeatTime`` is refreshed every ``report.heartbeat_minutes``;
+* Events of the run's actions and of check transitions (``agent/events.py``).
 
 On the node: the status file (the report with details, and how publishing went) and, when
 configured, a Prometheus textfile, both written atomically. Publishing failures are reported, never
@@ -55,7 +57,7 @@ _ELLIPSIS = "\u2026"
 log = get_logger("report")
 
 
-def _rfc3339(now: datetime) -> str:
+def rfc3339(now: datetime) -> str:
     return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -72,8 +74,12 @@ def _encode(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT) -> str:
+def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT, *,
+                   since: Optional[str] = None) -> str:
     """The ``<prefix>/report`` value: the report without details, at most ``limit`` bytes.
+
+    Nothing in it changes on its own: its ``time`` is ``since``, when its content last changed
+    (default: the report's time), so an unchanged heartbeat has nothing to write.
 
     Every check keeps its name and status. When the whole does not fit, every message and action
     is cut to the same, largest possible length, so short messages stay whole. Rather than cut
@@ -82,7 +88,8 @@ def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT) -
     checks = [{"name": c["name"], "status": c["status"], "message": c.get("message", "")}
               for c in document["checks"]]
     actions = [str(a) for a in document.get("actions", [])]
-    head = {k: document[k] for k in ("v", "agent", "time", "health")}
+    head = {"v": document["v"], "agent": document["agent"], "time": since or document["time"],
+            "health": document["health"]}
     longest = max([len(c["message"]) for c in checks] + [len(a) for a in actions] + [0])
 
     def render(cap: Optional[int], kept: int) -> bytes:
@@ -135,9 +142,10 @@ def node_condition(
     now: datetime,
     previous: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
+    """The condition as of ``now``; ``lastTransitionTime`` is ``previous``'s while the status stays."""
     health = overall_health(results)
     status = "False" if health == UNHEALTHY else "True"
-    stamp = _rfc3339(now)
+    stamp = rfc3339(now)
     kept = previous.get("lastTransitionTime") if previous and previous.get("status") == status else None
     return {
         "type": condition_type,
@@ -147,15 +155,6 @@ def node_condition(
         "lastHeartbeatTime": stamp,
         "lastTransitionTime": kept or stamp,
     }
-
-
-def find_condition(node: Mapping[str, Any], condition_type: str) -> Optional[Mapping[str, Any]]:
-    status = node.get("status")
-    conditions = status.get("conditions") if isinstance(status, Mapping) else None
-    for cond in conditions if isinstance(conditions, list) else []:
-        if isinstance(cond, Mapping) and cond.get("type") == condition_type:
-            return cond
-    return None
 
 
 # --- the node name -------------------------------------------------------------------------------
@@ -225,9 +224,12 @@ class PublishResult(NamedTuple):
     ok: bool
     node: Optional[str] = None
     node_source: Optional[str] = None
-    annotations: bool = False  # the annotations were set
-    condition: Optional[bool] = None  # None: no condition configured
+    annotations: bool = False  # the Node holds this report's annotations (written now or already)
+    condition: Optional[bool] = None  # the same for the condition; None: no condition configured
     error: Optional[str] = None
+    read: bool = False  # the Node was read (no memory of the last publish)
+    wrote: Tuple[str, ...] = ()  # what was written this time: "annotations", "condition"
+    events: Optional[Dict[str, Any]] = None  # events.Sent.as_dict()
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -238,7 +240,13 @@ class PublishResult(NamedTuple):
             "annotations": self.annotations,
             "condition": self.condition,
             "error": self.error,
+            "read": self.read,
+            "wrote": list(self.wrote),
+            "events": self.events,
         }
+
+
+EVENTS_SECONDS = 10.0  # at most this much of the publishing deadline goes to Events
 
 
 def publish(
@@ -253,42 +261,72 @@ def publish(
     client_factory: Optional[Callable[..., Any]] = None,
     imds: Optional[Callable[[], Any]] = None,
     hostname: Callable[[], str] = socket.gethostname,
+    events: Sequence[Any] = (),
+    keep_actions: bool = False,
+    node: Optional[Mapping[str, Any]] = None,
 ) -> PublishResult:
-    """Set the annotations and the condition on this node's Node object. Never raises an AgentError."""
-    from agent import kube
+    """Bring this node's Node object up to date with the report, writing only what changed (see
+    ``agent/published.py``), then send the Events of this report. Never raises an AgentError.
+
+    ``events``: ``events.EventSpec`` of what a ``run`` did; check transitions are added here.
+    ``keep_actions``: a ``check --report`` keeps the actions the last ``run`` published.
+    ``node``: the Node, if a check of this report has just read it (then no GET is needed, and what
+    someone removed is seen at once)."""
+    from agent import kube, published
 
     settings = config.report
     deadline = kube.Deadline(settings.timeout_seconds, clock)
     now = now or datetime.now(timezone.utc)
     name: Optional[NodeName] = None
-    annotated = False
+    sync = published.NodeSync(settings, results, document, now, keep_actions)
     try:
         name = resolve_node_name(root, config, imds=imds, hostname=hostname)
         kubeconfig = kube.load_kubeconfig(root, settings.kubeconfig)
+        memory = published.load(root, name.name, kubeconfig.cluster.server)
         factory = client_factory or kube.KubeClient
         with factory(kubeconfig, clock=clock, sleep=sleep) as client:
-            node = client.get_node(name.name, deadline, wait_registered=True)
-            prefix = settings.annotation_prefix
-            client.patch_node(name.name, {"metadata": {"annotations": {
-                f"{prefix}/health": document["health"],
-                f"{prefix}/report": compact_report(document),
-            }}}, deadline)
-            annotated = True
-            if settings.condition is None:
-                return PublishResult(True, name.name, name.source, True, None)
-            cond = node_condition(settings.condition, results, now, find_condition(node, settings.condition))
-            client.patch_node_status(name.name, {"status": {"conditions": [cond]}}, deadline)
-        log.info("report published", node=name.name, health=document["health"])
-        return PublishResult(True, name.name, name.source, True, True)
+            after = sync.run(client, deadline, name.name, kubeconfig.cluster.server, memory, node)
+            if after != memory:
+                published.save(root, after)
+            sent = _send_events(root, client, kube.Deadline(min(EVENTS_SECONDS, deadline.remaining()), clock),
+                                results, events, name.name, after.uid, now)
+        if sync.wrote:
+            log.info("report published", node=name.name, health=document["health"], wrote=sync.wrote)
+        else:
+            log.info("report unchanged, nothing written", node=name.name, health=document["health"])
+        return PublishResult(True, name.name, name.source, True, True if settings.condition else None,
+                             None, sync.read, tuple(sync.wrote), sent)
     except AgentError as exc:
         error = str(exc)
     except Exception as exc:  # a bug must not cost the status file; the message says where it came from
         log.error("publishing crashed", error=repr(exc))
         error = f"internal error while publishing: {type(exc).__name__}: {exc}"
     log.error("report not published", error=error)
-    condition = None if settings.condition is None or not annotated else False
+    published.forget(root)  # the Node's state is unknown now: the next publish reads it
+    annotated = "annotations" in sync.wrote
+    condition = None if settings.condition is None else "condition" in sync.wrote
     return PublishResult(False, name.name if name else None, name.source if name else None, annotated,
-                         condition, error)
+                         condition, error, sync.read, tuple(sync.wrote))
+
+
+def _send_events(root: NodeRoot, client: Any, deadline: Any, results: Sequence[CheckResult],
+                 extra: Sequence[Any], node: str, uid: Optional[str], now: datetime) -> Dict[str, Any]:
+    """This report's Events; a failure here is logged and counted, never the report's failure."""
+    from agent import events
+
+    try:
+        memory = events.load(root)
+        specs = list(extra) + events.check_transitions(memory.checks, results)
+        sent = events.send(client, deadline, memory, specs, node=node, uid=uid, now=now) if specs \
+            else events.Sent()
+        statuses = events.remembered_statuses(results)
+        if specs or statuses != memory.checks:
+            memory.checks = statuses
+            events.save(root, memory)
+        return sent.as_dict()
+    except Exception as exc:  # never the run's failure
+        log.error("events crashed", error=repr(exc))
+        return events.Sent(error=f"internal error: {type(exc).__name__}: {exc}").as_dict()
 
 
 # --- local state ---------------------------------------------------------------------------------
@@ -379,18 +417,23 @@ def finish(
     root: NodeRoot,
     config: AgentConfig,
     results: Sequence[CheckResult],
-    actions: Sequence[str] = (),
+    actions: Optional[Sequence[str]] = None,
     *,
     publish_report: bool,
     restarts: Optional[Mapping[str, int]] = None,
     now: Optional[datetime] = None,
     publisher: Optional[Callable[..., PublishResult]] = None,
+    events: Sequence[Any] = (),
+    node: Optional[Mapping[str, Any]] = None,
 ) -> ReportOutcome:
     """The end of every ``run`` (and of ``check --report``): publish when asked, then always write
-    the status file (and the metrics file when configured). ``restarts``: units restarted by this
-    run and how often; the status file keeps the running totals since boot for the counter."""
+    the status file (and the metrics file when configured). ``actions``: what a ``run`` did (None
+    for ``check --report``, which keeps the actions the last run published on the Node).
+    ``restarts``: units restarted by this run and how often; the status file keeps the running
+    totals since boot for the counter. ``events``: ``events.EventSpec`` of this run's actions.
+    ``node``: the Node as a check of this report read it (see ``publish``)."""
     now = now or datetime.now(timezone.utc)
-    document = report_document(results, actions, now=now)
+    document = report_document(results, actions or (), now=now)
     status_path = config.report.status_file
     totals = _previous_restarts(root.path(status_path))
     for unit, count in (restarts or {}).items():
@@ -402,7 +445,8 @@ def finish(
     if publish_report:
         # The node's own view first: publishing may take up to report.timeout_seconds.
         _write(root, status_path, _status_bytes({**local, "publish": {"attempted": True, "ok": None}}))
-        published = (publisher or publish)(root, config, results, document, now=now)
+        published = (publisher or publish)(root, config, results, document, now=now, events=events,
+                                           keep_actions=actions is None, node=node)
     document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
     problems: List[str] = []
     err = _write(root, status_path, _status_bytes(document))
@@ -422,7 +466,7 @@ def summary_line(outcome: ReportOutcome) -> str:
     parts = []
     p = outcome.published
     if p is not None and p.ok:
-        parts.append(f"published: node {p.node} ({p.node_source})")
+        parts.append(f"published: node {p.node} ({p.node_source})" + ("" if p.wrote else ", unchanged: nothing sent"))
     elif p is not None:
         parts.append(f"not published: {p.error}")
     parts.extend(f"not written: {problem}" for problem in outcome.problems)

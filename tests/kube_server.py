@@ -15,17 +15,29 @@ exactly where the agent depends on it (and has its own tests in test_kube_server
 * NodeRestriction: ``system:node:<name>`` may change only its own Node (403 otherwise);
 * validation: annotation keys (qualified names), the 256 KiB annotation total, condition status
   values: 422 with a ``Status`` body;
-* scripted failures for the next matching requests: 429 with ``Retry-After``, 5xx, anything.
+* scripted failures for the next matching requests: 429 with ``Retry-After``, 5xx, anything; and a
+  *storm*: for a few seconds, 429 with ``Retry-After`` to a share of all requests, as an API server
+  under API Priority and Fairness sheds load;
+* Events (core/v1): ``POST /api/v1/namespaces/{ns}/events`` creates (409 when the name exists),
+  ``PATCH .../events/{name}`` merges (404 when absent); validated as kube-apiserver's
+  ``ValidateEvent`` does for a core/v1 Event without ``eventTime``: a name that is a DNS subdomain,
+  ``involvedObject`` with a kind and name, and for a cluster-scoped object (empty
+  ``involvedObject.namespace``) the namespace ``default``. A node may create and patch Events, never
+  get, list or delete them (the ``system:node`` role: ``events: create, update, patch``): 403;
+* every Node has a ``metadata.uid``; every request is recorded with its arrival time and its size
+  on the wire (request line, headers and body; status line, headers and body of the answer).
 
 Every response to an error is a ``Status`` object like the real server's.
 """
 
 import copy
 import json
+import random
 import re
 import ssl
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
@@ -144,6 +156,22 @@ def validate_node(node: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def validate_event(event: Dict[str, Any]) -> Optional[str]:
+    """What kube-apiserver checks of a core/v1 Event without ``eventTime`` (ValidateEvent)."""
+    meta = event.get("metadata") or {}
+    name = meta.get("name") or ""
+    if not name or len(name) > 253 or not re.fullmatch(_DNS1123, name):
+        return f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain is required"
+    involved = event.get("involvedObject") or {}
+    if not involved.get("kind") or not involved.get("name"):
+        return "involvedObject: Required value: kind and name"
+    if not involved.get("namespace") and meta.get("namespace") not in ("", "default"):
+        return "involvedObject.namespace: Invalid value: does not match event.namespace"
+    if involved.get("namespace") and involved.get("namespace") != meta.get("namespace"):
+        return "involvedObject.namespace: Invalid value: does not match event.namespace"
+    return None
+
+
 def new_node(name: str) -> Dict[str, Any]:
     """A Node as kubelet registers it: labels, an address, and kubelet's own conditions."""
     stamp = "2026-05-12T10:00:00Z"
@@ -153,6 +181,7 @@ def new_node(name: str) -> Dict[str, Any]:
         "metadata": {
             "name": name,
             "resourceVersion": "1",
+            "uid": str(uuid.uuid4()),
             "labels": {"kubernetes.io/hostname": name, "node.kubernetes.io/instance-type": "p5.48xlarge"},
             "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
         },
@@ -209,6 +238,17 @@ class Recorded:
     body: Any
     status: int
     authorization: Optional[str]
+    at: float = 0.0  # time.monotonic() when it arrived
+    bytes_in: int = 0  # the request as sent: request line, headers, body
+    bytes_out: int = 0  # the answer: status line, headers, body
+
+
+@dataclass
+class Storm:
+    until: float  # time.monotonic()
+    share: float  # of requests answered 429
+    retry_after: str
+    rng: random.Random
 
 
 class ApiServer:
@@ -226,6 +266,8 @@ class ApiServer:
         self.tokens: Dict[str, Tuple[str, Optional[float]]] = {}  # token -> (user, expires)
         self.revoked_cns: Set[str] = set()  # client certificates refused with 401
         self.script: List[Scripted] = []
+        self.events: Dict[Tuple[str, str], Dict[str, Any]] = {}  # (namespace, name) -> Event
+        self.storm_: Optional[Storm] = None
         self.requests: List[Recorded] = []
         self.lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
@@ -246,6 +288,10 @@ class ApiServer:
             self.script.append(
                 Scripted(method, path, status, {k.replace("_", "-"): v for k, v in headers.items()})
             )
+
+    def storm(self, seconds: float, share: float = 0.8, retry_after: str = "1", seed: int = 15) -> None:
+        """From now on, for ``seconds``: 429 with ``Retry-After`` to ``share`` of all requests."""
+        self.storm_ = Storm(time.monotonic() + seconds, share, retry_after, random.Random(seed))
 
     def client_cert(self, user: str) -> "trustme.LeafCert":
         return self.ca.issue_cert(f"{user.replace(':', '-')}.client.test", common_name=user)
@@ -299,6 +345,13 @@ class ApiServer:
                         s.status, "InternalError"
                     )
                     return s.status, dict(s.headers), _status(s.status, reason, s.message)
+            storm = self.storm_
+            if storm is not None and time.monotonic() < storm.until and storm.rng.random() < storm.share:
+                return 429, {"Retry-After": storm.retry_after}, _status(
+                    429, "TooManyRequests", "Too many requests, please try again later."
+                )
+        if path.startswith("/api/v1/namespaces/"):
+            return self._events(method, path, headers, body, user)
         m = re.fullmatch(r"/api/v1/nodes/([^/]+)(/status)?", path)
         if not m:
             return 404, {}, _status(404, "NotFound", "the server could not find the requested resource")
@@ -360,6 +413,71 @@ class ApiServer:
                 self.nodes[name] = updated
             return 200, {}, copy.deepcopy(self.nodes[name])
 
+    def _events(
+        self, method: str, path: str, headers: Any, body: bytes, user: str
+    ) -> Tuple[int, Dict[str, str], Any]:
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/events(?:/([^/]+))?", path)
+        if not m:
+            return 404, {}, _status(404, "NotFound", "the server could not find the requested resource")
+        ns, name = m.group(1), m.group(2)
+        verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(
+            method, "get" if name else "list"
+        )
+        if user != "admin" and not (user.startswith("system:node:") and verb in ("create", "patch", "update")):
+            return 403, {}, _status(
+                403,
+                "Forbidden",
+                f'events{" " + repr(name) if name else ""} is forbidden: User "{user}" cannot {verb} '
+                f'resource "events" in API group "" in the namespace "{ns}"',
+            )
+        try:
+            doc = json.loads(body) if body else None
+        except ValueError as exc:
+            return 400, {}, _status(400, "BadRequest", f"error decoding body: {exc}")
+        with self.lock:
+            if method == "GET" and name is None:
+                items = [copy.deepcopy(e) for (n, _), e in self.events.items() if n == ns]
+                return 200, {}, {"kind": "EventList", "apiVersion": "v1", "items": items}
+            if method == "GET":
+                found = self.events.get((ns, name or ""))
+                if found is None:
+                    return 404, {}, _status(404, "NotFound", f'events "{name}" not found')
+                return 200, {}, copy.deepcopy(found)
+            if method == "POST" and name is None:
+                if not isinstance(doc, dict):
+                    return 400, {}, _status(400, "BadRequest", "expected an Event object")
+                event = copy.deepcopy(doc)
+                meta = event.setdefault("metadata", {})
+                if meta.setdefault("namespace", ns) != ns:
+                    return 400, {}, _status(
+                        400, "BadRequest", "the namespace of the provided object does not match the namespace "
+                        "sent on the request"
+                    )
+                problem = validate_event(event)
+                if problem:
+                    return 422, {}, _status(422, "Invalid", f'Event "{meta.get("name")}" is invalid: {problem}')
+                key = (ns, meta["name"])
+                if key in self.events:
+                    return 409, {}, _status(409, "AlreadyExists", f'events "{meta["name"]}" already exists')
+                meta["uid"] = str(uuid.uuid4())
+                meta["resourceVersion"] = "1"
+                self.events[key] = event
+                return 201, {}, copy.deepcopy(event)
+            if method == "PATCH" and name is not None:
+                current = self.events.get((ns, name))
+                if current is None:
+                    return 404, {}, _status(404, "NotFound", f'events "{name}" not found')
+                ctype = (headers.get("Content-Type") or "").split(";")[0].strip()
+                if ctype not in (MERGE, STRATEGIC) or not isinstance(doc, dict):
+                    return 415, {}, _status(415, "UnsupportedMediaType", "expected a merge patch")
+                updated = merge_patch(current, doc) if ctype == MERGE else strategic_merge_patch(current, doc)
+                problem = validate_event(updated)
+                if problem:
+                    return 422, {}, _status(422, "Invalid", f'Event "{name}" is invalid: {problem}')
+                self.events[(ns, name)] = updated
+                return 200, {}, copy.deepcopy(updated)
+        return 405, {}, _status(405, "MethodNotAllowed", f"{method} is not supported")
+
     def _authenticate(self, authorization: Optional[str], peer_cn: Optional[str]) -> Tuple[str, bool]:
         if authorization:
             if not authorization.startswith("Bearer "):
@@ -396,6 +514,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _serve(self) -> None:
+        at = time.monotonic()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         cert = self.connection.getpeercert() if hasattr(self.connection, "getpeercert") else None
@@ -410,17 +529,19 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             parsed_body = body
         auth = self.headers.get("Authorization")
-        self.api.requests.append(
-            Recorded(
-                self.command, self.path, peer_cn, self.headers.get("Content-Type"), parsed_body, status, auth
-            )
-        )
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         for k, v in headers.items():
             self.send_header(k, v)
+        head = sum(len(h) for h in getattr(self, "_headers_buffer", []))  # not sent yet
+        self.api.requests.append(  # before the answer: a client that has it finds its request here
+            Recorded(
+                self.command, self.path, peer_cn, self.headers.get("Content-Type"), parsed_body, status, auth,
+                at, len(self.requestline) + 2 + len(str(self.headers)) + len(body), head + 2 + len(data),
+            )
+        )
         self.end_headers()
         self.wfile.write(data)
 

@@ -70,8 +70,7 @@ def client(root: NodeRoot, t: FakeTime, **kw: Any) -> KubeClient:
         clock=t.clock,
         wall_clock=t.wall_clock,
         sleep=t.sleep,
-        random=t.random,
-        **kw,
+        **{"random": t.random, **kw},
     )
 
 
@@ -291,7 +290,20 @@ def test_429_honours_retry_after(token_node: NodeRoot, api: ApiServer) -> None:
     t = FakeTime()
     with client(token_node, t) as c:
         assert c.get_node(NODE, Deadline(30, t.clock))["metadata"]["name"] == NODE
-    assert t.sleeps == [7.0]
+    assert t.sleeps == [7.0 + 0.5 * 3.5]  # at least Retry-After, plus random() times half of it
+
+
+@pytest.mark.parametrize("rand, retry_after, expected", [(0.0, 7, 7.0), (0.999, 7, 10.4965), (1.0, 30, 38.0)])
+def test_retry_after_is_a_floor_with_jitter_above_it(
+    token_node: NodeRoot, api: ApiServer, rand: float, retry_after: int, expected: float
+) -> None:
+    # A crowd told the same Retry-After must not come back as one wave: the wait is spread over
+    # [Retry-After, 1.5 x Retry-After], the spread capped at 8 s.
+    api.fail_next("GET", f"/api/v1/nodes/{NODE}", 429, Retry_After=str(retry_after))
+    t = FakeTime()
+    with client(token_node, t, random=lambda: rand) as c:
+        c.get_node(NODE, Deadline(60, t.clock))
+    assert t.sleeps == [pytest.approx(expected)]
 
 
 def test_retry_after_as_http_date(token_node: NodeRoot, api: ApiServer) -> None:
@@ -301,7 +313,7 @@ def test_retry_after_as_http_date(token_node: NodeRoot, api: ApiServer) -> None:
     api.fail_next("GET", f"/api/v1/nodes/{NODE}", 503, Retry_After=formatdate(t.wall + 5, usegmt=True))
     with client(token_node, t) as c:
         c.get_node(NODE, Deadline(30, t.clock))
-    assert len(t.sleeps) == 1 and 4.0 <= t.sleeps[0] <= 6.0
+    assert len(t.sleeps) == 1 and 4.0 <= t.sleeps[0] <= 6.0 * 1.5
 
 
 def test_5xx_backoff_grows_with_jitter(token_node: NodeRoot, api: ApiServer) -> None:

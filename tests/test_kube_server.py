@@ -2,12 +2,14 @@
 
 import json
 import ssl
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import pytest
 
+from agent import events
 from tests.kube_helpers import NODE, NODE_USER
 from tests.kube_server import MERGE, STRATEGIC, ApiServer, merge_patch, strategic_merge_patch
 
@@ -232,3 +234,58 @@ def test_patch_functions_directly() -> None:
     assert strategic_merge_patch(
         target, {"status": {"conditions": [{"$patch": "replace"}, {"type": "C"}]}}
     ) == {"status": {"conditions": [{"type": "C"}], "images": [1]}}
+
+
+# --- Events, uid, storm, sizes ---------------------------------------------------------------------------
+
+
+EVENTS = "/api/v1/namespaces/default/events"
+
+
+def test_a_node_may_create_and_patch_events_and_nothing_more(api: ApiServer) -> None:
+    body = events.event_object(events.EventSpec("Normal", "UnitRestarted", "m"), f"{NODE}.1a", NODE, "u", "t")
+    assert call(api, "POST", EVENTS, body, "application/json")[0] == 201
+    assert call(api, "POST", EVENTS, body, "application/json")[0] == 409
+    status, _, _ = call(api, "PATCH", f"{EVENTS}/{NODE}.1a", {"count": 2}, "application/strategic-merge-patch+json")
+    assert status == 200 and api.events[("default", f"{NODE}.1a")]["count"] == 2
+    assert call(api, "PATCH", f"{EVENTS}/nope", {"count": 2}, "application/strategic-merge-patch+json")[0] == 404
+    for method, path in (("GET", EVENTS), ("GET", f"{EVENTS}/{NODE}.1a"), ("DELETE", f"{EVENTS}/{NODE}.1a")):
+        status, doc, _ = call(api, method, path)
+        assert status == 403 and f'User "{NODE_USER}" cannot' in doc["message"]
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda e: e["metadata"].update(name="Not_A_Name"), "metadata.name"),
+    (lambda e: e["involvedObject"].pop("kind"), "involvedObject"),
+    (lambda e: e["metadata"].update(namespace="kube-system"), "does not match"),
+])
+def test_event_validation(api: ApiServer, change: Any, problem: str) -> None:
+    body = events.event_object(events.EventSpec("Normal", "R", "m"), f"{NODE}.1b", NODE, "u", "t")
+    change(body)
+    ns = body["metadata"]["namespace"]
+    status, doc, _ = call(api, "POST", f"/api/v1/namespaces/{ns}/events", body, "application/json")
+    assert status in (400, 422) and problem in doc["message"]
+
+
+def test_every_node_has_a_uid_of_its_own(api: ApiServer) -> None:
+    other = api.add_node("ip-10-0-0-13.us-west-2.compute.internal")
+    status, node, _ = call(api, "GET", f"/api/v1/nodes/{NODE}")
+    assert status == 200 and len(node["metadata"]["uid"]) == 36 and node["metadata"]["uid"] != other["metadata"]["uid"]
+
+
+def test_a_storm_answers_429_with_retry_after_to_a_share_then_ends(api: ApiServer) -> None:
+    api.storm(0.6, share=0.5, retry_after="3")
+    answers = [call(api, "GET", f"/api/v1/nodes/{NODE}") for _ in range(20)]
+    throttled = [h for s, _, h in answers if s == 429]
+    assert 3 <= len(throttled) <= 17 and all(h["Retry-After"] == "3" for h in throttled)
+    time.sleep(0.7)
+    assert [call(api, "GET", f"/api/v1/nodes/{NODE}")[0] for _ in range(5)] == [200] * 5
+
+
+def test_requests_are_recorded_with_their_time_and_size(api: ApiServer) -> None:
+    before = time.monotonic()
+    _, node, _ = call(api, "GET", f"/api/v1/nodes/{NODE}")
+    (r,) = api.requests
+    assert r.at >= before and r.status == 200
+    assert len(json.dumps(node)) < r.bytes_out < len(json.dumps(node)) + 400  # body and headers
+    assert 100 < r.bytes_in < 1000

@@ -49,6 +49,7 @@ def test_small_report_is_complete_and_compact() -> None:
     assert text == json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)  # compact
     assert list(parsed) == ["v", "agent", "time", "health", "checks", "actions"]
     assert parsed["v"] == 1 and parsed["time"] == "2026-05-12T10:00:00Z" and parsed["health"] == "healthy"
+    assert json.loads(report.compact_report(doc, since="2026-05-12T09:00:00Z"))["time"] == "2026-05-12T09:00:00Z"
     assert parsed["checks"][0] == {
         "name": "containerd-config",
         "status": "pass",
@@ -248,8 +249,10 @@ def test_publish_sets_annotations_and_condition_keeping_kubelet_conditions(
     t = FakeTime()
     out = publish(node_root, results(efa=WARN), t)
     assert out == report.PublishResult(
-        True, NODE, "--hostname-override in /etc/eks/kubelet/environment", True, True
+        True, NODE, "--hostname-override in /etc/eks/kubelet/environment", True, True, None,
+        read=True, wrote=("annotations", "condition"), events=out.events,
     )
+    assert out.events == {"created": 1, "repeated": 0, "dropped": 0, "error": None}  # efa: unknown -> warn
     annotations = api.nodes[NODE]["metadata"]["annotations"]
     assert annotations["gpu-node-agent/health"] == "degraded"
     assert json.loads(annotations["gpu-node-agent/report"])["checks"][5]["status"] == "warn"
@@ -260,8 +263,9 @@ def test_publish_sets_annotations_and_condition_keeping_kubelet_conditions(
         ("GET", f"/api/v1/nodes/{NODE}", None),
         ("PATCH", f"/api/v1/nodes/{NODE}", "application/merge-patch+json"),
         ("PATCH", f"/api/v1/nodes/{NODE}/status", "application/strategic-merge-patch+json"),
+        ("POST", "/api/v1/namespaces/default/events", "application/json"),
     ]
-    assert len(aws.calls()) == 1  # one credential for the three calls
+    assert len(aws.calls()) == 1  # one credential for all the calls
 
 
 def test_transition_time_on_the_server(node_root: Path, api: ApiServer, aws: FakeAws) -> None:

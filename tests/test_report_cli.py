@@ -312,3 +312,23 @@ def test_run_counts_restarts_for_the_metrics(
     assert status["restarts_total"] == {"containerd.service": 2, "kubelet.service": 2}
     prom = (root / "var/lib/node_exporter/textfile_collector/gna.prom").read_text()
     assert 'gpu_node_agent_restarts_total{unit="containerd.service"} 2' in prom
+
+
+def test_run_repair_is_an_event_and_the_next_heartbeat_writes_nothing(
+    root: Path, api: ApiServer, aws: FakeAws, capsys: pytest.CaptureFixture
+) -> None:
+    with_cluster(root, api)
+    toolkit = "/etc/nvidia-container-runtime/config.toml"
+    write(root, toolkit, (SAMPLES / "nvidia-container-runtime-legacy.toml").read_text())  # no restart needed
+    run_cli(["--root", str(root), "run", "--lock-wait", "1"], capsys)
+    repaired = [e for e in api.events.values() if e["reason"] == "FileRepaired"]
+    assert len(repaired) == 1 and repaired[0]["message"].startswith(f"{toolkit}: ")
+    assert repaired[0]["involvedObject"]["uid"] == api.nodes[NODE_NAME]["metadata"]["uid"]
+    report = json.loads(api.nodes[NODE_NAME]["metadata"]["annotations"]["gpu-node-agent/report"])
+    before = len(api.requests)
+    _, out, _ = run_cli(["--root", str(root), "check", "--report"], capsys)
+    assert f"published: node {NODE_NAME} (--hostname-override in /etc/eks/kubelet/environment), unchanged: " \
+        "nothing sent" in out
+    assert api.requests[before:] == []  # the heartbeat after the run: nothing changed, nothing sent
+    assert json.loads(api.nodes[NODE_NAME]["metadata"]["annotations"]["gpu-node-agent/report"]) == report
+    assert any(toolkit in a for a in report["actions"])  # the run's repair stays visible
