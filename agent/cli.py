@@ -51,8 +51,21 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lock-wait", type=float, default=DEFAULT_LOCK_WAIT, metavar="SECONDS",
+    p.add_argument("--lock-wait", type=_seconds, default=DEFAULT_LOCK_WAIT, metavar="SECONDS",
                    help=f"how long to wait for another run to finish (default {DEFAULT_LOCK_WAIT:g})")
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds: finite and not negative (``.nan``, ``inf`` and ``-1`` are usage errors, 64)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text[:40]!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, at least 0, got {text[:40]!r}")
+    return value
 
 
 def _add_check(p: argparse.ArgumentParser) -> None:
