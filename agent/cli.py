@@ -296,6 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     root = _root(args)
     with fs.run_lock(root, args.lock_wait):
+        _clean_after_killed_runs(root, config)
         the_plan = plan.make_plan(node.discover(root, config), config)
         for problem in the_plan.problems:
             log.warning("not fixed", problem=problem)
@@ -361,6 +362,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             view = status.summary({}, status.boot_id(root), disabled=True)
     _print(health.render_json(view) if args.format == "json" else status.render_table(view))
     return status.exit_code(view)
+
+
+def _clean_after_killed_runs(root: NodeRoot, config: AgentConfig) -> None:
+    """Temp files and extraction directories a killed run left (run start, under the lock)."""
+    from agent import efa, fs
+    from agent.tomledit import VALUES_CACHE
+
+    outputs = (config.containerd.config_path, config.nvidia_runtime.config_path, config.report.status_file,
+               config.report.metrics_file, VALUES_CACHE, efa.INSTALLER_PID_FILE)
+    fs.remove_stale_temp_files(root.path(p) for p in outputs if p)
+    efa.clean_stale(root, config.efa)
 
 
 # name -> (handler, help, what the command adds to its parser)

@@ -19,7 +19,7 @@ import stat
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path, PosixPath, PurePosixPath
-from typing import BinaryIO, Callable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import BinaryIO, Callable, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from agent.errors import LockBusy, NodeFileError, NodeFileMissing
 
@@ -420,3 +420,25 @@ def run_lock(
         yield lock_path
     finally:
         os.close(fd)
+
+
+def remove_stale_temp_files(targets: Iterable[Path], older_than_seconds: float = 60.0) -> List[Path]:
+    """Temp files of ``atomic_write`` left beside ``targets`` by a killed run (``.NAME.*.tmp``, regular,
+    ours, and older than any write in progress could be); returns what was removed."""
+    removed: List[Path] = []
+    now = time.time()
+    for target in targets:
+        try:
+            candidates = list(target.parent.glob(f".{target.name}.*.tmp"))
+        except OSError:
+            continue
+        for tmp in candidates:
+            try:
+                st = os.lstat(tmp)
+                if (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+                        and now - st.st_mtime > older_than_seconds):
+                    os.unlink(tmp)
+                    removed.append(tmp)
+            except OSError:
+                pass  # gone meanwhile: never fatal
+    return removed

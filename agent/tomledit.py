@@ -9,6 +9,7 @@ created right after its parent with the file's indentation, and a line is commen
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -53,33 +54,49 @@ def toml_values(root: NodeRoot, path: object, text: str) -> Dict[str, Any]:
 
     Parsing with tomlkit (and importing it) is most of what `check` costs, and the files rarely
     change; so the values are kept in the agent's own state (``/run/gpu-node-agent``, gone at boot)
-    next to the exact text they came from, and reused only for byte-identical text. The cache is
-    best effort: unreadable, corrupt or unwritable means parsing as usual.
+    keyed by this agent's version and the SHA-256 of the exact text they came from, and reused only
+    for byte-identical text read by the same agent version. The cache is best effort: unreadable,
+    corrupt, not a regular file of ours, too big or unwritable means parsing as usual.
     """
+    import hashlib
     import json
 
+    from agent import __version__
+    from agent.fs import MAX_NODE_FILE, read_bytes
+
     cache_path = root.path(VALUES_CACHE)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    cache: Any = None
     try:
-        cache = json.loads(cache_path.read_text(encoding="utf-8"))
-        entry = cache["files"].get(str(path)) if cache.get("v") == 1 else None
-        if entry is not None and entry["text"] == text and isinstance(entry["values"], dict):
+        if os.lstat(cache_path).st_uid == os.geteuid():
+            cache = json.loads(read_bytes(cache_path, limit=MAX_NODE_FILE, allow_symlink=False))
+        if not (isinstance(cache, dict) and cache.get("v") == 2 and cache.get("agent") == __version__
+                and isinstance(cache.get("files"), dict)):
+            cache = None
+        entry = cache["files"].get(str(path)) if cache is not None else None
+        if isinstance(entry, dict) and entry.get("sha256") == digest and isinstance(entry.get("values"), dict):
             return dict(entry["values"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, NodeFileError):
         cache = None
     values: Dict[str, Any] = parse_toml(text, path).unwrap()
     try:
         json.dumps(values, allow_nan=True)  # TOML dates and times have no JSON form: not cached
     except (TypeError, ValueError):
         return values
-    files = dict(cache["files"]) if isinstance(cache, dict) and isinstance(cache.get("files"), dict) else {}
+    files = dict(cache["files"]) if cache is not None else {}
     files.pop(str(path), None)
-    files[str(path)] = {"text": text, "values": values}
+    files[str(path)] = {"sha256": digest, "values": values}
     kept = dict(list(files.items())[-_CACHE_ENTRIES:])
+    data = json.dumps({"v": 2, "agent": __version__, "files": kept}).encode("utf-8")
+    if len(data) > MAX_NODE_FILE:  # never more state than a node file may be
+        data = json.dumps({"v": 2, "agent": __version__, "files": {str(path): files[str(path)]}}).encode()
+        if len(data) > MAX_NODE_FILE:
+            return values
     try:
         from agent.fs import atomic_write
 
         cache_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        atomic_write(cache_path, json.dumps({"v": 1, "files": kept}).encode("utf-8"))
+        atomic_write(cache_path, data)
     except (OSError, NodeFileError):
         pass
     return values
