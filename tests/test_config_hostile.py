@@ -84,7 +84,8 @@ def test_outputs_stay_in_their_documented_directories(key: str, value: str, prob
 def test_a_managed_input_may_not_be_an_output() -> None:
     fails("containerd:\n  config_path: /run/gpu-node-agent/status.json\n",
           "config.yaml:2: containerd.config_path: /run/gpu-node-agent/status.json is (or holds) report.status_file")
-    fails("report:\n  kubeconfig: /var/lib/gpu-node-agent/kubeconfig\n  status_file: /var/lib/gpu-node-agent/kubeconfig\n",
+    fails("report:\n  kubeconfig: /var/lib/gpu-node-agent/kubeconfig\n"
+          "  status_file: /var/lib/gpu-node-agent/kubeconfig\n",
           "report.status_file: /var/lib/gpu-node-agent/kubeconfig is (or holds) report.kubeconfig")
     fails("report:\n  status_file: /run/gpu-node-agent/a.prom\n  metrics_file: /run/gpu-node-agent/a.prom\n",
           "report.metrics_file: /run/gpu-node-agent/a.prom clashes with report.status_file")
@@ -130,7 +131,8 @@ def test_config_validate_refuses_what_is_not_a_regular_file(tmp_path: Path, kind
         path.mkdir()
     proc = subprocess.run([sys.executable, "-m", "agent", "config", "validate", str(path)], cwd=REPO,
                           capture_output=True, text=True, timeout=30)
-    expected = {"fifo": "is a FIFO, expected a regular file", "dev-zero": "is a character device, expected a regular file",
+    expected = {"fifo": "is a FIFO, expected a regular file",
+                "dev-zero": "is a character device, expected a regular file",
                 "directory": "is a directory, expected a YAML file"}[kind]
     assert proc.returncode == 64 and proc.stderr == f"gpu-node-agent: {path}: {expected}" + (
         "; not read\n" if kind != "directory" else "\n")

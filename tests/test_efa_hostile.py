@@ -1,6 +1,7 @@
 """A hostile download server and killed runs against agent/efa.py: the overall deadline bounds every
 socket read, the installer dies with the agent, a live one from an earlier run is never raced."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -147,10 +148,8 @@ def test_kill_9_of_the_agent_kills_the_installer_and_the_next_run_waits(tmp_path
         efa.clean_stale(node, EfaSettings())
         assert not stale.exists()  # what the killed run left is gone once nothing uses it
     finally:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
         agent.kill()
         agent.wait()
 
