@@ -78,7 +78,10 @@ def toml_values(root: NodeRoot, path: object, text: str) -> Dict[str, Any]:
             return dict(entry["values"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError, NodeFileError):
         cache = None
-    values: Dict[str, Any] = parse_toml(text, path).unwrap()
+    try:
+        values: Dict[str, Any] = parse_toml(text, path).unwrap()
+    except NodeFileError as exc:
+        raise _with_duplicate_line(exc, text) from None
     try:
         json.dumps(values, allow_nan=True)  # TOML dates and times have no JSON form: not cached
     except (TypeError, ValueError):
@@ -100,6 +103,29 @@ def toml_values(root: NodeRoot, path: object, text: str) -> Dict[str, Any]:
     except (OSError, NodeFileError):
         pass
     return values
+
+
+def _with_duplicate_line(exc: NodeFileError, text: str) -> NodeFileError:
+    """tomlkit names a key defined twice in one table without its line: find the second definition."""
+    m = re.fullmatch(r'invalid TOML: Key "(.+)" already exists\.?', exc.problem)
+    if not m:
+        return exc
+    key = m.group(1)
+    seen = set()
+    table = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        header = re.match(r"\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$", stripped)
+        if header:
+            table = header.group(1)
+            continue
+        d = re.match(r"""(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*=""", stripped)
+        if d and next(g for g in d.groups() if g is not None) == key:
+            if (table, key) in seen:
+                return NodeFileError(exc.path, f"invalid TOML at line {number}: key {key!r} is defined twice "
+                                     "in the same table")
+            seen.add((table, key))
+    return exc
 
 
 def set_value(doc: Any, key: Sequence[str], value: Any) -> None:
