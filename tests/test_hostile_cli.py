@@ -231,3 +231,20 @@ def test_a_kubeconfig_alias_bomb_leaves_a_small_status_file(root: Path) -> None:
     status = root / "run/gpu-node-agent/status.json"
     assert status.stat().st_size < 64 << 10
     assert "too many YAML nodes" in json.loads(status.read_text())["publish"]["error"]
+
+
+# --- 7. what killed runs left -------------------------------------------------------------------------
+
+
+def test_run_removes_temp_files_and_extraction_directories_of_killed_runs(root: Path, tmp_path: Path) -> None:
+    write(root, "/etc/gpu-node-agent/config.yaml", "restart:\n  policy: never\nreport:\n  publish: false\n")
+    left = [root / "etc/containerd/.config.toml.k1ll3d.tmp", root / "run/gpu-node-agent/.status.json.k1ll3d.tmp",
+            root / "var/cache/gpu-node-agent/.efa-installer-k1ll3d/aws-efa-installer/efa_installer.sh"]
+    for p in left:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("partial")
+        os.utime(p, (1, 1))
+    proc = agent("--root", str(root), "run", "--lock-wait", "1", timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not any(p.exists() for p in left)
+    assert not (root / "var/cache/gpu-node-agent/.efa-installer-k1ll3d").exists()
