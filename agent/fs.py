@@ -281,7 +281,13 @@ def _copy_xattrs(source: Path, fd: int) -> None:
             return
         raise
     for name in names:
-        os.setxattr(fd, name, os.getxattr(source, name, follow_symlinks=False))
+        value = os.getxattr(source, name, follow_symlinks=False)
+        try:
+            if os.getxattr(fd, name) == value:  # e.g. the SELinux label the directory already gave it
+                continue
+        except OSError:
+            pass
+        os.setxattr(fd, name, value)
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, expected: Optional[bytes] = None) -> None:
