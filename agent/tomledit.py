@@ -58,14 +58,13 @@ def toml_values(root: NodeRoot, path: object, text: str) -> Dict[str, Any]:
     for byte-identical text read by the same agent version. The cache is best effort: unreadable,
     corrupt, not a regular file of ours, too big or unwritable means parsing as usual.
     """
-    import hashlib
     import json
 
     from agent import __version__
     from agent.fs import MAX_NODE_FILE, read_bytes
 
     cache_path = root.path(VALUES_CACHE)
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = _sha256()(text.encode("utf-8", "surrogatepass")).hexdigest()
     cache: Any = None
     try:
         if os.lstat(cache_path).st_uid == os.geteuid():
@@ -103,6 +102,17 @@ def toml_values(root: NodeRoot, path: object, text: str) -> Dict[str, Any]:
     except (OSError, NodeFileError):
         pass
     return values
+
+
+def _sha256() -> Any:
+    """SHA-256 without ``hashlib``'s OpenSSL import (most of a cache hit's cost): CPython's own
+    implementation, ``_sha256`` (3.9-3.11) or ``_sha2`` (3.12+); ``hashlib`` where neither exists."""
+    for name in ("_sha256", "_sha2", "hashlib"):
+        try:
+            return __import__(name).sha256
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("no SHA-256")
 
 
 def _with_duplicate_line(exc: NodeFileError, text: str) -> NodeFileError:
