@@ -18,8 +18,8 @@ import os
 import stat
 import time
 from contextlib import contextmanager, suppress
-from pathlib import Path, PosixPath, PurePosixPath
-from typing import BinaryIO, Callable, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from agent.errors import LockBusy, NodeFileError, NodeFileMissing
 
@@ -38,18 +38,22 @@ def shorten(value: object, limit: int = MAX_SHOWN) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-class NodePath(PosixPath):
-    """A node path resolved under its ``NodeRoot``: every directory on the way is resolved inside
-    the tree; the last component is kept as named (so a symlink there is still seen as one) and
-    ``resolved()`` follows it inside the tree too."""
+# Every non-host root in use, by its directory: a read of a path inside one follows a symlink in the
+# last component inside that tree (``confined``). Plain ``Path`` objects, so that any ``Path`` a
+# caller derives keeps working (and a test's fake filesystem sees them).
+_ROOTS: Dict[str, NodeRoot] = {}
 
-    _node_root: Optional[NodeRoot] = None
 
-    def resolved(self) -> Path:
-        root = self._node_root
-        if root is None or root.is_host or not self.is_symlink():
-            return self
-        return root.resolve(root.node_path(self))
+def confined(path: Path) -> Path:
+    """``path`` with a symlink in its last component followed inside the ``--root`` tree it is in."""
+    if not _ROOTS:
+        return path
+    text = str(path)
+    owner = max((r for prefix, r in _ROOTS.items() if text.startswith(prefix + "/")),
+                key=lambda r: len(str(r.root)), default=None)
+    if owner is None or not path.is_symlink():
+        return path
+    return owner.resolve(owner.node_path(path))
 
 
 class NodeRoot:
@@ -58,20 +62,19 @@ class NodeRoot:
     def __init__(self, root: str = "/") -> None:
         self.root = Path(root)
         self.is_host = os.path.normpath(str(root)) == "/" or str(root) == "//"
+        if not self.is_host:
+            _ROOTS.setdefault(str(self.root).rstrip("/"), self)
 
-    def path(self, node_path: str) -> NodePath:
+    def path(self, node_path: str) -> Path:
         """Where ``node_path`` is: its directories resolved in the tree, its last name as given."""
         parts = self._parts(node_path)
         if self.is_host:
-            host = NodePath(node_path)
-        else:
-            *dirs, last = parts or [""]
-            base = self._walk(dirs)
-            if last == "..":  # ends in "..": that is a directory walk too
-                base, last = self._walk([*dirs, ".."]), ""
-            host = NodePath(base, last) if last else NodePath(base)
-        host._node_root = self
-        return host
+            return Path(node_path)
+        *dirs, last = parts or [""]
+        base = self._walk(dirs)
+        if last == "..":  # ends in "..": that is a directory walk too
+            base, last = self._walk([*dirs, ".."]), ""
+        return Path(base, last) if last else Path(base)
 
     def resolve(self, node_path: str) -> Path:
         """``node_path`` with every symlink, the last one included, followed inside the tree."""
@@ -180,10 +183,9 @@ def read_bytes(path: Path, *, limit: int = MAX_NODE_FILE, allow_symlink: bool = 
     """
     if not allow_symlink and path.is_symlink():
         raise NodeFileError(path, f"is a symlink (to {os.readlink(path)}); refusing to follow it")
-    target = path.resolved() if isinstance(path, NodePath) else path
-    confined = isinstance(path, NodePath) and path._node_root is not None and not path._node_root.is_host
+    target = confined(path)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-    if confined or not allow_symlink:
+    if target is not path or not allow_symlink:
         flags |= os.O_NOFOLLOW
     try:
         f = _open_reading(target, flags)

@@ -43,7 +43,7 @@ from urllib.parse import quote, urlsplit
 
 from agent import __version__
 from agent.errors import AgentError, NodeFileError
-from agent.fs import MAX_TOKEN_FILE, NodePath, NodeRoot, read_bytes, read_text
+from agent.fs import MAX_TOKEN_FILE, NodeRoot, confined, read_bytes, read_text
 from agent.log import get_logger
 
 if TYPE_CHECKING:
@@ -855,7 +855,7 @@ def _confined(root: NodeRoot, node_path: str, what: str) -> Path:
         host = root.path(node_path)
     except NodeFileError as exc:
         raise KubeconfigError(f"{what}: {exc.problem}") from None
-    return host.resolved() if isinstance(host, NodePath) else host
+    return confined(host)
 
 
 def _parse_yaml(text: str, path: Path) -> Any:
