@@ -79,7 +79,7 @@ def _add_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--wait", action="store_true",
                    help="block until gpu-node-agent.service's run of this boot has finished")
-    p.add_argument("--timeout", type=float, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
+    p.add_argument("--timeout", type=_seconds, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
                    help=f"with --wait: give up after SECONDS (default {DEFAULT_WAIT_TIMEOUT:g}), exit 1")
 
 
