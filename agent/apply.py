@@ -37,7 +37,8 @@ def write_edit(edit: FileEdit) -> None:
     current = read_text(edit.path)
     if current != edit.old_text:
         raise NodeFileError(edit.path, "changed while the agent was planning; nothing written")
-    atomic_write(edit.path, edit.new_text.encode("utf-8"))
+    # compare-and-swap: a writer that replaces the file from here on is detected, and its file kept
+    atomic_write(edit.path, edit.new_text.encode("utf-8"), expected=edit.old_text.encode("utf-8"))
 
 
 def rollback(edits: List[FileEdit]) -> List[str]:

@@ -51,8 +51,21 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lock-wait", type=float, default=DEFAULT_LOCK_WAIT, metavar="SECONDS",
+    p.add_argument("--lock-wait", type=_seconds, default=DEFAULT_LOCK_WAIT, metavar="SECONDS",
                    help=f"how long to wait for another run to finish (default {DEFAULT_LOCK_WAIT:g})")
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds: finite and not negative (``.nan``, ``inf`` and ``-1`` are usage errors, 64)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text[:40]!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, at least 0, got {text[:40]!r}")
+    return value
 
 
 def _add_check(p: argparse.ArgumentParser) -> None:
@@ -66,7 +79,7 @@ def _add_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--wait", action="store_true",
                    help="block until gpu-node-agent.service's run of this boot has finished")
-    p.add_argument("--timeout", type=float, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
+    p.add_argument("--timeout", type=_seconds, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
                    help=f"with --wait: give up after SECONDS (default {DEFAULT_WAIT_TIMEOUT:g}), exit 1")
 
 
@@ -283,6 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     root = _root(args)
     with fs.run_lock(root, args.lock_wait):
+        _clean_after_killed_runs(root, config)
         the_plan = plan.make_plan(node.discover(root, config), config)
         for problem in the_plan.problems:
             log.warning("not fixed", problem=problem)
@@ -350,6 +364,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             view = status.summary({}, status.boot_id(root), disabled=True)
     _print(health.render_json(view) if args.format == "json" else status.render_table(view))
     return status.exit_code(view)
+
+
+def _clean_after_killed_runs(root: NodeRoot, config: AgentConfig) -> None:
+    """Temp files and extraction directories a killed run left (run start, under the lock)."""
+    from agent import efa, fs
+    from agent.tomledit import VALUES_CACHE
+
+    outputs = (config.containerd.config_path, config.nvidia_runtime.config_path, config.report.status_file,
+               config.report.metrics_file, VALUES_CACHE, efa.INSTALLER_PID_FILE)
+    fs.remove_stale_temp_files(root.path(p) for p in outputs if p)
+    efa.clean_stale(root, config.efa)
 
 
 # name -> (handler, help, what the command adds to its parser)

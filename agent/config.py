@@ -9,6 +9,7 @@ its settings (annotation keys, unit names, checksums, paths).
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, NoReturn, Optional, Tuple, Union, get_type_hints
@@ -22,22 +23,24 @@ Validator = Callable[[Any], Optional[str]]  # returns a problem description, or 
 
 def _absolute_path(value: Any) -> Optional[str]:
     if not value.startswith("/"):
-        return f"must be an absolute path, got {value!r}"
+        return f"must be an absolute path, got {_short(value)}"
     if "\0" in value:
         return "must not contain NUL"
-    return None
+    return _confined_path(value)
 
 
 def _one_of(*choices: str) -> Validator:
     def check(value: Any) -> Optional[str]:
         if value not in choices:
-            return f"must be one of {', '.join(choices)}; got {value!r}"
+            return f"must be one of {', '.join(choices)}; got {_short(value)}"
         return None
 
     return check
 
 
 def _positive(value: Any) -> Optional[str]:
+    if not math.isfinite(value):
+        return f"must be a finite number of seconds, got {value!r}"
     if value <= 0:
         return f"must be greater than 0, got {value!r}"
     return None
@@ -52,7 +55,7 @@ def _not_negative(value: Any) -> Optional[str]:
 def _regex(pattern: str, what: str) -> Validator:
     def check(value: Any) -> Optional[str]:
         if value is not None and not re.fullmatch(pattern, value):
-            return f"must be {what}, got {value!r}"
+            return f"must be {what}, got {_short(value)}"
         return None
 
     return check
@@ -67,7 +70,7 @@ def _url(value: Any) -> Optional[str]:
     if value is None:
         return None
     if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", value):
-        return f"must be an http:// or https:// URL, got {value!r}"
+        return f"must be an http:// or https:// URL, got {_short(value)}"
     return None
 
 
@@ -76,7 +79,7 @@ def _unit_names(value: Any) -> Optional[str]:
         return "must name at least one unit (containerd first)"
     for unit in value:
         if not re.fullmatch(r"[A-Za-z0-9:_.\\@-]+\.service", unit):
-            return f"{unit!r} is not a systemd service unit name (e.g. containerd.service)"
+            return f"{_short(unit)} is not a systemd service unit name (e.g. containerd.service)"
     if len(set(value)) != len(value):
         return "lists a unit twice"
     return None
@@ -87,9 +90,9 @@ def _condition_type(value: Any) -> Optional[str]:
         return None
     prefix, _, name = value.rpartition("/")
     if prefix and not re.fullmatch(DNS_SUBDOMAIN, prefix):
-        return f"prefix {prefix!r} is not a DNS subdomain"
+        return f"prefix {_short(prefix)} is not a DNS subdomain"
     if not re.fullmatch(_QUALIFIED_NAME, name):
-        return f"must be a condition type such as GPUNodeAgentReady, got {value!r}"
+        return f"must be a condition type such as GPUNodeAgentReady, got {_short(value)}"
     return None
 
 
@@ -174,15 +177,15 @@ RULES: Dict[str, Tuple[Validator, str]] = {
     "efa.version": (_regex(r"\d+\.\d+\.\d+", "a version X.Y.Z"), 'quote it: "1.48.0"'),
     "efa.sha256": (_regex(r"[0-9a-fA-F]{64}", "64 hexadecimal characters"), ""),
     "efa.base_url": (_url, ""),
-    "efa.cache_dir": (_absolute_path, ""),
+    "efa.cache_dir": (lambda v: _absolute_path(v) or _output_path(v, "efa.cache_dir"), ""),
     "efa.timeout_seconds": (_positive, ""),
     "report.annotation_prefix": (_regex(DNS_SUBDOMAIN, "a DNS subdomain (lowercase, e.g. gpu.example.com)"),
                                  ""),
     "report.condition": (_condition_type, ""),
     "report.kubeconfig": (_absolute_path, ""),
     "report.node_name": (_regex(DNS_SUBDOMAIN, "a node name (DNS subdomain)"), ""),
-    "report.status_file": (_absolute_path, ""),
-    "report.metrics_file": (lambda v: v and _absolute_path(v), ""),
+    "report.status_file": (lambda v: _absolute_path(v) or _output_path(v, "report.status_file"), ""),
+    "report.metrics_file": (lambda v: v and (_absolute_path(v) or _output_path(v, "report.metrics_file")), ""),
     "report.timeout_seconds": (_positive, ""),
     "report.heartbeat_minutes": (_not_negative, ""),
     "imds.endpoint": (_url, ""),
@@ -205,6 +208,9 @@ SECTIONS: Dict[str, Any] = {
 
 def load_config(path: Optional[str], *, default_path: Path) -> AgentConfig:
     """Load ``path`` (explicit: must exist) or ``default_path`` (missing: all defaults)."""
+    from agent.errors import NodeFileError, NodeFileMissing
+    from agent.fs import MAX_CONFIG_FILE, read_bytes
+
     if path is None:
         target = default_path
         if not target.exists():
@@ -212,13 +218,13 @@ def load_config(path: Optional[str], *, default_path: Path) -> AgentConfig:
     else:
         target = Path(path)
     try:
-        text = target.read_bytes().decode("utf-8")
-    except FileNotFoundError:
+        text = read_bytes(target, limit=MAX_CONFIG_FILE).decode("utf-8")
+    except NodeFileMissing:
         raise ConfigError(f"{target}: configuration file does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{target}: is a directory, expected a YAML file") from None
-    except PermissionError:
-        raise ConfigError(f"{target}: permission denied") from None
+    except NodeFileError as exc:
+        if exc.problem.startswith("is a directory"):
+            raise ConfigError(f"{target}: is a directory, expected a YAML file") from None
+        raise ConfigError(str(exc)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{target}: not UTF-8 (byte offset {exc.start})") from None
     return parse_config(text, str(target))
@@ -244,18 +250,23 @@ def parse_config(text: str, source: str) -> AgentConfig:
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise ConfigError(f"{source}{where}: invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{source}{yaml_error_line(exc, text)}") from None
     builder = _Builder(source, loader)
     try:
         if root is None or _is_null(root):
             return AgentConfig(source=source)
+        problem = yaml_too_big(root, MAX_CONFIG_NODES)
+        if problem:
+            raise ConfigError(f"{source}:{root.start_mark.line + 1}: {problem}")
         sections = builder.mapping(root, "")
         kwargs: Dict[str, Any] = {}
         for key, (key_node, value_node) in sections.items():
             if key not in SECTIONS:
                 builder.fail(key_node, key, f"unknown section{_suggest(key, SECTIONS)}")
             kwargs[key] = builder.section(SECTIONS[key], value_node, key)
-        return AgentConfig(source=source, **kwargs)
+        config = AgentConfig(source=source, **kwargs)
+        _check_outputs(config, builder)
+        return config
     finally:
         loader.dispose()
 
@@ -280,6 +291,7 @@ class _Builder:
     def __init__(self, source: str, loader: Any) -> None:
         self.source = source
         self.loader = loader
+        self.nodes: Dict[str, Any] = {}  # section.key -> its YAML key node, for later cross-key checks
 
     def fail(self, node: Any, key: str, problem: str) -> NoReturn:
         line = node.start_mark.line + 1
@@ -309,6 +321,7 @@ class _Builder:
             dotted = f"{section}.{name}"
             if name not in cls._fields:
                 self.fail(key_node, dotted, f"unknown key{_suggest(name, cls._fields)}")
+            self.nodes[dotted] = key_node
             value = self.loader.construct_object(value_node, deep=True)
             kwargs[name] = self.value(hints[name], value, value_node, dotted)
         return cls(**kwargs)
@@ -325,19 +338,19 @@ class _Builder:
             self.fail(node, dotted, "must not be null")
         if hint is bool:
             if not isinstance(value, bool):
-                self.fail(node, dotted, f"expected true or false, got {_type_name(value)} {value!r}")
+                self.fail(node, dotted, f"expected true or false, got {_type_name(value)} {_short(value)}")
         elif hint is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 unit = "minutes" if dotted.endswith("_minutes") else "seconds"
-                self.fail(node, dotted, f"expected a number of {unit}, got {_type_name(value)} {value!r}")
+                self.fail(node, dotted, f"expected a number of {unit}, got {_type_name(value)} {_short(value)}")
             value = float(value)
         elif hint is str:
             if not isinstance(value, str):
                 extra = f"; {hint_msg}" if hint_msg else ""
-                self.fail(node, dotted, f"expected a string, got {_type_name(value)} {value!r}{extra}")
+                self.fail(node, dotted, f"expected a string, got {_type_name(value)} {_short(value)}{extra}")
         elif getattr(hint, "__origin__", None) in (tuple, Tuple):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                self.fail(node, dotted, f"expected a list of strings, got {_type_name(value)} {value!r}")
+                self.fail(node, dotted, f"expected a list of strings, got {_type_name(value)} {_short(value)}")
             value = tuple(value)
         if check is not None:
             problem = check(value)
@@ -357,3 +370,108 @@ def dump_config(config: AgentConfig) -> str:
 def config_keys() -> List[str]:
     """Every valid ``section.key``, for documentation and tests."""
     return [f"{section}.{name}" for section, cls in SECTIONS.items() for name in cls._fields]
+
+
+# --- limits and confinement ----------------------------------------------------------------------
+# Output paths live in the directories documented for them (README, "Confinement"), never on a file
+# the agent manages or reads; node paths never contain "..".
+
+MAX_CONFIG_NODES = 10_000  # YAML nodes, aliases counted each time they are used (an alias bomb)
+OUTPUT_DIRS: Dict[str, Tuple[str, ...]] = {
+    "report.status_file": ("/run/gpu-node-agent/", "/var/lib/gpu-node-agent/"),
+    "report.metrics_file": ("/var/lib/node_exporter/", "/run/node_exporter/",
+                            "/var/lib/prometheus/node-exporter/", "/run/gpu-node-agent/",
+                            "/var/lib/gpu-node-agent/"),
+    "efa.cache_dir": ("/var/cache/", "/var/lib/gpu-node-agent/", "/opt/gpu-node-agent/"),
+}
+_MANAGED = ("containerd.config_path", "nvidia_runtime.config_path", "report.kubeconfig")
+_OUTPUTS = ("report.status_file", "report.metrics_file", "efa.cache_dir")
+
+
+def _short(value: Any) -> str:
+    from agent.fs import shorten
+
+    return shorten(value)
+
+
+def _confined_path(value: str) -> Optional[str]:
+    if any(part == ".." for part in value.split("/")):
+        return f"must not contain '..' (node paths resolve under --root), got {_short(value)}"
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in value):
+        return "must not contain control characters"
+    return None
+
+
+def _output_path(value: str, key: str) -> Optional[str]:
+    dirs = OUTPUT_DIRS[key]
+    normal = re.sub(r"/+", "/", value).rstrip("/") + ("/" if key == "efa.cache_dir" else "")
+    if not any(normal.startswith(d) and len(normal) > len(d) for d in dirs):
+        return f"must be inside {' or '.join(dirs)}, got {_short(value)}"
+    if key == "report.metrics_file" and not value.endswith(".prom"):
+        return f"must end in .prom (what the node_exporter textfile collector reads), got {_short(value)}"
+    return None
+
+
+def _check_outputs(config: AgentConfig, builder: _Builder) -> None:
+    """A status, metrics or cache path may not be (or hold) a file the agent reads or manages."""
+    def value(dotted: str) -> Optional[str]:
+        section, key = dotted.split(".")
+        v = getattr(getattr(config, section), key)
+        return re.sub(r"/+", "/", v).rstrip("/") if isinstance(v, str) else None
+
+    inputs = {k: value(k) for k in _MANAGED}
+    inputs["the run lock"] = "/run/gpu-node-agent/lock"
+    inputs["the agent's state"] = "/run/gpu-node-agent/toml-values.json"
+    inputs["the agent's configuration"] = DEFAULT_CONFIG_PATH
+    seen: Dict[str, str] = {}
+    for out in _OUTPUTS:
+        path = value(out)
+        if path is None:
+            continue
+        for name, managed in inputs.items():
+            if managed and (path == managed or managed.startswith(path + "/")):
+                where = out if out in builder.nodes or name not in builder.nodes else name
+                if where in builder.nodes:
+                    builder.fail(builder.nodes[where], where, f"{path} is (or holds) {name if where == out else out}"
+                                 "; an output must never overwrite what the agent reads")
+        for other, other_path in seen.items():
+            if path == other_path or other_path.startswith(path + "/") or path.startswith(other_path + "/"):
+                where = out if out in builder.nodes else other
+                if where in builder.nodes:
+                    builder.fail(builder.nodes[where], where, f"{path} clashes with {other}")
+        seen[out] = path
+
+
+def yaml_too_big(node: Any, limit: int) -> Optional[str]:
+    """Refuse a YAML document with more than ``limit`` nodes once its aliases are expanded (a
+    "billion laughs" of a few hundred bytes would otherwise take gigabytes to construct)."""
+    count = 0
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        count += 1
+        if count > limit:
+            return (f"too many YAML nodes (more than {limit}, aliases counted each time they are used); "
+                    "refusing to read it")
+        if n.id == "sequence":
+            stack.extend(n.value)
+        elif n.id == "mapping":
+            for k, v in n.value:
+                stack.append(k)
+                stack.append(v)
+    return None
+
+
+def yaml_error_line(exc: Exception, text: str) -> str:
+    """``:LINE: invalid YAML: <problem>`` on one line, for errors PyYAML reports without a mark
+    (an unacceptable character comes as two lines, with a position instead of a line)."""
+    position = getattr(exc, "position", None)
+    character = getattr(exc, "character", None)
+    if isinstance(position, int):
+        line = text.count("\n", 0, position) + 1
+        code = ord(character) if isinstance(character, str) and len(character) == 1 else character
+        what = f"#x{code:04x}" if isinstance(code, int) else "character"
+        reason = getattr(exc, "reason", "unacceptable character")
+        return f":{line}: invalid YAML: unacceptable character {what} ({reason})"
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f": invalid YAML: {_short(first)}"

@@ -32,7 +32,7 @@ import random
 import re
 import time
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional, Tuple, cast
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, List, NamedTuple, Optional, Tuple, cast
 
 from agent.config import EfaSettings
 from agent.errors import AgentError, NodeFileError, NodeFileMissing
@@ -669,9 +669,13 @@ def _attempt(
         headers["Range"] = f"bytes={partial.written}-"
         if partial.validator:
             headers["If-Range"] = partial.validator
+    left = deadline - clock()
+    if left <= 0:
+        raise DownloadError(f"{url}: download took longer than {policy.total_seconds:g}s "
+                            f"({partial.written} bytes received)")
     try:
         response = session.get(url, stream=True, headers=headers, allow_redirects=True,
-                               timeout=(policy.connect_timeout, policy.read_timeout))
+                               timeout=(min(policy.connect_timeout, left), min(policy.read_timeout, left)))
     except requests.exceptions.SSLError as exc:
         # Not transient; SSLError is a ConnectionError, so it is caught first.
         raise DownloadError(f"{url}: TLS verification failed: {_one_line(exc)} "
@@ -716,21 +720,63 @@ def _attempt(
         # Content-Length) and 2.x (which raises on a short body and loses that read's bytes).
         response.raw.enforce_content_length = False
         readinto = _body_reader(response)
+        late = DownloadError(f"{url}: download took longer than {policy.total_seconds:g}s "
+                             "(efa download deadline)")
         try:
-            while partial.receive(readinto):
-                if partial.written > policy.max_bytes:
-                    raise DownloadError(f"{url}: more than {policy.max_bytes} bytes; "
-                                        "not an installer tarball")
-                if clock() > deadline:
-                    raise DownloadError(f"{url}: download took longer than {policy.total_seconds:g}s "
-                                        f"({partial.written} bytes received)")
+            with _deadline_watch(response, deadline - clock()):
+                while partial.receive(readinto):
+                    if partial.written > policy.max_bytes:
+                        raise DownloadError(f"{url}: more than {policy.max_bytes} bytes; "
+                                            "not an installer tarball")
+                    if clock() > deadline:
+                        raise late
         except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError) as exc:
             # reset, timeout, TLS error, broken chunked encoding: what was received is kept
+            if clock() > deadline:
+                raise late from None
             raise _Retryable(f"{_one_line(exc)} ({partial.written} bytes kept)") from None
+        if clock() > deadline:
+            raise late
         if expected_total is not None and partial.written < expected_total:
             raise _Retryable(f"connection closed after {partial.written} of {expected_total} bytes")
     finally:
         response.close()
+
+
+@contextlib.contextmanager
+def _deadline_watch(response: Any, seconds: float) -> Iterator[None]:
+    """Bound every socket read by the download's overall deadline, not just by the read timeout
+    (which a server trickling one byte at a time never trips): at the deadline the connection is
+    shut down, so a read waiting to fill its buffer returns at once."""
+    import socket
+    import threading
+
+    sock = _socket_of(response)
+    if sock is None:
+        yield
+        return
+
+    def cut() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, seconds), cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _socket_of(response: Any) -> Any:
+    """The socket under a streamed requests response (urllib3 1.25 and 2.x), or None."""
+    connection = getattr(response.raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is None:  # http.client's file object: BufferedReader -> SocketIO -> socket
+        raw = getattr(getattr(getattr(response.raw, "_fp", None), "fp", None), "raw", None)
+        sock = getattr(raw, "_sock", None)
+    return sock if callable(getattr(sock, "shutdown", None)) else None
 
 
 def _check_free_space(directory: Path, needed: int) -> None:
@@ -904,8 +950,12 @@ def _audit_links(dest_real: str) -> None:
 
 
 def run_installer(directory: Path, args: Tuple[str, ...], timeout_seconds: float, *,
-                  kill_grace_seconds: float = 5.0) -> None:
-    """Run ``./efa_installer.sh ARGS`` in ``directory``; no shell, bounded, output to the log."""
+                  kill_grace_seconds: float = 5.0, pid_file: Optional[Path] = None) -> None:
+    """Run ``./efa_installer.sh ARGS`` in ``directory``; no shell, bounded, output to the log.
+
+    The script dies with the agent (``PR_SET_PDEATHSIG``); what it started (yum, rpm) runs on in
+    its process group, whose id is kept in ``pid_file`` so that the next run waits for it.
+    """
     import collections
     import signal
     import subprocess
@@ -919,9 +969,12 @@ def run_installer(directory: Path, args: Tuple[str, ...], timeout_seconds: float
     try:
         # Its own session: on timeout the whole group (yum, rpm, ...) is killed, not just the script.
         proc = subprocess.Popen(argv, cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                preexec_fn=_die_with_parent())
     except OSError as exc:
         raise InstallerFailed(f"cannot run {INSTALLER_SCRIPT}: {exc.strerror or exc}") from None
+    if pid_file is not None:
+        _write_pid_file(pid_file, proc.pid)
     tail: collections.deque[str] = collections.deque(maxlen=20)
 
     def pump() -> None:
@@ -955,8 +1008,105 @@ def run_installer(directory: Path, args: Tuple[str, ...], timeout_seconds: float
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     reader.join(5.0)
+    if pid_file is not None and not _group_alive(proc.pid):
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
     if code != 0:
         raise InstallerFailed(f"{INSTALLER_SCRIPT} exited with status {code}{_last_output(tail)}")
+
+
+# --- the installer across runs ----------------------------------------------------------------------
+
+INSTALLER_PID_FILE = "/run/gpu-node-agent/efa-installer.pid"  # under --root; gone at boot
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when the agent dies (kill -9 too)."""
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:  # the agent died before prctl took effect
+            os._exit(1)
+
+    return in_child
+
+
+def _write_pid_file(pid_file: Path, pgid: int) -> None:
+    from agent.fs import atomic_write
+
+    try:
+        pid_file.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        atomic_write(pid_file, f"{pgid}\n".encode(), mode=0o644)
+    except (OSError, NodeFileError) as exc:
+        log.warning("cannot record the installer's process group", path=str(pid_file), error=str(exc))
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def earlier_installer(root: NodeRoot) -> Optional[int]:
+    """The process group of an installer an earlier (killed) run started that is still running."""
+    pid_file = root.path(INSTALLER_PID_FILE)
+    try:
+        pgid = int(read_text(pid_file, limit=64).strip())
+    except (NodeFileError, ValueError):
+        return None
+    if pgid > 1 and _group_alive(pgid):
+        return pgid
+    with contextlib.suppress(OSError):
+        pid_file.unlink()
+    return None
+
+
+def wait_for_earlier_installer(root: NodeRoot, timeout_seconds: float, *,
+                               clock: Callable[[], float] = time.monotonic,
+                               sleep: Callable[[float], None] = time.sleep) -> None:
+    """Never race an installer from an earlier run: wait (within ``timeout_seconds``) for it to end."""
+    pgid = earlier_installer(root)
+    if pgid is None:
+        return
+    log.warning("an EFA installer from an earlier run is still running; waiting for it", pgid=pgid,
+                timeout=timeout_seconds)
+    deadline = clock() + timeout_seconds
+    while _group_alive(pgid):
+        if clock() >= deadline:
+            raise InstallerFailed(f"an EFA installer started by an earlier run (process group {pgid}) is "
+                                  f"still running after {timeout_seconds:g}s (efa.timeout_seconds); not "
+                                  "starting another")
+        sleep(0.5)
+    earlier_installer(root)  # removes the pid file
+
+
+def clean_stale(root: NodeRoot, settings: EfaSettings) -> None:
+    """Extraction directories and downloads left by killed runs (none while an installer lives)."""
+    import shutil
+
+    if earlier_installer(root) is not None:
+        return
+    directory = root.path(settings.cache_dir)
+    try:
+        stale_dirs = list(directory.glob(".efa-installer-*"))
+    except OSError:
+        return
+    for stale in stale_dirs:
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+            log.info("removed an extraction directory left by an earlier run", path=str(stale))
+    if directory.is_dir():
+        _remove_stale_downloads(directory, DEFAULT_POLICY.total_seconds)
 
 
 def _last_output(tail: Any) -> str:
@@ -1020,9 +1170,9 @@ def execute(action: EfaAction, **fetch_kw: Any) -> str:
 
     settings, root = action.settings, action.root
     verified = _open_verified(settings, root, fetch_kw)
-    # Left by a run that was killed mid-install; this one holds the run lock, so none is in use.
-    for stale in verified.path.parent.glob(".efa-installer-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    # An installer an earlier (killed) run started is waited for; then what it left is removed.
+    wait_for_earlier_installer(root, settings.timeout_seconds)
+    clean_stale(root, settings)
     with verified.file:
         try:
             workdir = Path(tempfile.mkdtemp(prefix=".efa-installer-", dir=verified.path.parent))
@@ -1034,7 +1184,8 @@ def execute(action: EfaAction, **fetch_kw: Any) -> str:
                 extract_tarball(verified.file, workdir)
             except UnsafeTarball as exc:
                 raise UnsafeTarball(f"{verified.path}: {exc}; nothing executed") from None
-            run_installer(workdir / INSTALLER_DIR, settings.installer_args, settings.timeout_seconds)
+            run_installer(workdir / INSTALLER_DIR, settings.installer_args, settings.timeout_seconds,
+                          pid_file=root.path(INSTALLER_PID_FILE))
         except InstallerFailed as exc:
             raise InstallerFailed(f"aws-efa-installer {settings.version}: {exc}") from None
         finally:

@@ -1,7 +1,11 @@
-"""Node paths under ``--root``, safe reads, atomic writes and the run lock.
+"""Node paths under ``--root``, bounded reads, atomic (compare-and-swap) writes and the run lock.
 
 Every node path the agent touches goes through ``NodeRoot.path`` so that ``--root DIR`` works like
-``rpm --root``: the agent can inspect and repair a mounted image, and tests use a simulated node.
+``rpm --root`` / ``chroot``: the agent can inspect and repair a mounted image, and tests use a
+simulated node. The path is resolved inside the tree component by component: a symlink with an
+absolute target is read as the tree's own path (the image's ``/etc/x -> /opt/x`` never lands on the
+build host's ``/opt/x``), ``..`` never climbs above the root, and a node path whose own ``..``
+would climb above it is refused.
 """
 
 
@@ -11,27 +15,120 @@ import difflib
 import errno
 import fcntl
 import os
+import stat
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, NamedTuple, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from agent.errors import LockBusy, NodeFileError, NodeFileMissing
 
 LOCK_PATH = "/run/gpu-node-agent/lock"
+MAX_SYMLINKS = 40  # as Linux's path walk
+# What the agent reads, at most (a larger file is refused with one line; real ones are far smaller).
+MAX_NODE_FILE = 1 << 20  # node files: containerd/toolkit TOML, kubeconfig, version files, status file
+MAX_CONFIG_FILE = 256 << 10  # the agent's own config.yaml
+MAX_TOKEN_FILE = 64 << 10  # a kubeconfig tokenFile (and a credential from an exec plugin)
+MAX_SHOWN = 60  # characters of a value quoted in an error message
+
+
+def shorten(value: object, limit: int = MAX_SHOWN) -> str:
+    """``repr`` of a value for an error message, never longer than about ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+# Every non-host root in use, by its directory: a read of a path inside one follows a symlink in the
+# last component inside that tree (``confined``). Plain ``Path`` objects, so that any ``Path`` a
+# caller derives keeps working (and a test's fake filesystem sees them).
+_ROOTS: Dict[str, NodeRoot] = {}
+
+
+def confined(path: Path) -> Path:
+    """``path`` with a symlink in its last component followed inside the ``--root`` tree it is in."""
+    if not _ROOTS:
+        return path
+    text = str(path)
+    owner = max((r for prefix, r in _ROOTS.items() if text.startswith(prefix + "/")),
+                key=lambda r: len(str(r.root)), default=None)
+    if owner is None or not path.is_symlink():
+        return path
+    return owner.resolve(owner.node_path(path))
 
 
 class NodeRoot:
-    """Resolves absolute node paths (``/etc/...``) under the root directory."""
+    """Resolves absolute node paths (``/etc/...``) under the root directory, as ``chroot`` would."""
 
     def __init__(self, root: str = "/") -> None:
         self.root = Path(root)
+        self.is_host = os.path.normpath(str(root)) == "/" or str(root) == "//"
+        if not self.is_host:
+            _ROOTS.setdefault(str(self.root).rstrip("/"), self)
 
     def path(self, node_path: str) -> Path:
+        """Where ``node_path`` is: its directories resolved in the tree, its last name as given."""
+        parts = self._parts(node_path)
+        if self.is_host:
+            return Path(node_path)
+        *dirs, last = parts or [""]
+        base = self._walk(dirs)
+        if last == "..":  # ends in "..": that is a directory walk too
+            base, last = self._walk([*dirs, ".."]), ""
+        return Path(base, last) if last else Path(base)
+
+    def resolve(self, node_path: str) -> Path:
+        """``node_path`` with every symlink, the last one included, followed inside the tree."""
+        parts = self._parts(node_path)
+        if self.is_host:
+            return Path(os.path.realpath(node_path))
+        return Path(self._walk(parts))
+
+    def _parts(self, node_path: str) -> List[str]:
         pure = PurePosixPath(node_path)
         if not pure.is_absolute():
             raise ValueError(f"node path must be absolute: {node_path!r}")
-        return self.root.joinpath(*pure.parts[1:])
+        if "\0" in node_path:
+            raise NodeFileError(shorten(node_path), "a path must not contain NUL")
+        parts = [p for p in node_path.split("/") if p not in ("", ".")]
+        depth = 0
+        for part in parts:
+            depth += -1 if part == ".." else 1
+            if depth < 0:
+                raise NodeFileError(self.root.joinpath(*pure.parts[1:]),
+                                    f"{node_path} climbs above --root {self.root} with '..'; refusing")
+        return parts
+
+    def _walk(self, parts: List[str]) -> str:
+        """Host path of ``parts`` under the root: symlinks followed inside the tree, ``..`` kept in it."""
+        base = str(self.root).rstrip("/")
+        done: List[str] = []
+        todo = list(reversed(parts))
+        links = 0
+        while todo:
+            name = todo.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if done:
+                    done.pop()
+                continue
+            here = "/".join([base, *done, name])
+            try:
+                st = os.lstat(here)
+            except OSError:
+                done.append(name)  # missing (or unreadable): the rest is taken as named
+                continue
+            if not stat.S_ISLNK(st.st_mode):
+                done.append(name)
+                continue
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise NodeFileError(here, "too many levels of symbolic links")
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []  # an absolute link means the tree's own root
+            todo.extend(reversed(target.split("/")))
+        return "/".join([base, *done]) or "/"
 
     def node_path(self, host_path: Path) -> str:
         """The inverse of ``path``: how the node itself names ``host_path``."""
@@ -65,12 +162,33 @@ class FileEdit(NamedTuple):
         )
 
 
-def read_text(path: Path, *, allow_symlink: bool = True, allow_empty: bool = True) -> str:
-    """Read a UTF-8 node file; every failure becomes one ``NodeFileError`` line naming the file."""
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit >= 1 << 20 and not limit % (1 << 20) else f"{limit >> 10} KiB"
+
+
+def read_bytes(path: Path, *, limit: int = MAX_NODE_FILE, allow_symlink: bool = True) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them; every failure is one ``NodeFileError`` line.
+
+    Opened without blocking (a FIFO cannot hang the agent) and checked with ``fstat`` on that very
+    descriptor: a directory, FIFO, device or socket is refused, and so is a file over ``limit``.
+    Under ``--root`` a symlink in the last component is followed inside the tree.
+    """
+    if not allow_symlink and path.is_symlink():
+        raise NodeFileError(path, f"is a symlink (to {os.readlink(path)}); refusing to follow it")
+    target = confined(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    if target is not path or not allow_symlink:
+        flags |= os.O_NOFOLLOW
     try:
-        if not allow_symlink and path.is_symlink():
-            raise NodeFileError(path, f"is a symlink (to {os.readlink(path)}); refusing to follow it")
-        data = path.read_bytes()
+        f = _open_reading(target, flags)
     except FileNotFoundError:
         raise NodeFileMissing(path) from None
     except IsADirectoryError:
@@ -78,7 +196,40 @@ def read_text(path: Path, *, allow_symlink: bool = True, allow_empty: bool = Tru
     except PermissionError:
         raise NodeFileError(path, "permission denied") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NodeFileError(path, "is a symlink; refusing to follow it") from None
         raise NodeFileError(path, exc.strerror or str(exc)) from None
+    with f:
+        try:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                kind = _kind(st.st_mode)
+                raise NodeFileError(path, "is a directory, expected a file" if kind == "a directory"
+                                    else f"is {kind}, expected a regular file; not read")
+            if st.st_size > limit:
+                raise NodeFileError(path, f"is {st.st_size} bytes, more than the {_size(limit)} limit "
+                                    "for this file; not read")
+            data = f.read(limit + 1)  # the size can change under us, or lie (as in /proc)
+        except OSError as exc:
+            raise NodeFileError(path, exc.strerror or str(exc)) from None
+    if len(data) > limit:
+        raise NodeFileError(path, f"is more than the {_size(limit)} limit for this file; not read")
+    return data
+
+
+def _open_reading(target: Path, flags: int) -> BinaryIO:
+    if _real_os():
+        return os.fdopen(os.open(target, flags), "rb")
+    # A test's fake filesystem: its os.open changes an existing file's mode, and nothing there blocks.
+    if flags & os.O_NOFOLLOW and target.is_symlink():
+        raise OSError(errno.ELOOP, "Too many levels of symbolic links", str(target))
+    return open(target, "rb")  # closed by the caller
+
+
+def read_text(path: Path, *, allow_symlink: bool = True, allow_empty: bool = True,
+              limit: int = MAX_NODE_FILE) -> str:
+    """Read a UTF-8 node file (bounded, regular files only, see ``read_bytes``)."""
+    data = read_bytes(path, limit=limit, allow_symlink=allow_symlink)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -89,24 +240,85 @@ def read_text(path: Path, *, allow_symlink: bool = True, allow_empty: bool = Tru
     return text
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` atomically: temp file in the same directory, fsync, rename, fsync dir.
+def _real_os() -> bool:
+    """Raw syscalls (renameat2, xattrs) only on the real ``os`` (not under a test's fake filesystem)."""
+    import types
 
-    An existing file keeps its mode and owner; a new file gets ``mode``. A symlink is never written
-    through (the caller refuses earlier; this is the last guard). On any failure the temp file is
-    removed and the original is untouched.
+    return isinstance(os, types.ModuleType)
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two names atomically (``renameat2(RENAME_EXCHANGE)``, Linux >= 3.15, glibc >= 2.28).
+
+    False when this kernel, libc or filesystem cannot; raises ``OSError`` for other failures.
     """
-    if path.is_symlink():
-        raise NodeFileError(path, "is a symlink; refusing to replace it")
-    try:
-        st: Optional[os.stat_result] = path.stat()
-    except FileNotFoundError:
-        st = None
-    import tempfile  # only when writing: `check` never pays for it
+    if not _real_os():
+        return False
+    import ctypes
 
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _copy_xattrs(source: Path, fd: int) -> None:
+    """Every extended attribute of ``source`` (``security.selinux`` included) onto ``fd``."""
+    if not _real_os():
+        return
     try:
+        names = os.listxattr(source, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return
+        raise
+    for name in names:
+        value = os.getxattr(source, name, follow_symlinks=False)
+        try:
+            if os.getxattr(fd, name) == value:  # e.g. the SELinux label the directory already gave it
+                continue
+        except OSError:
+            pass
+        os.setxattr(fd, name, value)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, expected: Optional[bytes] = None) -> None:
+    """Replace ``path`` atomically: a new temp file in the same directory, fsync, rename, fsync dir.
+
+    An existing file keeps its mode, owner and extended attributes (SELinux label included); a new
+    file gets ``mode``. A symlink is never written through. With ``expected`` this is a
+    compare-and-swap: the new file is exchanged in (``renameat2(RENAME_EXCHANGE)``) and the file it
+    replaced must be byte-identical to ``expected``, else the two are swapped back and nothing is
+    changed ("changed while the agent was writing"); where the exchange is not supported it falls
+    back to compare, then rename. Every failure (read-only or full filesystem included) is one
+    ``NodeFileError`` line; the temp file is removed and the original is untouched.
+    """
+    tmp: Optional[str] = None
+    try:
+        try:
+            st: Optional[os.stat_result] = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise NodeFileError(path, "is a symlink; refusing to replace it")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise NodeFileError(path, f"is {_kind(st.st_mode)}, expected a regular file; not replaced")
+        if expected is not None and st is None:
+            raise NodeFileError(path, "was removed while the agent was writing; nothing written")
+        import tempfile  # only when writing: `check` never pays for it
+
+        directory = path.parent
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)  # O_EXCL
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -114,17 +326,36 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
                 os.fchmod(f.fileno(), st.st_mode & 0o7777)
                 if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
                     os.fchown(f.fileno(), st.st_uid, st.st_gid)
+                _copy_xattrs(path, f.fileno())
             else:
                 os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException as exc:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise NodeFileError(path, f"cannot write: {exc.strerror or exc}") from None
-        raise
-    fsync_dir(directory)
+        if expected is None:
+            os.rename(tmp, path)
+            tmp = None
+        elif exchange(Path(tmp), path):
+            try:  # what was there is now under the temp name: ours to check
+                replaced: Optional[bytes] = Path(tmp).read_bytes()
+            except OSError:
+                replaced = None
+            if replaced != expected:
+                exchange(Path(tmp), path)  # put the other writer's file back
+                if replaced is None:
+                    raise NodeFileError(path, "cannot read back the file it replaced; nothing written")
+                raise NodeFileError(path, "changed while the agent was writing; the other writer's "
+                                    "version is kept, nothing written")
+        else:
+            if read_bytes(path) != expected:
+                raise NodeFileError(path, "changed while the agent was writing; nothing written")
+            os.rename(tmp, path)
+            tmp = None
+        fsync_dir(directory)
+    except OSError as exc:
+        raise NodeFileError(path, f"cannot write: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            with suppress(OSError):
+                os.unlink(tmp)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -141,6 +372,28 @@ def fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
+def open_lock(lock_path: Path) -> int:
+    """Open (creating) the run lock: never through a symlink, only a regular file owned by root."""
+    try:
+        lock_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_NOCTTY, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NodeFileError(lock_path, "the run lock is a symlink; refusing to open it") from None
+        raise NodeFileError(lock_path, f"cannot open the run lock: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = f"the run lock is {_kind(st.st_mode)}, expected a regular file"
+    elif st.st_uid != os.geteuid():
+        problem = f"the run lock is owned by uid {st.st_uid}, expected {os.geteuid()} (root)"
+    if problem:
+        os.close(fd)
+        raise NodeFileError(lock_path, f"{problem}; refusing to use it")
+    return fd
+
+
 @contextmanager
 def run_lock(
     root: NodeRoot,
@@ -151,11 +404,7 @@ def run_lock(
 ) -> Iterator[Path]:
     """Hold ``/run/gpu-node-agent/lock`` (under the root), waiting at most ``wait_seconds``."""
     lock_path = root.path(LOCK_PATH)
-    try:
-        lock_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise NodeFileError(lock_path, f"cannot open the run lock: {exc.strerror or exc}") from None
+    fd = open_lock(lock_path)
     try:
         deadline = clock() + wait_seconds
         while True:
@@ -179,3 +428,25 @@ def run_lock(
         yield lock_path
     finally:
         os.close(fd)
+
+
+def remove_stale_temp_files(targets: Iterable[Path], older_than_seconds: float = 60.0) -> List[Path]:
+    """Temp files of ``atomic_write`` left beside ``targets`` by a killed run (``.NAME.*.tmp``, regular,
+    ours, and older than any write in progress could be); returns what was removed."""
+    removed: List[Path] = []
+    now = time.time()
+    for target in targets:
+        try:
+            candidates = list(target.parent.glob(f".{target.name}.*.tmp"))
+        except OSError:
+            continue
+        for tmp in candidates:
+            try:
+                st = os.lstat(tmp)
+                if (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+                        and now - st.st_mtime > older_than_seconds):
+                    os.unlink(tmp)
+                    removed.append(tmp)
+            except OSError:
+                pass  # gone meanwhile: never fatal
+    return removed

@@ -46,7 +46,7 @@ from urllib.parse import quote, urlsplit
 
 from agent import __version__
 from agent.errors import AgentError, NodeFileError
-from agent.fs import NodeRoot, read_text
+from agent.fs import MAX_TOKEN_FILE, NodeRoot, confined, read_bytes, read_text
 from agent.log import get_logger
 
 if TYPE_CHECKING:
@@ -214,20 +214,12 @@ def _b64(value: Any, key: str) -> bytes:
 
 def load_kubeconfig(root: NodeRoot, node_path: str) -> Kubeconfig:
     """Parse the kubeconfig at ``node_path`` (under ``root``) down to what the current context uses."""
-    import yaml
-
     path = root.path(node_path)
     try:
         text = read_text(path, allow_empty=False)
     except NodeFileError as exc:
         raise KubeconfigError(str(exc)) from None
-    try:
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        data = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise KubeconfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    data = _parse_yaml(text, path)
     where = str(path)
     if not isinstance(data, Mapping):
         raise KubeconfigError(f"{where}: expected a kubeconfig mapping")
@@ -241,12 +233,12 @@ def load_kubeconfig(root: NodeRoot, node_path: str) -> Kubeconfig:
     base_dir = str(PurePosixPath(node_path).parent)
 
     def node_file(value: Any, key: str) -> Path:
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\0" in value:
             raise KubeconfigError(f"{where}: {key}: expected a path")
         p = value if value.startswith("/") else str(PurePosixPath(base_dir) / value)
-        host = root.path(p)
+        host = _confined(root, p, f"{where}: {key}")
         if not host.is_file():
-            raise KubeconfigError(f"{where}: {key}: {p} does not exist")
+            raise KubeconfigError(f"{where}: {key}: {_shorten(p)} does not exist")
         return host
 
     c = _named(data.get("clusters"), cluster_name, "clusters", where)
@@ -284,6 +276,8 @@ def load_kubeconfig(root: NodeRoot, node_path: str) -> Kubeconfig:
     token = u.get("token")
     if token is not None and not isinstance(token, str):
         raise KubeconfigError(f"{where}: {ukey}.token: expected a string")
+    if token:
+        token = checked_token(token, f"{where}: {ukey}.token", KubeconfigError)
     user = User(
         token=token or None,
         token_file=node_file(u["tokenFile"], f"{ukey}.tokenFile") if u.get("tokenFile") else None,
@@ -498,6 +492,9 @@ class KubeClient:
             except requests.exceptions.RequestException as exc:  # refused, reset, timed out, cut short
                 last = f"cannot reach {self.config.cluster.server}: {type(exc).__name__}"
                 log.debug("api request failed", request=what, error=type(exc).__name__)
+            except ValueError as exc:  # a header the HTTP stack refuses: its text would hold the credential
+                raise KubeError(f"{what}: the request could not be built ({type(exc).__name__}; details not "
+                                "shown, they can hold the credential)") from None
             else:
                 status = resp.status_code
                 if 200 <= status < 300:
@@ -603,9 +600,17 @@ class KubeClient:
             cred = self._run_exec(user.exec, deadline)
         elif user.token_file is not None:
             try:
-                token = read_text(user.token_file, allow_empty=False).strip()
+                raw = read_bytes(user.token_file, limit=MAX_TOKEN_FILE)
             except NodeFileError as exc:
                 raise KubeconfigError(f"{self.config.path}: tokenFile: {exc}") from None
+            what = f"{self.config.path}: tokenFile {user.token_file}"
+            try:  # client-go trims the whitespace around a token file's content
+                token = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise KubeconfigError(f"{what}: not UTF-8 (the value is not shown)") from None
+            if not token:
+                raise KubeconfigError(f"{what}: is empty")
+            token = checked_token(token, what, KubeconfigError)
             cred = Credential(token=token, source=f"tokenFile {user.token_file}", refreshable=True)
         elif user.token:
             cred = Credential(token=user.token, source="kubeconfig token")
@@ -637,7 +642,10 @@ class KubeClient:
             return shutil.which(command, path=self.env.get("PATH", os.defpath))
         node_path = command if command.startswith("/") else \
             str(PurePosixPath(self.config.node_path).parent / command)
-        host = self.config.root.path(node_path)
+        try:
+            host = _confined(self.config.root, node_path, f"{self.config.path}: exec command")
+        except KubeconfigError as exc:
+            raise ExecPluginError(str(exc)) from None
         return str(host) if os.access(host, os.X_OK) and host.is_file() else None
 
     def _run_exec(self, ex: ExecConfig, deadline: Deadline) -> Credential:
@@ -657,7 +665,7 @@ class KubeClient:
             cluster: Dict[str, Any] = {"server": self.config.cluster.server}
             ca = self.config.cluster.ca_data
             if ca is None and self.config.cluster.ca_file is not None:
-                ca = self.config.cluster.ca_file.read_bytes()
+                ca = read_bytes(self.config.cluster.ca_file)
             if ca is not None:
                 cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
             if self.config.cluster.proxy_url:
@@ -678,7 +686,7 @@ class KubeClient:
             raise ExecPluginError(f"{source}: no credential within {timeout:g}s (killed)")
         if not out.ok:
             first = next((ln.strip() for ln in out.stderr.splitlines() if ln.strip()), "")
-            tail = f": {first[:200]}" if first else ""
+            tail = f": {redact(first)[:200]}" if first else ""
             raise ExecPluginError(f"{source}: exited with {out.returncode}{tail}")
         cred = self._parse_exec_credential(out.stdout, ex, source)
         log.info("exec credential obtained", plugin=name, expires=_iso(cred.expires))
@@ -705,6 +713,8 @@ class KubeClient:
         cert_data, key_data = status.get("clientCertificateData"), status.get("clientKeyData")
         if token is not None and (not isinstance(token, str) or not token):
             raise ExecPluginError(f"{source}: status.token must be a non-empty string")
+        if token:
+            token = checked_token(token, f"{source}: status.token", ExecPluginError)
         if bool(cert_data) != bool(key_data):
             raise ExecPluginError(f"{source}: clientCertificateData and clientKeyData come together")
         if not token and not cert_data:
@@ -731,6 +741,13 @@ class KubeClient:
 
 
 def _node_path(name: str) -> str:
+    import re
+
+    from agent.config import DNS_SUBDOMAIN
+
+    if not re.fullmatch(DNS_SUBDOMAIN, name or ""):
+        raise KubeError(f"node name {_shorten(repr(name))} is not a DNS subdomain (lowercase letters, digits, "
+                        "'-' and '.'); not asking the API server about it")
     return f"/api/v1/nodes/{quote(name, safe='')}"
 
 
@@ -804,9 +821,86 @@ def _api_message(resp: requests.Response) -> str:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc)
+    text = redact(str(exc))
     return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _iso(ts: Optional[float]) -> Optional[str]:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ts is not None else None
+
+
+
+# --- hostile input: credentials and paths ---------------------------------------------------------
+
+MAX_KUBECONFIG_NODES = 100_000  # YAML nodes once aliases are expanded (a real kubeconfig has ~50)
+MAX_TOKEN = 16 << 10  # bytes; an EKS token is ~1.5 KiB, a service-account JWT a few KiB
+_TOKEN_LIKE = None
+
+
+def checked_token(token: str, what: str, error: Any) -> str:
+    """A bearer token as kubectl would send it: one trailing newline dropped; refused (with a
+    message that never holds the value) when it still has control characters or is absurdly long."""
+    if token.endswith("\n"):
+        token = token[:-1]
+    if len(token) > MAX_TOKEN:
+        raise error(f"{what}: is {len(token)} characters long, more than {MAX_TOKEN}; refusing to send it "
+                    "(the value is not shown)")
+    for i, ch in enumerate(token):
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            raise error(f"{what}: contains the control character U+{ord(ch):04X} at position {i + 1}; "
+                        "refusing to send it (the value is not shown)")
+        if ord(ch) > 0x7E:
+            raise error(f"{what}: contains a non-ASCII character at position {i + 1}; refusing to send it "
+                        "(the value is not shown)")
+    if not token.strip():
+        raise error(f"{what}: is empty")
+    return token
+
+
+def redact(text: str) -> str:
+    """An error text with anything that can be a credential masked: ``Bearer <x>``, a JWT or EKS
+    token, and any long run of token characters."""
+    import re
+
+    global _TOKEN_LIKE
+    if _TOKEN_LIKE is None:
+        _TOKEN_LIKE = re.compile(r"(?i)(bearer|basic)\s+\S+|k8s-aws-v1\.\S+|[A-Za-z0-9+/=_.\-]{32,}")
+    return str(_TOKEN_LIKE.sub("<redacted>", text))
+
+
+def _shorten(value: str) -> str:
+    return value if len(value) <= 120 else value[:117] + "..."
+
+
+def _confined(root: NodeRoot, node_path: str, what: str) -> Path:
+    """A path named by the kubeconfig, resolved inside ``--root`` (``..`` may not climb above it),
+    its last symlink followed inside the tree too."""
+    try:
+        host = root.path(node_path)
+    except NodeFileError as exc:
+        raise KubeconfigError(f"{what}: {exc.problem}") from None
+    return confined(host)
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    import yaml
+
+    from agent.config import yaml_error_line, yaml_too_big
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problem = yaml_too_big(node, MAX_KUBECONFIG_NODES)
+        if problem:
+            raise KubeconfigError(f"{path}: {problem}")
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f":{mark.line + 1}" if mark else ""
+        raise KubeconfigError(f"{path}{where}: invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise KubeconfigError(f"{path}{yaml_error_line(exc, text)}") from None
+    finally:
+        loader.dispose()
