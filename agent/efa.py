@@ -34,7 +34,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional, Tuple, cast
 
-from agent.config import EfaSettings
+from agent.config import FORBIDDEN_INSTALLER_ARGS, EfaSettings
 from agent.errors import AgentError, NodeFileError, NodeFileMissing
 from agent.fs import NodeRoot, fsync_dir, read_text
 from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
@@ -52,10 +52,6 @@ EFA_VENDOR_ID = "0x1d0f"  # Amazon
 EFA_DEVICE_PREFIX = "0xefa"  # efa0..efa4 seen so far
 INSTALLER_DIR = "aws-efa-installer"
 INSTALLER_SCRIPT = "efa_installer.sh"
-# --minimal installs no libfabric (fi_info would never appear, so every run would reinstall);
-# --skip-limit-conf removes the AMI's efa-config; -u uninstalls. (The short forms are taken from
-# the installer's --help as documented by AWS; unverified against every installer version.)
-FORBIDDEN_INSTALLER_ARGS = ("--minimal", "-m", "--skip-limit-conf", "-l", "-u", "--uninstall")
 FI_INFO_TIMEOUT_SECONDS = 10.0
 CHUNK_SIZE = 1 << 20
 # Patterns as strings: compiled (and cached by re) on first use, not when `check` imports this.
