@@ -2,6 +2,7 @@
 when the configuration is loaded (every command, and `config validate`), as one file:line:key line.
 And every key of the README's configuration table is validated."""
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -132,7 +133,6 @@ def test_each_documented_default_is_the_default(key: str) -> None:
 def test_each_documented_key_is_validated(key: str) -> None:
     section, name = key.split(".")
     value, problem = BAD_VALUES[key]
-    text = yaml.safe_dump({section: {name: value}}, default_flow_style=None)  # lists inline
-    message = refused("# the node's config\n" + text)
+    message = refused(f"# the node's config\n{section}:\n  {name}: {json.dumps(value)}\n")
     assert message.startswith(f"c.yaml:3: {key}: ") and problem in message, message
     assert refused(f"{section}:\n  {name}: {{x: 1}}\n").startswith(f"c.yaml:2: {key}: ")  # wrong type
