@@ -232,7 +232,9 @@ def cmd_efa_fetch(args: argparse.Namespace) -> int:
     config = _config(args)
     root = _root(args)
     path = efa.fetch(config.efa, root, durable=True)  # the cache an AMI is baked with
-    _print(f"{root.node_path(path)}: aws-efa-installer {config.efa.version}, sha256 verified\n")
+    from agent.efa_verify import pins
+
+    _print(f"{root.node_path(path)}: aws-efa-installer {config.efa.version}, {pins(config.efa)} verified\n")
     return 0
 
 
