@@ -231,6 +231,8 @@ def cmd_efa_fetch(args: argparse.Namespace) -> int:
 
     config = _config(args)
     root = _root(args)
+    if not (config.efa.sha256 or config.efa.gpg_fingerprint):  # whatever efa.install says
+        raise efa.EfaError(f"efa fetch: nothing to fetch: {efa.missing_pin(config.efa)}")
     path = efa.fetch(config.efa, root, durable=True)  # the cache an AMI is baked with
     from agent.efa_verify import pins
 

@@ -497,7 +497,8 @@ def test_efa_fetch_without_sha256_is_one_line(root: Path, server: InstallerServe
     config.write_text(f"efa:\n  base_url: {server.base_url}\n")
     assert main(["--root", str(root), "--config", str(config), "efa", "fetch"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("gpu-node-agent: neither efa.sha256 nor efa.gpg_fingerprint is set") and err.count("\n") == 1
+    assert err.startswith("gpu-node-agent: efa fetch: nothing to fetch: neither efa.sha256 nor "
+                          "efa.gpg_fingerprint is set") and err.count("\n") == 1
     assert server.gets() == []
 
 
