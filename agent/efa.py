@@ -530,6 +530,8 @@ class _Partial:
         self.f = f
         self.written = 0
         self.validator: Optional[str] = None  # ETag or Last-Modified, for If-Range
+        self.total: Optional[int] = None  # the whole file's size, when the server said
+        self.progress: Optional[Callable[[int], None]] = None  # told the byte count as it grows
         self._free: queue.Queue[bytearray] = queue.Queue()
         self._full: queue.Queue[Optional[Tuple[bytearray, int]]] = queue.Queue()
         for _ in range(buffers):
@@ -573,6 +575,8 @@ class _Partial:
             raise _WriteFailed(exc) from None
         self._full.put((buf, n))
         self.written += n
+        if self.progress is not None:
+            self.progress(self.written)
         return n
 
     def _stop_hashing(self) -> None:
@@ -659,6 +663,10 @@ def download(
     try:
         with os.fdopen(fd, "wb") as f:
             partial = _Partial(f, policy.chunk_size)
+            from agent import progress
+
+            shown = progress.Transfer(url, lambda: partial.total, clock=clock)
+            partial.progress = shown.update
             with contextlib.closing(partial), requests.Session() as session:
                 attempt = 0
                 while True:
@@ -683,6 +691,7 @@ def download(
             except OSError as exc:
                 raise _WriteFailed(exc) from None
             actual = partial.hexdigest()
+            shown.finish()
         if expected is not None and actual != expected:
             raise ChecksumMismatch(
                 f"{url}: sha256 {actual} does not match efa.sha256 {expected} "
@@ -785,6 +794,7 @@ def _attempt(
         length_header = response.headers.get("Content-Length")
         remaining = int(length_header) if length_header and length_header.isdigit() else None
         expected_total = partial.written + remaining if remaining is not None else None
+        partial.total = expected_total
         if expected_total is not None:
             if expected_total > policy.max_bytes:
                 raise DownloadError(f"{url}: {expected_total} bytes is more than the {policy.max_bytes} "
@@ -982,7 +992,8 @@ def _audit_links(dest_real: str) -> None:
 
 
 def run_installer(directory: Path, args: Tuple[str, ...], timeout_seconds: float, *,
-                  kill_grace_seconds: float = 5.0) -> None:
+                  kill_grace_seconds: float = 5.0, heartbeat_seconds: Optional[float] = None,
+                  clock: Callable[[], float] = time.monotonic) -> None:
     """Run ``./efa_installer.sh ARGS`` in ``directory``; no shell, bounded, output to the log."""
     import collections
     import signal
@@ -1012,8 +1023,13 @@ def run_installer(directory: Path, args: Tuple[str, ...], timeout_seconds: float
 
     reader = threading.Thread(target=pump, name="efa-installer-output", daemon=True)
     reader.start()
+    from agent import progress
+
+    heartbeat = progress.Heartbeat(INSTALLER_SCRIPT, lambda: tail[-1] if tail else None, clock=clock,
+                                   interval=heartbeat_seconds or progress.HEARTBEAT_SECONDS)
     try:
-        code = proc.wait(timeout=timeout_seconds)
+        with heartbeat:  # the installer can be silent for minutes inside dnf
+            code = proc.wait(timeout=timeout_seconds)
     except subprocess.TimeoutExpired:
         for sig, grace in ((signal.SIGTERM, kill_grace_seconds), (signal.SIGKILL, None)):
             try:
