@@ -336,3 +336,24 @@ def test_node_problems_fails_when_kubectl_does(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "You must be logged in" in proc.stderr
 
+
+
+def test_the_documented_ssm_summary_fits_the_console(tmp_path: Path) -> None:
+    """docs/operations.md: the jq summary for AWS-RunShellScript, run on an installed agent's report."""
+    which("jq")
+    text = (REPO / "docs" / "operations.md").read_text()
+    (block,) = re.findall(r"^cat > summary\.json <<'EOF'\n(.*?)\nEOF$", text, re.MULTILINE | re.DOTALL)
+    (command,) = json.loads(block)["commands"]
+    root = install(built_rpm(), tmp_path / "node")
+    simulated_node(root, "containerd-v3-nodeadm-nvidia-no-systemdcgroup.toml", "nvidia-container-runtime-legacy.toml")
+    full = run([SYSTEM_PYTHON, "-s", f"{root}/usr/bin/gpu-node-agent", "--root", str(root), "check", "--format",
+                "json"], check=False).stdout
+    assert len(full) > 2500  # why the summary exists
+    bin_dir = tmp_path / "bin"
+    _fake(bin_dir, "gpu-node-agent", f'exec {SYSTEM_PYTHON} -s {root}/usr/bin/gpu-node-agent --root {root} "$@"')
+    proc = run([which("dash"), "-c", command], env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    (line,) = proc.stdout.splitlines()
+    summary = json.loads(line)
+    assert summary["health"] == "unhealthy" and len(line) < 2500
+    assert {p["name"] for p in summary["problems"]} >= {"containerd-config", "nvidia-runtime-config"}
+    assert all(p["status"] in ("fail", "warn") for p in summary["problems"])
