@@ -44,11 +44,11 @@ def cannot_load(exc):
 
 def require_distro_modules():
     """PyYAML and requests present (found, not imported: `check` never pays for requests)."""
-    from importlib.util import find_spec
+    from importlib.machinery import PathFinder  # not importlib.util: on 3.9 it imports typing
 
     for module in ("yaml", "requests"):
         try:
-            found = find_spec(module) is not None
+            found = PathFinder.find_spec(module) is not None
         except (ImportError, ValueError):
             found = False
         if not found:
