@@ -67,7 +67,8 @@ def _add_check(p: argparse.ArgumentParser) -> None:
 def _add_status(p: argparse.ArgumentParser) -> None:
     from agent.status import DEFAULT_WAIT_TIMEOUT
 
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="a table of the boot passes, or the status document as JSON (default: table)")
     p.add_argument("--wait", action="store_true",
                    help="block until gpu-node-agent.service's run of this boot has finished")
     p.add_argument("--timeout", type=float, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
@@ -399,6 +400,13 @@ EXIT_CODES: Dict[str, Tuple[Tuple[str, str], ...]] = {
             ("1", "unhealthy, an action failed (edit, restart, EFA install), or the report was not published"),
             ("2", "degraded: warnings only"), _USAGE_64,
             ("75", "another run held /run/gpu-node-agent/lock for longer than --lock-wait")),
+    "prepare": (("0", "healthy after the pass"), ("1", "unhealthy, or an action failed (edit, EFA install)"),
+                ("2", "degraded: warnings only"), _USAGE_64,
+                ("75", "another run held /run/gpu-node-agent/lock for longer than --lock-wait")),
+    "status": (("0", "healthy (or the agent is disabled)"), ("1", "unhealthy, a pass of this boot failed, no "
+                                                              "report, an unreadable status file, or --wait "
+                                                              "timed out"),
+               ("2", "degraded: warnings only"), _USAGE_64),
     "plan": (("0", "a plan was made, whether or not it changes anything"),
              ("1", "the node has a problem the agent will not fix (e.g. an unreadable file)"), _USAGE_64),
     "check": (("0", "healthy"), ("1", "unhealthy; with --report also: the report was not published"),
@@ -415,6 +423,11 @@ DESCRIPTIONS: Dict[str, str] = {
     "run": "Reconcile the node once: containerd and NVIDIA Container Toolkit configuration, containerd and "
            "kubelet restarts when needed, the pinned EFA userspace; then the health report (node annotation "
            "and condition, status file). Holds /run/gpu-node-agent/lock.",
+    "prepare": "The boot pass before nodeadm-run: the same reconcile of containerd's and the toolkit's files "
+               "(and the EFA userspace with efa.before_kubelet), no restarts, no publishing; the result goes "
+               "to the status file.",
+    "status": "The boot passes (prepare, run, check heartbeat) and the last report, from the status file: "
+              "when, how long, health, actions, exit code. --wait blocks until this boot's run has finished.",
     "plan": "Show what run would do, changing nothing: a unified diff per file with a reason per change, "
             "which units would restart and why, and the EFA action.",
     "check": "Evaluate every health check and print them; changes nothing on the node (with --report, "
