@@ -45,9 +45,12 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     parser.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS if suppress else "/",
                         help="resolve every node path under DIR (default: /)")
     parser.add_argument("--log-format", choices=("auto", "console", "json"),
-                        default=argparse.SUPPRESS if suppress else "auto")
-    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS if suppress else 0)
-    parser.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS if suppress else 0)
+                        default=argparse.SUPPRESS if suppress else "auto",
+                        help="log lines on stderr: console on a TTY, JSON otherwise (default: auto)")
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS if suppress else 0,
+                        help="more log detail (repeatable)")
+    parser.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS if suppress else 0,
+                        help="less log detail: warnings only, then errors only (repeatable)")
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -69,34 +72,46 @@ def _seconds(text: str) -> float:
 
 
 def _add_check(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="a table, one line per check, or the report document as JSON (default: table)")
     p.add_argument("--report", action="store_true", help="also publish the node annotation and condition")
 
 
 def _add_status(p: argparse.ArgumentParser) -> None:
     from agent.status import DEFAULT_WAIT_TIMEOUT
 
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="a table of the boot passes, or the status document as JSON (default: table)")
     p.add_argument("--wait", action="store_true",
                    help="block until gpu-node-agent.service's run of this boot has finished")
     p.add_argument("--timeout", type=_seconds, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
                    help=f"with --wait: give up after SECONDS (default {DEFAULT_WAIT_TIMEOUT:g}), exit 1")
 
 
+def _add_plan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="unified diffs with a reason per change, or JSON: per file its path, diff and reasons; "
+                        "the restarts and why; the EFA action (default: text)")
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
-    validate = actions.add_parser("validate", help="validate a configuration file")
+    validate = actions.add_parser("validate", help="validate a configuration file", **_help("config validate"))
     _add_global_options(validate, suppress=True)
     validate.add_argument("path", nargs="?", help="file to validate (default: --config)")
     validate.set_defaults(handler=cmd_config_validate)
-    show = actions.add_parser("show", help="print the effective configuration with defaults")
+    show = actions.add_parser("show", help="print the effective configuration with defaults", **_help("config show"))
     _add_global_options(show, suppress=True)
+    show.add_argument("--format", choices=("yaml", "json"), default="yaml",
+                      help="YAML with the source as a comment, or JSON (sections only); both load back "
+                           "as a configuration file (default: yaml)")
     show.set_defaults(handler=cmd_config_show)
 
 
 def _add_efa(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="efa_command", metavar="ACTION", parser_class=_Parser)
-    fetch = actions.add_parser("fetch", help="download and verify the pinned installer into the cache")
+    fetch = actions.add_parser("fetch", help="download and verify the pinned installer into the cache",
+                               **_help("efa fetch"))
     _add_global_options(fetch, suppress=True)
     fetch.set_defaults(handler=cmd_efa_fetch)
 
@@ -120,7 +135,8 @@ def command_in(argv: Sequence[str]) -> Optional[str]:
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; with ``only`` (a known command), just that command's sub-parser: building all
     of them is a noticeable share of a `check` over SSM."""
-    parser = _Parser(prog=PROG, description="Keep an EKS AL2023 NVIDIA GPU node at its working defaults.")
+    parser = _Parser(prog=PROG, description="Keep an EKS AL2023 NVIDIA GPU node at its working defaults.",
+                     epilog=_exit_codes_epilog(EXIT_CODES["*"]), formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     _add_global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -128,7 +144,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     for name, (handler, help_text, add) in COMMANDS.items():
         if only in COMMANDS and name != only:
             continue
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, **_help(name, help_text))
         _add_global_options(p, suppress=True)
         p.set_defaults(handler=handler)
         if add is not None:
@@ -229,7 +245,13 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     from agent.config import dump_config
 
-    _print(dump_config(_config(args)))
+    config = _config(args)
+    if args.format == "json":
+        import json
+
+        _print(json.dumps(config.to_dict(), indent=2) + "\n")
+    else:
+        _print(dump_config(config))
     return 0
 
 
@@ -244,8 +266,12 @@ def cmd_efa_fetch(args: argparse.Namespace) -> int:
 
     config = _config(args)
     root = _root(args)
+    if not (config.efa.sha256 or config.efa.gpg_fingerprint):  # whatever efa.install says
+        raise efa.EfaError(f"efa fetch: nothing to fetch: {efa.missing_pin(config.efa)}")
     path = efa.fetch(config.efa, root, durable=True)  # the cache an AMI is baked with
-    _print(f"{root.node_path(path)}: aws-efa-installer {config.efa.version}, sha256 verified\n")
+    from agent.efa_verify import pins
+
+    _print(f"{root.node_path(path)}: aws-efa-installer {config.efa.version}, {pins(config.efa)} verified\n")
     return 0
 
 
@@ -283,7 +309,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     config = _config(args)
     root = _root(args)
     the_plan = plan.make_plan(node.discover(root, config), config)
-    _print(plan.render_plan(the_plan))
+    _print(plan.render_plan_json(the_plan) if args.format == "json" else plan.render_plan(the_plan))
     return 1 if the_plan.problems else 0
 
 
@@ -383,9 +409,78 @@ COMMANDS: Dict[str, Tuple[Callable[[argparse.Namespace], int], str, Optional[Cal
     "prepare": (cmd_prepare, "boot pass before nodeadm-run: fix the files (and EFA), restart nothing, "
                              "publish nothing", _add_run),
     "status": (cmd_status, "the boot passes and the last report, from the status file", _add_status),
-    "plan": (cmd_plan, "show what run would change and why; changes nothing", None),
+    "plan": (cmd_plan, "show what run would change and why; changes nothing", _add_plan),
     "check": (cmd_check, "evaluate every health check", _add_check),
     "efa": (cmd_efa_help, "EFA userspace installer", _add_efa),
     "config": (cmd_config_help, "validate or show the agent configuration", _add_config),
     "version": (cmd_version, "print the agent version", None),
 }
+
+
+# --- help: what each command does, and what its exit codes mean ------------------------------------
+
+_USAGE_64 = ("64", "bad usage, or an invalid configuration file (file:line:key on stderr)")
+EXIT_CODES: Dict[str, Tuple[Tuple[str, str], ...]] = {
+    "*": (("0", "healthy / success"), ("1", "unhealthy, or an action failed"), ("2", "degraded: warnings only"),
+          _USAGE_64, ("75", "another run holds the lock")),
+    "run": (("0", "healthy after the run"),
+            ("1", "unhealthy, an action failed (edit, restart, EFA install), or the report was not published"),
+            ("2", "degraded: warnings only"), _USAGE_64,
+            ("75", "another run held /run/gpu-node-agent/lock for longer than --lock-wait")),
+    "prepare": (("0", "healthy after the pass"), ("1", "unhealthy, or an action failed (edit, EFA install)"),
+                ("2", "degraded: warnings only"), _USAGE_64,
+                ("75", "another run held /run/gpu-node-agent/lock for longer than --lock-wait")),
+    "status": (("0", "healthy (or the agent is disabled)"), ("1", "unhealthy, a pass of this boot failed, no "
+                                                              "report, an unreadable status file, or --wait "
+                                                              "timed out"),
+               ("2", "degraded: warnings only"), _USAGE_64),
+    "plan": (("0", "a plan was made, whether or not it changes anything"),
+             ("1", "the node has a problem the agent will not fix (e.g. an unreadable file)"), _USAGE_64),
+    "check": (("0", "healthy"), ("1", "unhealthy; with --report also: the report was not published"),
+              ("2", "degraded: warnings only"), _USAGE_64),
+    "efa": (("0", "success"), ("1", "the action failed"), _USAGE_64),
+    "efa fetch": (("0", "the pinned installer is in the cache, verified"),
+                  ("1", "nothing pinned, or the download or its verification failed (nothing kept)"), _USAGE_64),
+    "config": (("0", "success"), _USAGE_64),
+    "config validate": (("0", "valid"), ("64", "invalid: one line naming the file, line and key")),
+    "config show": (("0", "printed"), _USAGE_64),
+    "version": (("0", "printed"),),
+}
+DESCRIPTIONS: Dict[str, str] = {
+    "run": "Reconcile the node once: containerd and NVIDIA Container Toolkit configuration, containerd and "
+           "kubelet restarts when needed, the pinned EFA userspace; then the health report (node annotation "
+           "and condition, status file). Holds /run/gpu-node-agent/lock.",
+    "prepare": "The boot pass before nodeadm-run: the same reconcile of containerd's and the toolkit's files "
+               "(and the EFA userspace with efa.before_kubelet), no restarts, no publishing; the result goes "
+               "to the status file.",
+    "status": "The boot passes (prepare, run, check heartbeat) and the last report, from the status file: "
+              "when, how long, health, actions, exit code. --wait blocks until this boot's run has finished.",
+    "plan": "Show what run would do, changing nothing: a unified diff per file with a reason per change, "
+            "which units would restart and why, and the EFA action.",
+    "check": "Evaluate every health check and print them; changes nothing on the node (with --report, "
+             "also publishes the node annotation and condition).",
+    "efa fetch": "Download the pinned aws-efa-installer into efa.cache_dir and verify it (efa.sha256, "
+                 "efa.gpg_fingerprint), whatever efa.install says: for an AMI bake, so nodes need no network.",
+    "config validate": "Validate a configuration file (default: --config) as every command loads it.",
+    "config show": "Print the effective configuration, defaults included.",
+}
+
+
+def _exit_codes_epilog(codes: Sequence[Tuple[str, str]]) -> str:
+    return "exit codes:\n" + "\n".join(f"  {code:<4}{meaning}" for code, meaning in codes)
+
+
+def _help(name: str, fallback: Optional[str] = None) -> Dict[str, Any]:
+    """add_parser arguments for ``name``: its description and an epilog with its exit codes."""
+    description = DESCRIPTIONS.get(name, fallback)
+    return {"description": description, "epilog": _exit_codes_epilog(EXIT_CODES.get(name, EXIT_CODES["*"])),
+            "formatter_class": _HelpFormatter}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped as usual; the exit-code table kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("exit codes:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)

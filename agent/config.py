@@ -82,6 +82,52 @@ def _unit_names(value: Any) -> Optional[str]:
             return f"{_short(unit)} is not a systemd service unit name (e.g. containerd.service)"
     if len(set(value)) != len(value):
         return "lists a unit twice"
+    if value[0] != CONTAINERD_UNIT:
+        # the plan restarts the first unit as containerd (stale-daemon check, rollback of its edit)
+        return f"the first unit must be {CONTAINERD_UNIT} (restarted first, then the rest), got {value[0]!r}"
+    return None
+
+
+# --- what a run would refuse, refused at load time -------------------------------------------------
+
+CONTAINERD_UNIT = "containerd.service"
+# --minimal installs no libfabric (fi_info would never appear, so every run would reinstall);
+# --skip-limit-conf removes the AMI's efa-config; -u uninstalls. (The short forms are taken from
+# the installer's --help as documented by AWS; unverified against every installer version.)
+FORBIDDEN_INSTALLER_ARGS = ("--minimal", "-m", "--skip-limit-conf", "-l", "-u", "--uninstall")
+# Condition types with another owner: kubelet's own, and the EKS node monitoring agent's. A strategic
+# merge patch of one of them would fight its owner (and a wrong Ready takes pods off the node).
+KUBELET_CONDITIONS = ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
+NODE_MONITORING_AGENT_CONDITIONS = ("AcceleratedHardwareReady", "ContainerRuntimeReady", "KernelReady",
+                                    "NetworkingReady", "StorageReady")
+
+
+def _installer_args(value: Any) -> Optional[str]:
+    found = [a for a in value if a in FORBIDDEN_INSTALLER_ARGS]
+    if found:
+        return (f"{' '.join(found)} not allowed: --minimal installs no libfabric, --skip-limit-conf removes "
+                "the AMI's efa-config, -u uninstalls")
+    return None
+
+
+def _owned_condition(value: Any) -> Optional[str]:
+    if value in KUBELET_CONDITIONS:
+        return f"{value} is kubelet's own condition; choose another type, e.g. GPUNodeAgentReady"
+    if value in NODE_MONITORING_AGENT_CONDITIONS:
+        return (f"{value} is published by the EKS node monitoring agent; choose another type, "
+                "e.g. GPUNodeAgentReady")
+    return None
+
+
+def gpg_fingerprint(value: str) -> str:
+    """A fingerprint as written (spaces allowed, as gpg prints it), normalized: upper-case hex."""
+    return "".join(value.split()).upper()
+
+
+def _fingerprint(value: Any) -> Optional[str]:
+    if value is not None and not re.fullmatch(r"[0-9A-F]{40}|[0-9A-F]{64}", gpg_fingerprint(value)):
+        return ("must be the signing key's full fingerprint (40 hexadecimal characters, spaces allowed), "
+                f"got {value!r}")
     return None
 
 
@@ -93,7 +139,7 @@ def _condition_type(value: Any) -> Optional[str]:
         return f"prefix {_short(prefix)} is not a DNS subdomain"
     if not re.fullmatch(_QUALIFIED_NAME, name):
         return f"must be a condition type such as GPUNodeAgentReady, got {_short(value)}"
-    return None
+    return _owned_condition(value)
 
 
 class ContainerdSettings(NamedTuple):
@@ -120,6 +166,7 @@ class EfaSettings(NamedTuple):
     install: str = "auto"
     version: str = "1.48.0"
     sha256: Optional[str] = None
+    gpg_fingerprint: Optional[str] = None  # the signing key's fingerprint: the .sig is checked with gpgv
     base_url: str = "https://efa-installer.amazonaws.com"
     cache_dir: str = "/var/cache/gpu-node-agent"
     installer_args: Tuple[str, ...] = ("-y", "--skip-kmod", "--no-verify")
@@ -176,6 +223,8 @@ RULES: Dict[str, Tuple[Validator, str]] = {
     "efa.install": (_one_of("auto", "always", "never"), ""),
     "efa.version": (_regex(r"\d+\.\d+\.\d+", "a version X.Y.Z"), 'quote it: "1.48.0"'),
     "efa.sha256": (_regex(r"[0-9a-fA-F]{64}", "64 hexadecimal characters"), ""),
+    "efa.gpg_fingerprint": (_fingerprint, ""),
+    "efa.installer_args": (_installer_args, ""),
     "efa.base_url": (_url, ""),
     "efa.cache_dir": (lambda v: _absolute_path(v) or _output_path(v, "efa.cache_dir"), ""),
     "efa.timeout_seconds": (_positive, ""),

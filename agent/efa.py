@@ -34,7 +34,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, List, NamedTuple, Optional, Tuple, cast
 
-from agent.config import EfaSettings
+from agent.config import FORBIDDEN_INSTALLER_ARGS, EfaSettings, gpg_fingerprint
 from agent.errors import AgentError, NodeFileError, NodeFileMissing
 from agent.fs import NodeRoot, fsync_dir, read_text
 from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
@@ -52,10 +52,6 @@ EFA_VENDOR_ID = "0x1d0f"  # Amazon
 EFA_DEVICE_PREFIX = "0xefa"  # efa0..efa4 seen so far
 INSTALLER_DIR = "aws-efa-installer"
 INSTALLER_SCRIPT = "efa_installer.sh"
-# --minimal installs no libfabric (fi_info would never appear, so every run would reinstall);
-# --skip-limit-conf removes the AMI's efa-config; -u uninstalls. (The short forms are taken from
-# the installer's --help as documented by AWS; unverified against every installer version.)
-FORBIDDEN_INSTALLER_ARGS = ("--minimal", "-m", "--skip-limit-conf", "-l", "-u", "--uninstall")
 FI_INFO_TIMEOUT_SECONDS = 10.0
 CHUNK_SIZE = 1 << 20
 # Patterns as strings: compiled (and cached by re) on first use, not when `check` imports this.
@@ -223,17 +219,21 @@ class EfaAction(NamedTuple):
             cached = self.root.node_path(cache_file(self.root, s))
             source = f"from the cache {cached} (re-verified before use)"
         else:
-            source = f"download {installer_url(s)} (sha256 {s.sha256})"
+            source = f"download {installer_url(s)} ({_pinned_by(s)})"
         return f"install aws-efa-installer {s.version}: {self.reason}; {source}"
 
 
-def missing_sha256(settings: EfaSettings) -> str:
-    name = tarball_name(settings.version)
-    return (
-        "efa.sha256 is not set and the agent never runs an unverified installer: get the value with "
-        f"`curl -fsSLO {installer_url(settings)} && sha256sum {name}` (or take AWS's published "
-        f"checksum for {settings.version}) and set efa.sha256"
-    )
+def missing_pin(settings: EfaSettings) -> str:
+    from agent import efa_verify
+
+    return efa_verify.missing_pin(settings, installer_url(settings), tarball_name(settings.version))
+
+
+def _pinned_by(settings: EfaSettings) -> str:
+    parts = [f"sha256 {settings.sha256}"] if settings.sha256 else []
+    if settings.gpg_fingerprint:
+        parts.append(f"signed by {gpg_fingerprint(settings.gpg_fingerprint)}")
+    return ", ".join(parts)
 
 
 def _why_install(facts: EfaFacts, version: str) -> str:
@@ -264,8 +264,8 @@ def decide(facts: EfaFacts, settings: EfaSettings, root: NodeRoot) -> Tuple[EfaA
     forbidden = _forbidden_args(settings)
     if forbidden:
         return nothing(f"{why}; not installing", (forbidden,))
-    if not settings.sha256:
-        return nothing(f"{why}; refused, no efa.sha256", (missing_sha256(settings),))
+    if not (settings.sha256 or settings.gpg_fingerprint):
+        return nothing(f"{why}; refused, no efa.sha256 or efa.gpg_fingerprint", (missing_pin(settings),))
     return EfaAction(True, why, settings, root, cached=facts.cached), ()
 
 
@@ -306,7 +306,8 @@ def check(facts: EfaFacts, settings: EfaSettings) -> CheckResult:
         return CheckResult(name, PASS, f"EFA userspace {settings.version}{libfabric} ({devices})", details)
     why = _why_install(facts, settings.version)
     fix = _forbidden_args(settings) or (
-        missing_sha256(settings) if not settings.sha256 else "`gpu-node-agent run` installs it")
+        missing_pin(settings) if not (settings.sha256 or settings.gpg_fingerprint)
+        else "`gpu-node-agent run` installs it")
     return CheckResult(name, FAIL, f"{why} ({devices}); {fix}{'; ' + notes if notes else ''}", details)
 
 
@@ -351,10 +352,58 @@ def sha256_of(f: IO[bytes], chunk_size: int = CHUNK_SIZE) -> str:
     return digest.hexdigest()
 
 
-def require_sha256(settings: EfaSettings) -> str:
-    if not settings.sha256:
-        raise EfaError(missing_sha256(settings))
-    return settings.sha256.lower()
+def require_pin(settings: EfaSettings) -> Optional[str]:
+    """The pinned SHA-256 (None when only the signing key is pinned); no pin at all is an error."""
+    if not (settings.sha256 or settings.gpg_fingerprint):
+        raise EfaError(missing_pin(settings))
+    return settings.sha256.lower() if settings.sha256 else None
+
+
+def signature_files(root: NodeRoot, settings: EfaSettings) -> Tuple[Path, Path]:
+    """Where the cache keeps the tarball's ``.sig`` and the signing key beside it."""
+    from agent import efa_verify
+
+    directory = root.path(settings.cache_dir)
+    return (directory / efa_verify.signature_name(tarball_name(settings.version)),
+            directory / efa_verify.KEY_NAME)
+
+
+def _fetch_signature_files(settings: EfaSettings, root: NodeRoot, fetch_kw: Any) -> None:
+    """The ``.sig`` and the key, downloaded beside the tarball when the cache lacks them. Neither is
+    trusted as such: the key counts only if its fingerprint is the pin (efa_verify)."""
+    from agent import efa_verify
+
+    base = settings.base_url.rstrip("/")
+    small = dict(fetch_kw, policy=fetch_kw["policy"]._replace(max_bytes=1 << 20))
+    for path in signature_files(root, settings):
+        if not path.is_file():
+            try:
+                download(f"{base}/{path.name}", path, None, **small)
+            except DownloadError as exc:
+                raise efa_verify.SignatureError(f"{exc} (efa.gpg_fingerprint is set: the signature "
+                                                f"and {efa_verify.KEY_NAME} are needed); nothing executed"
+                                                ) from None
+
+
+def verify_pins(f: IO[bytes], path: Path, settings: EfaSettings, root: NodeRoot,
+                sha256: Optional[str] = None) -> Optional[str]:
+    """Check the open tarball ``f`` against every pin; a problem (for a message) or None when good.
+
+    ``sha256``: the file's digest when already known (computed while it streamed in).
+    A signature that does not verify raises ``SignatureError``.
+    """
+    from agent import efa_verify
+
+    expected = settings.sha256.lower() if settings.sha256 else None
+    if expected is not None:
+        actual = sha256 if sha256 is not None else sha256_of(f)
+        if actual != expected:
+            return f"had sha256 {actual}, not efa.sha256"
+    if settings.gpg_fingerprint:
+        sig, key = signature_files(root, settings)
+        efa_verify.verify_signature(f, sig, key, settings.gpg_fingerprint, path.name)
+    f.seek(0)
+    return None
 
 
 def _ensure_cache_dir(root: NodeRoot, settings: EfaSettings) -> Path:
@@ -382,32 +431,55 @@ def fetch(
 
     ``durable``: sync the download to disk (``efa fetch``, whose cache must outlive an AMI snapshot).
     """
-    expected = require_sha256(settings)
+    expected = require_pin(settings)
     directory = _ensure_cache_dir(root, settings)
     _remove_stale_downloads(directory, policy.total_seconds)
     target = cache_file(root, settings)
+    kw: Any = dict(policy=policy, sleep=sleep, rand=rand, clock=clock, durable=durable)
     corrupted = ""
     if target.exists():
-        try:
-            with open(target, "rb") as f:
-                actual = sha256_of(f)
-        except OSError as exc:
-            raise EfaError(f"{target}: cannot read the cached installer: {exc.strerror or exc}") from None
-        if actual == expected:
-            log.info("cached installer verified", path=str(target), sha256=actual)
+        if settings.gpg_fingerprint:
+            _fetch_signature_files(settings, root, kw)
+        problem = _cached_problem(target, settings, root)
+        if problem is None:
+            log.info("cached installer verified", path=str(target), verified=_pinned_by(settings))
             return target
-        log.warning("cached installer does not match efa.sha256; downloading it again",
-                    path=str(target), sha256=actual, expected=expected)
+        log.warning("cached installer does not match its pin; downloading it again", path=str(target),
+                    problem=problem)
         _remove(target)
-        corrupted = f"{target}: cached copy had sha256 {actual}, not efa.sha256 (removed); "
+        corrupted = f"{target}: cached copy {problem} (removed); "
+        if settings.gpg_fingerprint:  # the signature may be what is stale: it is fetched again too
+            _remove(signature_files(root, settings)[0])
+
+    def verify(tmp: Path, digest: str) -> None:
+        with open(tmp, "rb") as f:
+            problem = verify_pins(f, target, settings, root, sha256=digest)
+        if problem:  # download() compared the digest already; kept as a second guard
+            raise ChecksumMismatch(f"{installer_url(settings)}: {problem}; discarded, nothing installed")
+
+    from agent.efa_verify import SignatureError
+
     try:
-        download(installer_url(settings), target, expected,
-                 policy=policy, sleep=sleep, rand=rand, clock=clock, durable=durable)
-    except (DownloadError, ChecksumMismatch) as exc:
+        if settings.gpg_fingerprint:
+            _fetch_signature_files(settings, root, kw)
+        download(installer_url(settings), target, expected, verify=verify, **kw)
+    except (DownloadError, ChecksumMismatch, SignatureError) as exc:
         if corrupted:
             raise type(exc)(corrupted + str(exc)) from None
         raise
     return target
+
+
+def _cached_problem(target: Path, settings: EfaSettings, root: NodeRoot) -> Optional[str]:
+    from agent.efa_verify import SignatureError
+
+    try:
+        with open(target, "rb") as f:
+            return verify_pins(f, target, settings, root)
+    except OSError as exc:
+        raise EfaError(f"{target}: cannot read the cached installer: {exc.strerror or exc}") from None
+    except SignatureError as exc:
+        return f"failed signature verification ({exc})"
 
 
 def _remove_stale_downloads(directory: Path, max_age_seconds: float) -> None:
@@ -458,6 +530,8 @@ class _Partial:
         self.f = f
         self.written = 0
         self.validator: Optional[str] = None  # ETag or Last-Modified, for If-Range
+        self.total: Optional[int] = None  # the whole file's size, when the server said
+        self.progress: Optional[Callable[[int], None]] = None  # told the byte count as it grows
         self._free: queue.Queue[bytearray] = queue.Queue()
         self._full: queue.Queue[Optional[Tuple[bytearray, int]]] = queue.Queue()
         for _ in range(buffers):
@@ -501,6 +575,8 @@ class _Partial:
             raise _WriteFailed(exc) from None
         self._full.put((buf, n))
         self.written += n
+        if self.progress is not None:
+            self.progress(self.written)
         return n
 
     def _stop_hashing(self) -> None:
@@ -552,15 +628,19 @@ _CONTENT_RANGE = r"bytes\s+(\d+)-(\d+)/(\d+|\*)"
 def download(
     url: str,
     target: Path,
-    sha256: str,
+    sha256: Optional[str],
     *,
     policy: DownloadPolicy = DEFAULT_POLICY,
     sleep: Callable[[float], None] = time.sleep,
     rand: Callable[[], float] = random.random,
     clock: Callable[[], float] = time.monotonic,
     durable: bool = False,
+    verify: Optional[Callable[[Path, str], None]] = None,
 ) -> None:
     """Download ``url`` to ``target``; ``target`` only ever appears complete and verified.
+
+    ``sha256`` None: no digest to compare (the ``.sig`` and the key, checked by ``efa_verify``).
+    ``verify(tmp, sha256)`` runs on the complete temporary file before the rename; it raises to refuse.
 
     The body goes to a temporary file beside ``target`` and is hashed as it arrives (memory stays
     flat). Transient failures are retried up to ``policy.attempts`` times, resuming with ``Range``
@@ -573,7 +653,7 @@ def download(
     import requests
 
     directory = target.parent
-    expected = sha256.lower()
+    expected = sha256.lower() if sha256 else None
     deadline = clock() + policy.total_seconds
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=directory)
@@ -583,6 +663,10 @@ def download(
     try:
         with os.fdopen(fd, "wb") as f:
             partial = _Partial(f, policy.chunk_size)
+            from agent import progress
+
+            shown = progress.Transfer(url, lambda: partial.total, clock=clock)
+            partial.progress = shown.update
             with contextlib.closing(partial), requests.Session() as session:
                 attempt = 0
                 while True:
@@ -607,11 +691,14 @@ def download(
             except OSError as exc:
                 raise _WriteFailed(exc) from None
             actual = partial.hexdigest()
-        if actual != expected:
+            shown.finish()
+        if expected is not None and actual != expected:
             raise ChecksumMismatch(
                 f"{url}: sha256 {actual} does not match efa.sha256 {expected} "
                 f"({partial.written} bytes received); discarded, nothing installed"
             )
+        if verify is not None:
+            verify(tmp, actual)
         os.chmod(tmp, 0o644)
         os.rename(tmp, target)
         if durable:
@@ -711,6 +798,7 @@ def _attempt(
         length_header = response.headers.get("Content-Length")
         remaining = int(length_header) if length_header and length_header.isdigit() else None
         expected_total = partial.written + remaining if remaining is not None else None
+        partial.total = expected_total
         if expected_total is not None:
             if expected_total > policy.max_bytes:
                 raise DownloadError(f"{url}: {expected_total} bytes is more than the {policy.max_bytes} "
@@ -950,7 +1038,8 @@ def _audit_links(dest_real: str) -> None:
 
 
 def run_installer(directory: Path, args: Tuple[str, ...], timeout_seconds: float, *,
-                  kill_grace_seconds: float = 5.0, pid_file: Optional[Path] = None) -> None:
+                  kill_grace_seconds: float = 5.0, pid_file: Optional[Path] = None,
+                  heartbeat_seconds: Optional[float] = None, clock: Callable[[], float] = time.monotonic) -> None:
     """Run ``./efa_installer.sh ARGS`` in ``directory``; no shell, bounded, output to the log.
 
     The script dies with the agent (``PR_SET_PDEATHSIG``); what it started (yum, rpm) runs on in
@@ -987,8 +1076,13 @@ def run_installer(directory: Path, args: Tuple[str, ...], timeout_seconds: float
 
     reader = threading.Thread(target=pump, name="efa-installer-output", daemon=True)
     reader.start()
+    from agent import progress
+
+    heartbeat = progress.Heartbeat(INSTALLER_SCRIPT, lambda: tail[-1] if tail else None, clock=clock,
+                                   interval=heartbeat_seconds or progress.HEARTBEAT_SECONDS)
     try:
-        code = proc.wait(timeout=timeout_seconds)
+        with heartbeat:  # the installer can be silent for minutes inside dnf
+            code = proc.wait(timeout=timeout_seconds)
     except subprocess.TimeoutExpired:
         for sig, grace in ((signal.SIGTERM, kill_grace_seconds), (signal.SIGKILL, None)):
             try:
@@ -1122,41 +1216,44 @@ class _VerifiedTarball(NamedTuple):
     file: IO[bytes]
 
 
-def _open_if_verified(path: Path, expected: str) -> Tuple[Optional[IO[bytes]], str]:
-    """``path`` open at its start if its SHA-256 is ``expected`` (else None), and the SHA-256."""
+def _open_if_verified(path: Path, settings: EfaSettings, root: NodeRoot) -> Tuple[Optional[IO[bytes]], str]:
+    """``path`` open at its start if it passes every pin (else None), and what failed."""
+    from agent.efa_verify import SignatureError
+
     try:
         f = open(path, "rb")  # noqa: SIM115 (returned open; the caller closes it)
     except OSError as exc:
         raise EfaError(f"{path}: cannot open the installer: {exc.strerror or exc}") from None
     try:
-        actual = sha256_of(f)
-        if actual == expected:
-            f.seek(0)
-            return f, actual
+        problem = verify_pins(f, path, settings, root)
+        if problem is None:
+            return f, ""
+    except SignatureError as exc:
+        problem = str(exc)
     except OSError as exc:
         f.close()
         raise EfaError(f"{path}: cannot read the installer: {exc.strerror or exc}") from None
     f.close()
-    return None, actual
+    return None, problem
 
 
 def _open_verified(settings: EfaSettings, root: NodeRoot, fetch_kw: Any) -> _VerifiedTarball:
-    """The cached tarball, open, after hashing that very file object (which is what gets extracted).
+    """The cached tarball, open, after verifying that very file object (which is what gets extracted).
 
-    A good cached copy costs one read; otherwise ``fetch`` downloads (or replaces) it first.
+    A good cached copy costs one read (and a gpgv run when the key is pinned); otherwise ``fetch``
+    downloads (or replaces) it first.
     """
-    expected = require_sha256(settings)
+    require_pin(settings)
     path = cache_file(root, settings)
     if path.exists():
-        f, _ = _open_if_verified(path, expected)
+        f, _ = _open_if_verified(path, settings, root)
         if f is not None:
-            log.info("cached installer verified", path=str(path), sha256=expected)
+            log.info("cached installer verified", path=str(path), verified=_pinned_by(settings))
             return _VerifiedTarball(path, f)
     fetch(settings, root, **fetch_kw)  # downloads it, or replaces a bad copy
-    f, actual = _open_if_verified(path, expected)
+    f, problem = _open_if_verified(path, settings, root)
     if f is None:
-        raise ChecksumMismatch(f"{path}: sha256 {actual} does not match efa.sha256 {expected} "
-                               "(changed after verification); not executed")
+        raise ChecksumMismatch(f"{path}: {problem} (changed after verification); not executed")
     return _VerifiedTarball(path, f)
 
 

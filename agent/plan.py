@@ -7,7 +7,7 @@ but must not fix on its own (an unreadable file, mixed-version drop-ins) travel 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from agent.config import AgentConfig, RestartSettings
 from agent.containerd import ContainerdConfigSet
@@ -169,3 +169,38 @@ def render_plan(plan: Plan) -> str:
     elif plan.changes_nothing:
         out.append("no change planned")
     return "\n".join(out) + "\n"
+
+
+def plan_document(plan: Plan) -> Dict[str, Any]:
+    """``plan --format json``: the same content as ``render_plan``, for scripts (``jq``).
+
+    ``{"v":1, "changes", "files":[{"path","resource","reasons","diff"}], "restarts":[{"unit","reason",
+    "rollback_on_failure"}], "not_restarted":[{"unit","reason","status"}], "efa":{...}|null, "problems"}``
+    """
+    efa: Optional[Dict[str, Any]] = None
+    if plan.efa is not None:
+        efa = {
+            "action": "install" if plan.efa.install else "none",
+            "applicable": plan.efa.applicable,
+            "reason": plan.efa.reason,
+            "version": plan.efa.settings.version,
+            "source": ("cache" if plan.efa.cached else "download") if plan.efa.install else None,
+            "description": plan.efa.describe(),
+        }
+    return {
+        "v": 1,
+        "changes": not plan.changes_nothing,
+        "files": [{"path": str(e.path), "resource": e.resource, "reasons": list(e.reasons), "diff": e.diff()}
+                  for e in plan.edits],
+        "restarts": [{"unit": r.unit, "reason": r.reason, "rollback_on_failure": r.rollback_on_failure}
+                     for r in plan.restarts],
+        "not_restarted": [{"unit": n.unit, "reason": n.reason, "status": n.status} for n in plan.not_restarted],
+        "efa": efa,
+        "problems": list(plan.problems),
+    }
+
+
+def render_plan_json(plan: Plan) -> str:
+    import json
+
+    return json.dumps(plan_document(plan), indent=2) + "\n"

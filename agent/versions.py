@@ -60,8 +60,11 @@ def run_tool(
     *,
     env: Optional[Mapping[str, str]] = None,
     stdin_text: Optional[str] = None,
+    stdin_fd: Optional[int] = None,
 ) -> Optional[ToolOutput]:
     """Run ``argv`` without a shell, at most ``timeout`` seconds. None when it cannot be executed.
+
+    Its stdin: ``stdin_text``, or the open file descriptor ``stdin_fd``, or nothing.
 
     The program gets its own session so that on timeout its children die with it (a shell wrapper
     that runs ``sleep`` would otherwise keep the pipes open).
@@ -72,7 +75,8 @@ def run_tool(
     try:
         proc = subprocess.Popen(
             list(argv),
-            stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin_text is not None else (
+                stdin_fd if stdin_fd is not None else subprocess.DEVNULL),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=dict(env) if env is not None else None,

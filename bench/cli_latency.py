@@ -41,10 +41,12 @@ def simulated_node(base: Path) -> Path:
     return base
 
 
-def installed_tree(base: Path, python: str) -> Path:
+def installed_tree(base: Path, python: str, bytecode: str = "checked-hash") -> Path:
     """A tree laid out like the RPM: the launcher in usr/bin, the agent and its pinned bundled
     libraries (packaging/bundled-requirements.txt) in usr/lib/gpu-node-agent, compiled to bytecode.
-    PyYAML, which a node gets from the distribution, goes there too when ``python`` lacks it."""
+    PyYAML and requests, which a node gets from the distribution, go there too when ``python`` lacks
+    them (the launcher refuses to start without them). ``bytecode``: the invalidation mode (the RPM's
+    is checked-hash)."""
     import shutil
 
     lib = base / "usr" / "lib" / "gpu-node-agent"
@@ -56,9 +58,11 @@ def installed_tree(base: Path, python: str) -> Path:
            "--target", str(lib)]
     subprocess.run([*pip, "--require-hashes", "-r", str(REPO / "packaging" / "bundled-requirements.txt")],
                    check=True)
-    if subprocess.run([python, "-s", "-c", "import yaml"], capture_output=True, check=False).returncode:
-        subprocess.run([*pip, "PyYAML"], check=True)
-    subprocess.run([python, "-m", "compileall", "-q", str(lib)], check=True)
+    constraints = ["-c", str(REPO / "scripts" / "al2023-constraints.txt")]
+    for module, requirement in (("yaml", "PyYAML"), ("requests", "requests")):
+        if subprocess.run([python, "-s", "-c", f"import {module}"], capture_output=True, check=False).returncode:
+            subprocess.run([python, *pip[1:], *constraints, requirement], check=True)  # its own wheels
+    subprocess.run([python, "-m", "compileall", "-q", "--invalidation-mode", bytecode, str(lib)], check=True)
     return launcher
 
 
@@ -79,6 +83,9 @@ def main() -> None:
     parser.add_argument("--layout", choices=("dev", "installed"), default="dev",
                         help="dev: `python -m agent` from this checkout in the given (venv) interpreter; "
                              "installed: the RPM's layout and launcher on a plain interpreter, `python -s`")
+    parser.add_argument("--bytecode", choices=("checked-hash", "timestamp", "unchecked-hash"),
+                        default="checked-hash", help="installed layout: how the bytecode is validated "
+                                                     "(default: checked-hash, as the RPM compiles it)")
     args = parser.parse_args()
     # Bytecode caches on, as on a node (the package ships compiled); the warm-up run writes them.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -89,7 +96,7 @@ def main() -> None:
             agent = [args.python, "-m", "agent"]
             bare = [args.python, "-c", "pass"]
         else:
-            agent = [args.python, "-s", str(installed_tree(Path(tmp) / "tree", args.python))]
+            agent = [args.python, "-s", str(installed_tree(Path(tmp) / "tree", args.python, args.bytecode))]
             bare = [args.python, "-s", "-c", "pass"]
         commands = {
             "python -c pass": bare,

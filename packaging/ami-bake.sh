@@ -7,10 +7,11 @@
 #   1. install the RPM with dnf (which brings python3-requests, python3-pyyaml, ... from the AL2023
 #      repositories); --skip-install when an earlier step of the pipeline installed it;
 #   2. --config FILE: validate FILE and install it as /etc/gpu-node-agent/config.yaml (pin
-#      efa.version and efa.sha256 there);
+#      efa.version and efa.sha256 and/or efa.gpg_fingerprint there);
 #   3. download and verify the pinned EFA installer into the agent's cache (`gpu-node-agent efa
-#      fetch`), so nodes booted from the image need no network for it; --no-efa-fetch for images
-#      whose instance types have no EFA;
+#      fetch`), so nodes booted from the image need no network for it. Skipped, with a line saying
+#      so, when efa.install is never or nothing is pinned (an image without EFA needs no flag);
+#      --no-efa-fetch skips it whatever the configuration says;
 #   4. enable gpu-node-agent-prepare.service, gpu-node-agent.service and gpu-node-agent-check.timer
 #      (never start them: the agent must not reconcile or report the build instance);
 #   5. clear the run-time state a node must not inherit from the image: /run/gpu-node-agent (lock,
@@ -65,17 +66,25 @@ fi
 # The configuration the nodes will boot with must be valid (exit 64 and the key's line otherwise).
 agent config validate
 
+effective=$(agent config show)
+setting() { sed -n "s/^  $1: //p" <<<"$effective" | head -n 1; }
+
 if [ "$efa_fetch" = yes ]; then
-  echo "ami-bake: fetching the pinned EFA installer into the image's cache"
-  agent efa fetch
+  if [ "$(setting install)" = never ]; then
+    echo "ami-bake: efa.install is never: not fetching the EFA installer"
+  elif [ "$(setting sha256)" = null ] && [ "$(setting gpg_fingerprint)" = null ]; then
+    echo "ami-bake: no EFA pin (efa.sha256 or efa.gpg_fingerprint): not fetching the EFA installer;" \
+      "nodes with EFA hardware will refuse to install it (the efa check says so)"
+  else
+    echo "ami-bake: fetching the pinned EFA installer into the image's cache"
+    agent efa fetch
+  fi
 fi
 
 systemctl_image enable gpu-node-agent-prepare.service gpu-node-agent.service gpu-node-agent-check.timer
 
 # Run-time state from this build (a test run, the lock) would make the first boot report stale
 # health. /run is a tmpfs on a booted node, but not in a mounted image.
-effective=$(agent config show)
-setting() { sed -n "s/^  $1: //p" <<<"$effective"; }
 rm -rf "$root/run/gpu-node-agent"
 for file in "$(setting status_file)" "$(setting metrics_file)"; do
   if [ -n "$file" ] && [ "$file" != null ]; then

@@ -2,10 +2,14 @@
 # Set up everything gpu-node-agent's development and tests need on a Debian/Ubuntu box:
 # Debian packages (real systemd and D-Bus, rpmbuild, containerd 1.6 for `config dump`, hyperfine,
 # what PyGObject needs to build for Python 3.9), a venv on the system Python (which has python3-gi,
-# needed by pydbus) and a venv on Python 3.9, AL2023's /usr/bin/python3.
+# needed by pydbus) and a venv on Python 3.9, AL2023's /usr/bin/python3 (scripts/find-python39.sh
+# finds one, or obtains one with uv, or says what to install).
+#   --system-python-only   only the venv on the system Python (what scripts/demo.sh needs)
 # Idempotent: a second run only checks. Needs root (or sudo) for the Debian packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+only_system=no
+[ "${1:-}" = --system-python-only ] && only_system=yes
 
 APT_PACKAGES=(
   python3 python3-venv python3-dev python3-gi gir1.2-glib-2.0
@@ -13,6 +17,7 @@ APT_PACKAGES=(
   systemd dbus util-linux bsdutils iproute2
   rpm containerd curl openssl hyperfine ca-certificates
   python3-yaml python3-requests shellcheck jq
+  gpg gpg-agent gpgconf gpgv
 )
 
 missing=()
@@ -41,16 +46,11 @@ fi
 
 # Python 3.9: the interpreter the agent runs on in production (AL2023), with AL2023's requests,
 # urllib3 and PyYAML (scripts/al2023-constraints.txt).
-PY39=""
-for candidate in "$HOME"/.pyenv/versions/3.9*/bin/python3.9 /usr/local/bin/python3.9 /usr/bin/python3.9 python3.9; do
-  if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 9)' >/dev/null 2>&1; then
-    PY39=$candidate; break
-  fi
-done
-if [ -z "$PY39" ]; then
-  echo "setup: no Python 3.9 found (install one, e.g. 'pyenv install 3.9'); the suite must also run on 3.9" >&2
-  exit 1
+if [ "$only_system" = yes ]; then
+  echo "setup: ok (.venv: $(.venv/bin/python -V 2>&1))"
+  exit 0
 fi
+PY39=$(scripts/find-python39.sh) || exit 1
 if [ ! -x .venv39/bin/python ]; then
   "$PY39" -m venv .venv39
 fi

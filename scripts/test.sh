@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: set up (idempotent), lint and type-check, then run the whole suite on the
 # system Python (3.11) and on Python 3.9. Run as root: the real-systemd and packaging tests need it,
-# and a skipped test counts as a failure here (GNA_NO_SKIP=1).
+# and a skipped test counts as a failure here (GNA_NO_SKIP=1). Without a Python 3.9 on the machine,
+# setup obtains one (uv) or stops with one line saying what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -24,6 +24,17 @@ LIBDIR = "/usr/lib/gpu-node-agent"
 # The launcher's interpreter: Debian's, with the equivalents of the RPM's Requires (python3-yaml,
 # python3-requests, python3-gi), standing in for AL2023's.
 SYSTEM_PYTHON = "/usr/bin/python3"
+# The licence texts the package installs: its own, and each bundled library's.
+LICENSE_DIR = "/usr/share/licenses/gpu-node-agent"
+LICENSES = {
+    f"{LICENSE_DIR}/LICENSE",
+    f"{LICENSE_DIR}/pydbus/COPYING",
+    f"{LICENSE_DIR}/structlog/LICENSE-APACHE",
+    f"{LICENSE_DIR}/structlog/LICENSE-MIT",
+    f"{LICENSE_DIR}/structlog/NOTICE",
+    f"{LICENSE_DIR}/tomlkit/LICENSE",
+    f"{LICENSE_DIR}/typing_extensions/LICENSE",
+}
 
 
 def run(cmd: Sequence[str], *, check: bool = True, **kw: object) -> "subprocess.CompletedProcess[str]":
@@ -116,6 +127,31 @@ def with_parents(paths: Set[str], top: str) -> Set[str]:
             parent = os.path.dirname(parent)
     out.add(top)
     return out
+
+
+def with_bytecode(paths: Set[str]) -> Set[str]:
+    """``paths`` and the Python 3.9 bytecode of each module among them, as the build compiles it."""
+    out = set(paths)
+    for p in paths:
+        if p.endswith(".py"):
+            directory, name = os.path.split(p)
+            out.add(f"{directory}/__pycache__/{name[:-3]}.cpython-39.pyc")
+    return out
+
+
+@functools.cache
+def python39() -> str:
+    """A bare Python 3.9 (not a venv), as scripts/setup.sh and packaging/build-rpm.sh find one."""
+    import pytest
+
+    candidates = [shutil.which("python3.9"), *Path.home().glob(".pyenv/versions/3.9*/bin/python3.9"),
+                  "/usr/local/bin/python3.9"]
+    for candidate in candidates:
+        # A pyenv shim exists even when it cannot run 3.9: ask the interpreter itself.
+        if candidate and run([str(candidate), "-S", "-c", "import sys; assert sys.version_info[:2] == (3, 9)"],
+                             check=False).returncode == 0:
+            return str(candidate)
+    pytest.skip("no Python 3.9 (scripts/setup.sh needs one too)")
 
 
 def agent_sources() -> Set[str]:

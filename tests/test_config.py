@@ -26,7 +26,8 @@ restart:
 efa:
   install: auto                   # auto (only when EFA hardware is present) | always | never
   version: "1.48.0"
-  sha256: null                    # required to install; the installer is never run unverified
+  sha256: null                    # a pin is required to install; the installer is never run unverified
+  gpg_fingerprint: null           # or (and) the signing key's fingerprint: the .sig is checked with gpgv
   base_url: https://efa-installer.amazonaws.com
   cache_dir: /var/cache/gpu-node-agent
   installer_args: ["-y", "--skip-kmod", "--no-verify"]

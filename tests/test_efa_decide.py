@@ -166,7 +166,7 @@ def test_without_sha256_the_agent_refuses_and_says_how_to_get_it(tmp_path: Path)
     assert not action.install
     assert "refused" in action.reason
     (problem,) = problems
-    assert "efa.sha256 is not set" in problem
+    assert "neither efa.sha256 nor efa.gpg_fingerprint is set" in problem
     assert "curl -fsSLO https://efa-installer.amazonaws.com/aws-efa-installer-1.48.0.tar.gz" in problem
     assert "sha256sum aws-efa-installer-1.48.0.tar.gz" in problem
     assert "\n" not in problem
@@ -276,7 +276,7 @@ def test_plan_without_sha256_is_a_problem_not_a_crash(tmp_path: Path, capsys: py
     assert main(["--root", str(root), "plan"]) == 1
     out = capsys.readouterr().out
     assert "efa: no action: EFA userspace not installed" in out
-    assert "problem (not fixed): efa.sha256 is not set" in out
+    assert "problem (not fixed): neither efa.sha256 nor efa.gpg_fingerprint is set" in out
 
 
 def test_plan_without_efa_hardware_does_not_mention_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -349,7 +349,7 @@ def test_interrupted_downloads_are_cleaned_up(root: Path, server: InstallerServe
 
 
 def test_without_sha256_nothing_is_downloaded(root: Path, server: InstallerServer) -> None:
-    with pytest.raises(efa.EfaError, match=r"efa\.sha256 is not set"):
+    with pytest.raises(efa.EfaError, match=r"neither efa\.sha256 nor efa\.gpg_fingerprint is set"):
         fetch(root, EfaSettings(base_url=server.base_url), Sleeps())
     assert server.gets() == []
 
@@ -497,7 +497,8 @@ def test_efa_fetch_without_sha256_is_one_line(root: Path, server: InstallerServe
     config.write_text(f"efa:\n  base_url: {server.base_url}\n")
     assert main(["--root", str(root), "--config", str(config), "efa", "fetch"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("gpu-node-agent: efa.sha256 is not set") and err.count("\n") == 1
+    assert err.startswith("gpu-node-agent: efa fetch: nothing to fetch: neither efa.sha256 nor "
+                          "efa.gpg_fingerprint is set") and err.count("\n") == 1
     assert server.gets() == []
 
 

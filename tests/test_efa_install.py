@@ -462,7 +462,7 @@ def test_run_without_sha256_refuses_and_says_how(
     config = write_config(tmp_path / "config.yaml", base_url=served.base_url)
     assert cli(root, config, "run") == 1
     captured = capsys.readouterr()
-    assert "efa.sha256 is not set" in efa_row(captured.out)
+    assert "neither efa.sha256 nor efa.gpg_fingerprint is set" in efa_row(captured.out)
     assert served.gets() == [] and run_lines(runs) == []
 
 

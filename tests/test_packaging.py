@@ -17,6 +17,7 @@ from agent.health import exit_code_for
 from tests.conftest import REPO, which
 from tests.packaging_helpers import (
     LIBDIR,
+    LICENSES,
     SYSTEM_PYTHON,
     agent_sources,
     binary_rpm,
@@ -25,16 +26,19 @@ from tests.packaging_helpers import (
     install,
     launcher,
     pins,
+    python39,
     rpm_query,
     run,
     scratch_dir,
     simulated_node,
     wheel_files,
     wheelhouse,
+    with_bytecode,
     with_parents,
 )
 
-DISTRO_REQUIRES = {"python3", "python3-requests", "python3-pyyaml", "python3-gobject-base", "systemd"}
+DISTRO_REQUIRES = {"python3", "python3-requests", "python3-pyyaml", "python3-gobject-base", "systemd",
+                   "/usr/bin/gpg", "/usr/bin/gpgv"}
 UNITS = ("gpu-node-agent.service", "gpu-node-agent-prepare.service", "gpu-node-agent-check.service",
          "gpu-node-agent-check.timer")
 
@@ -62,7 +66,7 @@ def test_file_list_is_exactly_the_agent_its_bundle_units_and_config(rpm: Path) -
     for wheel in wheelhouse().glob("*.whl"):
         bundled |= {f"{LIBDIR}/{name}" for name in wheel_files(wheel)}
     agent = {f"{LIBDIR}/{rel}" for rel in agent_sources()}
-    expected = with_parents(bundled | agent, LIBDIR) | {
+    expected = with_parents(with_bytecode(bundled | agent), LIBDIR) | {
         "/usr/bin/gpu-node-agent",
         "/etc/gpu-node-agent",
         "/etc/gpu-node-agent/config.yaml",
@@ -70,12 +74,12 @@ def test_file_list_is_exactly_the_agent_its_bundle_units_and_config(rpm: Path) -
         "/usr/lib/systemd/system-preset/50-gpu-node-agent.preset",
         "/usr/share/doc/gpu-node-agent",
         "/usr/share/doc/gpu-node-agent/operations.md",
+        *with_parents(LICENSES, "/usr/share/licenses/gpu-node-agent"),
         "/var/cache/gpu-node-agent",
     }
     listed = set(rpm_query(rpm, "-l"))
     assert listed - expected == set(), "unexpected files in the package"
     assert expected - listed == set(), "files missing from the package"
-    assert not [p for p in listed if p.endswith(".pyc") or "__pycache__" in p]
 
 
 def test_file_modes_owners_and_config_flags(rpm: Path) -> None:
@@ -101,6 +105,7 @@ def test_requires_name_only_al2023_distro_packages(rpm: Path) -> None:
     assert ["python3", "manual", ">=", "3.9"] in requires
     interpreter = {kind for name, kind, *_ in requires if name == "/bin/sh"}
     assert interpreter == {"post,interp", "preun,interp", "postun,interp"}
+    assert not [name for name, kind, *_ in requires if "post" in kind and name.startswith("python")]
 
 
 def test_bundled_libraries_are_declared_at_their_pinned_versions(rpm: Path) -> None:
@@ -152,7 +157,7 @@ def test_source_rpm_rebuilds_offline_into_the_same_package(rpm: Path, tmp_path: 
     # What an AL2023 pipeline does with the .src.rpm: everything it needs is inside (no network).
     (srpm,) = rpm.parent.glob("gpu-node-agent-*.src.rpm")
     run(["unshare", "--net", "rpmbuild", "--rebuild", "--quiet", "--define", f"_topdir {tmp_path}",
-         str(srpm)])
+         "--define", f"agent_python {python39()}", str(srpm)])
     (rebuilt,) = (tmp_path / "RPMS" / "noarch").glob("*.rpm")
     digest = "[%{FILENAMES} %{FILEDIGESTS} %{FILEMODES:perms}\n]"
     assert rpm_query(rebuilt, "--qf", digest) == rpm_query(rpm, "--qf", digest)
@@ -181,6 +186,7 @@ def _copy_checkout(tmp_path: Path) -> Path:
     for part in ("agent", "packaging", "systemd", "docs"):
         shutil.copytree(REPO / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "rpm.spec", checkout / "rpm.spec")
+    shutil.copy(REPO / "LICENSE", checkout / "LICENSE")
     return checkout
 
 
@@ -235,7 +241,7 @@ def _scriptlet(rpm: Path, tag: str, root: Path, recorder: Path) -> str:
     return script.replace("/usr/bin/systemctl", str(recorder)).replace(LIBDIR, str(root) + LIBDIR)
 
 
-def test_scriptlets_preset_on_install_compile_bytecode_and_clean_up_on_removal(
+def test_scriptlets_preset_on_install_and_clean_up_on_removal(
     rpm: Path, tmp_path: Path
 ) -> None:
     root = install(rpm, tmp_path / "root")
@@ -252,15 +258,19 @@ def test_scriptlets_preset_on_install_compile_bytecode_and_clean_up_on_removal(
         return log.read_text().splitlines()
 
     assert scriptlet("POSTIN", 1) == [f"--no-reload preset {units}"]  # first install
-    assert list(pycache.glob("cli.cpython-*.pyc")), "bytecode compiled by the node's python3"
+    assert list(pycache.glob("cli.cpython-39.pyc")), "the package's own bytecode"
+    assert "python" not in "\n".join(rpm_query(rpm, "--qf", "%{POSTIN}"))  # nothing compiled on the node
     assert scriptlet("POSTIN", 2) == []  # upgrade: the admin's enable/disable choices stand
     assert scriptlet("PREUN", 1) == []  # upgrade: keep running
     assert scriptlet("PREUN", 0) == [f"--no-reload disable --now {units}"]
     assert scriptlet("POSTUN", 1) == ["daemon-reload"]  # upgrade: reload, never restart the agent
     assert pycache.is_dir()
-    # Erase: rpm removes the packaged files, then %postun removes the bytecode and empty directories.
+    # Erase: rpm removes the packaged files (bytecode included), then %postun removes bytecode that
+    # 0.1.0-1 compiled in %post (unowned) and the directories left empty.
+    (pycache / "cli.cpython-311.pyc").write_bytes(b"unowned")
+    owned = set(rpm_query(rpm, "-l"))
     for path in sorted((root / LIBDIR.lstrip("/")).rglob("*"), reverse=True):
-        if path.is_file() and path.suffix != ".pyc":
+        if path.is_file() and "/" + str(path.relative_to(root)) in owned:
             path.unlink()
     assert scriptlet("POSTUN", 0) == ["daemon-reload"]
     assert not (root / LIBDIR.lstrip("/")).exists()
@@ -330,19 +340,8 @@ def test_bundled_libraries_are_what_the_installed_agent_imports(installed: Path)
     assert all(f.startswith(f"{libdir}/") for f in files), files
 
 
-def _python39() -> str:
-    """A bare Python 3.9 (not a venv), as scripts/setup.sh finds one."""
-    candidates = [shutil.which("python3.9"), *Path.home().glob(".pyenv/versions/3.9*/bin/python3.9"),
-                  "/usr/local/bin/python3.9"]
-    for candidate in candidates:
-        # A pyenv shim exists even when it cannot run 3.9: ask the interpreter itself.
-        if candidate and run([str(candidate), "-S", "-c", ""], check=False).returncode == 0:
-            return str(candidate)
-    pytest.skip("no Python 3.9 (scripts/setup.sh needs one too)")
-
-
 def test_bundle_runs_on_python_3_9_with_nothing_else_installed(installed: Path) -> None:
-    python39 = _python39()
+    python39_path = python39()
     libdir = installed / LIBDIR.lstrip("/")
     # -S: no site-packages at all. structlog needs typing_extensions below 3.11: from the bundle.
     probe = (
@@ -354,12 +353,10 @@ def test_bundle_runs_on_python_3_9_with_nothing_else_installed(installed: Path) 
         "doc = tomlkit.parse('[a]\\nb = 1 # kept\\n'); doc['a']['c'] = True; print(tomlkit.dumps(doc))\n"
         "print(typing_extensions.__file__)\n"
     )
-    proc = run([python39, "-S", "-c", probe, str(libdir)])
+    proc = run([python39_path, "-S", "-c", probe, str(libdir)])
     assert '{"structlog": "25.5.0", "event": "bundled"}' in proc.stdout
     assert "b = 1 # kept\nc = true\n" in proc.stdout
     assert proc.stdout.strip().endswith(f"{libdir}/typing_extensions.py")
-    version = run([python39, "-s", str(installed / "usr/bin/gpu-node-agent"), "version"])
-    assert version.stdout == f"gpu-node-agent {__version__}\n"
 
 
 def test_launcher_works_through_a_symlink_and_says_so_when_its_library_is_missing(

@@ -93,6 +93,20 @@ def test_bake_refuses_an_invalid_config_before_touching_the_image(image: Path, t
     assert (image / "run/gpu-node-agent/status.json").exists()
 
 
+@pytest.mark.parametrize(("efa", "said"), [
+    ("", "ami-bake: no EFA pin (efa.sha256 or efa.gpg_fingerprint): not fetching the EFA installer;"),
+    ("efa:\n  install: never\n  sha256: " + "ab" * 32 + "\n",
+     "ami-bake: efa.install is never: not fetching the EFA installer"),
+])
+def test_bake_with_efa_off_needs_no_flag(image: Path, tmp_path: Path, efa: str, said: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("report:\n  publish: false\n" + efa)
+    proc = bake("--root", str(image), "--skip-install", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert said in proc.stdout
+    assert proc.stdout.rstrip().endswith("ami-bake: gpu-node-agent 0.1.0 baked")
+
+
 def test_bake_needs_an_rpm_unless_told_it_is_installed() -> None:
     proc = bake("--no-efa-fetch")
     assert proc.returncode == 1
@@ -163,6 +177,25 @@ def test_ssm_command_fails_only_where_the_node_needs_attention(
     proc = run_ssm(tmp_path, f'echo "$*"; exit {agent_status}')
     assert proc.returncode == command_status
     assert proc.stdout == "check --format json\n"
+
+
+@pytest.mark.parametrize(("agent_status", "health", "meaning"), [
+    (0, "healthy", "healthy"),
+    (2, "degraded", "degraded (warnings only)"),
+    (1, "unhealthy", "unhealthy"),
+    (1, "healthy", "publishing failed (the node is healthy)"),
+    (1, "degraded", "publishing failed (the node is degraded)"),
+    (64, None, "invalid configuration or usage"),
+])
+def test_ssm_output_says_what_the_exit_code_means(tmp_path: Path, agent_status: int, health: Optional[str],
+                                                  meaning: str) -> None:
+    document = json.dumps({"v": 1, "agent": "0.1.0", "health": health, "checks": [
+        {"name": "efa", "status": "pass", "message": "x", "details": {"health": "unhealthy"}}]})
+    body = f"echo '{document}'" if health else "echo 'gpu-node-agent: c.yaml:1: x: bad' >&2"
+    proc = run_ssm(tmp_path, f"{body}; exit {agent_status}", publish="yes")
+    assert proc.stderr.splitlines()[-1] == f"gpu-node-agent check: exit {agent_status}: {meaning}"
+    if health:
+        assert json.loads(proc.stdout)["health"] == health  # stdout is the report, untouched
 
 
 def test_ssm_publish_parameter_adds_report(tmp_path: Path) -> None:
@@ -303,3 +336,24 @@ def test_node_problems_fails_when_kubectl_does(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "You must be logged in" in proc.stderr
 
+
+
+def test_the_documented_ssm_summary_fits_the_console(tmp_path: Path) -> None:
+    """docs/operations.md: the jq summary for AWS-RunShellScript, run on an installed agent's report."""
+    which("jq")
+    text = (REPO / "docs" / "operations.md").read_text()
+    (block,) = re.findall(r"^cat > summary\.json <<'EOF'\n(.*?)\nEOF$", text, re.MULTILINE | re.DOTALL)
+    (command,) = json.loads(block)["commands"]
+    root = install(built_rpm(), tmp_path / "node")
+    simulated_node(root, "containerd-v3-nodeadm-nvidia-no-systemdcgroup.toml", "nvidia-container-runtime-legacy.toml")
+    full = run([SYSTEM_PYTHON, "-s", f"{root}/usr/bin/gpu-node-agent", "--root", str(root), "check", "--format",
+                "json"], check=False).stdout
+    assert len(full) > 2500  # why the summary exists
+    bin_dir = tmp_path / "bin"
+    _fake(bin_dir, "gpu-node-agent", f'exec {SYSTEM_PYTHON} -s {root}/usr/bin/gpu-node-agent --root {root} "$@"')
+    proc = run([which("dash"), "-c", command], env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    (line,) = proc.stdout.splitlines()
+    summary = json.loads(line)
+    assert summary["health"] == "unhealthy" and len(line) < 2500
+    assert {p["name"] for p in summary["problems"]} >= {"containerd-config", "nvidia-runtime-config"}
+    assert all(p["status"] in ("fail", "warn") for p in summary["problems"])
