@@ -113,6 +113,7 @@ BAD_VALUES: Dict[str, Tuple[Any, str]] = {
     "report.status_file": ("status.json", "must be an absolute path"),
     "report.metrics_file": ("x.prom", "must be an absolute path"),
     "report.timeout_seconds": (0, "must be greater than 0"),
+    "report.heartbeat_minutes": (-1, "must be 0 or more"),
     "imds.endpoint": ("169.254.169.254", "must be an http:// or https:// URL"),
     "imds.timeout_seconds": (-2, "must be greater than 0"),
 }
