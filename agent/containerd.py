@@ -27,8 +27,8 @@ from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import FileEdit, NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
 from agent.tomledit import NotFixable, edit_value, parse_toml, toml_values
+from agent.versions import CONTAINERD_VERSION_FILE, parse_containerd_version
 
-CONTAINERD_VERSION_FILE = "/etc/eks/containerd-version.txt"
 V3_RUNTIME_PLUGIN = "io.containerd.cri.v1.runtime"
 V2_CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 CRI_PLUGIN_FOR_LAYOUT = {3: V3_RUNTIME_PLUGIN, 2: V2_CRI_PLUGIN}
@@ -165,10 +165,9 @@ def _glob(root: NodeRoot, pattern: str) -> List[str]:
 
 def daemon_version(version_text: Optional[str], main: ConfigFile) -> DaemonVersion:
     """containerd's major version from ``/etc/eks/containerd-version.txt``, else the file's layout."""
-    if version_text:
-        m = re.search(r"(?:^|\s)v?(\d+)\.(\d+)\.(\d+)", version_text)
-        if m and m.group(1) in ("1", "2"):
-            return DaemonVersion(int(m.group(1)), ".".join(m.groups()), CONTAINERD_VERSION_FILE)
+    version = parse_containerd_version(version_text) if version_text else None
+    if version is not None and version.split(".")[0] in ("1", "2"):
+        return DaemonVersion(int(version.split(".")[0]), version, CONTAINERD_VERSION_FILE)
     major = 2 if main.version >= 3 else 1
     return DaemonVersion(major, None, f"'version = {main.version}' in {main.node_path}")
 

@@ -1,4 +1,4 @@
-"""EC2 instance metadata, IMDSv2 only (domain brief, section 6).
+"""EC2 instance metadata, IMDSv2 only (README "Configuration", docs/reporting.md).
 
 ``PUT /latest/api/token`` with ``X-aws-ec2-metadata-token-ttl-seconds`` gives a session token, sent
 back as ``X-aws-ec2-metadata-token``. The token is reused until shortly before its TTL runs out; a

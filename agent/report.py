@@ -1,6 +1,6 @@
 """Reporting: check results -> the Node's annotations and condition, the status file, the metrics file.
 
-What the cluster sees (contract.md):
+What the cluster sees (README "What the cluster sees", docs/reporting.md):
 * annotations ``<prefix>/health`` (``healthy|degraded|unhealthy``) and ``<prefix>/report`` (compact
   JSON, at most 4 KiB: messages are shortened, the structure never), set with a JSON merge patch;
 * the condition (``report.condition``, default ``GPUNodeAgentReady``): ``True`` when healthy or
@@ -22,7 +22,6 @@ kubelet does).
 from __future__ import annotations
 
 import json
-import shlex
 import socket
 import time
 from datetime import datetime, timezone
@@ -44,13 +43,12 @@ from agent.health import (
     overall_health,
     report_document,
 )
+from agent.kubelet import KUBELET_ENVIRONMENT, kubelet_flag
 from agent.log import get_logger
 
 ANNOTATION_LIMIT = 4096  # bytes of the <prefix>/report value
 CONDITION_MESSAGE_LIMIT = 1024
 READABLE_MESSAGE = 80  # characters a message keeps before actions start folding into "+N more"
-KUBELET_ENVIRONMENT = "/etc/eks/kubelet/environment"
-KUBELET_ARGS_VARIABLE = "NODEADM_KUBELET_ARGS"
 REASONS = {HEALTHY: "AllChecksPassed", DEGRADED: "ChecksWarned", UNHEALTHY: "CheckFailed"}
 _ELLIPSIS = "\u2026"
 
@@ -160,25 +158,6 @@ def node_condition(
 # --- the node name -------------------------------------------------------------------------------
 
 
-def hostname_override(text: str) -> Optional[str]:
-    """kubelet's ``--hostname-override`` from nodeadm's environment file (``KEY=value`` lines)."""
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if not sep or key.strip() != KUBELET_ARGS_VARIABLE:
-            continue
-        try:  # systemd unquotes the value, then ExecStart's $VAR splits it at whitespace
-            words = shlex.split(value)
-        except ValueError:
-            words = [value]
-        args = [arg for word in words for arg in word.split()]
-        for i, arg in enumerate(args):
-            if arg.startswith("--hostname-override="):
-                return arg.split("=", 1)[1].strip() or None
-            if arg == "--hostname-override" and i + 1 < len(args):
-                return args[i + 1].strip() or None
-    return None
-
-
 class NodeName(NamedTuple):
     name: str
     source: str
@@ -194,7 +173,7 @@ def resolve_node_name(
     if config.report.node_name:
         return NodeName(config.report.node_name, "report.node_name")
     try:
-        override = hostname_override(read_text(root.path(KUBELET_ENVIRONMENT)))
+        override = kubelet_flag(read_text(root.path(KUBELET_ENVIRONMENT)), "--hostname-override")
     except NodeFileMissing:
         override = None
     except NodeFileError as exc:

@@ -1,4 +1,4 @@
-"""Where the stack's component versions live on a node, and how they are read (domain brief, section 8).
+"""Where the stack's component versions live on a node, and how they are read (README, "Health checks").
 
 * Kubernetes: ``/etc/eks/kubelet-version.txt``, the raw ``kubelet --version`` output
   (``Kubernetes v1.35.2-eks-1a2b3c4``);
@@ -111,7 +111,7 @@ def run_tool(
 # --- parsing ------------------------------------------------------------------------------------
 
 # Patterns as strings: ``re`` compiles and caches them on first use, so ``check`` pays only for those it uses.
-_SEMVER = r"(?:^|[\s/])v?(\d+\.\d+\.\d+)(?:[-+.\s]|$)"
+_SEMVER = r"(?:^|[\s/])v?(\d+\.\d+\.\d+)(?:[-+.~\s]|$)"  # "~": Debian's 1.6.20~ds1
 
 
 def parse_kubelet_version(text: str) -> Optional[str]:

@@ -71,7 +71,7 @@ PRESET = "usr/lib/systemd/system-preset/50-gpu-node-agent.preset"
 LAUNCHER = "/usr/bin/gpu-node-agent"
 LIBDIR = "/usr/lib/gpu-node-agent"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
-STATUS_FILE = "/run/gpu-node-agent/status.json"  # report.status_file's default (contract.md)
+STATUS_FILE = "/run/gpu-node-agent/status.json"  # report.status_file's default (README "Configuration")
 DROP_IN = "50-boot-test.conf"
 # Enabled on the EKS AL2023 NVIDIA AMI (multi-user.target, cloud-init.target), so part of every boot.
 AMI_ENABLED = (NODEADM_CONFIG, NODEADM_RUN, KMOD, *CLOUD_INIT_UNITS)

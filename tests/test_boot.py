@@ -451,7 +451,7 @@ def test_heartbeat_timer_is_armed_and_its_service_writes_the_status_file(node: B
     proc, jobs = node.systemctl_recording("start", CHECK)
     after = datetime.now(timezone.utc)
 
-    # report.publish is false on this node: status file only, no API server needed (contract.md),
+    # report.publish is false on this node: status file only, no API server needed (README "What the cluster sees"),
     # so a healthy node's heartbeat succeeds.
     assert proc.returncode == 0, f"{proc.stderr}\n{node.diagnostics()}"
     assert units_of(jobs) == [(CHECK, "done")]  # the heartbeat restarts nothing
@@ -462,7 +462,7 @@ def test_heartbeat_timer_is_armed_and_its_service_writes_the_status_file(node: B
     assert "health: healthy" in node.journal(CHECK, containing="health: healthy")
     assert f"gpu-node-agent[{p['ExecMainPID']}]" not in node.console()
 
-    # The status file (contract.md, "What the cluster sees"): the report JSON with details,
+    # The status file (README, "What the cluster sees"): the report JSON with details,
     # written atomically to report.status_file under the node's root, publishing or not.
     # NOTE: `check --report` writes it only once the reporting code (status file, annotation,
     # condition) is in; this asserts the contract, not the code present when it was written. It

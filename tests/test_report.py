@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import report
+from agent import kubelet, report
 from agent.config import AgentConfig, ImdsSettings, ReportSettings
 from agent.fs import NodeRoot
 from agent.health import CHECK_NAMES, FAIL, PASS, SKIP, WARN, CheckResult, report_document
@@ -166,14 +166,14 @@ def test_node_name_order(tmp_path: Path, imds: ImdsServer) -> None:
     )
     write_node_file(
         tmp_path,
-        report.KUBELET_ENVIRONMENT,
+        kubelet.KUBELET_ENVIRONMENT,
         'NODEADM_KUBELET_ARGS="--node-ip=10.0.0.12 --hostname-override=GPU-Node-7 --v=2"\n',
     )
     assert report.resolve_node_name(root, config(), imds=make_imds) == report.NodeName(
         "gpu-node-7", "--hostname-override in /etc/eks/kubelet/environment"
     )
     imds.requests.clear()
-    (tmp_path / report.KUBELET_ENVIRONMENT.lstrip("/")).unlink()
+    (tmp_path / kubelet.KUBELET_ENVIRONMENT.lstrip("/")).unlink()
     imds.disabled = True
     assert report.resolve_node_name(root, config(), imds=make_imds, hostname=hostname) == report.NodeName(
         "some-host", "hostname"
@@ -200,7 +200,7 @@ def test_imds_disabled_by_env_is_not_asked(
     ],
 )
 def test_hostname_override(text: str, expected: Optional[str]) -> None:
-    assert report.hostname_override(text) == expected
+    assert kubelet.kubelet_flag(text, "--hostname-override") == expected
 
 
 # --- publishing end to end -------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def node_root(tmp_path: Path, api: ApiServer) -> Path:
     root = tmp_path / "node"
     write_node_file(root, "/etc/kubernetes/pki/ca.crt", api.ca_pem())
     write_node_file(root, "/var/lib/kubelet/kubeconfig", sample_kubeconfig(api.url), 0o600)
-    write_node_file(root, report.KUBELET_ENVIRONMENT, f"NODEADM_KUBELET_ARGS=--hostname-override={NODE}\n")
+    write_node_file(root, kubelet.KUBELET_ENVIRONMENT, f"NODEADM_KUBELET_ARGS=--hostname-override={NODE}\n")
     for n in range(1, 10):  # what the fake aws plugin will issue
         api.add_token(f"k8s-aws-v1.fake-{n}", NODE_USER)
     return root
