@@ -222,6 +222,15 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
+def _acknowledge_gpu_errors(root: NodeRoot, facts: Any, outcome: Any) -> None:
+    """The report went out (published, or publishing is off): the XID events it carried are no longer
+    new (agent/xid.py). After a failed publish they stay new for the next report."""
+    from agent import xid
+
+    if outcome.published is None or outcome.published.ok:
+        xid.acknowledge(root, facts.xid)
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -282,7 +291,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         _start_pass(args, "check")
     config = _config(args)
     root = _root(args)
-    results = checks.evaluate(node.discover(root, config), config)
+    facts = node.discover(root, config, gpu_health=True, imds=args.report)
+    results = checks.evaluate(facts, config)
     document = health.report_document(results)
     outcome = None
     if args.report:  # only now are requests and the API client loaded: plain `check` stays fast
@@ -291,6 +301,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         # report.publish: false (AMI bake, no cluster yet) means the status file and metrics only
         outcome = report.finish(root, config, results, publish_report=config.report.publish)
         document = outcome.document
+        _acknowledge_gpu_errors(root, facts, outcome)
     if args.format == "json":
         _print(health.render_json(document))
     else:
@@ -327,7 +338,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for problem in the_plan.problems:
             log.warning("not fixed", problem=problem)
         result = apply.apply(the_plan, restart_timeout=config.restart.timeout_seconds)
-        results = checks.evaluate(node.discover(root, config), config)
+        facts = node.discover(root, config, gpu_health=True, imds=True)
+        results = checks.evaluate(facts, config)
         results = checks.with_pending_restarts(results, result.pending, config)
     actions: List[str] = result.actions + [f"failed: {failure}" for failure in result.failures]
     _print(health.render_table(results, actions, color=sys.stdout.isatty()))
@@ -344,6 +356,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
                             restarts=restarts, events=events.from_apply(root, result))
     _print(report.summary_line(outcome))
+    _acknowledge_gpu_errors(root, facts, outcome)
     if not outcome.ok:
         code = 1
     log.info("run finished", health=health.overall_health(results), actions=len(actions))
