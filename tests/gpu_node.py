@@ -201,7 +201,6 @@ def gpu_side(root: Path, *, gpus: int = 4, instance_type: Optional[str] = "g5.12
     nvidia_smi(root, gpu_rows(gpus, fabric="Completed" if instance_type in NVSWITCH_TYPES else None))
     tool(root, "/usr/bin/nvidia-ctk", ctk_output())
     write(root, "/dev/kmsg", BOOT_KMSG)
-    write(root, "/proc/sys/kernel/random/boot_id", "7f3c1a52-9d0e-4b8e-a1f2-3c4d5e6f7a8b\n")
     if instance_type:
         write(root, "/run/gpu-node-agent/instance-type", f"{instance_type}\n")
     if instance_type in NVSWITCH_TYPES:
