@@ -99,12 +99,12 @@ def check(
 ) -> CheckResult:
     settings = config.gpu
     if read is None:
-        return CheckResult(CHECK, SKIP, "the Node was not read", {"reason": "NodeNotRead"})
+        return CheckResult(CHECK, SKIP, "the Node was not read", {"event_reason": "NodeNotRead"})
     if read.skipped:
-        return CheckResult(CHECK, SKIP, read.skipped, {"reason": "AllocatableNotChecked"})
+        return CheckResult(CHECK, SKIP, read.skipped, {"event_reason": "AllocatableNotChecked"})
     if read.problem or read.node is None:
         return CheckResult(CHECK, WARN, f"cannot read the Node's allocatable: {read.problem}",
-                           {"node": read.name, "reason": "NodeUnreadable"})
+                           {"node": read.name, "event_reason": "NodeUnreadable"})
     alloc = read.allocatable
     age = _kubelet_age(units, kubelet_unit, time.time() if now is None else now)
     grace = settings.allocatable_grace_seconds
@@ -148,7 +148,7 @@ def check(
         reason = "GPUNotYetAdvertised" if within else "GPUNotAdvertised"
         if not any(r.startswith(settings.resource_name) for r in short):
             reason = "EFANotYetAdvertised" if within else "EFANotAdvertised"
-        return CheckResult(CHECK, status, f"{'; '.join(short)} ({since})", {**details, "reason": reason})
+        return CheckResult(CHECK, status, f"{'; '.join(short)} ({since})", {**details, "event_reason": reason})
     if odd:
-        return CheckResult(CHECK, WARN, "; ".join(odd + good), {**details, "reason": "AllocatableUnexpected"})
-    return CheckResult(CHECK, PASS, "; ".join(good), {**details, "reason": "AllocatableAsExpected"})
+        return CheckResult(CHECK, WARN, "; ".join(odd + good), {**details, "event_reason": "AllocatableUnexpected"})
+    return CheckResult(CHECK, PASS, "; ".join(good), {**details, "event_reason": "AllocatableAsExpected"})

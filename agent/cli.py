@@ -222,6 +222,11 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
+def _node_read(facts: Any) -> Any:
+    """The Node as gpu-allocatable just read it: the report needs no GET of its own."""
+    return facts.kube_node.node if facts.kube_node is not None else None
+
+
 def _acknowledge_gpu_errors(root: NodeRoot, facts: Any, outcome: Any) -> None:
     """The report went out (published, or publishing is off): the XID events it carried are no longer
     new (agent/xid.py). After a failed publish they stay new for the next report."""
@@ -299,7 +304,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         from agent import report
 
         # report.publish: false (AMI bake, no cluster yet) means the status file and metrics only
-        outcome = report.finish(root, config, results, publish_report=config.report.publish)
+        outcome = report.finish(root, config, results, publish_report=config.report.publish,
+                                node=_node_read(facts))
         document = outcome.document
         _acknowledge_gpu_errors(root, facts, outcome)
     if args.format == "json":
@@ -354,7 +360,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent import events
 
     outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
-                            restarts=restarts, events=events.from_apply(root, result))
+                            restarts=restarts, events=events.from_apply(root, result), node=_node_read(facts))
     _print(report.summary_line(outcome))
     _acknowledge_gpu_errors(root, facts, outcome)
     if not outcome.ok:

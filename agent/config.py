@@ -260,7 +260,8 @@ RULES: Dict[str, Tuple[Validator, str]] = {
     "gpu.efa_resource_name": (_regex(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?",
                                      "an extended resource name such as vpc.amazonaws.com/efa"), ""),
     "gpu.allocatable_grace_seconds": (_not_negative, ""),
-    "gpu.fabricmanager_unit": (lambda v: _unit_names((v,)), ""),
+    "gpu.fabricmanager_unit": (_regex(r"[A-Za-z0-9:_.\\@-]+\.service", "a systemd service unit name such as "
+                                      "nvidia-fabricmanager.service"), ""),
 }
 
 

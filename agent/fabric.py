@@ -113,32 +113,32 @@ def check(
 ) -> CheckResult:
     if facts is None or not facts.nvswitch:
         why = facts.why if facts is not None else "not discovered"
-        return CheckResult(CHECK, SKIP, f"not an NVSwitch system: {why}", {"reason": "NoNVSwitch"})
+        return CheckResult(CHECK, SKIP, f"not an NVSwitch system: {why}", {"event_reason": "NoNVSwitch"})
     details: Dict[str, Any] = {"nvswitch": facts.why, "switches": list(facts.switches), "unit": unit,
                                "version": facts.version, "version_source": facts.version_note,
                                "driver_version": driver_version}
     if units is None or isinstance(units, SystemdError):
         why = str(units) if units is not None else "unit state not discovered"
         return CheckResult(CHECK, WARN, f"NVSwitch system, but {unit} cannot be read: {why}",
-                           {**details, "reason": "FabricManagerUnknown"})
+                           {**details, "event_reason": "FabricManagerUnknown"})
     state = units.get(unit)
     if state is None:
         return CheckResult(CHECK, WARN, f"NVSwitch system, but {unit} was not discovered",
-                           {**details, "reason": "FabricManagerUnknown"})
+                           {**details, "event_reason": "FabricManagerUnknown"})
     details.update(active_state=state.active_state, sub_state=state.sub_state, load_state=state.load_state)
     if not state.loaded:
         return CheckResult(CHECK, FAIL, f"NVSwitch system ({facts.why}) but {state.describe()}: CUDA cannot "
                            "initialise (error 802) without the fabric manager",
-                           {**details, "reason": "FabricManagerMissing"})
+                           {**details, "event_reason": "FabricManagerMissing"})
     if state.active_state in ("activating", "reloading"):
         return CheckResult(CHECK, WARN, f"{state.describe()}: the fabric is not trained yet",
-                           {**details, "reason": "FabricManagerStarting"})
+                           {**details, "event_reason": "FabricManagerStarting"})
     if state.active_state != "active":
         return CheckResult(CHECK, FAIL, f"{state.describe()}, expected active: CUDA cannot initialise (error 802) "
-                           "on this NVSwitch system", {**details, "reason": "FabricManagerNotRunning"})
+                           "on this NVSwitch system", {**details, "event_reason": "FabricManagerNotRunning"})
     if facts.version and driver_version and facts.version != driver_version:
         return CheckResult(CHECK, FAIL, f"fabric manager {facts.version} but driver {driver_version}: they must be "
-                           "the same version", {**details, "reason": "FabricManagerVersionMismatch"})
+                           "the same version", {**details, "event_reason": "FabricManagerVersionMismatch"})
     fabric = [(r, r.fabric_state, r.fabric_status) for r in rows or () if r.fabric_state is not None]
     details["gpus"] = [{"index": r.gpu_index, "bus_id": r.bus_id, "state": s, "status": st} for r, s, st in fabric]
     not_done = [(r, s) for r, s, _ in fabric if s.lower() != "completed"]
@@ -147,18 +147,18 @@ def check(
         r, st = failed[0]
         return CheckResult(CHECK, FAIL, f"{r.label()}: fabric registration completed with {st!r}"
                            + (f"; +{len(failed) - 1} more" if len(failed) > 1 else ""),
-                           {**details, "reason": "GPUFabricFailed"})
+                           {**details, "event_reason": "GPUFabricFailed"})
     if not_done:
         r, s = not_done[0]
         status = WARN if s.lower() == "in progress" else FAIL
         return CheckResult(CHECK, status, f"{r.label()}: fabric state {s!r}, expected 'Completed'"
                            + (f"; +{len(not_done) - 1} more" if len(not_done) > 1 else ""),
-                           {**details, "reason": "GPUFabricNotReady"})
+                           {**details, "event_reason": "GPUFabricNotReady"})
     if facts.version is None or driver_version is None:
         unknown = facts.version_note if facts.version is None else "driver version unknown"
         return CheckResult(CHECK, WARN, f"{state.describe()}; version not compared: {unknown}",
-                           {**details, "reason": "FabricManagerVersionUnknown"})
+                           {**details, "event_reason": "FabricManagerVersionUnknown"})
     fabric_note = (f"; fabric Completed/Success on {len(fabric)} GPUs" if fabric
                    else "; the driver reports no fabric state")
     return CheckResult(CHECK, PASS, f"{unit} active, {facts.version} = driver{fabric_note}",
-                       {**details, "reason": "FabricManagerReady"})
+                       {**details, "event_reason": "FabricManagerReady"})

@@ -142,7 +142,7 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
                                "expected": instance.expected, "expected_source": instance.expected_source}
     if instance.spec is not None and instance.spec.get("vendor", "nvidia") != "nvidia":
         return CheckResult(CHECK, SKIP, f"{instance.instance_type} has {instance.spec.get('model')} GPUs, "
-                           "not NVIDIA: not counted", {**details, "reason": "NotNvidia"})
+                           "not NVIDIA: not counted", {**details, "event_reason": "NotNvidia"})
     smi = driver.smi if driver is not None else None
     table = smi.table if smi is not None else None
     unreachable = list(table.unreachable) if table is not None else []
@@ -157,11 +157,11 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
         if not expected:
             return CheckResult(CHECK, SKIP, "no NVIDIA driver, nvidia-smi or GPU device node: not a GPU node "
                                f"as far as the agent sees ({instance.expected_source})",
-                               {**details, "reason": "NoGpus"})
+                               {**details, "event_reason": "NoGpus"})
         seen = 0
     if seen is None:
         why = smi.problem if smi is not None and smi.problem else "nvidia-smi gave no table"
-        return CheckResult(CHECK, WARN, f"GPUs not counted: {why}", {**details, "reason": "GpuInventoryUnknown"})
+        return CheckResult(CHECK, WARN, f"GPUs not counted: {why}", {**details, "event_reason": "GpuInventoryUnknown"})
     counted = f"{_plural(seen)} visible" + (" to nvidia-smi" if smi is not None else " (device nodes; no nvidia-smi)")
     lost = "".join(f"; {bus}: {why}" for bus, why in unreachable[:3])
     lost += f"; nvidia-smi output not understood: {malformed[0]}" if malformed else ""
@@ -169,19 +169,19 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
         missing = expected - seen
         return CheckResult(CHECK, FAIL, f"{seen} of {expected} GPUs visible: {missing} missing "
                            f"({instance.expected_source}){lost}",
-                           {**details, "missing": missing, "reason": "GPUMissing"})
+                           {**details, "missing": missing, "event_reason": "GPUMissing"})
     if unreachable:
         return CheckResult(CHECK, FAIL, f"{counted} but NVML cannot open {_plural(len(unreachable))}{lost}",
-                           {**details, "reason": "GPUMissing"})
+                           {**details, "event_reason": "GPUMissing"})
     if expected is not None and seen > expected:
         return CheckResult(CHECK, WARN, f"{counted}, more than expected ({instance.expected_source})",
-                           {**details, "reason": "GpuCountUnexpected"})
+                           {**details, "event_reason": "GpuCountUnexpected"})
     if malformed:
         return CheckResult(CHECK, WARN, f"{counted}; nvidia-smi output not understood: {malformed[0]}",
-                           {**details, "reason": "GpuInventoryUnreadable"})
+                           {**details, "event_reason": "GpuInventoryUnreadable"})
     if expected is None:
         return CheckResult(CHECK, PASS, f"{counted}; not compared: {instance.expected_source}",
-                           {**details, "reason": "GpuCountNotCompared"})
+                           {**details, "event_reason": "GpuCountNotCompared"})
     return CheckResult(CHECK, PASS, f"{counted}, as expected ({instance.expected_source})",
-                       {**details, "reason": "GpusPresent"})
+                       {**details, "event_reason": "GpusPresent"})
 

@@ -208,12 +208,12 @@ def check(facts: Optional[XidFacts], rows: Optional[Sequence[Any]], *, gpu_node:
         worst = findings[0]
         status = _STATUS.get(worst.cls, WARN)
         more = f"; +{len(findings) - 1} more" if len(findings) > 1 else ""
-        details.update(reason=worst.reason, findings=[f.text for f in findings[:20]])
+        details.update(event_reason=worst.reason, findings=[f.text for f in findings[:20]])
         return CheckResult(CHECK, status, f"{worst.text}{more}", details)
     problem = read.problem if read is not None else None
     no_log = problem is not None and problem.endswith("does not exist")  # an image or a container, no kernel
     if not gpu_node:  # and no XID in the log either
-        return CheckResult(CHECK, SKIP, "no NVIDIA GPU on this node", {**details, "reason": "NoGpus"})
+        return CheckResult(CHECK, SKIP, "no NVIDIA GPU on this node", {**details, "event_reason": "NoGpus"})
     notes = []
     if no_log:
         notes.append(f"no kernel log to read ({problem})")
@@ -224,9 +224,9 @@ def check(facts: Optional[XidFacts], rows: Optional[Sequence[Any]], *, gpu_node:
     if rows is None:
         notes.append("ECC and row remapping not read (nvidia-smi did not answer)")
     if (problem and not no_log) or rows is None:
-        details["reason"] = "GpuErrorsUnknown"
+        details["event_reason"] = "GpuErrorsUnknown"
         return CheckResult(CHECK, WARN, "; ".join(notes), details)
-    details["reason"] = "NoGpuErrors"
+    details["event_reason"] = "NoGpuErrors"
     base = (f"no XID events since boot ({read.total} kernel log records)" if read is not None and not no_log
             else "no XID events")
     ecc = f", no ECC or row-remapping problem on {len(rows)} GPUs" if rows else ""

@@ -58,7 +58,7 @@ def test_active_at_the_drivers_version_with_the_fabric_trained(p5: Path, sd: Boo
 def test_stopped_fails(p5: Path, sd: BootedSystemd) -> None:
     sd.systemctl("stop", UNIT)
     r = judge(p5, sd)
-    assert r.status == FAIL and r.details["reason"] == "FabricManagerNotRunning"
+    assert r.status == FAIL and r.details["event_reason"] == "FabricManagerNotRunning"
     assert r.message.startswith(f"{UNIT} inactive (dead), expected active: CUDA cannot initialise (error 802)")
 
 
@@ -69,7 +69,7 @@ def test_failed_at_start_fails(p5: Path, sd: BootedSystemd) -> None:
 
 def test_not_installed_fails(p5: Path, sd: BootedSystemd) -> None:
     r = judge(p5, sd, "nvidia-fabricmanager-absent.service")
-    assert r.status == FAIL and r.details["reason"] == "FabricManagerMissing"
+    assert r.status == FAIL and r.details["event_reason"] == "FabricManagerMissing"
     assert "nvidia-fabricmanager-absent.service is not loaded (not-found)" in r.message
 
 
@@ -92,7 +92,7 @@ def test_fabric_still_training_warns_and_a_failed_registration_fails(p5: Path, s
     rows[3]["fabric.status"] = "NVML_ERROR_NOT_READY"
     nvidia_smi(p5, rows)
     r = judge(p5, sd)
-    assert r.status == FAIL and r.details["reason"] == "GPUFabricFailed"
+    assert r.status == FAIL and r.details["event_reason"] == "GPUFabricFailed"
 
 
 def test_check_on_the_node(p5: Path, sd: BootedSystemd, capsys: pytest.CaptureFixture,

@@ -74,14 +74,14 @@ def test_advertised_as_expected(root: Path, api: ApiServer) -> None:
 def test_not_yet_advertised_within_the_grace_period(root: Path, api: ApiServer) -> None:
     api.set_allocatable(NODE_NAME, {"cpu": "191450m", "memory": "2097152Mi"})
     r = evaluate(root, started_ago=40)
-    assert r.status == WARN and r.details["reason"] == "GPUNotYetAdvertised"
+    assert r.status == WARN and r.details["event_reason"] == "GPUNotYetAdvertised"
     assert r.message == "nvidia.com/gpu not yet advertised (expected 8: 8 GPUs) (kubelet started 40s ago, grace 300s)"
 
 
 def test_not_advertised_after_the_grace_period(root: Path, api: ApiServer) -> None:
     api.set_allocatable(NODE_NAME, {"cpu": "191450m", "nvidia.com/gpu": "0"})
     r = evaluate(root, started_ago=900)
-    assert r.status == FAIL and r.details["reason"] == "GPUNotAdvertised"
+    assert r.status == FAIL and r.details["event_reason"] == "GPUNotAdvertised"
     assert r.message.startswith("nvidia.com/gpu not advertised (expected 8: 8 GPUs) (kubelet started 900s ago")
 
 
@@ -113,7 +113,7 @@ def test_mig_resource_name(root: Path, api: ApiServer) -> None:
 def test_efa_not_advertised(root: Path, api: ApiServer) -> None:
     api.set_allocatable(NODE_NAME, {"nvidia.com/gpu": "8"})
     r = evaluate(root, started_ago=900, efa_devices=32)
-    assert r.status == FAIL and r.details["reason"] == "EFANotAdvertised"
+    assert r.status == FAIL and r.details["event_reason"] == "EFANotAdvertised"
     assert r.message.startswith("vpc.amazonaws.com/efa not advertised (expected 32: 32 EFA devices)")
     off = parse_config("gpu:\n  efa_resource_name: null\n", "c")
     assert evaluate(root, off, started_ago=900, efa_devices=32).status == PASS
@@ -135,7 +135,7 @@ def test_no_kubeconfig_means_no_api_call(root: Path, api: ApiServer) -> None:
 def test_a_kubeconfig_that_does_not_work_warns_with_why(root: Path, api: ApiServer, aws: FakeAws) -> None:
     aws.mode("fail")
     r = evaluate(root)
-    assert r.status == WARN and r.details["reason"] == "NodeUnreadable"
+    assert r.status == WARN and r.details["event_reason"] == "NodeUnreadable"
     assert r.message.startswith("cannot read the Node's allocatable: exec plugin aws: exited with 255")
 
 

@@ -72,7 +72,7 @@ def test_a_clean_boot(root: Path) -> None:
     r = gpu_errors(root)
     assert r.status == PASS
     assert r.message == "no XID events since boot (4 kernel log records), no ECC or row-remapping problem on 8 GPUs"
-    assert r.details["reason"] == "NoGpuErrors"
+    assert r.details["event_reason"] == "NoGpuErrors"
 
 
 @pytest.mark.parametrize("number", sorted(XID_LINES))
@@ -80,14 +80,14 @@ def test_each_xid_is_classified_by_the_table(root: Path, number: int) -> None:
     log_with(root, XID_LINES[number])
     r = gpu_errors(root)
     status, message, reason = EXPECTED[number]
-    assert (r.status, r.message, r.details["reason"]) == (status, message, reason)
+    assert (r.status, r.message, r.details["event_reason"]) == (status, message, reason)
     assert r.details["xid_events"][0]["xid"] == number
 
 
 def test_the_worst_comes_first_and_repeats_are_counted(root: Path) -> None:
     log_with(root, XID_LINES[13], XID_LINES[13], XID_LINES[79], XID_LINES[31])
     r = gpu_errors(root)
-    assert r.status == FAIL and r.details["reason"] == "GPUFellOffBus"
+    assert r.status == FAIL and r.details["event_reason"] == "GPUFellOffBus"
     assert r.message == EXPECTED[79][1] + "; +2 more"
     assert r.details["findings"][1:] == [EXPECTED[13][1] + " (x2)", EXPECTED[31][1]]
 
@@ -116,7 +116,7 @@ def test_ecc_and_row_remapping_from_nvidia_smi(root: Path) -> None:
     rows[7]["remapped_rows.failure"] = "Yes"
     nvidia_smi(root, rows)
     r = gpu_errors(root)
-    assert r.status == FAIL and r.details["reason"] == "GPURowRemapFailure"
+    assert r.status == FAIL and r.details["event_reason"] == "GPURowRemapFailure"
     assert r.message == "GPU 7 (00000000:CA:00.0): row remapping failed (replace the GPU); +2 more"
     assert r.details["findings"][1:] == [
         "GPU 2 (00000000:75:00.0): 3 uncorrected ECC errors since the driver loaded",
@@ -130,7 +130,7 @@ def test_retired_pages_pending_on_a_gpu_without_row_remapping(tmp_path: Path) ->
     rows[0]["retired_pages.pending"] = "Yes"
     nvidia_smi(root, rows)
     r = gpu_errors(root)
-    assert r.status == FAIL and r.details["reason"] == "GPUPageRetirementPending"
+    assert r.status == FAIL and r.details["event_reason"] == "GPUPageRetirementPending"
 
 
 def test_gpus_without_ecc_reporting_are_fine(tmp_path: Path) -> None:
@@ -161,7 +161,7 @@ def test_the_summary_survives_the_ring_buffer_wrapping(root: Path) -> None:
     write(root, "/dev/kmsg", kmsg_record(50_000, 9_900_000_000, "systemd[1]: Started session-4.scope."))
     facts = xid.discover(node)
     assert [e.xid for e in facts.events] == [79] and facts.last_seq == 50_000
-    assert xid.check(facts, None).details["reason"] == "GPUFellOffBus"
+    assert xid.check(facts, None).details["event_reason"] == "GPUFellOffBus"
 
 
 def test_a_new_boot_starts_over(root: Path) -> None:

@@ -113,7 +113,7 @@ def test_eight_of_eight_on_a_p5(p5: Path) -> None:
     assert r.status == PASS
     assert r.message == "8 GPUs visible to nvidia-smi, as expected (p5.48xlarge has 8)"
     assert r.details["instance_type_source"] == "/run/gpu-node-agent/instance-type"
-    assert r.details["reason"] == "GpusPresent"
+    assert r.details["event_reason"] == "GpusPresent"
 
 
 def test_seven_of_eight_fails_naming_the_missing_gpu(p5: Path) -> None:
@@ -123,7 +123,7 @@ def test_seven_of_eight_fails_naming_the_missing_gpu(p5: Path) -> None:
     r = inventory(p5)
     assert r.status == FAIL
     assert r.message == ("7 of 8 GPUs visible: 1 missing (p5.48xlarge has 8); 0000:86:00.0: Unknown Error")
-    assert r.details["missing"] == 1 and r.details["reason"] == "GPUMissing"
+    assert r.details["missing"] == 1 and r.details["event_reason"] == "GPUMissing"
 
 
 def test_unknown_instance_type_skips_the_comparison_and_says_so(tmp_path: Path) -> None:
