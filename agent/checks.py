@@ -37,7 +37,29 @@ def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
         results.append(compat.check(facts.versions))
     if facts.efa is not None:
         results.append(efa.check(facts.efa, config.efa))
+    results.extend(_gpu_readiness(facts, config))
     return results
+
+
+def _gpu_readiness(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
+    """gpu-inventory, gpu-allocatable, nvidia-fabricmanager, gpu-errors: all from the one nvidia-smi
+    query of ``facts.driver``. Only when discovered (``node.discover(..., gpu_health=True)``)."""
+    from agent import allocatable, fabric, gpu, systemd, xid
+
+    if facts.instance is None:
+        return []
+    driver = facts.driver
+    smi = driver.smi if driver is not None else None
+    rows = smi.table.rows if smi is not None and smi.table is not None and not smi.timed_out else None
+    gpu_node = driver is not None and (driver.loaded or smi is not None or bool(driver.devices))
+    out = [gpu.check(driver, facts.instance)]
+    out.append(allocatable.check(facts.kube_node, config, gpus=gpu.gpus_seen(driver),
+                                 efa_devices=len(facts.efa.devices) if facts.efa is not None else 0,
+                                 units=facts.units, kubelet_unit=systemd.kubelet_unit(config.restart.units)))
+    out.append(fabric.check(facts.fabric, facts.units, config.gpu.fabricmanager_unit,
+                            driver.version if driver is not None else None, rows))
+    out.append(xid.check(facts.xid, rows, gpu_node=gpu_node))
+    return out
 
 
 def with_pending_restarts(

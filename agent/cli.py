@@ -222,6 +222,20 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
+def _node_read(facts: Any) -> Any:
+    """The Node as gpu-allocatable just read it: the report needs no GET of its own."""
+    return facts.kube_node.node if facts.kube_node is not None else None
+
+
+def _acknowledge_gpu_errors(root: NodeRoot, facts: Any, outcome: Any) -> None:
+    """The report went out (published, or publishing is off): the XID events it carried are no longer
+    new (agent/xid.py). After a failed publish they stay new for the next report."""
+    from agent import xid
+
+    if outcome.published is None or outcome.published.ok:
+        xid.acknowledge(root, facts.xid)
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -282,15 +296,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         _start_pass(args, "check")
     config = _config(args)
     root = _root(args)
-    results = checks.evaluate(node.discover(root, config), config)
+    facts = node.discover(root, config, gpu_health=True, imds=args.report)
+    results = checks.evaluate(facts, config)
     document = health.report_document(results)
     outcome = None
     if args.report:  # only now are requests and the API client loaded: plain `check` stays fast
         from agent import report
 
         # report.publish: false (AMI bake, no cluster yet) means the status file and metrics only
-        outcome = report.finish(root, config, results, publish_report=config.report.publish)
+        outcome = report.finish(root, config, results, publish_report=config.report.publish,
+                                node=_node_read(facts))
         document = outcome.document
+        _acknowledge_gpu_errors(root, facts, outcome)
     if args.format == "json":
         _print(health.render_json(document))
     else:
@@ -327,7 +344,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for problem in the_plan.problems:
             log.warning("not fixed", problem=problem)
         result = apply.apply(the_plan, restart_timeout=config.restart.timeout_seconds)
-        results = checks.evaluate(node.discover(root, config), config)
+        facts = node.discover(root, config, gpu_health=True, imds=True)
+        results = checks.evaluate(facts, config)
         results = checks.with_pending_restarts(results, result.pending, config)
     actions: List[str] = result.actions + [f"failed: {failure}" for failure in result.failures]
     _print(health.render_table(results, actions, color=sys.stdout.isatty()))
@@ -342,8 +360,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent import events
 
     outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
-                            restarts=restarts, events=events.from_apply(root, result))
+                            restarts=restarts, events=events.from_apply(root, result), node=_node_read(facts))
     _print(report.summary_line(outcome))
+    _acknowledge_gpu_errors(root, facts, outcome)
     if not outcome.ok:
         code = 1
     log.info("run finished", health=health.overall_health(results), actions=len(actions))

@@ -191,6 +191,17 @@ class ImdsSettings(NamedTuple):
     timeout_seconds: float = 2.0
 
 
+class GpuSettings(NamedTuple):
+    instance_type: Optional[str] = None  # default: /run cache, the Node's label, IMDS (run, check --report)
+    expected_count: Optional[int] = None  # GPUs the instance should have (default: the instance type's)
+    allocatable: bool = True  # check the Node's status.allocatable (false: gpu-allocatable skips)
+    resource_name: str = "nvidia.com/gpu"
+    resource_per_gpu: int = 1  # time-slicing replicas, or MIG instances of resource_name per GPU
+    efa_resource_name: Optional[str] = "vpc.amazonaws.com/efa"  # null: EFA not compared
+    allocatable_grace_seconds: float = 300.0  # after kubelet's start: "not yet advertised" is a warning
+    fabricmanager_unit: str = "nvidia-fabricmanager.service"
+
+
 class AgentConfig(NamedTuple):
     containerd: ContainerdSettings = ContainerdSettings()
     nvidia_runtime: NvidiaRuntimeSettings = NvidiaRuntimeSettings()
@@ -198,6 +209,7 @@ class AgentConfig(NamedTuple):
     efa: EfaSettings = EfaSettings()
     report: ReportSettings = ReportSettings()
     imds: ImdsSettings = ImdsSettings()
+    gpu: GpuSettings = GpuSettings()
     source: str = "<defaults>"  # the file it came from
 
     def settings(self) -> Tuple[Any, ...]:
@@ -239,6 +251,17 @@ RULES: Dict[str, Tuple[Validator, str]] = {
     "report.heartbeat_minutes": (_not_negative, ""),
     "imds.endpoint": (_url, ""),
     "imds.timeout_seconds": (_positive, ""),
+    "gpu.instance_type": (_regex(r"[a-z0-9]+(-[a-z0-9]+)*\.[a-z0-9]+", "an EC2 instance type such as p5.48xlarge"),
+                          ""),
+    "gpu.expected_count": (lambda v: (v is not None and _positive(v)) or None, ""),
+    "gpu.resource_name": (_regex(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?",
+                                 "an extended resource name such as nvidia.com/gpu"), ""),
+    "gpu.resource_per_gpu": (_positive, ""),
+    "gpu.efa_resource_name": (_regex(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?",
+                                     "an extended resource name such as vpc.amazonaws.com/efa"), ""),
+    "gpu.allocatable_grace_seconds": (_not_negative, ""),
+    "gpu.fabricmanager_unit": (_regex(r"[A-Za-z0-9:_.\\@-]+\.service", "a systemd service unit name such as "
+                                      "nvidia-fabricmanager.service"), ""),
 }
 
 
@@ -249,6 +272,7 @@ SECTIONS: Dict[str, Any] = {
     "efa": EfaSettings,
     "report": ReportSettings,
     "imds": ImdsSettings,
+    "gpu": GpuSettings,
 }
 
 
@@ -388,6 +412,9 @@ class _Builder:
         if hint is bool:
             if not isinstance(value, bool):
                 self.fail(node, dotted, f"expected true or false, got {_type_name(value)} {_short(value)}")
+        elif hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(node, dotted, f"expected a whole number, got {_type_name(value)} {_short(value)}")
         elif hint is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 unit = "minutes" if dotted.endswith("_minutes") else "seconds"

@@ -5,8 +5,10 @@
   proprietary (``NVIDIA UNIX x86_64 Kernel Module  580.159.03``) and the open module
   (``NVIDIA UNIX Open Kernel Module for x86_64  580.159.03``) alike;
 * ``/dev/nvidia0``, ``/dev/nvidia1``, ... are the GPU device nodes containers get (jit-cdi injects them);
-* ``nvidia-smi --query-gpu=driver_version --format=csv,noheader`` asks NVML: one line per GPU. It can
-  hang on a GPU in a bad state, so it runs with a short timeout; a timeout is a warning, not a verdict.
+* ``nvidia-smi --query-gpu=...`` asks NVML: one line per GPU. It can hang on a GPU in a bad state, so
+  it runs with a short timeout; a timeout is a warning, not a verdict. It runs once per ``check``: the
+  same query (``agent.smi``) also gives the GPU inventory, ECC and row-remapping state and the fabric
+  state that ``gpu-inventory``, ``gpu-errors`` and ``nvidia-fabricmanager`` judge.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
+from agent import smi
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
@@ -24,18 +27,18 @@ PROC_VERSION = "/proc/driver/nvidia/version"
 DEV_DIR = "/dev"
 NVIDIA_SMI = "/usr/bin/nvidia-smi"
 SMI_TIMEOUT_SECONDS = 5.0
-SMI_ARGS = ("--query-gpu=driver_version", "--format=csv,noheader")
+SMI_ARGS = smi.query_args()
 
 # Patterns as strings: ``re`` compiles and caches them on first use (``check`` start-up time).
 _PROC_RE = r"(?m)^NVRM version:.*?Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)\b"
 _DEVICE_RE = r"nvidia(\d+)"
-_DRIVER_VERSION_RE = r"\d+\.\d+(?:\.\d+)?"
 
 
 class SmiResult(NamedTuple):
     versions: Tuple[str, ...]  # one per GPU NVML sees
     problem: Optional[str]  # why nvidia-smi did not answer (None: it did)
     timed_out: bool = False
+    table: Optional[smi.SmiTable] = None  # the whole answer (None: no answer)
 
 
 class DriverFacts(NamedTuple):
@@ -57,10 +60,6 @@ def parse_proc_version(text: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
-def parse_smi_versions(stdout: str) -> Tuple[str, ...]:
-    return tuple(line.strip() for line in stdout.splitlines() if re.fullmatch(_DRIVER_VERSION_RE, line.strip()))
-
-
 def _devices(root: NodeRoot) -> Tuple[str, ...]:
     try:
         names = [p.name for p in root.path(DEV_DIR).iterdir()]
@@ -74,17 +73,23 @@ def _smi(root: NodeRoot, timeout: float) -> Optional[SmiResult]:
     binary = root.path(NVIDIA_SMI)
     if not binary.exists():
         return None
-    out = run_tool([str(binary), *SMI_ARGS], timeout)
+    fields: Tuple[str, ...] = smi.FIELDS
+    out = run_tool([str(binary), *smi.query_args(fields)], timeout)
+    if out is not None and not out.ok and out.returncode is not None and smi.field_rejected(out.stdout + out.stderr):
+        fields = smi.BASE_FIELDS  # a driver that predates row remapping or fabric fields
+        out = run_tool([str(binary), *smi.query_args(fields)], timeout)
     if out is None:
         return SmiResult((), f"{NVIDIA_SMI} cannot be executed")
     if out.returncode is None:
         return SmiResult((), out.problem(timeout), timed_out=True)
-    if not out.ok:
-        return SmiResult((), out.problem(timeout))
-    versions = parse_smi_versions(out.stdout)
-    if not versions:
-        return SmiResult((), "nvidia-smi listed no GPU")
-    return SmiResult(versions, None)
+    table = smi.parse(out.stdout, fields)
+    versions = tuple(r.driver_version for r in table.rows if r.driver_version)
+    if not out.ok and not table.rows:
+        return SmiResult((), out.problem(timeout), table=table)
+    if not table.rows:
+        why = f"; {table.malformed[0]}" if table.malformed else ""
+        return SmiResult((), f"nvidia-smi listed no GPU{why}", table=table)
+    return SmiResult(versions, None, table=table)
 
 
 def discover(root: NodeRoot, *, smi_timeout: float = SMI_TIMEOUT_SECONDS) -> DriverFacts:
@@ -115,6 +120,8 @@ def check(facts: DriverFacts) -> CheckResult:
     }
     if facts.smi is not None:
         details["nvidia_smi"] = {"versions": list(facts.smi.versions), "problem": facts.smi.problem}
+        if facts.smi.table is not None and facts.smi.table.malformed:
+            details["nvidia_smi"]["malformed"] = list(facts.smi.table.malformed)
     if not facts.loaded:
         return CheckResult(CHECK, FAIL, f"driver not loaded: {PROC_VERSION} does not exist "
                            "(has nvidia-kmod-load.service run?)", details)

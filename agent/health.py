@@ -27,6 +27,10 @@ CHECK_NAMES = (
     "nvidia-driver",
     "efa",
     "compatibility",
+    "gpu-inventory",
+    "gpu-allocatable",
+    "nvidia-fabricmanager",
+    "gpu-errors",
 )
 
 REPORT_SCHEMA_VERSION = 1

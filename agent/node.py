@@ -17,10 +17,14 @@ from agent.nvidia import NvidiaRuntimeConfig
 from agent.systemd import SystemdError, UnitState, UnitStates
 
 if TYPE_CHECKING:
+    from agent.allocatable import NodeRead
     from agent.driver import DriverFacts
     from agent.efa import EfaFacts
+    from agent.fabric import FabricFacts
+    from agent.gpu import InstanceFacts
     from agent.serving import Serving, ServingProbe
     from agent.versions import NodeVersions
+    from agent.xid import XidFacts
 
 
 class NodeFacts(NamedTuple):
@@ -36,9 +40,16 @@ class NodeFacts(NamedTuple):
     # of units that are active: systemd's "active" alone does not say they serve.
     probes: Mapping[str, ServingProbe] = {}
     serving: Mapping[str, Serving] = {}
+    # GPU readiness (discover(..., gpu_health=True): check and run's final checks; None otherwise)
+    instance: Optional[InstanceFacts] = None
+    kube_node: Optional[NodeRead] = None
+    fabric: Optional[FabricFacts] = None
+    xid: Optional[XidFacts] = None
 
 
-def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
+def discover(root: NodeRoot, config: AgentConfig, *, gpu_health: bool = False, imds: bool = False) -> NodeFacts:
+    """``gpu_health``: also what the GPU readiness checks need (the Node's allocatable, the instance
+    type, NVSwitch, the kernel log); ``imds``: the instance type may come from IMDS."""
     from agent import containerd, efa, nvidia, systemd
 
     containerd_facts: Union[ContainerdConfigSet, NodeFileError]
@@ -51,16 +62,29 @@ def discover(root: NodeRoot, config: AgentConfig) -> NodeFacts:
         nvidia_facts = nvidia.load(root, config.nvidia_runtime)
     except NodeFileError as exc:
         nvidia_facts = exc
-    units = systemd.discover(systemd.units_to_discover(config.restart.units),
-                             timeout=min(config.restart.timeout_seconds, systemd.DISCOVERY_TIMEOUT))
+    unit_names = systemd.units_to_discover(config.restart.units)
+    if gpu_health and config.gpu.fabricmanager_unit not in unit_names:
+        unit_names.append(config.gpu.fabricmanager_unit)
+    units = systemd.discover(unit_names, timeout=min(config.restart.timeout_seconds, systemd.DISCOVERY_TIMEOUT))
     probes, serving = _serving(root, config, containerd_facts, units)
     from agent import driver, versions
 
     driver_facts = driver.discover(root)
     node_versions = versions.discover(root, driver_facts.version, driver_facts.version_note)
-    return NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts, units=units,
-                     driver=driver_facts, versions=node_versions, efa=efa.discover(root, config.efa),
-                     probes=probes, serving=serving)
+    facts = NodeFacts(root=root, containerd=containerd_facts, nvidia_runtime=nvidia_facts, units=units,
+                      driver=driver_facts, versions=node_versions, efa=efa.discover(root, config.efa),
+                      probes=probes, serving=serving)
+    return _with_gpu_health(facts, config, imds=imds) if gpu_health else facts
+
+
+def _with_gpu_health(facts: NodeFacts, config: AgentConfig, *, imds: bool) -> NodeFacts:
+    from agent import allocatable, fabric, gpu, xid
+
+    node_read = allocatable.read_node(facts.root, config)
+    instance = gpu.discover_instance(facts.root, config, node_label=node_read.label(gpu.INSTANCE_TYPE_LABEL),
+                                     imds=imds)
+    switches = fabric.discover(facts.root, instance_type=instance.instance_type, type_has_nvswitch=instance.nvswitch)
+    return facts._replace(instance=instance, kube_node=node_read, fabric=switches, xid=xid.discover(facts.root))
 
 
 def _serving(

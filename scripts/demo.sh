@@ -17,7 +17,10 @@ install -D -m 644 /dev/stdin "$NODE/etc/eks/kubelet-version.txt" <<<"Kubernetes 
 install -D -m 644 /dev/stdin "$NODE/proc/driver/nvidia/version" \
   <<<"NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.03  Release Build  (dvs-builder@U22)"
 install -D -m 644 /dev/null "$NODE/dev/nvidia0"
-install -D -m 755 /dev/stdin "$NODE/usr/bin/nvidia-smi" <<<$'#!/bin/sh\necho 580.159.03'
+# nvidia-smi answers the agent's one query (agent/smi.py): index, bus id, uuid, driver, ECC, retired pages,
+# remapped rows, fabric state, as an A10G prints them.
+install -D -m 755 /dev/stdin "$NODE/usr/bin/nvidia-smi" \
+  <<<$'#!/bin/sh\necho "0, 00000000:00:1E.0, GPU-3f1e2d4c-5b6a-4798-8a9b-0c1d2e3f4a5b, 580.159.03, 0, [N/A], No, No, N/A, N/A"'
 install -D -m 755 /dev/stdin "$NODE/usr/bin/nvidia-ctk" <<<$'#!/bin/sh\necho "NVIDIA Container Toolkit CLI version 1.19.0"'
 # No systemd, cluster or EFA hardware on this simulated node: leave restarts, EFA and publishing out.
 # (containerd-running and kubelet-running warn: without a system bus the agent cannot prove them.)
@@ -28,6 +31,8 @@ efa:
   install: never
 report:
   publish: false
+gpu:
+  instance_type: g5.xlarge   # a real node's comes from IMDS
 YAML
 agent() { echo; echo "\$ gpu-node-agent --root demo-node $*"; .venv/bin/gpu-node-agent --root "$NODE" "$@" || echo "(exit $?)"; }
 agent check

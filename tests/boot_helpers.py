@@ -100,7 +100,9 @@ KNOWN_GOOD_FILES = {
     "/dev/nvidia-uvm": "",
 }
 KNOWN_GOOD_TOOLS = {
-    "/usr/bin/nvidia-smi": f"{DRIVER}\n",
+    # the agent's one query (agent/smi.py) as an A10G answers it
+    "/usr/bin/nvidia-smi": f"0, 00000000:00:1E.0, GPU-3f1e2d4c-5b6a-4798-8a9b-0c1d2e3f4a5b, {DRIVER}, "
+                           "0, [N/A], No, No, N/A, N/A\n",
     "/usr/bin/nvidia-ctk": "NVIDIA Container Toolkit CLI version 1.19.0\n"
                            "commit: 09ceee5dde66ba9ce25c7cc69b1ebd5e6e3266fa\n",
 }
@@ -181,9 +183,11 @@ def agent_config(packaged_default: str, extra: str = "") -> str:
     """The packaged default configuration (every key commented out) plus what this node sets
     (``extra``: more sections, YAML)."""
     return packaged_default + (
-        "\n## Boot test node: no API server here; a bounded restart wait.\n"
+        "\n## Boot test node: no API server or IMDS here; a bounded restart wait.\n"
         "report:\n"
         "  publish: false\n"
+        "gpu:\n"
+        "  instance_type: g5.xlarge\n"
         "restart:\n"
         f"  timeout_seconds: {RESTART_TIMEOUT}\n"
     ) + extra

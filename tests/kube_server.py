@@ -280,6 +280,11 @@ class ApiServer:
             self.nodes[name] = new_node(name)
             return self.nodes[name]
 
+    def set_allocatable(self, name: str, resources: Dict[str, str]) -> None:
+        """What kubelet reports from its device plugins: ``status.allocatable`` (quantities as strings)."""
+        with self.lock:
+            self.nodes[name].setdefault("status", {})["allocatable"] = dict(resources)
+
     def add_token(self, token: str, user: str, expires: Optional[float] = None) -> None:
         self.tokens[token] = (user, expires)
 

@@ -17,8 +17,13 @@ from gi.repository import Gio, GLib  # noqa: F401
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.helpers import set_uid
 
+import agent.allocatable
 import agent.driver  # before the fake filesystem is active, like every module the tests patch
+import agent.fabric
+import agent.gpu
+import agent.kmsg
 import agent.versions
+import agent.xid
 from agent import cli
 from tests.conftest import sample
 from tests.containerd_helpers import VERSION_TEXT
@@ -53,6 +58,7 @@ def node(fs: FakeFilesystem, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeFi
     driver, versions = known_good_facts()
     monkeypatch.setattr(agent.driver, "discover", lambda root, **kw: driver)
     monkeypatch.setattr(agent.versions, "discover", lambda root, *args: versions)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance metadata either
     fs.create_dir(ROOT)
     yield fs
     set_uid(0)

@@ -46,6 +46,15 @@ report:
 imds:
   endpoint: null                  # default http://169.254.169.254; honours AWS_EC2_METADATA_SERVICE_ENDPOINT
   timeout_seconds: 2
+gpu:
+  instance_type: null             # default: the /run cache, the Node's label, IMDS
+  expected_count: null            # default: the instance type's GPU count
+  allocatable: true               # false: gpu-allocatable skips
+  resource_name: nvidia.com/gpu   # or a MIG resource, e.g. nvidia.com/mig-1g.10gb
+  resource_per_gpu: 1             # time-slicing replicas, or MIG instances per GPU
+  efa_resource_name: vpc.amazonaws.com/efa   # null: EFA not compared
+  allocatable_grace_seconds: 300
+  fabricmanager_unit: nvidia-fabricmanager.service
 """
 
 

@@ -116,6 +116,14 @@ BAD_VALUES: Dict[str, Tuple[Any, str]] = {
     "report.heartbeat_minutes": (-1, "must be 0 or more"),
     "imds.endpoint": ("169.254.169.254", "must be an http:// or https:// URL"),
     "imds.timeout_seconds": (-2, "must be greater than 0"),
+    "gpu.instance_type": ("P5.48XLarge", "must be an EC2 instance type"),
+    "gpu.expected_count": (0, "must be greater than 0"),
+    "gpu.allocatable": ("off", "expected true or false"),
+    "gpu.resource_name": ("nvidia.com/gpu/", "must be an extended resource name"),
+    "gpu.resource_per_gpu": (2.5, "expected a whole number"),
+    "gpu.efa_resource_name": ("vpc amazonaws/efa", "must be an extended resource name"),
+    "gpu.allocatable_grace_seconds": (-1, "must be 0 or more"),
+    "gpu.fabricmanager_unit": ("nvidia-fabricmanager", "must be a systemd service unit name"),
 }
 
 

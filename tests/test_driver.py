@@ -117,12 +117,10 @@ def test_parse_proc_version(text: str, version: str) -> None:
     assert driver.parse_proc_version(text) == version
 
 
-def test_parse_smi_versions_from_the_sample() -> None:
-    text = (SAMPLES / "version-outputs.txt").read_text()
-    block = text.split("===== nvidia-smi --query-gpu=driver_version --format=csv,noheader =====")[1].split(
-        "====="
-    )[0]
-    assert driver.parse_smi_versions(block) == ("580.95.05",) * 4
+def test_driver_versions_come_from_the_query_rows(root: Path) -> None:
+    facts = driver.discover(NodeRoot(str(root)))
+    assert facts.smi is not None and facts.smi.versions == (DRIVER,) * 4
+    assert [r.gpu_index for r in facts.smi.table.rows] == [0, 1, 2, 3]  # type: ignore[union-attr]
 
 
 # --- versions -----------------------------------------------------------------------------------

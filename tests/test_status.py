@@ -88,7 +88,7 @@ def test_a_pass_that_fails_on_its_configuration_is_recorded_too(root: Path, caps
 
 
 def test_a_corrupt_status_file_is_replaced_by_the_next_pass(root: Path) -> None:
-    (root / STATUS).parent.mkdir(parents=True)
+    (root / STATUS).parent.mkdir(parents=True, exist_ok=True)  # the agent's state dir may exist
     (root / STATUS).write_text("{not json")
     assert agent(root, "prepare") == 0
     assert list(document(root)["passes"]) == ["prepare"]
@@ -131,7 +131,7 @@ def test_status_without_a_usable_file_says_so_in_one_line(
     root: Path, capsys: pytest.CaptureFixture[str], content: Any, message: str
 ) -> None:
     if content is not None:
-        (root / STATUS).parent.mkdir(parents=True)
+        (root / STATUS).parent.mkdir(parents=True, exist_ok=True)  # the agent's state dir may exist
         (root / STATUS).write_text(content)
     assert agent(root, "status") == 1
     out = capsys.readouterr()
@@ -153,7 +153,7 @@ def _record(name: str, boot: str, **extra: Any) -> Dict[str, Any]:
 
 def test_wait_returns_once_the_units_run_of_this_boot_is_recorded(root: Path) -> None:
     path = root / STATUS
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     steps: List[Dict[str, Any]] = [
         {},  # nothing yet: keeps waiting
         {"health": "healthy", "passes": {"prepare": _record("gpu-node-agent-prepare.service", BOOT)}},

@@ -1,0 +1,154 @@
+"""What the device plugins advertised on the Node against what is there. Owns ``gpu-allocatable``.
+
+The NVIDIA device plugin advertises ``status.allocatable["nvidia.com/gpu"]`` (time-slicing
+multiplies it by its replicas; MIG's "mixed" strategy renames it, e.g. ``nvidia.com/mig-1g.10gb``),
+the EFA device plugin ``vpc.amazonaws.com/efa``, one per EFA device. Both appear some time after
+kubelet registers the Node: within ``gpu.allocatable_grace_seconds`` of kubelet's start (its unit's
+``ActiveEnterTimestamp``) a missing or short resource is ``warn`` ("not yet advertised"), later
+``fail``.
+
+Expected: GPUs seen (``agent.gpu.gpus_seen``) x ``gpu.resource_per_gpu`` of ``gpu.resource_name``;
+EFA devices present (``agent.efa``) of ``gpu.efa_resource_name``, when there is EFA hardware.
+``gpu.allocatable: false`` turns the check off (``skip``).
+
+The Node is read (one GET, with the kubelet's credentials through ``agent.kube``) whenever a
+kubeconfig exists: in ``run``, ``check --report`` and plain ``check`` alike. No kubeconfig (the node
+has not joined a cluster, e.g. an AMI bake) or ``report.publish: false``: ``skip``, no API call. A
+kubeconfig that does not work: ``warn`` with why.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+from agent.config import AgentConfig
+from agent.errors import AgentError
+from agent.fs import NodeRoot
+from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.systemd import SystemdError, UnitStates
+
+CHECK = "gpu-allocatable"
+READ_TIMEOUT = 10.0  # at most this (and report.timeout_seconds) for the one GET
+
+
+class NodeRead(NamedTuple):
+    node: Optional[Mapping[str, Any]]  # the Node object (None: not read)
+    name: Optional[str]
+    skipped: Optional[str] = None  # why there was nothing to ask (skip)
+    problem: Optional[str] = None  # why asking failed (warn)
+
+    @property
+    def allocatable(self) -> Mapping[str, Any]:
+        status = (self.node or {}).get("status")
+        alloc = status.get("allocatable") if isinstance(status, Mapping) else None
+        return alloc if isinstance(alloc, Mapping) else {}
+
+    def label(self, key: str) -> Optional[str]:
+        labels = ((self.node or {}).get("metadata") or {}).get("labels") or {}
+        value = labels.get(key) if isinstance(labels, Mapping) else None
+        return value if isinstance(value, str) else None
+
+
+def read_node(root: NodeRoot, config: AgentConfig, *, client_factory: Any = None) -> NodeRead:
+    if not config.gpu.allocatable:
+        return NodeRead(None, None, skipped="turned off (gpu.allocatable: false)")
+    if not config.report.publish:
+        return NodeRead(None, None, skipped="report.publish is false: no cluster to ask")
+    if not root.path(config.report.kubeconfig).exists():
+        return NodeRead(None, None, skipped=f"no kubeconfig at {config.report.kubeconfig}: the node has not joined "
+                        "a cluster")
+    from agent import kube
+    from agent.report import resolve_node_name
+
+    name: Optional[str] = None
+    try:
+        name = resolve_node_name(root, config).name
+        kubeconfig = kube.load_kubeconfig(root, config.report.kubeconfig)
+        deadline = kube.Deadline(min(READ_TIMEOUT, config.report.timeout_seconds))
+        with (client_factory or kube.KubeClient)(kubeconfig) as client:
+            return NodeRead(client.get_node(name, deadline), name)
+    except kube.KubeNotFound:
+        return NodeRead(None, name, problem=f"node {name} is not registered (yet)")
+    except AgentError as exc:
+        return NodeRead(None, name, problem=str(exc))
+    except Exception as exc:  # a bug here must not cost the other checks
+        return NodeRead(None, name, problem=f"internal error reading the Node: {type(exc).__name__}: {exc}")
+
+
+def _quantity(value: Any) -> Optional[int]:
+    text = str(value).strip()
+    return int(text) if text.isdigit() else None
+
+
+def _kubelet_age(units: Union[UnitStates, SystemdError, None], unit: str, now: float) -> Optional[float]:
+    state = units.get(unit) if isinstance(units, UnitStates) else None
+    since = state.active_since if state is not None and state.active_state == "active" else None
+    return now - since if since is not None else None
+
+
+def check(
+    read: Optional[NodeRead],
+    config: AgentConfig,
+    *,
+    gpus: Optional[int],
+    efa_devices: int,
+    units: Union[UnitStates, SystemdError, None],
+    kubelet_unit: str,
+    now: Optional[float] = None,
+) -> CheckResult:
+    settings = config.gpu
+    if read is None:
+        return CheckResult(CHECK, SKIP, "the Node was not read", {"event_reason": "NodeNotRead"})
+    if read.skipped:
+        return CheckResult(CHECK, SKIP, read.skipped, {"event_reason": "AllocatableNotChecked"})
+    if read.problem or read.node is None:
+        return CheckResult(CHECK, WARN, f"cannot read the Node's allocatable: {read.problem}",
+                           {"node": read.name, "event_reason": "NodeUnreadable"})
+    alloc = read.allocatable
+    age = _kubelet_age(units, kubelet_unit, time.time() if now is None else now)
+    grace = settings.allocatable_grace_seconds
+    within = age is not None and age < grace
+    details: Dict[str, Any] = {"node": read.name, "kubelet_started_seconds_ago": None if age is None else round(age),
+                               "grace_seconds": grace, "resources": {}}
+    wanted: List[Tuple[str, Optional[int], str]] = []
+    if gpus is not None:
+        factor = settings.resource_per_gpu
+        what = f"{gpus} GPUs x {factor}" if factor != 1 else f"{gpus} GPUs"
+        wanted.append((settings.resource_name, gpus * factor, what))
+    else:
+        wanted.append((settings.resource_name, None, "GPUs not counted"))
+    if settings.efa_resource_name and efa_devices:
+        wanted.append((settings.efa_resource_name, efa_devices, f"{efa_devices} EFA devices"))
+    short: List[str] = []
+    odd: List[str] = []
+    good: List[str] = []
+    for resource, expected, what in wanted:
+        raw = alloc.get(resource)
+        have = _quantity(raw) if raw is not None else None
+        details["resources"][resource] = {"allocatable": raw, "expected": expected}
+        if raw is not None and have is None:
+            odd.append(f"{resource}: allocatable {raw!r} is not a whole number")
+        elif expected is None:
+            odd.append(f"{resource}: {have if have is not None else 'not advertised'}, not compared ({what})")
+        elif (have or 0) < expected:
+            if not have:
+                short.append(f"{resource} {'not yet' if within else 'not'} advertised (expected {expected}: {what})")
+            else:
+                short.append(f"{resource}: {have} allocatable, expected {expected} ({what})")
+        elif (have or 0) > expected:
+            hint = " (time-slicing or MIG? set gpu.resource_per_gpu)" if resource == settings.resource_name else ""
+            odd.append(f"{resource}: {have} allocatable, more than {expected} ({what}){hint}")
+        else:
+            good.append(f"{resource}: {have or 0} = {what}")
+    if short:
+        since = (f"kubelet started {round(age)}s ago, grace {grace:g}s" if age is not None
+                 else "kubelet's start time unknown")
+        status = WARN if within else FAIL
+        reason = "GPUNotYetAdvertised" if within else "GPUNotAdvertised"
+        if not any(r.startswith(settings.resource_name) for r in short):
+            reason = "EFANotYetAdvertised" if within else "EFANotAdvertised"
+        return CheckResult(CHECK, status, f"{'; '.join(short)} ({since})", {**details, "event_reason": reason})
+    if odd:
+        return CheckResult(CHECK, WARN, "; ".join(odd + good), {**details, "event_reason": "AllocatableUnexpected"})
+    return CheckResult(CHECK, PASS, "; ".join(good), {**details, "event_reason": "AllocatableAsExpected"})
