@@ -18,7 +18,7 @@ PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 RANK = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}  # how bad a status is
 
-# Stable check names, in the order they are shown (contract.md, "Health checks").
+# Stable check names, in the order they are shown (README, "Health checks").
 CHECK_NAMES = (
     "containerd-config",
     "containerd-running",
