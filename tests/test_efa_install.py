@@ -128,6 +128,23 @@ def test_hostile_tarballs_are_refused(tmp_path: Path, runs: Path, kind: str, fil
         assert not outside.exists()
 
 
+def test_a_link_into_a_sibling_directory_is_refused(tmp_path: Path, runs: Path, filter_mode: str) -> None:
+    # "extract-evil" starts with "extract": inside only by string prefix, not by path.
+    work = tmp_path / "work"
+    dest, sibling = work / "extract", work / "extract-evil"
+    dest.mkdir(parents=True)
+    sibling.mkdir()
+    extra = (("aws-efa-installer/lib", {"type": SYMLINK, "linkname": "../../extract-evil"}),)
+    data = installer_tarball(installer_script(tmp_path, runs), extra=extra)
+    with pytest.raises(efa.UnsafeTarball) as err:
+        efa.extract_tarball(_bytes_file(data), dest)
+    # our own check, before (and whatever) the interpreter's tarfile filter says
+    assert str(err.value) == ("aws-efa-installer/lib: symbolic link to '../../extract-evil' leaves the "
+                              "installer directory")
+    assert not os.path.lexists(dest / "aws-efa-installer/lib")
+    assert os.listdir(sibling) == []
+
+
 def _bytes_file(data: bytes):  # type: ignore[no-untyped-def]
     import io
 
@@ -303,6 +320,18 @@ def test_a_tampered_cache_is_never_executed(root: Path, runs: Path) -> None:
         efa.execute(action_for(root, settings), **NO_RETRY)
     assert "cached copy had sha256" in str(err.value)
     assert run_lines(runs) == []
+
+
+def test_a_cache_matching_the_pin_only_in_its_first_8_hex_digits_is_never_executed(
+    root: Path, runs: Path
+) -> None:
+    settings = seeded_cache(root, installer_tarball(installer_script(root, runs)))
+    pin = settings.sha256[:-1] + ("1" if settings.sha256[-1] == "0" else "0")  # another tarball's pin
+    with pytest.raises(efa.DownloadError) as err:  # refused, removed, and the download fails
+        efa.execute(action_for(root, settings._replace(sha256=pin)), **NO_RETRY)
+    assert "cached copy had sha256" in str(err.value)
+    assert run_lines(runs) == []
+    assert os.listdir(root / "var/cache/gpu-node-agent") == []
 
 
 def test_a_tarball_changed_between_download_and_use_is_never_executed(
