@@ -121,6 +121,17 @@ def test_no_rollback_when_the_restart_was_not_for_an_edit(edit: FileEdit) -> Non
     ]
 
 
+@pytest.mark.parametrize("containerd", ["restarts", "fails"])
+def test_a_file_rewritten_after_planning_is_not_overwritten(edit: FileEdit, containerd: str) -> None:
+    edit.path.write_text("rewritten by nodeadm\n")  # between the plan and its write
+    client = ScriptedSystemd(containerd_service=[failed(CONTAINERD)] if containerd == "fails" else [])
+    result = run(plan_for(edit), client)
+    assert edit.path.read_text() == "rewritten by nodeadm\n"  # neither the plan's text nor a rollback's
+    assert result.written == []
+    assert result.failures[0] == f"{edit.path}: changed while the agent was planning; nothing written"
+    assert not any(a.startswith(f"{edit.path}: ") for a in result.actions)
+
+
 def test_kubelet_failing_does_not_undo_containerd(edit: FileEdit) -> None:
     client = ScriptedSystemd(kubelet_service=[failed(KUBELET)])
     result = run(plan_for(edit), client)
