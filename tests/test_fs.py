@@ -44,9 +44,54 @@ def test_a_symlink_is_never_written_through(tmp_path: Path) -> None:
     real.write_text("x\n")
     link = tmp_path / "config.toml"
     link.symlink_to(real)
-    with pytest.raises(NodeFileError, match="is a symlink"):
+    with pytest.raises(NodeFileError) as err:
         atomic_write(link, b"y\n")
+    assert str(err.value) == f"{link}: is a symlink; refusing to replace it"
     assert real.read_text() == "x\n" and link.is_symlink()
+
+
+def test_while_writing_the_new_text_is_a_hidden_file_beside_the_original(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Beside it: the rename is atomic only within one filesystem. Hidden and not *.toml: containerd's
+    # `imports = ["/etc/containerd/conf.d/*.toml"]` must never load a half-written file.
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    target = conf_d / "10-agent.toml"
+    target.write_text("old\n")
+    seen = []
+    fsync = os.fsync
+
+    def look(fd: int) -> None:
+        seen.append(sorted(p.name for p in conf_d.iterdir()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", look)
+    atomic_write(target, b"new\n")
+    during = seen[0]
+    assert len(during) == 2 and "10-agent.toml" in during
+    (temp,) = [name for name in during if name != "10-agent.toml"]
+    assert temp.startswith(".") and not temp.endswith(".toml")
+    assert sorted(p.name for p in conf_d.iterdir()) == ["10-agent.toml"] and target.read_text() == "new\n"
+
+
+def test_a_directory_removed_while_writing_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    directory = tmp_path / "containerd"
+    directory.mkdir()
+    target = directory / "config.toml"
+    target.write_text("old\n")
+    fsync = os.fsync
+
+    def removed_meanwhile(fd: int) -> None:
+        fsync(fd)
+        shutil.rmtree(directory)  # e.g. an image build step replacing the directory
+
+    monkeypatch.setattr(os, "fsync", removed_meanwhile)
+    with pytest.raises(NodeFileError) as err:
+        atomic_write(target, b"new\n")
+    assert str(err.value) == f"{target}: cannot write: No such file or directory"
 
 
 def test_read_text_errors_are_one_line(tmp_path: Path) -> None:
