@@ -88,6 +88,11 @@ HOSTILE = {
     "fifo": (("aws-efa-installer/pipe", {"type": FIFO}),),
     "duplicate": (("aws-efa-installer/efa_installer.sh", {"data": b"#!/bin/sh\necho replaced\n",
                                                           "mode": 0o755}),),
+    "backslash-absolute": ((f"\\tmp\\{OUTSIDE}", {"data": b"x"}),),
+    "unknown-type": (("aws-efa-installer/odd", {"type": b"Z"}),),
+    "directory-over-file": (("aws-efa-installer/efa_installer.sh", {"type": tarfile.DIRTYPE, "mode": 0o755}),),
+    "directory-over-symlink": (("aws-efa-installer/d", {"type": SYMLINK, "linkname": "."}),
+                               ("aws-efa-installer/d", {"type": tarfile.DIRTYPE, "mode": 0o777})),
 }
 EXPECTED = {
     "dotdot": "path with '..'",
@@ -103,6 +108,10 @@ EXPECTED = {
     "block-device": "aws-efa-installer/sda: device node not allowed",
     "fifo": "aws-efa-installer/pipe: FIFO not allowed",
     "duplicate": "appears twice in the archive",
+    "backslash-absolute": f"\\tmp\\{OUTSIDE}: absolute path",
+    "unknown-type": "aws-efa-installer/odd: entry of type b'Z' not allowed in an installer tarball",
+    "directory-over-file": "aws-efa-installer/efa_installer.sh: directory entry collides with another entry",
+    "directory-over-symlink": "aws-efa-installer/d: directory entry collides with another entry",
 }
 
 
@@ -187,6 +196,23 @@ def test_a_good_tarball_extracts_with_safe_modes(tmp_path: Path, filter_mode: st
     assert os.readlink(top / "lib/libfabric.so") == "libfabric.so.1"
     assert (top / "lib/copy.so.1").stat().st_ino == (top / "lib/libfabric.so.1").stat().st_ino
     assert (top / "RPMS/ALINUX2023/x86_64").is_dir()
+
+
+def test_directories_never_become_writable_by_others(tmp_path: Path, filter_mode: str) -> None:
+    # The installer runs as root from here: no directory is group/world-writable, and an archive's own
+    # stricter modes are kept. Under the service's umask (systemd's default UMask=0022).
+    extra = (("aws-efa-installer/private", {"type": tarfile.DIRTYPE, "mode": 0o750}),
+             ("aws-efa-installer/owner-only", {"type": tarfile.DIRTYPE, "mode": 0o700}),
+             ("aws-efa-installer/implicit/parent/lib.so", {"data": b"elf"}))  # parents not in the archive
+    data = installer_tarball("#!/bin/sh\necho ok\n", extra=extra)
+    old_umask = os.umask(0o022)
+    try:
+        efa.extract_tarball(_bytes_file(data), tmp_path)
+    finally:
+        os.umask(old_umask)
+    top = tmp_path / "aws-efa-installer"
+    modes = {p: (top / p).stat().st_mode & 0o7777 for p in ("private", "owner-only", "implicit", "implicit/parent")}
+    assert modes == {"private": 0o750, "owner-only": 0o700, "implicit": 0o755, "implicit/parent": 0o755}
 
 
 # --- the installer -----------------------------------------------------------------------------------
