@@ -93,6 +93,8 @@ HOSTILE = {
     "directory-over-file": (("aws-efa-installer/efa_installer.sh", {"type": tarfile.DIRTYPE, "mode": 0o755}),),
     "directory-over-symlink": (("aws-efa-installer/d", {"type": SYMLINK, "linkname": "."}),
                                ("aws-efa-installer/d", {"type": tarfile.DIRTYPE, "mode": 0o777})),
+    "symlink-over-file": (("aws-efa-installer/efa_installer.sh", {"type": SYMLINK, "linkname": "RPMS"}),),
+    "hardlink-to-directory": (("aws-efa-installer/h", {"type": HARDLINK, "linkname": "aws-efa-installer/RPMS"}),),
 }
 EXPECTED = {
     "dotdot": "path with '..'",
@@ -112,6 +114,9 @@ EXPECTED = {
     "unknown-type": "aws-efa-installer/odd: entry of type b'Z' not allowed in an installer tarball",
     "directory-over-file": "aws-efa-installer/efa_installer.sh: directory entry collides with another entry",
     "directory-over-symlink": "aws-efa-installer/d: directory entry collides with another entry",
+    "symlink-over-file": "aws-efa-installer/efa_installer.sh: appears twice in the archive",
+    "hardlink-to-directory": "aws-efa-installer/h: hard link to 'aws-efa-installer/RPMS', which is not a file "
+                             "extracted before it",
 }
 
 
@@ -213,6 +218,75 @@ def test_directories_never_become_writable_by_others(tmp_path: Path, filter_mode
     top = tmp_path / "aws-efa-installer"
     modes = {p: (top / p).stat().st_mode & 0o7777 for p in ("private", "owner-only", "implicit", "implicit/parent")}
     assert modes == {"private": 0o750, "owner-only": 0o700, "implicit": 0o755, "implicit/parent": 0o755}
+
+
+def test_a_rerouted_symlink_is_named_relative_to_the_installer_directory(tmp_path: Path, filter_mode: str) -> None:
+    dest = tmp_path / "extract"
+    dest.mkdir()
+    with pytest.raises(efa.UnsafeTarball) as err:
+        efa.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n", extra=HOSTILE["symlink-rerouted"])), dest)
+    assert str(err.value) == "a: symbolic link resolves outside the installer directory"
+
+
+def test_extraction_needs_an_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "left-over").write_text("x")
+    with pytest.raises(efa.UnsafeTarball) as err:
+        efa.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n")), tmp_path)
+    assert str(err.value) == f"{tmp_path}: extraction directory is not empty"
+
+
+def test_a_file_used_as_a_directory_is_one_line(tmp_path: Path) -> None:
+    extra = (("aws-efa-installer/efa_installer.sh/x", {"data": b"x"}),)
+    with pytest.raises(efa.EfaError) as err:
+        efa.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n", extra=extra)), tmp_path)
+    assert str(err.value) == f"{tmp_path}: extraction failed: File exists"
+
+
+def test_limits_are_inclusive_and_sizes_add_up(tmp_path: Path) -> None:
+    # 6 entries: aws-efa-installer/, efa_installer.sh, RPMS/, RPMS/ALINUX2023/, .../x86_64/, one RPM
+    data = installer_tarball("#!/bin/sh\n", payload=b"y" * 1000)  # the script is 10 bytes
+    for n, limits in enumerate((efa.ExtractLimits(max_members=6), efa.ExtractLimits(max_member_bytes=1000),
+                                efa.ExtractLimits(max_total_bytes=1010))):
+        dest = tmp_path / f"ok-{n}"
+        dest.mkdir()
+        efa.extract_tarball(_bytes_file(data), dest, limits)  # exactly at each limit: accepted
+    for n, (limits, message) in enumerate((
+        (efa.ExtractLimits(max_members=5), "more than 5 entries"),
+        (efa.ExtractLimits(max_member_bytes=999), "1000 bytes is more than 999 allowed per file"),
+        (efa.ExtractLimits(max_total_bytes=1009), "more than 1009 bytes in total"),  # 10 + 1000 together
+    )):
+        dest = tmp_path / f"refused-{n}"
+        dest.mkdir()
+        with pytest.raises(efa.UnsafeTarball, match=message):
+            efa.extract_tarball(_bytes_file(data), dest, limits)
+
+
+def test_an_uncompressed_tar_is_not_the_installer_tarball(tmp_path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("aws-efa-installer/README"), io.BytesIO(b""))
+    with pytest.raises(efa.UnsafeTarball, match=r"not a valid \.tar\.gz"):
+        efa.extract_tarball(_bytes_file(buf.getvalue()), tmp_path)
+
+
+def test_a_tarball_made_with_a_leading_dot_entry_extracts_whole(tmp_path: Path) -> None:
+    import gzip
+    import io
+
+    plain = gzip.decompress(installer_tarball("#!/bin/sh\necho ok\n"))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as out, tarfile.open(fileobj=io.BytesIO(plain)) as src:
+        dot = tarfile.TarInfo(".")  # `tar -czf x.tar.gz -C dir .` starts with the directory itself
+        dot.type, dot.mode = tarfile.DIRTYPE, 0o755
+        out.addfile(dot)
+        for member in src:
+            member.name = "./" + member.name
+            out.addfile(member, src.extractfile(member) if member.isreg() else None)
+    efa.extract_tarball(_bytes_file(buf.getvalue()), tmp_path)
+    assert (tmp_path / "aws-efa-installer/efa_installer.sh").read_text() == "#!/bin/sh\necho ok\n"
+    assert (tmp_path / "aws-efa-installer/RPMS/ALINUX2023/x86_64").is_dir()
 
 
 # --- the installer -----------------------------------------------------------------------------------
