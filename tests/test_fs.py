@@ -160,3 +160,12 @@ def test_a_second_run_exits_75_while_the_first_holds_the_lock(tmp_path: Path) ->
     assert result.stderr.strip().splitlines() == [
         f"gpu-node-agent: {node}/run/gpu-node-agent/lock: another gpu-node-agent run holds the lock (waited 0.3s)"
     ]
+
+
+def test_a_new_file_is_readable_by_all_and_writable_by_root_only(tmp_path: Path) -> None:
+    old_umask = os.umask(0)  # the mode is the agent's choice, not the umask's
+    try:
+        atomic_write(tmp_path / "status.json", b"{}\n")
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "status.json").stat().st_mode & 0o7777 == 0o644
