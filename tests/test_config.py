@@ -213,6 +213,7 @@ def test_a_config_directory_instead_of_a_file(tmp_path: Path) -> None:
     "# comment\n\n   # indented comment\n",
     "---\n# a document of comments\n...\n",
     "  \n\t\n#x\n",
+    "---   \n# trailing blanks after the marker\n",
 ])
 def test_comments_blank_lines_and_document_markers_need_no_yaml_parser(text: str, tmp_path: Path) -> None:
     import subprocess
