@@ -69,7 +69,7 @@ SCOPES: Dict[str, Scope] = {
     ),
     "fs": Scope(
         "agent/fs.py",
-        _f("atomic_write", "fsync_dir", "run_lock"),
+        _f("atomic_write", "exchange", "_copy_xattrs", "fsync_dir", "open_lock", "run_lock"),
         ("tests/test_fs.py", "tests/test_cli.py"),
         "atomic writes and the run lock",
     ),
