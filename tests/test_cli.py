@@ -152,6 +152,28 @@ def test_atomic_write_keeps_mode(node: FakeFilesystem, capsys: pytest.CaptureFix
     assert [p.name for p in Path(ROOT + "/etc/containerd").iterdir()] == ["config.toml"]  # no temp left
 
 
+def test_run_does_not_overwrite_a_file_rewritten_while_it_planned(
+    node: FakeFilesystem, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent import plan
+
+    write(node, {**HEALTHY, CONTAINERD: SAMPLES["containerd-v3-nodeadm-nvidia-no-systemdcgroup.toml"]})
+    nodeadm = SAMPLES["containerd-v3-nodeadm-merged.toml"]
+    make_plan = plan.make_plan
+
+    def nodeadm_rewrites_it_meanwhile(*args: object, **kw: object) -> plan.Plan:
+        the_plan = make_plan(*args, **kw)  # type: ignore[arg-type]
+        Path(ROOT + CONTAINERD).write_text(nodeadm)
+        return the_plan
+
+    monkeypatch.setattr(plan, "make_plan", nodeadm_rewrites_it_meanwhile)
+    code, out, _ = run(capsys, "run")
+    assert code == 1
+    assert f"failed: {ROOT}{CONTAINERD}: changed while the agent was planning; nothing written" in out
+    assert Path(ROOT + CONTAINERD).read_text() == nodeadm
+    assert f"action: {ROOT}{CONTAINERD}" not in out
+
+
 # --- check: formats and exit codes -----------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """The agent's configuration file: contract defaults, and one clear line per mistake (exit 64)."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,3 +160,97 @@ def test_the_packaged_config_is_read_without_loading_yaml() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# Exactly what the user reads, for mistakes whose wording the table above checks only in part.
+@pytest.mark.parametrize(("text", "message"), [
+    ('containerd:\n  config_path: "/etc/\\0x"\n', "c.yaml:2: containerd.config_path: must not contain NUL"),
+    ("report:\n  condition: Bad_Prefix/Ready\n",
+     "c.yaml:2: report.condition: prefix 'Bad_Prefix' is not a DNS subdomain"),
+    ("efa:\n  version: 2024-01-01\n",
+     'c.yaml:2: efa.version: expected a string, got date datetime.date(2024, 1, 1); quote it: "1.48.0"'),
+    ("efa:\n  version: true\n", 'c.yaml:2: efa.version: expected a string, got a boolean True; quote it: "1.48.0"'),
+    ("containerd:\n  runtime: 5\n", "c.yaml:2: containerd.runtime: expected a string, got an integer 5"),
+    ("efa:\n  sha256: 5\n", "c.yaml:2: efa.sha256: expected a string, got an integer 5"),
+    ("restart:\n  units: {a: b}\n", "c.yaml:2: restart.units: expected a list of strings, got a mapping {'a': 'b'}"),
+    ("containerd:\n  systemd_cgroup: [x]\n",
+     "c.yaml:2: containerd.systemd_cgroup: expected true or false, got a list ['x']"),
+    ("restart:\n  units: [kubelet.service, kubelet.service]\n", "c.yaml:2: restart.units: lists a unit twice"),
+    ("efa:\n  zzz: 1\n", "c.yaml:2: efa.zzz: unknown key"),
+    ("1: x\n", "c.yaml:1: 1: keys must be strings"),
+    ("containerd: {}\ncontainerd: {}\n", "c.yaml:2: containerd: duplicate key"),
+    ("a: b: c\n", "c.yaml:1:5: invalid YAML: mapping values are not allowed in this context"),
+    ("containerd:\n  runtime: [x\n", "c.yaml:3:1: invalid YAML: did not find expected ',' or ']'"),
+])
+def test_mistakes_read_exactly(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "c.yaml")
+    assert str(caught.value) == message
+
+
+def test_a_character_yaml_cannot_read_names_the_file() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("containerd:\n  runtime: a\x07\n", "c.yaml")
+    message = str(caught.value)
+    assert message.startswith("c.yaml:") and "invalid YAML: unacceptable character #x0007" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("report:\n  condition: gpu.example.com/Ready\n", ("report", "condition", "gpu.example.com/Ready")),
+    ("restart:\n  timeout_seconds: 0.5\n", ("restart", "timeout_seconds", 0.5)),
+    ("restart:\n  units: [containerd.service, Kubelet-GPU@1.service]\n",
+     ("restart", "units", ("containerd.service", "Kubelet-GPU@1.service"))),
+])
+def test_valid_values_near_the_limits_are_accepted(text: str, expected: tuple) -> None:
+    section, key, value = expected
+    assert getattr(getattr(parse_config(text, "c.yaml"), section), key) == value
+
+
+@pytest.mark.parametrize("text", ["", "# only comments\n", "null\n", "~\n", "---\n# x\n...\n"])
+def test_a_file_that_sets_nothing_is_still_named_as_the_source(text: str) -> None:
+    config = parse_config(text, "c.yaml")
+    assert config.settings() == AgentConfig().settings()
+    assert dump_config(config).startswith("# effective configuration (source: c.yaml)\n")
+
+
+def test_a_config_directory_instead_of_a_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(tmp_path), default_path=tmp_path / "x.yaml")
+    assert str(caught.value) == f"{tmp_path}: is a directory, expected a YAML file"
+
+
+@pytest.mark.parametrize("text", [
+    "# comment\n\n   # indented comment\n",
+    "---\n# a document of comments\n...\n",
+    "  \n\t\n#x\n",
+    "---   \n# trailing blanks after the marker\n",
+])
+def test_comments_blank_lines_and_document_markers_need_no_yaml_parser(text: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    code = (
+        "import sys\nfrom agent.config import parse_config, AgentConfig\n"
+        f"c = parse_config(open({str(path)!r}).read(), 'config.yaml')\n"
+        "assert c.settings() == AgentConfig().settings()\nprint('yaml' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_an_unreadable_config_file(fs: Any) -> None:
+    from pyfakefs.helpers import set_uid
+
+    fs.create_file("/etc/gpu-node-agent/config.yaml", contents="restart:\n  policy: never\n", st_mode=0o100000)
+    set_uid(1000)  # pyfakefs enforces permissions for a non-root user (the agent itself runs as root)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            load_config("/etc/gpu-node-agent/config.yaml", default_path=Path("/x.yaml"))
+    finally:
+        set_uid(0)
+    assert str(caught.value) == "/etc/gpu-node-agent/config.yaml: permission denied"

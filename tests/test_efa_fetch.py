@@ -167,6 +167,37 @@ def test_wrong_checksum_keeps_nothing(root: Path, server: InstallerServer, tarba
     assert cached(root) == []
 
 
+def near_miss(pin: str, position: int) -> str:
+    """``pin`` with the hex digit at ``position`` changed: a tarball that is not the pinned one."""
+    return pin[:position] + ("1" if pin[position] == "0" else "0") + pin[position + 1:]
+
+
+@pytest.mark.parametrize("position", [8, 40, 63])
+def test_a_pin_that_differs_only_after_the_first_8_hex_digits_is_rejected(
+    root: Path, server: InstallerServer, tarball: bytes, position: int
+) -> None:
+    # A pin that agrees with the download's SHA-256 on a prefix is still another tarball.
+    pin = near_miss(sha256(tarball), position)
+    with pytest.raises(efa.ChecksumMismatch) as err:
+        fetch(root, settings_for(server.base_url, tarball)._replace(sha256=pin), Sleeps())
+    assert f"sha256 {sha256(tarball)} does not match efa.sha256 {pin} " in str(err.value)
+    assert cached(root) == []
+
+
+def test_a_cached_copy_must_match_every_digit_of_the_pin(
+    root: Path, server: InstallerServer, tarball: bytes
+) -> None:
+    settings = settings_for(server.base_url, tarball)
+    fetch(root, settings, Sleeps())  # cached and verified for the right pin
+    pin = near_miss(sha256(tarball), 63)
+    with pytest.raises(efa.ChecksumMismatch) as err:  # the pin changed in its last digit
+        fetch(root, settings._replace(sha256=pin), Sleeps())
+    assert str(err.value).startswith(f"{cache_dir(root)}/aws-efa-installer-{VERSION}.tar.gz: cached copy "
+                                     f"had sha256 {sha256(tarball)}, not efa.sha256 (removed); ")
+    assert cached(root) == []
+    assert len(server.gets()) == 2  # not served from the cache: downloaded again, and refused again
+
+
 def test_retry_after_500_with_exponential_backoff(
     root: Path, server: InstallerServer, tarball: bytes
 ) -> None:

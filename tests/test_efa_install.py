@@ -88,6 +88,13 @@ HOSTILE = {
     "fifo": (("aws-efa-installer/pipe", {"type": FIFO}),),
     "duplicate": (("aws-efa-installer/efa_installer.sh", {"data": b"#!/bin/sh\necho replaced\n",
                                                           "mode": 0o755}),),
+    "backslash-absolute": ((f"\\tmp\\{OUTSIDE}", {"data": b"x"}),),
+    "unknown-type": (("aws-efa-installer/odd", {"type": b"Z"}),),
+    "directory-over-file": (("aws-efa-installer/efa_installer.sh", {"type": tarfile.DIRTYPE, "mode": 0o755}),),
+    "directory-over-symlink": (("aws-efa-installer/d", {"type": SYMLINK, "linkname": "."}),
+                               ("aws-efa-installer/d", {"type": tarfile.DIRTYPE, "mode": 0o777})),
+    "symlink-over-file": (("aws-efa-installer/efa_installer.sh", {"type": SYMLINK, "linkname": "RPMS"}),),
+    "hardlink-to-directory": (("aws-efa-installer/h", {"type": HARDLINK, "linkname": "aws-efa-installer/RPMS"}),),
 }
 EXPECTED = {
     "dotdot": "path with '..'",
@@ -103,6 +110,13 @@ EXPECTED = {
     "block-device": "aws-efa-installer/sda: device node not allowed",
     "fifo": "aws-efa-installer/pipe: FIFO not allowed",
     "duplicate": "appears twice in the archive",
+    "backslash-absolute": f"\\tmp\\{OUTSIDE}: absolute path",
+    "unknown-type": "aws-efa-installer/odd: entry of type b'Z' not allowed in an installer tarball",
+    "directory-over-file": "aws-efa-installer/efa_installer.sh: directory entry collides with another entry",
+    "directory-over-symlink": "aws-efa-installer/d: directory entry collides with another entry",
+    "symlink-over-file": "aws-efa-installer/efa_installer.sh: appears twice in the archive",
+    "hardlink-to-directory": "aws-efa-installer/h: hard link to 'aws-efa-installer/RPMS', which is not a file "
+                             "extracted before it",
 }
 
 
@@ -126,6 +140,23 @@ def test_hostile_tarballs_are_refused(tmp_path: Path, runs: Path, kind: str, fil
     assert "\n" not in str(err.value)
     for outside in (tmp_path / "work" / OUTSIDE, tmp_path / OUTSIDE, Path("/tmp") / OUTSIDE):
         assert not outside.exists()
+
+
+def test_a_link_into_a_sibling_directory_is_refused(tmp_path: Path, runs: Path, filter_mode: str) -> None:
+    # "extract-evil" starts with "extract": inside only by string prefix, not by path.
+    work = tmp_path / "work"
+    dest, sibling = work / "extract", work / "extract-evil"
+    dest.mkdir(parents=True)
+    sibling.mkdir()
+    extra = (("aws-efa-installer/lib", {"type": SYMLINK, "linkname": "../../extract-evil"}),)
+    data = installer_tarball(installer_script(tmp_path, runs), extra=extra)
+    with pytest.raises(efa.UnsafeTarball) as err:
+        efa.extract_tarball(_bytes_file(data), dest)
+    # our own check, before (and whatever) the interpreter's tarfile filter says
+    assert str(err.value) == ("aws-efa-installer/lib: symbolic link to '../../extract-evil' leaves the "
+                              "installer directory")
+    assert not os.path.lexists(dest / "aws-efa-installer/lib")
+    assert os.listdir(sibling) == []
 
 
 def _bytes_file(data: bytes):  # type: ignore[no-untyped-def]
@@ -170,6 +201,92 @@ def test_a_good_tarball_extracts_with_safe_modes(tmp_path: Path, filter_mode: st
     assert os.readlink(top / "lib/libfabric.so") == "libfabric.so.1"
     assert (top / "lib/copy.so.1").stat().st_ino == (top / "lib/libfabric.so.1").stat().st_ino
     assert (top / "RPMS/ALINUX2023/x86_64").is_dir()
+
+
+def test_directories_never_become_writable_by_others(tmp_path: Path, filter_mode: str) -> None:
+    # The installer runs as root from here: no directory is group/world-writable, and an archive's own
+    # stricter modes are kept. Under the service's umask (systemd's default UMask=0022).
+    extra = (("aws-efa-installer/private", {"type": tarfile.DIRTYPE, "mode": 0o750}),
+             ("aws-efa-installer/owner-only", {"type": tarfile.DIRTYPE, "mode": 0o700}),
+             ("aws-efa-installer/implicit/parent/lib.so", {"data": b"elf"}))  # parents not in the archive
+    data = installer_tarball("#!/bin/sh\necho ok\n", extra=extra)
+    old_umask = os.umask(0o022)
+    try:
+        efa.extract_tarball(_bytes_file(data), tmp_path)
+    finally:
+        os.umask(old_umask)
+    top = tmp_path / "aws-efa-installer"
+    modes = {p: (top / p).stat().st_mode & 0o7777 for p in ("private", "owner-only", "implicit", "implicit/parent")}
+    assert modes == {"private": 0o750, "owner-only": 0o700, "implicit": 0o755, "implicit/parent": 0o755}
+
+
+def test_a_rerouted_symlink_is_named_relative_to_the_installer_directory(tmp_path: Path, filter_mode: str) -> None:
+    dest = tmp_path / "extract"
+    dest.mkdir()
+    with pytest.raises(efa.UnsafeTarball) as err:
+        efa.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n", extra=HOSTILE["symlink-rerouted"])), dest)
+    assert str(err.value) == "a: symbolic link resolves outside the installer directory"
+
+
+def test_extraction_needs_an_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "left-over").write_text("x")
+    with pytest.raises(efa.UnsafeTarball) as err:
+        efa.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n")), tmp_path)
+    assert str(err.value) == f"{tmp_path}: extraction directory is not empty"
+
+
+def test_a_file_used_as_a_directory_is_one_line(tmp_path: Path) -> None:
+    extra = (("aws-efa-installer/efa_installer.sh/x", {"data": b"x"}),)
+    with pytest.raises(efa.EfaError) as err:
+        efa.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n", extra=extra)), tmp_path)
+    assert str(err.value) == f"{tmp_path}: extraction failed: File exists"
+
+
+def test_limits_are_inclusive_and_sizes_add_up(tmp_path: Path) -> None:
+    # 6 entries: aws-efa-installer/, efa_installer.sh, RPMS/, RPMS/ALINUX2023/, .../x86_64/, one RPM
+    data = installer_tarball("#!/bin/sh\n", payload=b"y" * 1000)  # the script is 10 bytes
+    for n, limits in enumerate((efa.ExtractLimits(max_members=6), efa.ExtractLimits(max_member_bytes=1000),
+                                efa.ExtractLimits(max_total_bytes=1010))):
+        dest = tmp_path / f"ok-{n}"
+        dest.mkdir()
+        efa.extract_tarball(_bytes_file(data), dest, limits)  # exactly at each limit: accepted
+    for n, (limits, message) in enumerate((
+        (efa.ExtractLimits(max_members=5), "more than 5 entries"),
+        (efa.ExtractLimits(max_member_bytes=999), "1000 bytes is more than 999 allowed per file"),
+        (efa.ExtractLimits(max_total_bytes=1009), "more than 1009 bytes in total"),  # 10 + 1000 together
+    )):
+        dest = tmp_path / f"refused-{n}"
+        dest.mkdir()
+        with pytest.raises(efa.UnsafeTarball, match=message):
+            efa.extract_tarball(_bytes_file(data), dest, limits)
+
+
+def test_an_uncompressed_tar_is_not_the_installer_tarball(tmp_path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("aws-efa-installer/README"), io.BytesIO(b""))
+    with pytest.raises(efa.UnsafeTarball, match=r"not a valid \.tar\.gz"):
+        efa.extract_tarball(_bytes_file(buf.getvalue()), tmp_path)
+
+
+def test_a_tarball_made_with_a_leading_dot_entry_extracts_whole(tmp_path: Path) -> None:
+    import gzip
+    import io
+
+    plain = gzip.decompress(installer_tarball("#!/bin/sh\necho ok\n"))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as out, tarfile.open(fileobj=io.BytesIO(plain)) as src:
+        dot = tarfile.TarInfo(".")  # `tar -czf x.tar.gz -C dir .` starts with the directory itself
+        dot.type, dot.mode = tarfile.DIRTYPE, 0o755
+        out.addfile(dot)
+        for member in src:
+            member.name = "./" + member.name
+            out.addfile(member, src.extractfile(member) if member.isreg() else None)
+    efa.extract_tarball(_bytes_file(buf.getvalue()), tmp_path)
+    assert (tmp_path / "aws-efa-installer/efa_installer.sh").read_text() == "#!/bin/sh\necho ok\n"
+    assert (tmp_path / "aws-efa-installer/RPMS/ALINUX2023/x86_64").is_dir()
 
 
 # --- the installer -----------------------------------------------------------------------------------
@@ -303,6 +420,18 @@ def test_a_tampered_cache_is_never_executed(root: Path, runs: Path) -> None:
         efa.execute(action_for(root, settings), **NO_RETRY)
     assert "cached copy had sha256" in str(err.value)
     assert run_lines(runs) == []
+
+
+def test_a_cache_matching_the_pin_only_in_its_first_8_hex_digits_is_never_executed(
+    root: Path, runs: Path
+) -> None:
+    settings = seeded_cache(root, installer_tarball(installer_script(root, runs)))
+    pin = settings.sha256[:-1] + ("1" if settings.sha256[-1] == "0" else "0")  # another tarball's pin
+    with pytest.raises(efa.DownloadError) as err:  # refused, removed, and the download fails
+        efa.execute(action_for(root, settings._replace(sha256=pin)), **NO_RETRY)
+    assert "cached copy had sha256" in str(err.value)
+    assert run_lines(runs) == []
+    assert os.listdir(root / "var/cache/gpu-node-agent") == []
 
 
 def test_a_tarball_changed_between_download_and_use_is_never_executed(

@@ -44,9 +44,54 @@ def test_a_symlink_is_never_written_through(tmp_path: Path) -> None:
     real.write_text("x\n")
     link = tmp_path / "config.toml"
     link.symlink_to(real)
-    with pytest.raises(NodeFileError, match="is a symlink"):
+    with pytest.raises(NodeFileError) as err:
         atomic_write(link, b"y\n")
+    assert str(err.value) == f"{link}: is a symlink; refusing to replace it"
     assert real.read_text() == "x\n" and link.is_symlink()
+
+
+def test_while_writing_the_new_text_is_a_hidden_file_beside_the_original(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Beside it: the rename is atomic only within one filesystem. Hidden and not *.toml: containerd's
+    # `imports = ["/etc/containerd/conf.d/*.toml"]` must never load a half-written file.
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    target = conf_d / "10-agent.toml"
+    target.write_text("old\n")
+    seen = []
+    fsync = os.fsync
+
+    def look(fd: int) -> None:
+        seen.append(sorted(p.name for p in conf_d.iterdir()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", look)
+    atomic_write(target, b"new\n")
+    during = seen[0]
+    assert len(during) == 2 and "10-agent.toml" in during
+    (temp,) = [name for name in during if name != "10-agent.toml"]
+    assert temp.startswith(".") and not temp.endswith(".toml")
+    assert sorted(p.name for p in conf_d.iterdir()) == ["10-agent.toml"] and target.read_text() == "new\n"
+
+
+def test_a_directory_removed_while_writing_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    directory = tmp_path / "containerd"
+    directory.mkdir()
+    target = directory / "config.toml"
+    target.write_text("old\n")
+    fsync = os.fsync
+
+    def removed_meanwhile(fd: int) -> None:
+        fsync(fd)
+        shutil.rmtree(directory)  # e.g. an image build step replacing the directory
+
+    monkeypatch.setattr(os, "fsync", removed_meanwhile)
+    with pytest.raises(NodeFileError) as err:
+        atomic_write(target, b"new\n")
+    assert str(err.value) == f"{target}: cannot write: No such file or directory"
 
 
 def test_read_text_errors_are_one_line(tmp_path: Path) -> None:
@@ -115,3 +160,12 @@ def test_a_second_run_exits_75_while_the_first_holds_the_lock(tmp_path: Path) ->
     assert result.stderr.strip().splitlines() == [
         f"gpu-node-agent: {node}/run/gpu-node-agent/lock: another gpu-node-agent run holds the lock (waited 0.3s)"
     ]
+
+
+def test_a_new_file_is_readable_by_all_and_writable_by_root_only(tmp_path: Path) -> None:
+    old_umask = os.umask(0)  # the mode is the agent's choice, not the umask's
+    try:
+        atomic_write(tmp_path / "status.json", b"{}\n")
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "status.json").stat().st_mode & 0o7777 == 0o644

@@ -50,6 +50,17 @@ def test_json_lines_when_not_a_tty_with_secrets_redacted(monkeypatch: pytest.Mon
     assert "timestamp" in first
 
 
+def test_values_that_are_not_text_are_logged_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    stream = Stream()
+    log.setup("json", 0, stream=stream)
+    log.get_logger("test").info("restarted", pid=4242, seconds=0.25, units=["containerd.service"],
+                                expires=None, token=None)
+    (event,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert (event["pid"], event["seconds"], event["units"]) == (4242, 0.25, ["containerd.service"])
+    assert event["expires"] is None and event["token"] is None  # no token: nothing to hide
+
+
 def test_verbosity(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     stream = Stream()

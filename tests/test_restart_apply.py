@@ -3,11 +3,13 @@ rarer branches (the rollback restart failing too, the bus vanishing between plan
 exact; the real-systemd tests (test_systemd_restart.py) prove the same flows end to end.
 """
 
+import json
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import pytest
 
+from agent import log
 from agent.apply import apply
 from agent.fs import FileEdit
 from agent.health import FAIL, SKIP, WARN
@@ -21,18 +23,24 @@ KUBELET = "kubelet.service"
 class ScriptedSystemd:
     """Stands in for ``SystemdClient``: each restart pops the next scripted result for that unit."""
 
-    def __init__(self, **script: List[Optional[SystemdError]]) -> None:
+    def __init__(self, during: Optional[Callable[[], None]] = None, **script: List[Optional[SystemdError]]) -> None:
         self.script = {k.replace("_", "."): list(v) for k, v in script.items()}
         self.calls: List[str] = []
+        self.timeouts: List[float] = []
         self.closed = False
+        self.during = during  # runs inside the first restart (something else changing the node meanwhile)
 
     def restart(self, unit: str, timeout: float, *, reset_failed: bool = False) -> RestartOutcome:
         self.calls.append(unit)
+        self.timeouts.append(timeout)
+        if self.during is not None:
+            self.during()
+            self.during = None
         outcome = self.script.get(unit, [None]).pop(0) if self.script.get(unit) else None
         if outcome is not None:
             raise outcome
         state = UnitState(unit, "loaded", "active", "running", 1, 7)
-        return RestartOutcome(unit, "/job/1", "done", state, state, 0.01)
+        return RestartOutcome(unit, "/job/1", "done", state, state, 0.0123456)
 
     def __enter__(self) -> "ScriptedSystemd":
         return self
@@ -121,6 +129,17 @@ def test_no_rollback_when_the_restart_was_not_for_an_edit(edit: FileEdit) -> Non
     ]
 
 
+@pytest.mark.parametrize("containerd", ["restarts", "fails"])
+def test_a_file_rewritten_after_planning_is_not_overwritten(edit: FileEdit, containerd: str) -> None:
+    edit.path.write_text("rewritten by nodeadm\n")  # between the plan and its write
+    client = ScriptedSystemd(containerd_service=[failed(CONTAINERD)] if containerd == "fails" else [])
+    result = run(plan_for(edit), client)
+    assert edit.path.read_text() == "rewritten by nodeadm\n"  # neither the plan's text nor a rollback's
+    assert result.written == []
+    assert result.failures[0] == f"{edit.path}: changed while the agent was planning; nothing written"
+    assert not any(a.startswith(f"{edit.path}: ") for a in result.actions)
+
+
 def test_kubelet_failing_does_not_undo_containerd(edit: FileEdit) -> None:
     client = ScriptedSystemd(kubelet_service=[failed(KUBELET)])
     result = run(plan_for(edit), client)
@@ -155,3 +174,116 @@ def test_held_restarts_are_reported_by_status(edit: FileEdit) -> None:
     )
     assert result.failures == ["restart pending: x.service: reason C; cannot restart it: no bus"]
     assert not any("reason B" in a for a in result.actions + result.failures)
+
+
+# --- what an operator sees: journal events, pending restarts, bounded waits ---------------------------
+
+
+@pytest.fixture
+def journal(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], List[Dict[str, Any]]]]:
+    """The JSON log events apply wrote (what journald gets), without their timestamps."""
+    log.setup("json", 0)
+
+    def events() -> List[Dict[str, Any]]:
+        lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+        return [{k: v for k, v in e.items() if k != "timestamp"} for e in lines]
+
+    yield events
+    log.setup("json", 0)
+
+
+def assert_events(actual: List[Dict[str, Any]], expected: List[Dict[str, Any]]) -> None:
+    """The events, in order, each with at least these fields (a new field elsewhere is fine)."""
+    assert len(actual) == len(expected), actual
+    for got, want in zip(actual, expected):
+        assert want.items() <= got.items(), (got, want)
+
+
+def test_the_journal_tells_the_rollback_story(edit: FileEdit, journal: Callable[[], List[Dict[str, Any]]]) -> None:
+    client = ScriptedSystemd(containerd_service=[failed(CONTAINERD)])
+    result = run(plan_for(edit), client)
+    path = str(edit.path)
+    assert_events(journal(), [
+        {"component": "apply", "path": path, "changes": ["SystemdCgroup = true (was not set)"],
+         "event": "file updated", "level": "info"},
+        {"component": "apply", "unit": CONTAINERD, "error": str(failed(CONTAINERD)), "event": "restart failed",
+         "level": "error"},
+        {"component": "apply", "path": path, "event": "rolled back", "level": "warning"},
+        {"component": "apply", "unit": CONTAINERD, "pid": 7, "seconds": 0.012, "event": "restarted", "level": "info"},
+        {"component": "apply", "unit": KUBELET, "pid": 7, "seconds": 0.012, "event": "restarted", "level": "info"},
+    ])
+    assert result.actions == [
+        f"{path}: SystemdCgroup = true (was not set)",
+        f"rolled back {path}: containerd.service did not come back serving with it",
+        "restarted containerd.service: with the previous configuration restored",
+        "restarted kubelet.service: after containerd.service",
+    ]
+
+
+def test_every_restart_is_bounded_by_the_restart_timeout(edit: FileEdit) -> None:
+    client = ScriptedSystemd(containerd_service=[failed(CONTAINERD)])
+    run(plan_for(edit), client)  # restart, the restart after the rollback, kubelet
+    assert client.calls == [CONTAINERD, CONTAINERD, KUBELET]
+    assert client.timeouts == [7, 7, 7]
+
+
+def test_a_rollback_that_cannot_write_restarts_nothing_more(
+    edit: FileEdit, tmp_path: Path, journal: Callable[[], List[Dict[str, Any]]]
+) -> None:
+    def replaced_by_a_symlink() -> None:  # while containerd restarts, someone swaps the file
+        edit.path.unlink()
+        (tmp_path / "elsewhere.toml").write_text("theirs\n")
+        edit.path.symlink_to(tmp_path / "elsewhere.toml")
+
+    client = ScriptedSystemd(during=replaced_by_a_symlink, containerd_service=[failed(CONTAINERD)])
+    result = run(plan_for(edit), client)
+    assert (tmp_path / "elsewhere.toml").read_text() == "theirs\n" and edit.path.is_symlink()
+    assert client.calls == [CONTAINERD]  # nothing was restored: no second restart, and no kubelet
+    assert result.failures == [
+        str(failed(CONTAINERD)),
+        f"{edit.path}: is a symlink; refusing to replace it",
+        "kubelet.service: not restarted: containerd.service is not active",
+    ]
+    assert not any(a.startswith("rolled back") for a in result.actions)
+    assert result.pending == {KUBELET: (FAIL, "restart pending: after containerd.service; containerd.service "
+                                              "is not active")}
+    assert not any(e["event"] == "rolled back" for e in journal())
+
+
+def test_one_edit_changed_meanwhile_does_not_stop_the_others(
+    edit: FileEdit, tmp_path: Path, journal: Callable[[], List[Dict[str, Any]]]
+) -> None:
+    other_path = tmp_path / "nvidia-runtime.toml"
+    other_path.write_text("legacy\n")
+    other = FileEdit(other_path, "legacy\n", "default\n", ("back to the packaged default",), "nvidia-runtime")
+    edit.path.write_text("rewritten by nodeadm\n")
+    result = apply(Plan(edits=(edit, other)), restart_timeout=7, connect=lambda t: ScriptedSystemd())  # type: ignore[arg-type,return-value]
+    assert edit.path.read_text() == "rewritten by nodeadm\n" and other_path.read_text() == "default\n"
+    assert result.written == [other]
+    assert result.actions == [f"{other_path}: back to the packaged default"]
+    assert [(e["event"], e["path"]) for e in journal()] == [("edit failed", str(edit.path)),
+                                                           ("file updated", str(other_path))]
+
+
+def test_restarts_that_cannot_happen_are_pending_with_their_reason(edit: FileEdit) -> None:
+    gone = BusUnreachable("system bus unix:path=/x: Could not connect")
+    result = run(plan_for(edit), gone)
+    assert result.pending == {
+        CONTAINERD: (FAIL, "restart pending: this run changes its configuration; cannot restart it: "
+                           "system bus unix:path=/x: Could not connect"),
+        KUBELET: (FAIL, "restart pending: after containerd.service; cannot restart it: "
+                        "system bus unix:path=/x: Could not connect"),
+    }
+
+
+def test_held_restarts_are_in_the_journal(edit: FileEdit, journal: Callable[[], List[Dict[str, Any]]]) -> None:
+    held = (NotRestarted(CONTAINERD, "reason A; not restarting it (restart.policy: never)", WARN),)
+    apply(Plan(edits=(), not_restarted=held), restart_timeout=7, connect=lambda t: ScriptedSystemd())  # type: ignore[arg-type,return-value]
+    assert_events(journal(), [{"component": "apply", "unit": CONTAINERD, "event": "not restarted",
+                               "level": "warning", "reason": "reason A; not restarting it (restart.policy: never)"}])
+
+
+def test_bus_gone_is_in_the_journal(edit: FileEdit, journal: Callable[[], List[Dict[str, Any]]]) -> None:
+    run(plan_for(None), BusUnreachable("system bus unix:path=/x: Could not connect"))
+    assert_events(journal(), [{"component": "apply", "error": "system bus unix:path=/x: Could not connect",
+                               "event": "cannot reach systemd", "level": "error"}])

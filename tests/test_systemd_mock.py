@@ -98,7 +98,10 @@ def RestartUnit(self, name, mode):
         _job_removed(self, job_id + 1, f"{MAIN_OBJ}/job/{job_id + 1}", name, "failed")
         behaviour = "done"
     if behaviour == "done-but-failed":
-        unit.UpdateProperties(UNIT_IFACE, {"ActiveState": "failed", "SubState": "failed"})
+        behaviour = "done-then:failed:failed"
+    if behaviour.startswith("done-then:"):  # the job ends "done", the unit is left in this state
+        active, sub = behaviour.split(":")[1:]
+        unit.UpdateProperties(UNIT_IFACE, {"ActiveState": active, "SubState": sub})
         _job_removed(self, job_id, job, name, "done")
     elif behaviour != "never":
         if behaviour == "done":
@@ -174,6 +177,19 @@ def test_job_done_but_unit_not_active(mock_systemd: Callable[..., str]) -> None:
         systemd.JobFailed, match=r"job done but the unit is failed \(failed\), expected active"
     ):
         restart(address)
+
+
+@pytest.mark.parametrize(("active", "sub"), [
+    ("inactive", "dead"),  # the new process exited at once, and Restart= did not bring it back
+    ("activating", "auto-restart"),  # it crashed, systemd will try again in RestartSec
+    ("deactivating", "stop-sigterm"),
+])
+def test_job_done_but_the_unit_did_not_stay_up(mock_systemd: Callable[..., str], active: str, sub: str) -> None:
+    address = mock_systemd(behaviour={"containerd.service": f"done-then:{active}:{sub}"})
+    with pytest.raises(systemd.JobFailed) as err:
+        restart(address)
+    assert err.value.unit == "containerd.service"
+    assert f"containerd.service: restart job done but the unit is {active} ({sub})" in str(err.value)
 
 
 def test_job_that_never_finishes_is_bounded(mock_systemd: Callable[..., str]) -> None:

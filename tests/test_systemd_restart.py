@@ -281,6 +281,22 @@ def test_restart_that_never_becomes_ready_is_bounded_by_timeout(gpu_node: GpuNod
     assert gpu_node.props(CONTAINERD)["ActiveState"] == "activating"
 
 
+def test_restart_job_done_but_containerd_not_running_is_a_failed_restart(gpu_node: GpuNode) -> None:
+    # systemd ends the job "done", yet nothing runs: a oneshot that exits at once is inactive (dead)
+    # after it (like a drop-in that replaced ExecStart). Only ActiveState says the restart failed.
+    gpu_node.agent_config(policy="always")
+    sd = gpu_node.write_node(HEALTHY).boot()
+    sd.install_unit(CONTAINERD, "[Unit]\nDescription=exits at once\n[Service]\nType=oneshot\nExecStart=/bin/true\n")
+
+    code, out, jobs = gpu_node.run_recording()
+
+    assert units_of(jobs) == [(CONTAINERD, "done")], out
+    assert "failed: containerd.service: restart job done but the unit is inactive (dead)" in out
+    assert "kubelet.service: not restarted: containerd.service is not active" in out
+    assert "restarted containerd.service" not in out
+    assert code == 1, out
+
+
 # --- 6. kubelet not loaded ------------------------------------------------------------------------
 
 
