@@ -976,6 +976,18 @@ def _refuse_unsafe(member: "tarfile.TarInfo", rel: str, dest_real: str) -> None:
         raise UnsafeTarball(f"{member.name}: {kind} not allowed in an installer tarball")
 
 
+def _make_parents(dest_real: str, parent: str) -> None:
+    """Directories the archive names only through its files' paths: 0755 whatever the umask (makedirs
+    applies its mode to the last directory only)."""
+    missing = []
+    while parent != dest_real and not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o700)
+        os.chmod(directory, 0o755)
+
+
 def _extract_member(archive: "tarfile.TarFile", member: "tarfile.TarInfo", rel: str, dest_real: str) -> None:
     """Write one checked entry; the on-disk checks here see links created by earlier entries."""
     target = os.path.join(dest_real, rel)
@@ -983,7 +995,7 @@ def _extract_member(archive: "tarfile.TarFile", member: "tarfile.TarInfo", rel: 
     # No symlink anywhere in the parent chain: a real path equals its own realpath.
     if os.path.realpath(parent) != parent:
         raise UnsafeTarball(f"{member.name}: would be written through a symbolic link")
-    os.makedirs(parent, mode=0o755, exist_ok=True)
+    _make_parents(dest_real, parent)
     if member.isdir():
         if os.path.lexists(target):
             if os.path.islink(target) or not os.path.isdir(target):

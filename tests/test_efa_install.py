@@ -604,3 +604,18 @@ def test_run_without_efa_hardware_skips(tmp_path: Path, runs: Path, served: Inst
     assert row == "efa skip no EFA device under /sys/class/infiniband: not applicable"
     assert served.gets() == [] and run_lines(runs) == []
 
+
+
+def test_directories_named_only_by_paths_are_not_world_writable(tmp_path: Path, runs: Path) -> None:
+    """Under umask 0 too: parents that the archive has no entry for are 0755, like its own directories."""
+    extra = (("aws-efa-installer/docs/en/README.txt", {"data": b"read me"}),)
+    data = installer_tarball(installer_script(tmp_path, runs), extra=extra)
+    dest = tmp_path / "work" / "extract"
+    dest.mkdir(parents=True)
+    old = os.umask(0)
+    try:
+        efa.extract_tarball(_bytes_file(data), dest)
+    finally:
+        os.umask(old)
+    for rel in ("aws-efa-installer/docs", "aws-efa-installer/docs/en"):
+        assert (dest / rel).stat().st_mode & 0o777 == 0o755, rel
