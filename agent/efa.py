@@ -985,7 +985,7 @@ def _make_parents(dest_real: str, parent: str) -> None:
         parent = os.path.dirname(parent)
     for directory in reversed(missing):
         os.mkdir(directory, 0o700)
-        os.chmod(directory, 0o755)
+        os.chmod(directory, 0o755)  # noqa: S103 (not writable by others: the point of this function)
 
 
 def _extract_member(archive: "tarfile.TarFile", member: "tarfile.TarInfo", rel: str, dest_real: str) -> None:
