@@ -73,7 +73,8 @@ def read_node(root: NodeRoot, config: AgentConfig, *, client_factory: Any = None
     except AgentError as exc:
         return NodeRead(None, name, problem=str(exc))
     except Exception as exc:  # a bug here must not cost the other checks
-        return NodeRead(None, name, problem=f"internal error reading the Node: {type(exc).__name__}: {exc}")
+        problem = kube.redact(f"internal error reading the Node: {type(exc).__name__}: {exc}")
+        return NodeRead(None, name, problem=problem)
 
 
 def _quantity(value: Any) -> Optional[int]:

@@ -142,4 +142,4 @@ def probe(root: NodeRoot, config_set: Optional[ContainerdConfigSet]) -> Optional
         return None
     address = socket_address(config_set)
     major = config_set.daemon.major if config_set.daemon.major in CRI_PLUGINS else 2
-    return CriProbe(str(root.path(CTR)), str(root.path(address)), address, CRI_PLUGINS[major])
+    return CriProbe(str(root.executable(CTR)), str(root.path(address)), address, CRI_PLUGINS[major])

@@ -70,7 +70,7 @@ def _devices(root: NodeRoot) -> Tuple[str, ...]:
 
 
 def _smi(root: NodeRoot, timeout: float) -> Optional[SmiResult]:
-    binary = root.path(NVIDIA_SMI)
+    binary = root.executable(NVIDIA_SMI)
     if not binary.exists():
         return None
     fields: Tuple[str, ...] = smi.FIELDS

@@ -62,7 +62,7 @@ def _switches(root: NodeRoot) -> Tuple[str, ...]:
 
 
 def fabricmanager_version(root: NodeRoot, timeout: float = VERSION_TIMEOUT) -> Tuple[Optional[str], str]:
-    binary = root.path(FABRICMANAGER)
+    binary = root.executable(FABRICMANAGER)
     try:
         st = binary.stat()
     except OSError:

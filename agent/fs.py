@@ -83,6 +83,11 @@ class NodeRoot:
             return Path(os.path.realpath(node_path))
         return Path(self._walk(parts))
 
+    def executable(self, node_path: str) -> Path:
+        """A program of the node (``/usr/bin/nvidia-smi``): a symlink, the last component's included, is
+        followed inside the tree, so a mounted image's absolute link never runs the host's program."""
+        return Path(node_path) if self.is_host else self.resolve(node_path)
+
     def _parts(self, node_path: str) -> List[str]:
         pure = PurePosixPath(node_path)
         if not pure.is_absolute():

@@ -278,8 +278,10 @@ def publish(
     except AgentError as exc:
         error = str(exc)
     except Exception as exc:  # a bug must not cost the status file; the message says where it came from
-        log.error("publishing crashed", error=repr(exc))
-        error = f"internal error while publishing: {type(exc).__name__}: {exc}"
+        from agent.kube import redact  # a request error can quote its headers
+
+        error = redact(f"internal error while publishing: {type(exc).__name__}: {exc}")
+        log.error("publishing crashed", error=error)
     log.error("report not published", error=error)
     published.forget(root)  # the Node's state is unknown now: the next publish reads it
     annotated = "annotations" in sync.wrote
@@ -304,8 +306,11 @@ def _send_events(root: NodeRoot, client: Any, deadline: Any, results: Sequence[C
             events.save(root, memory)
         return sent.as_dict()
     except Exception as exc:  # never the run's failure
-        log.error("events crashed", error=repr(exc))
-        return events.Sent(error=f"internal error: {type(exc).__name__}: {exc}").as_dict()
+        from agent.kube import redact
+
+        error = redact(f"internal error: {type(exc).__name__}: {exc}")
+        log.error("events crashed", error=error)
+        return events.Sent(error=error).as_dict()
 
 
 # --- local state ---------------------------------------------------------------------------------

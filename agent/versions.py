@@ -172,7 +172,7 @@ def _version_file(
 
 
 def toolkit_version(root: NodeRoot, timeout: float = TOOL_TIMEOUT_SECONDS) -> Tuple[Optional[str], str]:
-    binary = root.path(NVIDIA_CTK)
+    binary = root.executable(NVIDIA_CTK)
     if not binary.exists():
         return None, f"{NVIDIA_CTK} not found"
     out = run_tool([str(binary), "--version"], timeout)

@@ -291,3 +291,21 @@ def test_run_start_removes_temp_files_of_killed_runs(tmp_path: Path) -> None:
     os.utime(other, (1, 1))
     assert remove_stale_temp_files([target]) == [old]
     assert fresh.exists() and other.exists() and target.exists()
+
+
+def test_a_node_program_that_is_an_absolute_symlink_runs_from_the_tree(tmp_path: Path) -> None:
+    """A mounted image's /usr/bin/nvidia-ctk -> /opt/ctk/nvidia-ctk is the image's program, never the
+    build host's (which need not exist, or may be another program)."""
+    from agent import versions
+
+    root = tmp_path / "node"
+    (root / "opt/ctk").mkdir(parents=True)
+    (root / "opt/ctk/nvidia-ctk").write_text("#!/bin/sh\necho 'NVIDIA Container Toolkit CLI version 9.8.7'\n")
+    (root / "opt/ctk/nvidia-ctk").chmod(0o755)
+    (root / "usr/bin").mkdir(parents=True)
+    os.symlink("/opt/ctk/nvidia-ctk", root / "usr/bin/nvidia-ctk")
+    assert not Path("/opt/ctk/nvidia-ctk").exists()
+    node = fs.NodeRoot(str(root))
+    assert node.executable("/usr/bin/nvidia-ctk") == root / "opt/ctk/nvidia-ctk"
+    assert versions.toolkit_version(node) == ("9.8.7", "/usr/bin/nvidia-ctk --version")
+    assert fs.NodeRoot("/").executable("/usr/bin/nvidia-ctk") == Path("/usr/bin/nvidia-ctk")

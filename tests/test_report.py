@@ -424,3 +424,21 @@ def test_annotation_prefix_validated_when_the_config_loads(prefix: str) -> None:
 
     with pytest.raises(ConfigError, match=r"report\.annotation_prefix"):
         parse_config(f"report:\n  annotation_prefix: {prefix!r}\n", "config.yaml")
+
+
+def test_a_crash_while_publishing_never_shows_a_credential(node_root: Path, api: ApiServer, aws: FakeAws,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug's exception text can quote request headers (requests: "Invalid header value b'Bearer ...'")."""
+    from agent import kube
+
+    secret = "k8s-aws-v1.aHR0cHM6Ly9zdHMuYW1hem9uYXdzLmNvbS9zZWNyZXQtdG9rZW4tdmFsdWU"
+
+    def crash(*_: Any, **__: Any) -> Any:
+        raise ValueError(f"Invalid header value b'Bearer {secret}\\n'")
+
+    monkeypatch.setattr(kube.KubeClient, "get_node", crash)
+    out = publish(node_root, results(), FakeTime())
+    assert not out.ok and out.error is not None and out.error.startswith("internal error while publishing: ValueError")
+    captured = capsys.readouterr()
+    assert secret not in out.error and secret not in captured.out + captured.err
