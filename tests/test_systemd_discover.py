@@ -1,5 +1,5 @@
 """Unit-state discovery (``systemd.discover``) against a real systemd (booted in private namespaces,
-tests/systemd_harness.py), a real dbus-daemon, and python-dbusmock.
+tests/systemd_harness.py) and a real dbus-daemon; against python-dbusmock: tests/test_systemd_mock.py.
 
 The reference is what systemd itself reports (the harness reads it with ``busctl``, independent of
 the agent's client), for units that are active, inactive, failed and not found; a bus that is
@@ -187,110 +187,6 @@ def test_bus_without_systemd_on_an_abstract_address(tmp_path: Path) -> None:
     assert isinstance(found, systemd.BusUnreachable), found
     assert str(found).startswith(f"system bus unix:abstract={name}: systemd (org.freedesktop.systemd1) is not on "
                                  "it: ")
-
-
-# --- against python-dbusmock (libdbus on the sending side) ------------------------------------------------------
-
-# Loaded by path into the mock server process (dbusmock "-t <path>").
-TEMPLATE = r'''
-"""systemd Manager subset for discovery: GetUnit, LoadUnit; units with properties of every basic type."""
-import dbus
-from dbusmock import mockobject
-
-BUS_NAME = "org.freedesktop.systemd1"
-MAIN_OBJ = "/org/freedesktop/systemd1"
-MAIN_IFACE = "org.freedesktop.systemd1.Manager"
-UNIT_IFACE = "org.freedesktop.systemd1.Unit"
-SERVICE_IFACE = "org.freedesktop.systemd1.Service"
-SYSTEM_BUS = True
-
-
-def load(mock, parameters):
-    mock.units = {}
-    path = MAIN_OBJ + "/unit/containerd_2eservice"
-    mock.AddObject(path, UNIT_IFACE, {
-        "Id": "containerd.service",
-        "LoadState": "loaded",
-        "ActiveState": "active",
-        "SubState": "running",
-        "ActiveEnterTimestamp": dbus.UInt64(1_700_000_000_123_456),
-        "InvocationID": dbus.Array([dbus.Byte(b) for b in range(16)], signature="y"),
-        "Byte": dbus.Byte(255),
-        "Bool": dbus.Boolean(True),
-        "Int16": dbus.Int16(-32768),
-        "UInt16": dbus.UInt16(65535),
-        "Int32": dbus.Int32(-2147483648),
-        "Int64": dbus.Int64(-(1 << 63)),
-        "UInt64": dbus.UInt64((1 << 64) - 1),
-        "Double": dbus.Double(-1.5e300),
-        "Path": dbus.ObjectPath("/org/freedesktop/systemd1/unit/x"),
-        "Signature": dbus.Signature("a{sv}(iaay)"),
-        "Strings": dbus.Array(["a", "ünïcödé", ""], signature="s"),
-        "Pairs": dbus.Array([dbus.Struct(("Requires", "x.service"), signature="ss")], signature="(ss)"),
-        "Dict": dbus.Dictionary({"k": dbus.Int32(1, variant_level=1)}, signature="sv"),
-        "Nested": dbus.Array([dbus.Array([dbus.Byte(1), dbus.Byte(2)], signature="y")], signature="ay"),
-        "Empty": dbus.Array([], signature="x"),
-    }, [])
-    mockobject.objects[path].AddProperties(SERVICE_IFACE, {"MainPID": dbus.UInt32(4242)})
-    mock.units["containerd.service"] = path
-
-
-@dbus.service.method(MAIN_IFACE, in_signature="s", out_signature="o")
-def GetUnit(self, name):
-    if name == "secret.service":
-        raise dbus.exceptions.DBusException("Access denied", name="org.freedesktop.DBus.Error.AccessDenied")
-    if name not in self.units:
-        raise dbus.exceptions.DBusException(f"Unit {name} not loaded.", name="org.freedesktop.systemd1.NoSuchUnit")
-    return self.units[name]
-
-
-@dbus.service.method(MAIN_IFACE, in_signature="s", out_signature="o")
-def LoadUnit(self, name):
-    if name in self.units:
-        return self.units[name]
-    path = MAIN_OBJ + "/unit/" + "".join(c if c.isalnum() else "_%02x" % ord(c) for c in name)
-    self.AddObject(path, UNIT_IFACE, {"Id": name, "LoadState": "not-found", "ActiveState": "inactive",
-                                      "SubState": "dead", "ActiveEnterTimestamp": dbus.UInt64(0),
-                                      "InvocationID": dbus.Array([], signature="y")}, [])
-    self.units[name] = path
-    return path
-'''
-
-
-@pytest.fixture
-def mock_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private system bus with the mock systemd on it; yields the bus address."""
-    from dbusmock.testcase import BusType, DBusTestCase, PrivateDBus
-
-    template = tmp_path / "systemd_discovery_template.py"
-    template.write_text(TEMPLATE)
-    # PrivateDBus exports its address in os.environ; monkeypatch restores the previous value after.
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent")
-    with PrivateDBus(BusType.SYSTEM) as bus:
-        server, _ = DBusTestCase.spawn_server_template(str(template), {}, system_bus=True)
-        try:
-            yield bus.address
-        finally:
-            server.terminate()
-            server.wait(10)
-
-
-def test_mock_systemd_states_equal_the_pydbus_client(mock_systemd: str) -> None:
-    names = ["containerd.service", "kubelet.service"]
-    found = systemd.discover(names, address=mock_systemd)
-    assert isinstance(found, systemd.UnitStates), found
-    assert found.units == (
-        systemd.UnitState("containerd.service", "loaded", "active", "running", 1_700_000_000_123_456, 4242,
-                          bytes(range(16)).hex()),
-        systemd.UnitState("kubelet.service", "not-found", "inactive", "dead", 0, 0, ""),
-    )
-
-
-def test_mock_systemd_permission_denied(mock_systemd: str) -> None:
-    found = systemd.discover(["secret.service"], address=mock_systemd)
-    assert isinstance(found, systemd.SystemdError) and type(found) is systemd.SystemdError
-    assert str(found) == ("secret.service: GetUnit: permission denied (Access denied); the agent must run as root")
-    assert found.unit == "secret.service"
 
 
 def test_without_the_gi_bindings_unit_state_is_unreadable_not_a_crash(tmp_path: Path) -> None:

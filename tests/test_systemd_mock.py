@@ -43,7 +43,7 @@ def _add_unit(mock, name, load_state):
         "ActiveState": "active" if loaded else "inactive",
         "SubState": "running" if loaded else "dead",
         "ActiveEnterTimestamp": dbus.UInt64(1_700_000_000_000_000 if loaded else 0),
-        "InvocationID": dbus.Array([dbus.Byte(1)], signature="y"),
+        "InvocationID": dbus.Array([dbus.Byte(b) for b in range(16)] if loaded else [], signature="y"),
     }, [])
     mockobject.objects[path].AddProperties(SERVICE_IFACE, {"MainPID": dbus.UInt32(100 if loaded else 0)})
     mock.units[name] = path
@@ -67,6 +67,8 @@ def Subscribe(self):
 def GetUnit(self, name):
     if self.behaviour.get("GetUnit") == "hang":
         time.sleep(3)
+    if self.behaviour.get("GetUnit") == "denied":
+        raise dbus.exceptions.DBusException("Access denied", name="org.freedesktop.DBus.Error.AccessDenied")
     if name not in self.units:
         raise dbus.exceptions.DBusException(f"Unit {name} not loaded.",
                                             name="org.freedesktop.systemd1.NoSuchUnit")
@@ -229,3 +231,20 @@ def test_unit_not_loaded_and_permission_denied(mock_systemd: Callable[..., str])
         restart(address, "kubelet.service")
     with pytest.raises(systemd.SystemdError, match="permission denied"):
         restart(address)
+
+
+def test_discovery_reads_what_the_mock_holds(mock_systemd: Callable[..., str]) -> None:
+    found = systemd.discover(["containerd.service", "kubelet.service"], address=mock_systemd())
+    assert isinstance(found, systemd.UnitStates), found
+    assert found.units == (
+        systemd.UnitState("containerd.service", "loaded", "active", "running", 1_700_000_000_000_000, 100,
+                          bytes(range(16)).hex()),
+        systemd.UnitState("kubelet.service", "not-found", "inactive", "dead", 0, 0, ""),
+    )
+
+
+def test_discovery_permission_denied(mock_systemd: Callable[..., str]) -> None:
+    found = systemd.discover(["containerd.service"], address=mock_systemd(behaviour={"GetUnit": "denied"}))
+    assert isinstance(found, systemd.SystemdError) and type(found) is systemd.SystemdError
+    assert str(found) == "containerd.service: GetUnit: permission denied (Access denied); the agent must run as root"
+    assert found.unit == "containerd.service"
