@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, NoReturn, Optional, Tuple, Union, get_type_hints
 
 from agent.errors import ConfigError
+from agent.text import shorten
 
 DEFAULT_CONFIG_PATH = "/etc/gpu-node-agent/config.yaml"
 
@@ -23,7 +24,7 @@ Validator = Callable[[Any], Optional[str]]  # returns a problem description, or 
 
 def _absolute_path(value: Any) -> Optional[str]:
     if not value.startswith("/"):
-        return f"must be an absolute path, got {_short(value)}"
+        return f"must be an absolute path, got {shorten(value)}"
     if "\0" in value:
         return "must not contain NUL"
     return _confined_path(value)
@@ -32,7 +33,7 @@ def _absolute_path(value: Any) -> Optional[str]:
 def _one_of(*choices: str) -> Validator:
     def check(value: Any) -> Optional[str]:
         if value not in choices:
-            return f"must be one of {', '.join(choices)}; got {_short(value)}"
+            return f"must be one of {', '.join(choices)}; got {shorten(value)}"
         return None
 
     return check
@@ -55,7 +56,7 @@ def _not_negative(value: Any) -> Optional[str]:
 def _regex(pattern: str, what: str) -> Validator:
     def check(value: Any) -> Optional[str]:
         if value is not None and not re.fullmatch(pattern, value):
-            return f"must be {what}, got {_short(value)}"
+            return f"must be {what}, got {shorten(value)}"
         return None
 
     return check
@@ -70,7 +71,7 @@ def _url(value: Any) -> Optional[str]:
     if value is None:
         return None
     if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", value):
-        return f"must be an http:// or https:// URL, got {_short(value)}"
+        return f"must be an http:// or https:// URL, got {shorten(value)}"
     return None
 
 
@@ -79,7 +80,7 @@ def _unit_names(value: Any) -> Optional[str]:
         return "must name at least one unit (containerd first)"
     for unit in value:
         if not re.fullmatch(r"[A-Za-z0-9:_.\\@-]+\.service", unit):
-            return f"{_short(unit)} is not a systemd service unit name (e.g. containerd.service)"
+            return f"{shorten(unit)} is not a systemd service unit name (e.g. containerd.service)"
     if len(set(value)) != len(value):
         return "lists a unit twice"
     if value[0] != CONTAINERD_UNIT:
@@ -136,9 +137,9 @@ def _condition_type(value: Any) -> Optional[str]:
         return None
     prefix, _, name = value.rpartition("/")
     if prefix and not re.fullmatch(DNS_SUBDOMAIN, prefix):
-        return f"prefix {_short(prefix)} is not a DNS subdomain"
+        return f"prefix {shorten(prefix)} is not a DNS subdomain"
     if not re.fullmatch(_QUALIFIED_NAME, name):
-        return f"must be a condition type such as GPUNodeAgentReady, got {_short(value)}"
+        return f"must be a condition type such as GPUNodeAgentReady, got {shorten(value)}"
     return _owned_condition(value)
 
 
@@ -411,22 +412,22 @@ class _Builder:
             self.fail(node, dotted, "must not be null")
         if hint is bool:
             if not isinstance(value, bool):
-                self.fail(node, dotted, f"expected true or false, got {_type_name(value)} {_short(value)}")
+                self.fail(node, dotted, f"expected true or false, got {_type_name(value)} {shorten(value)}")
         elif hint is int:
             if isinstance(value, bool) or not isinstance(value, int):
-                self.fail(node, dotted, f"expected a whole number, got {_type_name(value)} {_short(value)}")
+                self.fail(node, dotted, f"expected a whole number, got {_type_name(value)} {shorten(value)}")
         elif hint is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 unit = "minutes" if dotted.endswith("_minutes") else "seconds"
-                self.fail(node, dotted, f"expected a number of {unit}, got {_type_name(value)} {_short(value)}")
+                self.fail(node, dotted, f"expected a number of {unit}, got {_type_name(value)} {shorten(value)}")
             value = float(value)
         elif hint is str:
             if not isinstance(value, str):
                 extra = f"; {hint_msg}" if hint_msg else ""
-                self.fail(node, dotted, f"expected a string, got {_type_name(value)} {_short(value)}{extra}")
+                self.fail(node, dotted, f"expected a string, got {_type_name(value)} {shorten(value)}{extra}")
         elif getattr(hint, "__origin__", None) in (tuple, Tuple):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                self.fail(node, dotted, f"expected a list of strings, got {_type_name(value)} {_short(value)}")
+                self.fail(node, dotted, f"expected a list of strings, got {_type_name(value)} {shorten(value)}")
             value = tuple(value)
         if check is not None:
             problem = check(value)
@@ -464,15 +465,9 @@ _MANAGED = ("containerd.config_path", "nvidia_runtime.config_path", "report.kube
 _OUTPUTS = ("report.status_file", "report.metrics_file", "efa.cache_dir")
 
 
-def _short(value: Any) -> str:
-    from agent.fs import shorten
-
-    return shorten(value)
-
-
 def _confined_path(value: str) -> Optional[str]:
     if any(part == ".." for part in value.split("/")):
-        return f"must not contain '..' (node paths resolve under --root), got {_short(value)}"
+        return f"must not contain '..' (node paths resolve under --root), got {shorten(value)}"
     if any(ord(ch) < 0x20 or ch == "\x7f" for ch in value):
         return "must not contain control characters"
     return None
@@ -482,9 +477,9 @@ def _output_path(value: str, key: str) -> Optional[str]:
     dirs = OUTPUT_DIRS[key]
     normal = re.sub(r"/+", "/", value).rstrip("/") + ("/" if key == "efa.cache_dir" else "")
     if not any(normal.startswith(d) and len(normal) > len(d) for d in dirs):
-        return f"must be inside {' or '.join(dirs)}, got {_short(value)}"
+        return f"must be inside {' or '.join(dirs)}, got {shorten(value)}"
     if key == "report.metrics_file" and not value.endswith(".prom"):
-        return f"must end in .prom (what the node_exporter textfile collector reads), got {_short(value)}"
+        return f"must end in .prom (what the node_exporter textfile collector reads), got {shorten(value)}"
     return None
 
 
@@ -550,4 +545,4 @@ def yaml_error_line(exc: Exception, text: str) -> str:
         reason = getattr(exc, "reason", "unacceptable character")
         return f":{line}: invalid YAML: unacceptable character {what} ({reason})"
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f": invalid YAML: {_short(first)}"
+    return f": invalid YAML: {shorten(first)}"

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, NamedTuple, Optional, Tupl
 
 from agent.fs import NodeRoot
 from agent.serving import NOT_SERVING, SERVING, UNKNOWN, Serving
+from agent.text import clip
 
 if TYPE_CHECKING:
     from agent.containerd import ContainerdConfigSet
@@ -79,10 +80,6 @@ def parse_error(text: str) -> str:
     return ""
 
 
-def _shorten(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 class CriProbe(NamedTuple):
     """Asks the running containerd about its CRI plugins (host paths, resolved under ``--root``)."""
 
@@ -133,7 +130,7 @@ class CriProbe(NamedTuple):
             reason = parse_error(detail.stdout) if detail is not None and detail.ok else ""
             reason = f"{bad.status}: {reason}" if reason else bad.status
         details = {**details, "reason": reason}
-        return Serving(NOT_SERVING, f"CRI plugin {bad.name}: {_shorten(reason)}", final=True, details=details)
+        return Serving(NOT_SERVING, f"CRI plugin {bad.name}: {clip(reason, 300)}", final=True, details=details)
 
 
 def probe(root: NodeRoot, config_set: Optional[ContainerdConfigSet]) -> Optional[CriProbe]:

@@ -39,6 +39,8 @@ from agent.errors import AgentError, NodeFileError, NodeFileMissing
 from agent.fs import NodeRoot, fsync_dir, read_text
 from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
 from agent.log import get_logger
+from agent.retry import backoff
+from agent.text import clip
 
 if TYPE_CHECKING:
     import tarfile
@@ -330,12 +332,6 @@ class DownloadPolicy(NamedTuple):
 
 
 DEFAULT_POLICY = DownloadPolicy()
-
-
-def backoff_delay(retry: int, policy: DownloadPolicy, rand: Callable[[], float]) -> float:
-    """Exponential backoff with jitter: half fixed, half random, so fleets do not retry in step."""
-    delay = min(policy.backoff_cap_seconds, policy.backoff_seconds * (2 ** (retry - 1)))
-    return delay / 2 + rand() * delay / 2
 
 
 def sha256_of(f: IO[bytes], chunk_size: int = CHUNK_SIZE) -> str:
@@ -675,7 +671,7 @@ def download(
                         _attempt(session, url, partial, policy, directory, deadline, clock)
                         break
                     except _Retryable as exc:
-                        delay = backoff_delay(attempt, policy, rand)
+                        delay = backoff(attempt, policy.backoff_seconds, policy.backoff_cap_seconds, rand)
                         if attempt >= policy.attempts or clock() + delay >= deadline:
                             plural = "s" if attempt > 1 else ""
                             raise DownloadError(
@@ -733,7 +729,7 @@ def _one_line(exc: BaseException) -> str:
     text = re.sub(r"<[^<>]* object at 0x[0-9a-f]+>: ", "", text)  # urllib3 1.x connection reprs
     text = re.sub(r"\b\w+Connection(Pool)?\(host=[^)]*\): ", "", text)
     text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."
+    return clip(text, 300)
 
 
 def _attempt(

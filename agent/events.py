@@ -34,6 +34,7 @@ from agent.errors import AgentError, NodeFileError
 from agent.fs import NodeRoot, atomic_write, read_text
 from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
 from agent.log import get_logger
+from agent.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from agent.apply import ApplyResult
@@ -213,7 +214,7 @@ def send(client: KubeClient, deadline: Deadline, memory: Memory, specs: Sequence
     """Create (or, for a repeat, patch) each Event; never raises an AgentError."""
     from agent.kube import KubeNotFound
 
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = rfc3339(now)
     epoch = now.timestamp()
     unique: List[EventSpec] = list(dict.fromkeys(specs))  # one report says a thing once
     todo, dropped = unique[:MAX_PER_RUN], max(0, len(unique) - MAX_PER_RUN)

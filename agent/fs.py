@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from agent.errors import LockBusy, NodeFileError, NodeFileMissing
+from agent.text import shorten
 
 LOCK_PATH = "/run/gpu-node-agent/lock"
 MAX_SYMLINKS = 40  # as Linux's path walk
@@ -29,13 +30,6 @@ MAX_SYMLINKS = 40  # as Linux's path walk
 MAX_NODE_FILE = 1 << 20  # node files: containerd/toolkit TOML, kubeconfig, version files, status file
 MAX_CONFIG_FILE = 256 << 10  # the agent's own config.yaml
 MAX_TOKEN_FILE = 64 << 10  # a kubeconfig tokenFile (and a credential from an exec plugin)
-MAX_SHOWN = 60  # characters of a value quoted in an error message
-
-
-def shorten(value: object, limit: int = MAX_SHOWN) -> str:
-    """``repr`` of a value for an error message, never longer than about ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # Every non-host root in use, by its directory: a read of a path inside one follows a symlink in the

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 
 from agent import __version__
 from agent.errors import EXIT_DEGRADED, EXIT_OK, EXIT_UNHEALTHY
+from agent.timestamps import rfc3339
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
@@ -80,7 +81,7 @@ def report_document(
     return {
         "v": REPORT_SCHEMA_VERSION,
         "agent": __version__,
-        "time": now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "time": rfc3339(now),
         "health": overall_health(results),
         "checks": [r.as_dict(with_details=with_details) for r in results],
         "actions": list(actions),

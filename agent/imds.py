@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 from agent.config import ImdsSettings
 from agent.errors import AgentError
 from agent.log import get_logger
+from agent.retry import backoff
 
 if TYPE_CHECKING:
     import requests
@@ -36,6 +37,8 @@ TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
 TOKEN_TTL_SECONDS = 21600  # the maximum; the token is refreshed TOKEN_REFRESH_MARGIN before it runs out
 TOKEN_REFRESH_MARGIN = 60.0
 ATTEMPTS = 3
+BACKOFF_BASE = 0.1  # seconds before the first retry, doubling
+BACKOFF_CAP = 1.0
 
 log = get_logger("imds")
 
@@ -179,5 +182,4 @@ class ImdsClient:
             return None
 
     def _backoff(self, attempt: int) -> None:
-        base = min(1.0, 0.1 * 2 ** (attempt - 1))
-        self.sleep(base / 2 + self.random() * base / 2)
+        self.sleep(backoff(attempt, BACKOFF_BASE, BACKOFF_CAP, self.random))

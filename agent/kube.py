@@ -38,8 +38,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote, urlsplit
@@ -48,6 +46,9 @@ from agent import __version__
 from agent.errors import AgentError, NodeFileError
 from agent.fs import MAX_TOKEN_FILE, NodeRoot, confined, read_bytes, read_text
 from agent.log import get_logger
+from agent.retry import Deadline, backoff, honour_retry_after, parse_retry_after
+from agent.text import clip
+from agent.timestamps import parse_rfc3339, rfc3339
 
 if TYPE_CHECKING:
     import requests
@@ -94,55 +95,6 @@ class KubeNotFound(KubeError):
 
 class ExecPluginError(KubeError):
     """The exec credential plugin could not give a credential."""
-
-
-# --- time ---------------------------------------------------------------------------------------
-
-
-class Deadline:
-    """One overall time budget for a sequence of requests and retries."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.seconds = seconds
-        self.clock = clock
-        self.expires = clock() + seconds
-
-    def remaining(self) -> float:
-        return max(0.0, self.expires - self.clock())
-
-
-def parse_rfc3339(value: str) -> float:
-    """``2026-05-12T10:00:00Z`` (fractions and offsets allowed) -> seconds since the epoch."""
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    if "." in text:  # Python 3.9's fromisoformat wants 3 or 6 fraction digits
-        head, _, rest = text.partition(".")
-        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
-        tz = rest[len(digits):]
-        text = f"{head}.{(digits + '000000')[:6]}{tz}"
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        raise ValueError(f"{value!r} has no time zone")
-    return parsed.timestamp()
-
-
-def parse_retry_after(value: Optional[str], wall_clock: Callable[[], float]) -> Optional[float]:
-    """``Retry-After``: delay-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - wall_clock())
 
 
 # --- kubeconfig ---------------------------------------------------------------------------------
@@ -238,7 +190,7 @@ def load_kubeconfig(root: NodeRoot, node_path: str) -> Kubeconfig:
         p = value if value.startswith("/") else str(PurePosixPath(base_dir) / value)
         host = _confined(root, p, f"{where}: {key}")
         if not host.is_file():
-            raise KubeconfigError(f"{where}: {key}: {_shorten(p)} does not exist")
+            raise KubeconfigError(f"{where}: {key}: {clip(p, 120)} does not exist")
         return host
 
     c = _named(data.get("clusters"), cluster_name, "clusters", where)
@@ -533,11 +485,8 @@ class KubeClient:
         """Exponential backoff with equal jitter; at least what ``Retry-After`` asks, plus a random
         part of up to half of it (at most ``BACKOFF_CAP``): an API server that sheds load tells every
         client the same number, and clients that all obey it exactly come back as one wave."""
-        step = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
-        delay = step / 2 + self.random() * step / 2
-        if retry_after is None:
-            return delay
-        return max(delay, retry_after + self.random() * min(BACKOFF_CAP, retry_after / 2))
+        delay = backoff(attempt, BACKOFF_BASE, BACKOFF_CAP, self.random)
+        return honour_retry_after(delay, retry_after, BACKOFF_CAP, self.random)
 
     @property
     def session(self) -> requests.Session:
@@ -630,7 +579,7 @@ class KubeClient:
 
     def _why_unauthorized(self, cred: Credential) -> str:
         if cred.expires is not None and cred.expires <= self.wall_clock():
-            when = datetime.fromtimestamp(cred.expires, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            when = rfc3339(cred.expires)
             return f"the credential from {cred.source} expired at {when} (is the clock right?)"
         again = " (refreshed once, refused again)" if cred.refreshable else ""
         return f"the API server refused the credential from {cred.source}{again}"
@@ -689,9 +638,9 @@ class KubeClient:
             tail = f": {redact(first)[:200]}" if first else ""
             raise ExecPluginError(f"{source}: exited with {out.returncode}{tail}")
         cred = self._parse_exec_credential(out.stdout, ex, source)
-        log.info("exec credential obtained", plugin=name, expires=_iso(cred.expires))
+        log.info("exec credential obtained", plugin=name, expires=_stamp(cred.expires))
         if cred.expires is not None and cred.expires <= self.wall_clock():
-            log.warning("exec credential is already expired", plugin=name, expires=_iso(cred.expires))
+            log.warning("exec credential is already expired", plugin=name, expires=_stamp(cred.expires))
         return cred
 
     def _parse_exec_credential(self, stdout: str, ex: ExecConfig, source: str) -> Credential:
@@ -746,7 +695,7 @@ def _node_path(name: str) -> str:
     from agent.config import DNS_SUBDOMAIN
 
     if not re.fullmatch(DNS_SUBDOMAIN, name or ""):
-        raise KubeError(f"node name {_shorten(repr(name))} is not a DNS subdomain (lowercase letters, digits, "
+        raise KubeError(f"node name {clip(repr(name), 120)} is not a DNS subdomain (lowercase letters, digits, "
                         "'-' and '.'); not asking the API server about it")
     return f"/api/v1/nodes/{quote(name, safe='')}"
 
@@ -825,10 +774,6 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _iso(ts: Optional[float]) -> Optional[str]:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ts is not None else None
-
-
 
 # --- hostile input: credentials and paths ---------------------------------------------------------
 
@@ -868,8 +813,8 @@ def redact(text: str) -> str:
     return str(_TOKEN_LIKE.sub("<redacted>", text))
 
 
-def _shorten(value: str) -> str:
-    return value if len(value) <= 120 else value[:117] + "..."
+def _stamp(ts: Optional[float]) -> Optional[str]:
+    return rfc3339(ts) if ts is not None else None
 
 
 def _confined(root: NodeRoot, node_path: str, what: str) -> Path:

@@ -23,7 +23,8 @@ from agent.errors import NodeFileError
 from agent.fs import NodeRoot, atomic_write, read_text
 from agent.health import CheckResult
 from agent.log import get_logger
-from agent.report import compact_report, node_condition, rfc3339
+from agent.report import compact_report, node_condition
+from agent.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from agent.config import ReportSettings
@@ -89,7 +90,7 @@ def heartbeat_due(condition: Optional[Mapping[str, Any]], now: datetime, minutes
     that went back must not silence the heartbeat)."""
     if condition is None or minutes <= 0:
         return True
-    from agent.kube import parse_rfc3339
+    from agent.timestamps import parse_rfc3339
 
     try:
         last = parse_rfc3339(str(condition.get("lastHeartbeatTime") or ""))

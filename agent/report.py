@@ -45,6 +45,7 @@ from agent.health import (
 )
 from agent.kubelet import KUBELET_ENVIRONMENT, kubelet_flag
 from agent.log import get_logger
+from agent.timestamps import rfc3339
 
 ANNOTATION_LIMIT = 4096  # bytes of the <prefix>/report value
 CONDITION_MESSAGE_LIMIT = 1024
@@ -53,10 +54,6 @@ REASONS = {HEALTHY: "AllChecksPassed", DEGRADED: "ChecksWarned", UNHEALTHY: "Che
 _ELLIPSIS = "\u2026"
 
 log = get_logger("report")
-
-
-def rfc3339(now: datetime) -> str:
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- the annotation ------------------------------------------------------------------------------

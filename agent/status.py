@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from agent.errors import AgentError, NodeFileError, NodeFileMissing
 from agent.fs import NodeRoot, atomic_write, read_text
+from agent.timestamps import rfc3339
 
 PASSES = ("prepare", "run", "check")
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -41,7 +42,7 @@ class StatusFileError(AgentError):
 
 
 def _stamp(when: datetime) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return rfc3339(when, millis=True)
 
 
 def boot_id(root: NodeRoot) -> Optional[str]:

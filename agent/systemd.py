@@ -19,7 +19,6 @@ import contextlib
 import os
 import threading
 import time
-from datetime import datetime, timezone
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -38,6 +37,7 @@ from typing import (
 from agent.errors import AgentError
 from agent.health import FAIL, PASS, WARN, CheckResult
 from agent.serving import NOT_SERVING
+from agent.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from agent.containerd import ContainerdConfigSet
@@ -95,7 +95,7 @@ class SystemdTimeout(SystemdError):
 
 
 def _utc(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    return rfc3339(seconds, millis=True)
 
 
 class UnitState(NamedTuple):

@@ -15,6 +15,7 @@ from agent import efa, log
 from agent.cli import main
 from agent.config import EfaSettings
 from agent.fs import NodeRoot
+from agent.retry import backoff
 from tests.efa_helpers import (
     VERSION,
     ConnectProxy,
@@ -210,9 +211,13 @@ def test_retry_after_500_with_exponential_backoff(
 
 def test_jitter_spreads_the_wait() -> None:
     policy = efa.DownloadPolicy(backoff_seconds=2.0, backoff_cap_seconds=10.0)
-    assert efa.backoff_delay(1, policy, lambda: 0.0) == 1.0
-    assert efa.backoff_delay(2, policy, lambda: 0.5) == 3.0
-    assert efa.backoff_delay(9, policy, lambda: 1.0) == 10.0  # capped
+
+    def delay(attempt: int, rand: float) -> float:
+        return backoff(attempt, policy.backoff_seconds, policy.backoff_cap_seconds, lambda: rand)
+
+    assert delay(1, 0.0) == 1.0
+    assert delay(2, 0.5) == 3.0
+    assert delay(9, 1.0) == 10.0  # capped
 
 
 def test_500_forever_gives_up_after_the_bounded_attempts(

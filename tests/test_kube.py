@@ -592,14 +592,6 @@ def test_tokens_never_reach_the_log(root: Path, api: ApiServer, aws: FakeAws) ->
 # --- small pieces -------------------------------------------------------------------------------
 
 
-def test_parse_rfc3339() -> None:
-    assert kube.parse_rfc3339("2026-05-12T10:00:00Z") == 1778580000.0
-    assert kube.parse_rfc3339("2026-05-12T10:00:00.5+00:00") == 1778580000.5
-    assert kube.parse_rfc3339("2026-05-12T12:00:00.123456789+02:00") == pytest.approx(1778580000.123456)
-    with pytest.raises(ValueError):
-        kube.parse_rfc3339("2026-05-12T10:00:00")
-
-
 @pytest.mark.parametrize(
     "host, no_proxy, bypass",
     [
