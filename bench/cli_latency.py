@@ -1,6 +1,7 @@
 """How fast `check` and `plan` answer, against a bare start of the same interpreter.
 
     .venv/bin/python bench/cli_latency.py [--python PATH] [--runs N] [--layout dev|installed]
+                                          [--gi-from SITE_PACKAGES]
 
 Builds a simulated node from tests/samples (containerd 2.x, the toolkit's default config, one
 drifted containerd setting so `plan` has a diff to compute, the packaged agent config), then
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "tests" / "samples"
@@ -41,12 +42,14 @@ def simulated_node(base: Path) -> Path:
     return base
 
 
-def installed_tree(base: Path, python: str, bytecode: str = "checked-hash") -> Path:
+def installed_tree(base: Path, python: str, bytecode: str = "checked-hash", gi_from: Optional[Path] = None) -> Path:
     """A tree laid out like the RPM: the launcher in usr/bin, the agent and its pinned bundled
     libraries (packaging/bundled-requirements.txt) in usr/lib/gpu-node-agent, compiled to bytecode.
     PyYAML and requests, which a node gets from the distribution, go there too when ``python`` lacks
     them (the launcher refuses to start without them). ``bytecode``: the invalidation mode (the RPM's
-    is checked-hash)."""
+    is checked-hash). ``gi_from``: a site-packages holding PyGObject built for ``python``, whose ``gi``
+    is copied next to the agent, as python3-gobject-base puts it in the interpreter's site-packages on
+    a node (plain interpreters built from source have none, and the bus read then fails at once)."""
     import shutil
 
     lib = base / "usr" / "lib" / "gpu-node-agent"
@@ -62,6 +65,8 @@ def installed_tree(base: Path, python: str, bytecode: str = "checked-hash") -> P
     for module, requirement in (("yaml", "PyYAML"), ("requests", "requests")):
         if subprocess.run([python, "-s", "-c", f"import {module}"], capture_output=True, check=False).returncode:
             subprocess.run([python, *pip[1:], *constraints, requirement], check=True)  # its own wheels
+    if gi_from is not None:
+        shutil.copytree(gi_from / "gi", lib / "gi", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([python, "-m", "compileall", "-q", "--invalidation-mode", bytecode, str(lib)], check=True)
     return launcher
 
@@ -86,6 +91,9 @@ def main() -> None:
     parser.add_argument("--bytecode", choices=("checked-hash", "timestamp", "unchecked-hash"),
                         default="checked-hash", help="installed layout: how the bytecode is validated "
                                                      "(default: checked-hash, as the RPM compiles it)")
+    parser.add_argument("--gi-from", type=Path, metavar="SITE_PACKAGES",
+                        help="installed layout: copy PyGObject's gi from this site-packages (built for "
+                             "--python), as a node has it")
     args = parser.parse_args()
     # Bytecode caches on, as on a node (the package ships compiled); the warm-up run writes them.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -96,7 +104,8 @@ def main() -> None:
             agent = [args.python, "-m", "agent"]
             bare = [args.python, "-c", "pass"]
         else:
-            agent = [args.python, "-s", str(installed_tree(Path(tmp) / "tree", args.python, args.bytecode))]
+            launcher = installed_tree(Path(tmp) / "tree", args.python, args.bytecode, args.gi_from)
+            agent = [args.python, "-s", str(launcher)]
             bare = [args.python, "-s", "-c", "pass"]
         commands = {
             "python -c pass": bare,
