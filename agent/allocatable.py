@@ -58,22 +58,26 @@ def read_node(root: NodeRoot, config: AgentConfig, *, client_factory: Any = None
     if not root.path(config.report.kubeconfig).exists():
         return NodeRead(None, None, skipped=f"no kubeconfig at {config.report.kubeconfig}: the node has not joined "
                         "a cluster")
-    from agent import kube
+    from agent.kube import KubeClient
+    from agent.kube_errors import KubeNotFound
+    from agent.kubeconfig import load_kubeconfig
     from agent.report import resolve_node_name
+    from agent.retry import Deadline
+    from agent.tokens import redact
 
     name: Optional[str] = None
     try:
         name = resolve_node_name(root, config).name
-        kubeconfig = kube.load_kubeconfig(root, config.report.kubeconfig)
-        deadline = kube.Deadline(min(READ_TIMEOUT, config.report.timeout_seconds))
-        with (client_factory or kube.KubeClient)(kubeconfig) as client:
+        kubeconfig = load_kubeconfig(root, config.report.kubeconfig)
+        deadline = Deadline(min(READ_TIMEOUT, config.report.timeout_seconds))
+        with (client_factory or KubeClient)(kubeconfig) as client:
             return NodeRead(client.get_node(name, deadline), name)
-    except kube.KubeNotFound:
+    except KubeNotFound:
         return NodeRead(None, name, problem=f"node {name} is not registered (yet)")
     except AgentError as exc:
         return NodeRead(None, name, problem=str(exc))
     except Exception as exc:  # a bug here must not cost the other checks
-        problem = kube.redact(f"internal error reading the Node: {type(exc).__name__}: {exc}")
+        problem = redact(f"internal error reading the Node: {type(exc).__name__}: {exc}")
         return NodeRead(None, name, problem=problem)
 
 

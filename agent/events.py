@@ -38,7 +38,8 @@ from agent.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from agent.apply import ApplyResult
-    from agent.kube import Deadline, KubeClient
+    from agent.kube import KubeClient
+    from agent.retry import Deadline
 
 COMPONENT = "gpu-node-agent"
 NAMESPACE = "default"  # a cluster-scoped object's events live here (kubelet's Node events too)
@@ -212,7 +213,7 @@ def event_object(spec: EventSpec, name: str, node: str, uid: Optional[str], stam
 def send(client: KubeClient, deadline: Deadline, memory: Memory, specs: Sequence[EventSpec], *,
          node: str, uid: Optional[str], now: datetime) -> Sent:
     """Create (or, for a repeat, patch) each Event; never raises an AgentError."""
-    from agent.kube import KubeNotFound
+    from agent.kube_errors import KubeNotFound
 
     stamp = rfc3339(now)
     epoch = now.timestamp()

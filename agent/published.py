@@ -28,7 +28,8 @@ from agent.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from agent.config import ReportSettings
-    from agent.kube import Deadline, KubeClient
+    from agent.kube import KubeClient
+    from agent.retry import Deadline
 
 STATE_FILE = "/run/gpu-node-agent/published.json"
 STATE_VERSION = 1

@@ -248,23 +248,26 @@ def publish(
     ``keep_actions``: a ``check --report`` keeps the actions the last ``run`` published.
     ``node``: the Node, if a check of this report has just read it (then no GET is needed, and what
     someone removed is seen at once)."""
-    from agent import kube, published
+    from agent import published
+    from agent.kube import KubeClient
+    from agent.kubeconfig import load_kubeconfig
+    from agent.retry import Deadline
 
     settings = config.report
-    deadline = kube.Deadline(settings.timeout_seconds, clock)
+    deadline = Deadline(settings.timeout_seconds, clock)
     now = now or datetime.now(timezone.utc)
     name: Optional[NodeName] = None
     sync = published.NodeSync(settings, results, document, now, keep_actions)
     try:
         name = resolve_node_name(root, config, imds=imds, hostname=hostname)
-        kubeconfig = kube.load_kubeconfig(root, settings.kubeconfig)
+        kubeconfig = load_kubeconfig(root, settings.kubeconfig)
         memory = published.load(root, name.name, kubeconfig.cluster.server)
-        factory = client_factory or kube.KubeClient
+        factory = client_factory or KubeClient
         with factory(kubeconfig, clock=clock, sleep=sleep) as client:
             after = sync.run(client, deadline, name.name, kubeconfig.cluster.server, memory, node)
             if after != memory:
                 published.save(root, after)
-            sent = _send_events(root, client, kube.Deadline(min(EVENTS_SECONDS, deadline.remaining()), clock),
+            sent = _send_events(root, client, Deadline(min(EVENTS_SECONDS, deadline.remaining()), clock),
                                 results, events, name.name, after.uid, now)
         if sync.wrote:
             log.info("report published", node=name.name, health=document["health"], wrote=sync.wrote)
@@ -275,7 +278,7 @@ def publish(
     except AgentError as exc:
         error = str(exc)
     except Exception as exc:  # a bug must not cost the status file; the message says where it came from
-        from agent.kube import redact  # a request error can quote its headers
+        from agent.tokens import redact  # a request error can quote its headers
 
         error = redact(f"internal error while publishing: {type(exc).__name__}: {exc}")
         log.error("publishing crashed", error=error)
@@ -303,7 +306,7 @@ def _send_events(root: NodeRoot, client: Any, deadline: Any, results: Sequence[C
             events.save(root, memory)
         return sent.as_dict()
     except Exception as exc:  # never the run's failure
-        from agent.kube import redact
+        from agent.tokens import redact
 
         error = redact(f"internal error: {type(exc).__name__}: {exc}")
         log.error("events crashed", error=error)

@@ -92,11 +92,17 @@ SCOPES: Dict[str, Scope] = {
         "writing planned edits, restarts in order, rollback",
     ),
     "kube-secrets": Scope(
-        "agent/kube.py",
-        _f("xǁ_PrivateFilesǁ*", "xǁKubeClientǁ_parse_exec_credential", "xǁKubeClientǁ_run_exec",
-           "xǁKubeClientǁ_get_credential"),
+        "agent/kube_credentials.py",
+        _f("xǁPrivateFilesǁ*", "xǁCredentialSourceǁget", "xǁCredentialSourceǁ_from_token_file",
+           "xǁCredentialSourceǁ_from_exec"),
         ("tests/test_kube.py",),
-        "credentials: exec plugin output never echoed, key material in private files, removed",
+        "credentials: key material in private files, removed; cached, refreshed",
+    ),
+    "kube-exec": Scope(
+        "agent/kube_exec.py",
+        _f("run_plugin", "parse_exec_credential"),
+        ("tests/test_kube.py",),
+        "the exec plugin: its output never echoed, its ExecCredential checked",
     ),
     "systemd-restart": Scope(
         "agent/systemd.py",

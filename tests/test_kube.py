@@ -10,19 +10,20 @@ from typing import Any, Dict, Iterator
 import pytest
 import trustme
 
-from agent import kube, log
+from agent import log
 from agent.fs import NodeRoot
-from agent.kube import (
-    Deadline,
+from agent.kube import KubeClient
+from agent.kube_errors import (
     ExecPluginError,
-    KubeClient,
     KubeconfigError,
     KubeError,
     KubeForbidden,
     KubeNotFound,
     KubeUnauthorized,
-    load_kubeconfig,
 )
+from agent.kube_http import bypass_proxy
+from agent.kubeconfig import Cluster, Kubeconfig, load_kubeconfig
+from agent.retry import Deadline
 from tests.kube_helpers import (
     NODE,
     NODE_USER,
@@ -604,7 +605,7 @@ def test_tokens_never_reach_the_log(root: Path, api: ApiServer, aws: FakeAws) ->
     ],
 )
 def test_no_proxy_matching(host: str, no_proxy: str, bypass: bool) -> None:
-    assert kube.bypass_proxy(host, 443, no_proxy) is bypass
+    assert bypass_proxy(host, 443, no_proxy) is bypass
 
 
 def test_proxy_from_env_never_for_loopback(root: Path, api: ApiServer) -> None:
@@ -616,8 +617,8 @@ def test_proxy_from_env_never_for_loopback(root: Path, api: ApiServer) -> None:
         assert c.session.proxies == {}
         c.get_node(NODE, Deadline(30, t.clock))
     cfg = load_kubeconfig(node, KUBECONFIG)
-    remote = kube.Kubeconfig(
-        **{**cfg.__dict__, "cluster": kube.Cluster("https://abc.eks.amazonaws.com", None, None, None)}
+    remote = Kubeconfig(
+        **{**cfg.__dict__, "cluster": Cluster("https://abc.eks.amazonaws.com", None, None, None)}
     )
     with KubeClient(remote, env=env) as c:
         assert c.session.proxies == {"https": "http://127.0.0.1:9"}

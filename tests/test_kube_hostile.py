@@ -1,5 +1,5 @@
-"""Hostile credentials and kubeconfigs against agent/kube.py's loading: tokens validated on load and
-never shown, kubeconfig-relative paths confined under --root, bounded YAML, validated node names."""
+"""Hostile credentials and kubeconfigs against the Kubernetes client (agent/kubeconfig.py, agent/kube_credentials.py,
+agent/kube_exec.py, agent/kube.py): tokens validated on load and never shown, kubeconfig-relative paths confined under --root, bounded YAML, validated node names."""
 
 import json
 import sys
@@ -9,7 +9,11 @@ from typing import Any, Dict, Iterator
 import pytest
 
 from agent.fs import NodeRoot
-from agent.kube import Deadline, ExecPluginError, KubeClient, KubeconfigError, KubeError, load_kubeconfig, redact
+from agent.kube import KubeClient
+from agent.kube_errors import ExecPluginError, KubeconfigError, KubeError
+from agent.kubeconfig import load_kubeconfig
+from agent.retry import Deadline
+from agent.tokens import redact
 from tests.kube_helpers import NODE, NODE_USER, sample_kubeconfig, write_node_file
 from tests.kube_server import ApiServer
 
