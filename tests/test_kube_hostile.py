@@ -1,5 +1,6 @@
-"""Hostile credentials and kubeconfigs against the Kubernetes client (agent/kubeconfig.py, agent/kube_credentials.py,
-agent/kube_exec.py, agent/kube.py): tokens validated on load and never shown, kubeconfig-relative paths confined under --root, bounded YAML, validated node names."""
+"""Hostile credentials and kubeconfigs against the Kubernetes client (agent/kubeconfig.py,
+agent/kube_credentials.py, agent/kube_exec.py, agent/kube.py): tokens validated on load and never
+shown, kubeconfig-relative paths confined under --root, bounded YAML, validated node names."""
 
 import json
 import sys
