@@ -29,7 +29,7 @@ from typing import IO, List, Optional, Tuple
 
 from agent.config import EfaSettings, gpg_fingerprint
 from agent.errors import AgentError
-from agent.versions import ToolOutput, run_tool
+from agent.process import ToolOutput, run_tool
 
 GPG = "/usr/bin/gpg"
 GPGV = "/usr/bin/gpgv"

@@ -598,7 +598,7 @@ class KubeClient:
         return str(host) if os.access(host, os.X_OK) and host.is_file() else None
 
     def _run_exec(self, ex: ExecConfig, deadline: Deadline) -> Credential:
-        from agent.versions import run_tool
+        from agent.process import run_tool
 
         name = ex.command
         source = f"exec plugin {name}"
