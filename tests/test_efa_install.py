@@ -14,9 +14,11 @@ from typing import Iterator, List, Optional
 
 import pytest
 
-from agent import efa, log
+from agent import download, efa, log, safetar
 from agent.cli import main
 from agent.config import EfaSettings
+from agent.download import DownloadOptions
+from agent.efa import cache, install
 from agent.fs import NodeRoot
 from tests.efa_helpers import (
     LIBFABRIC,
@@ -134,8 +136,8 @@ def test_hostile_tarballs_are_refused(tmp_path: Path, runs: Path, kind: str, fil
     data = installer_tarball(installer_script(tmp_path, runs), extra=HOSTILE[kind])
     dest = tmp_path / "work" / "extract"
     dest.mkdir(parents=True)
-    with pytest.raises(efa.UnsafeTarball) as err:
-        efa.extract_tarball(_bytes_file(data), dest)
+    with pytest.raises(safetar.UnsafeTarball) as err:
+        safetar.extract_tarball(_bytes_file(data), dest)
     assert EXPECTED[kind] in str(err.value)
     assert "\n" not in str(err.value)
     for outside in (tmp_path / "work" / OUTSIDE, tmp_path / OUTSIDE, Path("/tmp") / OUTSIDE):
@@ -150,8 +152,8 @@ def test_a_link_into_a_sibling_directory_is_refused(tmp_path: Path, runs: Path, 
     sibling.mkdir()
     extra = (("aws-efa-installer/lib", {"type": SYMLINK, "linkname": "../../extract-evil"}),)
     data = installer_tarball(installer_script(tmp_path, runs), extra=extra)
-    with pytest.raises(efa.UnsafeTarball) as err:
-        efa.extract_tarball(_bytes_file(data), dest)
+    with pytest.raises(safetar.UnsafeTarball) as err:
+        safetar.extract_tarball(_bytes_file(data), dest)
     # our own check, before (and whatever) the interpreter's tarfile filter says
     assert str(err.value) == ("aws-efa-installer/lib: symbolic link to '../../extract-evil' leaves the "
                               "installer directory")
@@ -169,20 +171,20 @@ def test_absurd_sizes_are_refused(tmp_path: Path) -> None:
     dest = tmp_path / "extract"
     dest.mkdir()
     huge = r"huge\.rpm: 5368709120 bytes is more than 2147483648 allowed"
-    with pytest.raises(efa.UnsafeTarball, match=huge):
-        efa.extract_tarball(_bytes_file(huge_member_tarball(5 << 30)), dest)
+    with pytest.raises(safetar.UnsafeTarball, match=huge):
+        safetar.extract_tarball(_bytes_file(huge_member_tarball(5 << 30)), dest)
     data = installer_tarball("#!/bin/sh\n", payload=b"y" * 10_000)
-    for limits, message in ((efa.ExtractLimits(max_total_bytes=5000), "more than 5000 bytes in total"),
-                            (efa.ExtractLimits(max_members=3), "more than 3 entries")):
+    for limits, message in ((safetar.ExtractLimits(max_total_bytes=5000), "more than 5000 bytes in total"),
+                            (safetar.ExtractLimits(max_members=3), "more than 3 entries")):
         shutil.rmtree(dest)
         dest.mkdir()
-        with pytest.raises(efa.UnsafeTarball, match=message):
-            efa.extract_tarball(_bytes_file(data), dest, limits)
+        with pytest.raises(safetar.UnsafeTarball, match=message):
+            safetar.extract_tarball(_bytes_file(data), dest, limits)
 
 
 def test_not_a_tarball(tmp_path: Path) -> None:
-    with pytest.raises(efa.UnsafeTarball, match=r"not a valid \.tar\.gz"):
-        efa.extract_tarball(_bytes_file(b"<html>503 Service Unavailable</html>"), tmp_path)
+    with pytest.raises(safetar.UnsafeTarball, match=r"not a valid \.tar\.gz"):
+        safetar.extract_tarball(_bytes_file(b"<html>503 Service Unavailable</html>"), tmp_path)
 
 
 def test_a_good_tarball_extracts_with_safe_modes(tmp_path: Path, filter_mode: str) -> None:
@@ -193,7 +195,7 @@ def test_a_good_tarball_extracts_with_safe_modes(tmp_path: Path, filter_mode: st
              ("aws-efa-installer/lib/copy.so.1", {"type": HARDLINK,
                                                   "linkname": "aws-efa-installer/lib/libfabric.so.1"}))
     data = installer_tarball("#!/bin/sh\necho ok\n", extra=extra)
-    efa.extract_tarball(_bytes_file(data), tmp_path)
+    safetar.extract_tarball(_bytes_file(data), tmp_path)
     top = tmp_path / "aws-efa-installer"
     assert (top / "efa_installer.sh").stat().st_mode & 0o7777 == 0o755
     assert (top / "setuid-tool").stat().st_mode & 0o7777 == 0o755  # no set-id, no world write
@@ -212,7 +214,7 @@ def test_directories_never_become_writable_by_others(tmp_path: Path, filter_mode
     data = installer_tarball("#!/bin/sh\necho ok\n", extra=extra)
     old_umask = os.umask(0o022)
     try:
-        efa.extract_tarball(_bytes_file(data), tmp_path)
+        safetar.extract_tarball(_bytes_file(data), tmp_path)
     finally:
         os.umask(old_umask)
     top = tmp_path / "aws-efa-installer"
@@ -223,42 +225,42 @@ def test_directories_never_become_writable_by_others(tmp_path: Path, filter_mode
 def test_a_rerouted_symlink_is_named_relative_to_the_installer_directory(tmp_path: Path, filter_mode: str) -> None:
     dest = tmp_path / "extract"
     dest.mkdir()
-    with pytest.raises(efa.UnsafeTarball) as err:
-        efa.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n", extra=HOSTILE["symlink-rerouted"])), dest)
+    with pytest.raises(safetar.UnsafeTarball) as err:
+        safetar.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n", extra=HOSTILE["symlink-rerouted"])), dest)
     assert str(err.value) == "a: symbolic link resolves outside the installer directory"
 
 
 def test_extraction_needs_an_empty_directory(tmp_path: Path) -> None:
     (tmp_path / "left-over").write_text("x")
-    with pytest.raises(efa.UnsafeTarball) as err:
-        efa.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n")), tmp_path)
+    with pytest.raises(safetar.UnsafeTarball) as err:
+        safetar.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n")), tmp_path)
     assert str(err.value) == f"{tmp_path}: extraction directory is not empty"
 
 
 def test_a_file_used_as_a_directory_is_one_line(tmp_path: Path) -> None:
     extra = (("aws-efa-installer/efa_installer.sh/x", {"data": b"x"}),)
-    with pytest.raises(efa.EfaError) as err:
-        efa.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n", extra=extra)), tmp_path)
+    with pytest.raises(safetar.ExtractError) as err:
+        safetar.extract_tarball(_bytes_file(installer_tarball("#!/bin/sh\n", extra=extra)), tmp_path)
     assert str(err.value) == f"{tmp_path}: extraction failed: File exists"
 
 
 def test_limits_are_inclusive_and_sizes_add_up(tmp_path: Path) -> None:
     # 6 entries: aws-efa-installer/, efa_installer.sh, RPMS/, RPMS/ALINUX2023/, .../x86_64/, one RPM
     data = installer_tarball("#!/bin/sh\n", payload=b"y" * 1000)  # the script is 10 bytes
-    for n, limits in enumerate((efa.ExtractLimits(max_members=6), efa.ExtractLimits(max_member_bytes=1000),
-                                efa.ExtractLimits(max_total_bytes=1010))):
+    for n, limits in enumerate((safetar.ExtractLimits(max_members=6), safetar.ExtractLimits(max_member_bytes=1000),
+                                safetar.ExtractLimits(max_total_bytes=1010))):
         dest = tmp_path / f"ok-{n}"
         dest.mkdir()
-        efa.extract_tarball(_bytes_file(data), dest, limits)  # exactly at each limit: accepted
+        safetar.extract_tarball(_bytes_file(data), dest, limits)  # exactly at each limit: accepted
     for n, (limits, message) in enumerate((
-        (efa.ExtractLimits(max_members=5), "more than 5 entries"),
-        (efa.ExtractLimits(max_member_bytes=999), "1000 bytes is more than 999 allowed per file"),
-        (efa.ExtractLimits(max_total_bytes=1009), "more than 1009 bytes in total"),  # 10 + 1000 together
+        (safetar.ExtractLimits(max_members=5), "more than 5 entries"),
+        (safetar.ExtractLimits(max_member_bytes=999), "1000 bytes is more than 999 allowed per file"),
+        (safetar.ExtractLimits(max_total_bytes=1009), "more than 1009 bytes in total"),  # 10 + 1000 together
     )):
         dest = tmp_path / f"refused-{n}"
         dest.mkdir()
-        with pytest.raises(efa.UnsafeTarball, match=message):
-            efa.extract_tarball(_bytes_file(data), dest, limits)
+        with pytest.raises(safetar.UnsafeTarball, match=message):
+            safetar.extract_tarball(_bytes_file(data), dest, limits)
 
 
 def test_an_uncompressed_tar_is_not_the_installer_tarball(tmp_path: Path) -> None:
@@ -267,8 +269,8 @@ def test_an_uncompressed_tar_is_not_the_installer_tarball(tmp_path: Path) -> Non
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.addfile(tarfile.TarInfo("aws-efa-installer/README"), io.BytesIO(b""))
-    with pytest.raises(efa.UnsafeTarball, match=r"not a valid \.tar\.gz"):
-        efa.extract_tarball(_bytes_file(buf.getvalue()), tmp_path)
+    with pytest.raises(safetar.UnsafeTarball, match=r"not a valid \.tar\.gz"):
+        safetar.extract_tarball(_bytes_file(buf.getvalue()), tmp_path)
 
 
 def test_a_tarball_made_with_a_leading_dot_entry_extracts_whole(tmp_path: Path) -> None:
@@ -284,7 +286,7 @@ def test_a_tarball_made_with_a_leading_dot_entry_extracts_whole(tmp_path: Path) 
         for member in src:
             member.name = "./" + member.name
             out.addfile(member, src.extractfile(member) if member.isreg() else None)
-    efa.extract_tarball(_bytes_file(buf.getvalue()), tmp_path)
+    safetar.extract_tarball(_bytes_file(buf.getvalue()), tmp_path)
     assert (tmp_path / "aws-efa-installer/efa_installer.sh").read_text() == "#!/bin/sh\necho ok\n"
     assert (tmp_path / "aws-efa-installer/RPMS/ALINUX2023/x86_64").is_dir()
 
@@ -307,7 +309,7 @@ def action_for(root: Path, settings: EfaSettings) -> efa.EfaAction:
     return action
 
 
-NO_RETRY = {"policy": efa.DownloadPolicy(attempts=1, connect_timeout=1)}
+NO_RETRY = DownloadOptions(policy=download.DownloadPolicy(attempts=1, connect_timeout=1))
 
 
 @pytest.fixture
@@ -321,7 +323,7 @@ def test_install_runs_the_verified_installer(
     root: Path, runs: Path, logs: pytest.CaptureFixture[str]
 ) -> None:
     settings = seeded_cache(root, installer_tarball(installer_script(root, runs)))
-    assert efa.execute(action_for(root, settings), **NO_RETRY) == (
+    assert install.execute(action_for(root, settings), NO_RETRY) == (
         f"EFA userspace {VERSION} installed (libfabric {LIBFABRIC})")
     (line,) = run_lines(runs)
     cwd, args = line.split(" args=")
@@ -340,14 +342,14 @@ def test_leftovers_of_a_killed_install_are_removed(root: Path, runs: Path) -> No
     stale = root / "var/cache/gpu-node-agent/.efa-installer-k1ll3d/aws-efa-installer"
     stale.mkdir(parents=True)
     (stale / "efa_installer.sh").write_text("#!/bin/sh\n")
-    efa.execute(action_for(root, settings), **NO_RETRY)
+    install.execute(action_for(root, settings), NO_RETRY)
     assert os.listdir(root / "var/cache/gpu-node-agent") == [f"aws-efa-installer-{VERSION}.tar.gz"]
 
 
 def test_installer_args_come_from_the_config(root: Path, runs: Path) -> None:
     settings = seeded_cache(root, installer_tarball(installer_script(root, runs)))
     settings = settings._replace(installer_args=("-y", "--skip-kmod", "--no-verify", "--enable-gdr"))
-    efa.execute(action_for(root, settings), **NO_RETRY)
+    install.execute(action_for(root, settings), NO_RETRY)
     assert run_lines(runs)[0].endswith("args=-y --skip-kmod --no-verify --enable-gdr")
 
 
@@ -355,8 +357,8 @@ def test_installer_exit_1_carries_the_tail_of_its_output(
     root: Path, runs: Path, logs: pytest.CaptureFixture[str]
 ) -> None:
     settings = seeded_cache(root, installer_tarball(installer_script(root, runs, behaviour="fail")))
-    with pytest.raises(efa.InstallerFailed) as err:
-        efa.execute(action_for(root, settings), **NO_RETRY)
+    with pytest.raises(install.InstallerFailed) as err:
+        install.execute(action_for(root, settings), NO_RETRY)
     assert str(err.value) == (
         f"aws-efa-installer {VERSION}: efa_installer.sh exited with status 1; "
         "last output: Installing packages"
@@ -370,8 +372,8 @@ def test_a_hanging_installer_is_killed_at_the_timeout(
     pid_file = tmp_path / "child.pid"
     script = installer_script(root, runs, behaviour="hang", pid_file=pid_file)
     settings = seeded_cache(root, installer_tarball(script))._replace(timeout_seconds=1.0)
-    with pytest.raises(efa.InstallerFailed) as err:
-        efa.execute(action_for(root, settings), **NO_RETRY)
+    with pytest.raises(install.InstallerFailed) as err:
+        install.execute(action_for(root, settings), NO_RETRY)
     assert str(err.value) == (
         f"aws-efa-installer {VERSION}: efa_installer.sh did not finish within 1s (efa.timeout_seconds) and "
         f"was killed; last output: == Testing EFA installer {VERSION} == | "
@@ -392,8 +394,8 @@ def _process_state(pid: int) -> "Optional[str]":
 
 def test_installer_that_installs_nothing_fails_the_verification(root: Path, runs: Path) -> None:
     settings = seeded_cache(root, installer_tarball(installer_script(root, runs, behaviour="noop")))
-    with pytest.raises(efa.InstallerFailed) as err:
-        efa.execute(action_for(root, settings), **NO_RETRY)
+    with pytest.raises(install.InstallerFailed) as err:
+        install.execute(action_for(root, settings), NO_RETRY)
     assert str(err.value) == (f"aws-efa-installer {VERSION}: efa_installer.sh exited 0 but EFA userspace not "
                               "installed (no installer version in /opt/amazon/efa_installed_packages)")
 
@@ -402,8 +404,8 @@ def test_installer_that_installs_nothing_fails_the_verification(root: Path, runs
 def test_a_hostile_tarball_matching_the_pin_is_never_executed(root: Path, runs: Path, kind: str) -> None:
     data = installer_tarball(installer_script(root, runs), extra=HOSTILE[kind])
     settings = seeded_cache(root, data)
-    with pytest.raises(efa.UnsafeTarball) as err:
-        efa.execute(action_for(root, settings), **NO_RETRY)
+    with pytest.raises(safetar.UnsafeTarball) as err:
+        install.execute(action_for(root, settings), NO_RETRY)
     assert str(err.value).startswith(f"{root}/var/cache/gpu-node-agent/aws-efa-installer-{VERSION}.tar.gz: ")
     assert str(err.value).endswith("; nothing executed")
     assert EXPECTED[kind] in str(err.value)
@@ -416,8 +418,8 @@ def test_a_tampered_cache_is_never_executed(root: Path, runs: Path) -> None:
     settings = seeded_cache(root, good)
     evil = installer_tarball(installer_script(root, runs).replace("EFA installation complete", "pwned"))
     (root / "var/cache/gpu-node-agent" / f"aws-efa-installer-{VERSION}.tar.gz").write_bytes(evil)
-    with pytest.raises(efa.DownloadError) as err:  # re-verified, removed, and the download fails
-        efa.execute(action_for(root, settings), **NO_RETRY)
+    with pytest.raises(download.DownloadError) as err:  # re-verified, removed, and the download fails
+        install.execute(action_for(root, settings), NO_RETRY)
     assert "cached copy had sha256" in str(err.value)
     assert run_lines(runs) == []
 
@@ -427,8 +429,8 @@ def test_a_cache_matching_the_pin_only_in_its_first_8_hex_digits_is_never_execut
 ) -> None:
     settings = seeded_cache(root, installer_tarball(installer_script(root, runs)))
     pin = settings.sha256[:-1] + ("1" if settings.sha256[-1] == "0" else "0")  # another tarball's pin
-    with pytest.raises(efa.DownloadError) as err:  # refused, removed, and the download fails
-        efa.execute(action_for(root, settings._replace(sha256=pin)), **NO_RETRY)
+    with pytest.raises(download.DownloadError) as err:  # refused, removed, and the download fails
+        install.execute(action_for(root, settings._replace(sha256=pin)), NO_RETRY)
     assert "cached copy had sha256" in str(err.value)
     assert run_lines(runs) == []
     assert os.listdir(root / "var/cache/gpu-node-agent") == []
@@ -446,9 +448,9 @@ def test_a_tarball_changed_between_download_and_use_is_never_executed(
         cached.write_bytes(installer_tarball(installer_script(root, runs).replace("complete", "pwned")))
         return cached
 
-    monkeypatch.setattr(efa, "fetch", racing_fetch)
-    with pytest.raises(efa.ChecksumMismatch, match=r"changed after verification\); not executed$"):
-        efa.execute(action_for(root, settings), **NO_RETRY)
+    monkeypatch.setattr(cache, "download_pinned", racing_fetch)
+    with pytest.raises(download.ChecksumMismatch, match=r"changed after verification\); not executed$"):
+        install.execute(action_for(root, settings), NO_RETRY)
     assert run_lines(runs) == []
 
 
@@ -460,16 +462,16 @@ def test_a_tarball_without_the_installer(root: Path, runs: Path) -> None:
         info = tarfile.TarInfo("aws-efa-installer/README")
         tar.addfile(info, io.BytesIO(b""))
     settings = seeded_cache(root, buf.getvalue())
-    with pytest.raises(efa.InstallerFailed, match=r"aws-efa-installer/efa_installer\.sh is missing"):
-        efa.execute(action_for(root, settings), **NO_RETRY)
+    with pytest.raises(install.InstallerFailed, match=r"aws-efa-installer/efa_installer\.sh is missing"):
+        install.execute(action_for(root, settings), NO_RETRY)
 
 
 def test_an_installer_that_cannot_be_executed(root: Path, runs: Path) -> None:
     data = installer_tarball("#!/bin/sh\nexit 0\n")
     data = _with_mode(data, "aws-efa-installer/efa_installer.sh", 0o644)
     settings = seeded_cache(root, data)
-    with pytest.raises(efa.InstallerFailed, match=r"cannot run efa_installer\.sh: Permission denied"):
-        efa.execute(action_for(root, settings), **NO_RETRY)
+    with pytest.raises(install.InstallerFailed, match=r"cannot run efa_installer\.sh: Permission denied"):
+        install.execute(action_for(root, settings), NO_RETRY)
 
 
 def _with_mode(data: bytes, name: str, mode: int) -> bytes:
@@ -614,7 +616,7 @@ def test_directories_named_only_by_paths_are_not_world_writable(tmp_path: Path, 
     dest.mkdir(parents=True)
     old = os.umask(0)
     try:
-        efa.extract_tarball(_bytes_file(data), dest)
+        safetar.extract_tarball(_bytes_file(data), dest)
     finally:
         os.umask(old)
     for rel in ("aws-efa-installer/docs", "aws-efa-installer/docs/en"):
