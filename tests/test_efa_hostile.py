@@ -1,5 +1,6 @@
-"""A hostile download server and killed runs against agent/efa.py: the overall deadline bounds every
-socket read, the installer dies with the agent, a live one from an earlier run is never raced."""
+"""A hostile download server and killed runs against agent/download.py and agent/efa/install.py: the
+overall deadline bounds every socket read, the installer dies with the agent, a live one from an
+earlier run is never raced."""
 
 import contextlib
 import os
