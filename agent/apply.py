@@ -73,10 +73,10 @@ def apply(
         log.info("file updated", path=str(edit.path), changes=list(edit.reasons))
     restart_units(plan, result, restart_timeout, connect)
     if plan.efa is not None and plan.efa.install:
-        from agent import efa
+        from agent.efa import install
 
         try:
-            result.actions.append(efa.execute(plan.efa))
+            result.actions.append(install.execute(plan.efa))
         except AgentError as exc:
             log.error("EFA userspace not installed", error=str(exc))
             result.failures.append(str(exc))

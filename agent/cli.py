@@ -282,8 +282,11 @@ def cmd_efa_fetch(args: argparse.Namespace) -> int:
     root = _root(args)
     if not (config.efa.sha256 or config.efa.gpg_fingerprint):  # whatever efa.install says
         raise efa.EfaError(f"efa fetch: nothing to fetch: {efa.missing_pin(config.efa)}")
-    path = efa.fetch(config.efa, root, durable=True)  # the cache an AMI is baked with
-    from agent.efa_verify import pins
+    from agent.download import DownloadOptions
+    from agent.efa import cache
+
+    path = cache.fetch(config.efa, root, DownloadOptions(durable=True))  # the cache an AMI is baked with
+    from agent.efa.signature import pins
 
     _print(f"{root.node_path(path)}: aws-efa-installer {config.efa.version}, {pins(config.efa)} verified\n")
     return 0
@@ -413,13 +416,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _clean_after_killed_runs(root: NodeRoot, config: AgentConfig) -> None:
     """Temp files and extraction directories a killed run left (run start, under the lock)."""
-    from agent import efa, fs
+    from agent import fs
+    from agent.efa import install
     from agent.tomledit import VALUES_CACHE
 
     outputs = (config.containerd.config_path, config.nvidia_runtime.config_path, config.report.status_file,
-               config.report.metrics_file, VALUES_CACHE, efa.INSTALLER_PID_FILE)
+               config.report.metrics_file, VALUES_CACHE, install.INSTALLER_PID_FILE)
     fs.remove_stale_temp_files(root.path(p) for p in outputs if p)
-    efa.clean_stale(root, config.efa)
+    install.clean_stale(root, config.efa)
 
 
 # name -> (handler, help, what the command adds to its parser)

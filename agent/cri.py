@@ -93,7 +93,7 @@ class CriProbe(NamedTuple):
         return f"containerd's CRI plugins on {self.socket_node_path}"
 
     def _ctr(self, timeout: float, *args: str) -> Any:
-        from agent.versions import run_tool
+        from agent.process import run_tool
 
         connect = f"{max(0.2, min(timeout / 2, 2.0)):.1f}s"
         return run_tool([self.ctr, "--address", self.socket, "--connect-timeout", connect, "plugins", "ls", *args],

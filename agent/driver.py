@@ -20,7 +20,7 @@ from agent import smi
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
-from agent.versions import run_tool
+from agent.process import run_tool
 
 CHECK = "nvidia-driver"
 PROC_VERSION = "/proc/driver/nvidia/version"

@@ -31,8 +31,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot, atomic_write
 from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.process import run_tool
 from agent.systemd import SystemdError, UnitStates
-from agent.versions import run_tool
 
 CHECK = "nvidia-fabricmanager"
 PROC_DEVICES = "/proc/driver/nvidia-nvswitch/devices"

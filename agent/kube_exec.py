@@ -95,7 +95,7 @@ def run_plugin(config: Kubeconfig, ex: ExecConfig, env: Mapping[str, str], *, ti
     run_env["KUBERNETES_EXEC_INFO"] = info
     timeout = max(0.1, min(timeout, deadline.remaining()))
     on_run()
-    from agent.versions import run_tool
+    from agent.process import run_tool
 
     out = run_tool([binary, *ex.args], timeout, env=run_env)
     if out is None:

@@ -11,101 +11,23 @@
   (naming it needs ec2:DescribeImages, which the node's role does not have). So the release, and
   with it whether nodeadm carries awslabs/amazon-eks-ami#2705, stay unknown, and the report says so.
 
-Also ``run_tool``: every external program the agent runs for facts goes through it, with a bounded
-time and its whole process group killed on timeout (a hung ``nvidia-smi`` must not hang ``check``).
+``nvidia-ctk --version`` runs through ``agent.process.run_tool`` (bounded; a hung tool must not hang
+``check``).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Mapping, NamedTuple, Optional, Tuple
 
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot, read_text
+from agent.process import TOOL_TIMEOUT_SECONDS, run_tool
 
 KUBELET_VERSION_FILE = "/etc/eks/kubelet-version.txt"
 CONTAINERD_VERSION_FILE = "/etc/eks/containerd-version.txt"
 EKS_RELEASE_FILE = "/etc/eks/release"
 NVIDIA_CTK = "/usr/bin/nvidia-ctk"
-TOOL_TIMEOUT_SECONDS = 5.0
-_OUTPUT_LIMIT = 64 * 1024  # what a version command may print before it is cut (it prints a few lines)
-
-
-# --- running a program with a bound -------------------------------------------------------------
-
-
-class ToolOutput(NamedTuple):
-    argv: Tuple[str, ...]
-    returncode: Optional[int]  # None: killed after the timeout
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-    def problem(self, timeout: float) -> str:
-        """One line saying why the run did not succeed, for a check message."""
-        name = os.path.basename(self.argv[0])
-        if self.returncode is None:
-            return f"{name} did not finish within {timeout:g}s"
-        first = next((ln.strip() for ln in (self.stderr + "\n" + self.stdout).splitlines() if ln.strip()), "")
-        return f"{name} exited with {self.returncode}" + (f": {first[:200]}" if first else "")
-
-
-def run_tool(
-    argv: Sequence[str],
-    timeout: float = TOOL_TIMEOUT_SECONDS,
-    *,
-    env: Optional[Mapping[str, str]] = None,
-    stdin_text: Optional[str] = None,
-    stdin_fd: Optional[int] = None,
-) -> Optional[ToolOutput]:
-    """Run ``argv`` without a shell, at most ``timeout`` seconds. None when it cannot be executed.
-
-    Its stdin: ``stdin_text``, or the open file descriptor ``stdin_fd``, or nothing.
-
-    The program gets its own session so that on timeout its children die with it (a shell wrapper
-    that runs ``sleep`` would otherwise keep the pipes open).
-    """
-    import contextlib
-    import signal
-    import subprocess  # here, not at the top: a node without the tools never pays for it
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.PIPE if stdin_text is not None else (
-                stdin_fd if stdin_fd is not None else subprocess.DEVNULL),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,
-        )
-    except OSError:
-        return None
-    try:
-        out, err = proc.communicate(stdin_text.encode() if stdin_text is not None else None, timeout=timeout)
-        code: Optional[int] = proc.returncode
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            out, err = proc.communicate(timeout=1.0)
-        except subprocess.TimeoutExpired:  # a grandchild escaped the group and holds the pipes
-            proc.kill()
-            out, err = b"", b""
-        code = None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return ToolOutput(
-        tuple(argv),
-        code,
-        out[:_OUTPUT_LIMIT].decode("utf-8", "replace"),
-        err[:_OUTPUT_LIMIT].decode("utf-8", "replace"),
-    )
 
 
 # --- parsing ------------------------------------------------------------------------------------

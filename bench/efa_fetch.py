@@ -5,7 +5,7 @@
 
 A 256 MiB random file is served from 127.0.0.1 by a small HTTP/1.1 server using sendfile(2), so
 the server is not the bottleneck. Runs alternate (agent, curl, curl, agent, ...), each writing a
-fresh file into an empty directory. The agent runs ``efa.fetch`` (stream to a temporary file, hash
+fresh file into an empty directory. The agent runs ``agent.efa.cache.fetch`` (stream to a temporary file, hash
 on the fly, verify, rename into the cache) in a child process; its time is the fetch call alone
 (no interpreter start-up), curl's is its own ``time_total``. Printed: median throughput of each,
 the ratio (goal: agent >= 0.9x curl) and the agent's peak RSS for the large file and for a 16 MiB
@@ -80,8 +80,9 @@ def serve(files: Dict[str, Path]) -> Tuple[http.server.ThreadingHTTPServer, str]
 def child(base_url: str, sha256: str, root: str, durable: str, chunk_mib: str) -> None:
     """In a fresh process: one agent fetch; prints its elapsed seconds as JSON."""
     sys.path.insert(0, str(REPO))
-    from agent import efa, log
+    from agent import download, log
     from agent.config import EfaSettings
+    from agent.efa import cache
     from agent.fs import NodeRoot
 
     log.setup("json", -1)  # warnings only: keep the output to the result line
@@ -90,10 +91,10 @@ def child(base_url: str, sha256: str, root: str, durable: str, chunk_mib: str) -
     import requests  # noqa: F401 (imported before timing, as in a real run)
 
     start = time.perf_counter()
-    policy = efa.DEFAULT_POLICY
+    policy = download.DEFAULT_POLICY
     if chunk_mib != "default":
         policy = policy._replace(chunk_size=int(chunk_mib) << 20)
-    path = efa.fetch(settings, NodeRoot(root), durable=durable == "durable", policy=policy)
+    path = cache.fetch(settings, NodeRoot(root), download.DownloadOptions(policy=policy, durable=durable == "durable"))
     elapsed = time.perf_counter() - start
     print(json.dumps({"seconds": elapsed, "bytes": path.stat().st_size}))
 

@@ -50,6 +50,10 @@ def _f(*names: str) -> Tuple[str, ...]:
 
 SYSTEMD = "tests/test_systemd_restart.py::test_"  # real systemd: a few end-to-end cases, each boots one
 INSTALL = "tests/test_efa_install.py::test_"
+CACHE_CASES = tuple(INSTALL + t for t in (
+    "install_runs_the_verified_installer", "a_tampered_cache_is_never_executed",
+    "a_cache_matching_the_pin_only_in_its_first_8_hex_digits_is_never_executed",
+    "a_tarball_changed_between_download_and_use_is_never_executed"))
 
 SCOPES: Dict[str, Scope] = {
     "log": Scope(
@@ -59,12 +63,11 @@ SCOPES: Dict[str, Scope] = {
         "secret redaction in log events",
     ),
     "efa-extract": Scope(
-        "agent/efa.py",
+        "agent/safetar.py",
         _f("extract_tarball", "_member_path", "_inside", "_refuse_unsafe", "_extract_member", "_audit_links"),
-        tuple(INSTALL + t for t in (
-            "hostile_tarballs_are_refused", "a_link_into_a_sibling_directory_is_refused", "absurd_sizes_are_refused",
-            "not_a_tarball", "a_good_tarball_extracts_with_safe_modes", "install_runs_the_verified_installer",
-            "a_hostile_tarball_matching_the_pin_is_never_executed")),
+        ("tests/test_safetar.py",
+         *(INSTALL + t for t in ("install_runs_the_verified_installer",
+                                 "a_hostile_tarball_matching_the_pin_is_never_executed"))),
         "safe extraction of the installer tarball",
     ),
     "fs": Scope(
@@ -116,14 +119,22 @@ SCOPES: Dict[str, Scope] = {
         "restart verification: the job's result, then ActiveState, within the deadline",
     ),
     "efa-checksum": Scope(
-        "agent/efa.py",
-        _f("sha256_of", "require_sha256", "fetch", "download", "xǁ_Partialǁ*", "_open_if_verified",
-           "_open_verified"),
-        ("tests/test_efa_fetch.py",
-         *(INSTALL + t for t in ("install_runs_the_verified_installer", "a_tampered_cache_is_never_executed",
-                                 "a_cache_matching_the_pin_only_in_its_first_8_hex_digits_is_never_executed",
-                                 "a_tarball_changed_between_download_and_use_is_never_executed"))),
-        "checksum verification: download, cache, and again before use",
+        "agent/efa/cache.py",
+        _f("require_pin", "verify_pins", "fetch", "open_verified", "_cached", "download_pinned", "_open_if_verified"),
+        ("tests/test_efa_fetch.py", *CACHE_CASES),
+        "checksum verification: the cache, and again before use",
+    ),
+    "download": Scope(
+        "agent/download.py",
+        _f("download", "_attempt"),
+        ("tests/test_download.py", "tests/test_efa_fetch.py"),
+        "the download: the digest compared, nothing kept on failure, resume, bounds",
+    ),
+    "hashing": Scope(
+        "agent/hashing.py",
+        _f("sha256_of", "xǁPartialǁ*"),
+        ("tests/test_download.py", "tests/test_efa_fetch.py", *CACHE_CASES),
+        "the SHA-256 of the bytes received and of a cached copy",
     ),
 }
 

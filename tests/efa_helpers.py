@@ -442,3 +442,63 @@ class ConnectProxy:
                         if not data:
                             return
                         (upstream if s is client else client).sendall(data)
+
+
+# --- hostile tarballs (tests/test_safetar.py; the install tests check none is ever executed) ----------
+
+SYMLINK, HARDLINK = tarfile.SYMTYPE, tarfile.LNKTYPE
+CHR, BLK, FIFO = tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE
+
+# name -> extra tar entries; each tarball also holds a valid efa_installer.sh, which must never run.
+OUTSIDE = "gna-efa-extract-escape"
+HOSTILE = {
+    "dotdot": ((f"aws-efa-installer/../../{OUTSIDE}", {"data": b"x"}),),
+    "dotdot-top": ((f"../{OUTSIDE}", {"data": b"x"}),),
+    "absolute": ((f"/tmp/{OUTSIDE}", {"data": b"x"}),),
+    "symlink-absolute": (("aws-efa-installer/etc", {"type": SYMLINK, "linkname": "/etc"}),),
+    "symlink-out": (("aws-efa-installer/up", {"type": SYMLINK, "linkname": "../../.."}),),
+    "through-symlink": (("aws-efa-installer/here", {"type": SYMLINK, "linkname": "."}),
+                        ("aws-efa-installer/here/x", {"data": b"x"})),
+    "symlink-rerouted": (("a", {"type": SYMLINK, "linkname": "b/.."}),  # inside when created...
+                         ("b", {"type": SYMLINK, "linkname": "."})),  # ...outside once b exists
+    "hardlink-out": (("aws-efa-installer/passwd", {"type": HARDLINK, "linkname": "../../etc/passwd"}),),
+    "hardlink-absolute": (("aws-efa-installer/passwd", {"type": HARDLINK, "linkname": "/etc/passwd"}),),
+    "char-device": (("aws-efa-installer/null", {"type": CHR, "devmajor": 1, "devminor": 3}),),
+    "block-device": (("aws-efa-installer/sda", {"type": BLK, "devmajor": 8, "devminor": 0}),),
+    "fifo": (("aws-efa-installer/pipe", {"type": FIFO}),),
+    "duplicate": (("aws-efa-installer/efa_installer.sh", {"data": b"#!/bin/sh\necho replaced\n",
+                                                          "mode": 0o755}),),
+    "backslash-absolute": ((f"\\tmp\\{OUTSIDE}", {"data": b"x"}),),
+    "unknown-type": (("aws-efa-installer/odd", {"type": b"Z"}),),
+    "directory-over-file": (("aws-efa-installer/efa_installer.sh", {"type": tarfile.DIRTYPE, "mode": 0o755}),),
+    "directory-over-symlink": (("aws-efa-installer/d", {"type": SYMLINK, "linkname": "."}),
+                               ("aws-efa-installer/d", {"type": tarfile.DIRTYPE, "mode": 0o777})),
+    "symlink-over-file": (("aws-efa-installer/efa_installer.sh", {"type": SYMLINK, "linkname": "RPMS"}),),
+    "hardlink-to-directory": (("aws-efa-installer/h", {"type": HARDLINK, "linkname": "aws-efa-installer/RPMS"}),),
+}
+EXPECTED = {
+    "dotdot": "path with '..'",
+    "dotdot-top": "path with '..'",
+    "absolute": "absolute path",
+    "symlink-absolute": "symbolic link to the absolute path '/etc'",
+    "symlink-out": "symbolic link to '../../..' leaves the installer directory",
+    "through-symlink": "would be written through a symbolic link",
+    "symlink-rerouted": "a: symbolic link resolves outside the installer directory",
+    "hardlink-out": "hard link to '../../etc/passwd' leaves the installer directory",
+    "hardlink-absolute": "hard link to '/etc/passwd' leaves the installer directory",
+    "char-device": "aws-efa-installer/null: device node not allowed",
+    "block-device": "aws-efa-installer/sda: device node not allowed",
+    "fifo": "aws-efa-installer/pipe: FIFO not allowed",
+    "duplicate": "appears twice in the archive",
+    "backslash-absolute": f"\\tmp\\{OUTSIDE}: absolute path",
+    "unknown-type": "aws-efa-installer/odd: entry of type b'Z' not allowed in an installer tarball",
+    "directory-over-file": "aws-efa-installer/efa_installer.sh: directory entry collides with another entry",
+    "directory-over-symlink": "aws-efa-installer/d: directory entry collides with another entry",
+    "symlink-over-file": "aws-efa-installer/efa_installer.sh: appears twice in the archive",
+    "hardlink-to-directory": "aws-efa-installer/h: hard link to 'aws-efa-installer/RPMS', which is not a file "
+                             "extracted before it",
+}
+
+
+def bytes_file(data: bytes) -> io.BytesIO:
+    return io.BytesIO(data)

@@ -9,6 +9,7 @@ import pytest
 from agent import efa, log
 from agent.cli import main
 from agent.config import EfaSettings
+from agent.efa import facts as efa_facts
 from agent.fs import NodeRoot
 from agent.health import FAIL, PASS, SKIP, WARN
 from tests.efa_helpers import LIBFABRIC, converged_node, efa_node, write_config, write_installed
@@ -194,10 +195,10 @@ def test_a_cached_tarball_is_named_in_the_plan(tmp_path: Path) -> None:
 
 
 def test_the_url_is_always_pinned() -> None:
-    assert efa.installer_url(EfaSettings(base_url="https://mirror.example.com/efa/")) == (
+    assert efa_facts.installer_url(EfaSettings(base_url="https://mirror.example.com/efa/")) == (
         "https://mirror.example.com/efa/aws-efa-installer-1.48.0.tar.gz")
     with pytest.raises(efa.EfaError, match="not a pinned version"):
-        efa.tarball_name("latest")
+        efa_facts.tarball_name("latest")
 
 
 # --- the efa check --------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ from typing import Iterator, List
 
 import pytest
 
-from agent import efa, log
+from agent import download, efa, log
 from agent.cli import main
 from agent.config import EfaSettings
+from agent.download import DownloadOptions
+from agent.efa import cache
 from agent.fs import NodeRoot
 from agent.retry import backoff
 from tests.efa_helpers import (
@@ -27,7 +29,7 @@ from tests.efa_helpers import (
 )
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-FAST = efa.DownloadPolicy(attempts=4, connect_timeout=2.0, read_timeout=2.0, chunk_size=64 * 1024)
+FAST = download.DownloadPolicy(attempts=4, connect_timeout=2.0, read_timeout=2.0, chunk_size=64 * 1024)
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +72,7 @@ def server(tarball: bytes) -> Iterator[InstallerServer]:
 @pytest.fixture(params=["zero-copy", "copying"])
 def body_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways of reading the body: http.client's readinto, and urllib3's public read()."""
-    monkeypatch.setattr(efa, "_ZERO_COPY_READ", request.param == "zero-copy")
+    monkeypatch.setattr(download, "_ZERO_COPY_READ", request.param == "zero-copy")
     return str(request.param)
 
 
@@ -92,8 +94,8 @@ def cached(root: Path) -> List[str]:
     return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
 
-def fetch(root: Path, settings: EfaSettings, sleeps: Sleeps, policy: efa.DownloadPolicy = FAST) -> Path:
-    return efa.fetch(settings, NodeRoot(str(root)), policy=policy, sleep=sleeps, rand=lambda: 1.0)
+def fetch(root: Path, settings: EfaSettings, sleeps: Sleeps, policy: download.DownloadPolicy = FAST) -> Path:
+    return cache.fetch(settings, NodeRoot(str(root)), DownloadOptions(policy=policy, sleep=sleeps, rand=lambda: 1.0))
 
 
 # --- the normal path -------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def test_a_corrupted_cache_file_with_the_server_down_is_one_clear_error(
     path = fetch(root, settings, Sleeps())
     path.write_bytes(tarball[:-10])
     server.stop()
-    with pytest.raises(efa.DownloadError) as err:
+    with pytest.raises(download.DownloadError) as err:
         fetch(root, settings, Sleeps(), FAST._replace(attempts=2))
     message = str(err.value)
     assert "cached copy had sha256" in message and "not efa.sha256 (removed)" in message
@@ -160,7 +162,7 @@ def test_a_corrupted_cache_file_with_the_server_down_is_one_clear_error(
 
 def test_wrong_checksum_keeps_nothing(root: Path, server: InstallerServer, tarball: bytes) -> None:
     settings = settings_for(server.base_url, tarball)._replace(sha256="0" * 64)
-    with pytest.raises(efa.ChecksumMismatch) as err:
+    with pytest.raises(download.ChecksumMismatch) as err:
         fetch(root, settings, Sleeps())
     assert str(err.value) == (
         f"{server.base_url}/aws-efa-installer-{VERSION}.tar.gz: sha256 {sha256(tarball)} does not match "
@@ -179,7 +181,7 @@ def test_a_pin_that_differs_only_after_the_first_8_hex_digits_is_rejected(
 ) -> None:
     # A pin that agrees with the download's SHA-256 on a prefix is still another tarball.
     pin = near_miss(sha256(tarball), position)
-    with pytest.raises(efa.ChecksumMismatch) as err:
+    with pytest.raises(download.ChecksumMismatch) as err:
         fetch(root, settings_for(server.base_url, tarball)._replace(sha256=pin), Sleeps())
     assert f"sha256 {sha256(tarball)} does not match efa.sha256 {pin} " in str(err.value)
     assert cached(root) == []
@@ -191,7 +193,7 @@ def test_a_cached_copy_must_match_every_digit_of_the_pin(
     settings = settings_for(server.base_url, tarball)
     fetch(root, settings, Sleeps())  # cached and verified for the right pin
     pin = near_miss(sha256(tarball), 63)
-    with pytest.raises(efa.ChecksumMismatch) as err:  # the pin changed in its last digit
+    with pytest.raises(download.ChecksumMismatch) as err:  # the pin changed in its last digit
         fetch(root, settings._replace(sha256=pin), Sleeps())
     assert str(err.value).startswith(f"{cache_dir(root)}/aws-efa-installer-{VERSION}.tar.gz: cached copy "
                                      f"had sha256 {sha256(tarball)}, not efa.sha256 (removed); ")
@@ -210,7 +212,7 @@ def test_retry_after_500_with_exponential_backoff(
 
 
 def test_jitter_spreads_the_wait() -> None:
-    policy = efa.DownloadPolicy(backoff_seconds=2.0, backoff_cap_seconds=10.0)
+    policy = download.DownloadPolicy(backoff_seconds=2.0, backoff_cap_seconds=10.0)
 
     def delay(attempt: int, rand: float) -> float:
         return backoff(attempt, policy.backoff_seconds, policy.backoff_cap_seconds, lambda: rand)
@@ -225,7 +227,7 @@ def test_500_forever_gives_up_after_the_bounded_attempts(
 ) -> None:
     server.behaviour.statuses.extend([500] * 10)
     sleeps = Sleeps()
-    with pytest.raises(efa.DownloadError) as err:
+    with pytest.raises(download.DownloadError) as err:
         fetch(root, settings_for(server.base_url, tarball), sleeps)
     assert str(err.value) == (f"{server.base_url}/aws-efa-installer-{VERSION}.tar.gz: download failed after "
                               "4 attempts: HTTP 500 Internal Server Error")
@@ -236,7 +238,7 @@ def test_500_forever_gives_up_after_the_bounded_attempts(
 def test_404_is_not_retried(root: Path, server: InstallerServer, tarball: bytes) -> None:
     sleeps = Sleeps()
     settings = settings_for(server.base_url, tarball)._replace(version="1.99.0")
-    with pytest.raises(efa.DownloadError) as err:
+    with pytest.raises(download.DownloadError) as err:
         fetch(root, settings, sleeps)
     assert str(err.value) == (f"{server.base_url}/aws-efa-installer-1.99.0.tar.gz: HTTP 404 Not Found "
                               "(is efa.version published at efa.base_url?)")
@@ -283,7 +285,7 @@ def test_truncated_download_fails_and_keeps_nothing(
 ) -> None:
     server.behaviour.range_support = False
     server.behaviour.cuts.extend([("close", 100_000)] * 4)
-    with pytest.raises(efa.DownloadError) as err:
+    with pytest.raises(download.DownloadError) as err:
         fetch(root, settings_for(server.base_url, tarball), Sleeps())
     assert str(err.value).endswith(f"download failed after 4 attempts: connection closed after 100000 of "
                                    f"{len(tarball)} bytes")
@@ -294,7 +296,7 @@ def test_a_truncated_file_on_the_server_fails_the_checksum(
     root: Path, server: InstallerServer, tarball: bytes
 ) -> None:
     server.add(VERSION, tarball[: len(tarball) // 2])
-    with pytest.raises(efa.ChecksumMismatch, match=r"does not match efa\.sha256"):
+    with pytest.raises(download.ChecksumMismatch, match=r"does not match efa\.sha256"):
         fetch(root, settings_for(server.base_url, tarball), Sleeps())
     assert cached(root) == []
 
@@ -303,7 +305,7 @@ def test_a_truncated_file_on_the_server_fails_the_checksum(
 def test_connection_reset_on_every_attempt(root: Path, server: InstallerServer, tarball: bytes) -> None:
     server.behaviour.range_support = False
     server.behaviour.cuts.extend([("reset", 200_000)] * 2)
-    with pytest.raises(efa.DownloadError) as err:
+    with pytest.raises(download.DownloadError) as err:
         fetch(root, settings_for(server.base_url, tarball), Sleeps(), FAST._replace(attempts=2))
     message = str(err.value)
     assert "download failed after 2 attempts" in message and "\n" not in message
@@ -315,7 +317,7 @@ def test_connection_reset_on_every_attempt(root: Path, server: InstallerServer, 
 def test_slow_server_times_out(root: Path, server: InstallerServer, tarball: bytes) -> None:
     server.behaviour.stall_seconds = 30
     policy = FAST._replace(attempts=2, read_timeout=0.3)
-    with pytest.raises(efa.DownloadError) as err:
+    with pytest.raises(download.DownloadError) as err:
         fetch(root, settings_for(server.base_url, tarball), Sleeps(), policy)
     assert "download failed after 2 attempts" in str(err.value)
     assert "timed out" in str(err.value)
@@ -324,15 +326,16 @@ def test_slow_server_times_out(root: Path, server: InstallerServer, tarball: byt
 
 def test_whole_download_is_bounded_in_time(root: Path, server: InstallerServer, tarball: bytes) -> None:
     ticks = iter(range(0, 10_000, 100))
-    with pytest.raises(efa.DownloadError, match=r"download took longer than 250s"):
-        efa.fetch(settings_for(server.base_url, tarball), NodeRoot(str(root)),
-                  policy=FAST._replace(total_seconds=250), sleep=Sleeps(), clock=lambda: float(next(ticks)))
+    with pytest.raises(download.DownloadError, match=r"download took longer than 250s"):
+        cache.fetch(settings_for(server.base_url, tarball), NodeRoot(str(root)),
+                    DownloadOptions(policy=FAST._replace(total_seconds=250), sleep=Sleeps(),
+                                    clock=lambda: float(next(ticks))))
     assert cached(root) == []
 
 
 def test_server_down_fails_after_the_retries(root: Path, tarball: bytes) -> None:
     sleeps = Sleeps()
-    with pytest.raises(efa.DownloadError) as err:
+    with pytest.raises(download.DownloadError) as err:
         dead = f"http://127.0.0.1:{free_port()}"
         fetch(root, settings_for(dead, tarball), sleeps, FAST._replace(attempts=3))
     assert "download failed after 3 attempts" in str(err.value)
@@ -341,10 +344,10 @@ def test_server_down_fails_after_the_retries(root: Path, tarball: bytes) -> None
 
 
 def test_an_oversized_download_is_refused(root: Path, server: InstallerServer, tarball: bytes) -> None:
-    with pytest.raises(efa.DownloadError, match="more than the 1000 an installer tarball can be"):
+    with pytest.raises(download.DownloadError, match="more than the 1000 an installer tarball can be"):
         fetch(root, settings_for(server.base_url, tarball), Sleeps(), FAST._replace(max_bytes=1000))
     server.behaviour.chunked = True  # no Content-Length: caught while streaming
-    with pytest.raises(efa.DownloadError, match="more than 1000 bytes; not an installer tarball"):
+    with pytest.raises(download.DownloadError, match="more than 1000 bytes; not an installer tarball"):
         fetch(root, settings_for(server.base_url, tarball), Sleeps(), FAST._replace(max_bytes=1000))
     assert cached(root) == []
 
@@ -365,8 +368,8 @@ def test_durable_download_is_synced_before_the_rename(
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(efa.os, "fsync", fsync)
-    efa.fetch(settings_for(server.base_url, tarball), NodeRoot(str(root)), durable=True)
+    monkeypatch.setattr(download.os, "fsync", fsync)
+    cache.fetch(settings_for(server.base_url, tarball), NodeRoot(str(root)), DownloadOptions(durable=True))
     (part, directory) = synced
     assert Path(part).name.endswith(".part") and Path(part).parent == cache_dir(root)
     assert directory == str(cache_dir(root))
@@ -407,7 +410,7 @@ def small_cache(root: Path, need_root: None) -> Iterator[Path]:
 def test_disk_full_is_seen_before_downloading(
     root: Path, server: InstallerServer, tarball: bytes, small_cache: Path
 ) -> None:
-    with pytest.raises(efa.DownloadError) as err:
+    with pytest.raises(download.DownloadError) as err:
         fetch(root, settings_for(server.base_url, tarball), Sleeps())
     assert str(err.value).startswith(
         f"{small_cache}: {len(tarball)} more bytes needed for the download, only ")
@@ -419,7 +422,7 @@ def test_disk_full_while_downloading_keeps_nothing(
 ) -> None:
     server.behaviour.chunked = True  # no length announced: the write itself hits ENOSPC
     sleeps = Sleeps()
-    with pytest.raises(efa.DownloadError) as err:
+    with pytest.raises(download.DownloadError) as err:
         fetch(root, settings_for(server.base_url, tarball), sleeps)
     assert str(err.value) == (
         f"{small_cache}: cannot write the download: No space left on device; nothing kept")
@@ -467,7 +470,7 @@ def test_https_with_an_unknown_ca_fails_without_retrying(
     sleeps = Sleeps()
     with InstallerServer(ssl_context=context) as server:
         server.add(VERSION, tarball)
-        with pytest.raises(efa.DownloadError) as err:
+        with pytest.raises(download.DownloadError) as err:
             fetch(root, settings_for(server.base_url, tarball), sleeps)
         assert server.gets() == []  # no request was sent over an unverified connection
     message = str(err.value)
@@ -497,7 +500,7 @@ def test_no_proxy_bypasses_the_proxy(
     assert fetch(root, settings_for(server.base_url, tarball), Sleeps()).read_bytes() == tarball
     monkeypatch.delenv("NO_PROXY")
     cache_dir(root).joinpath(f"aws-efa-installer-{VERSION}.tar.gz").unlink()
-    with pytest.raises(efa.DownloadError, match=r"(?i)proxy"):  # without NO_PROXY, the dead proxy is used
+    with pytest.raises(download.DownloadError, match=r"(?i)proxy"):  # without NO_PROXY, the dead proxy is used
         fetch(root, settings_for(server.base_url, tarball), Sleeps(), FAST._replace(attempts=1))
 
 

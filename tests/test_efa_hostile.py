@@ -1,5 +1,6 @@
-"""A hostile download server and killed runs against agent/efa.py: the overall deadline bounds every
-socket read, the installer dies with the agent, a live one from an earlier run is never raced."""
+"""A hostile download server and killed runs against agent/download.py and agent/efa/install.py: the
+overall deadline bounds every socket read, the installer dies with the agent, a live one from an
+earlier run is never raced."""
 
 import contextlib
 import os
@@ -14,8 +15,9 @@ from typing import Iterator
 
 import pytest
 
-from agent import efa
+from agent import download
 from agent.config import EfaSettings
+from agent.efa import install
 from agent.fs import NodeRoot
 from tests.conftest import REPO
 
@@ -73,11 +75,12 @@ def trickle() -> Iterator[TrickleServer]:
 
 
 def test_the_overall_deadline_bounds_a_trickling_server(trickle: TrickleServer, tmp_path: Path) -> None:
-    policy = efa.DownloadPolicy(attempts=3, connect_timeout=2.0, read_timeout=5.0, total_seconds=1.5,
+    policy = download.DownloadPolicy(attempts=3, connect_timeout=2.0, read_timeout=5.0, total_seconds=1.5,
                                 chunk_size=1 << 20)
     start = time.monotonic()
-    with pytest.raises(efa.DownloadError, match=r"download took longer than 1\.5s"):
-        efa.download(trickle.url, tmp_path / "aws-efa-installer-1.48.0.tar.gz", "0" * 64, policy=policy)
+    with pytest.raises(download.DownloadError, match=r"download took longer than 1\.5s"):
+        download.download(trickle.url, tmp_path / "aws-efa-installer-1.48.0.tar.gz", "0" * 64,
+                          download.DownloadOptions(policy=policy))
     elapsed = time.monotonic() - start
     assert elapsed < 4.0, f"the 1.5s deadline held the download for {elapsed:.1f}s"
     assert list(tmp_path.iterdir()) == []  # nothing kept
@@ -88,8 +91,8 @@ def test_the_overall_deadline_bounds_a_trickling_server(trickle: TrickleServer, 
 AGENT = """
 import sys
 from pathlib import Path
-from agent import efa
-efa.run_installer(Path(sys.argv[1]), (), 600, pid_file=Path(sys.argv[2]))
+from agent.efa import install
+install.run_installer(Path(sys.argv[1]), (), 600, pid_file=Path(sys.argv[2]))
 """
 
 
@@ -123,7 +126,7 @@ def test_kill_9_of_the_agent_kills_the_installer_and_the_next_run_waits(tmp_path
     root = tmp_path / "node"
     root.mkdir()
     node = NodeRoot(str(root))
-    pid_file = node.path(efa.INSTALLER_PID_FILE)
+    pid_file = node.path(install.INSTALLER_PID_FILE)
     agent = subprocess.Popen([sys.executable, "-c", AGENT, str(installer_dir(tmp_path)), str(pid_file)],
                              cwd=REPO)
     try:
@@ -135,17 +138,17 @@ def test_kill_9_of_the_agent_kills_the_installer_and_the_next_run_waits(tmp_path
         agent.wait(10)
         wait_for(lambda: not alive(script), 5)  # PR_SET_PDEATHSIG: the script dies with the agent
         # what it started runs on in its group: the next run finds it and does not start a second one
-        assert efa.earlier_installer(node) == script
-        with pytest.raises(efa.InstallerFailed, match=rf"process group {script}\) is still running after 0\.3s"):
-            efa.wait_for_earlier_installer(node, 0.3)
+        assert install.earlier_installer(node) == script
+        with pytest.raises(install.InstallerFailed, match=rf"process group {script}\) is still running after 0\.3s"):
+            install.wait_for_earlier_installer(node, 0.3)
         stale = root / "var/cache/gpu-node-agent/.efa-installer-abc"
         stale.mkdir(parents=True)
-        efa.clean_stale(node, EfaSettings())
+        install.clean_stale(node, EfaSettings())
         assert stale.exists()  # never removed under a live installer
         threading.Timer(0.5, os.kill, (grandchild, signal.SIGTERM)).start()
-        efa.wait_for_earlier_installer(node, 10)  # waits for it to end
+        install.wait_for_earlier_installer(node, 10)  # waits for it to end
         assert not alive(grandchild) and not pid_file.exists()
-        efa.clean_stale(node, EfaSettings())
+        install.clean_stale(node, EfaSettings())
         assert not stale.exists()  # what the killed run left is gone once nothing uses it
     finally:
         with contextlib.suppress(OSError, ValueError):
@@ -160,5 +163,5 @@ def test_an_installer_that_ends_removes_its_pid_file(tmp_path: Path) -> None:
     (d / "efa_installer.sh").write_text("#!/bin/sh\necho done\n")
     (d / "efa_installer.sh").chmod(0o755)
     pid_file = tmp_path / "run/efa-installer.pid"
-    efa.run_installer(d, (), 30, pid_file=pid_file)
+    install.run_installer(d, (), 30, pid_file=pid_file)
     assert not pid_file.exists()

@@ -13,17 +13,19 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from agent import efa, log
+from agent import download, log
 from agent.cli import main
 from agent.config import EfaSettings
-from agent.efa_verify import SignatureError
+from agent.download import DownloadOptions
+from agent.efa import cache
+from agent.efa.signature import SignatureError
 from agent.fs import NodeRoot
 from tests.conftest import which
 from tests.efa_helpers import VERSION, InstallerServer, converged_node, installer_script, installer_tarball, sha256
 
 pytestmark = pytest.mark.usefixtures("units_serving")  # containerd and kubelet as on a healthy node
 TARBALL = f"/aws-efa-installer-{VERSION}.tar.gz"
-FAST = efa.DownloadPolicy(attempts=2, connect_timeout=2.0, read_timeout=2.0, chunk_size=64 * 1024)
+FAST = download.DownloadPolicy(attempts=2, connect_timeout=2.0, read_timeout=2.0, chunk_size=64 * 1024)
 
 
 class Signer:
@@ -95,7 +97,8 @@ def cached(root: Path) -> List[str]:
 
 
 def fetch(root: Path, settings: EfaSettings) -> Path:
-    return efa.fetch(settings, NodeRoot(str(root)), policy=FAST, sleep=lambda s: None, rand=lambda: 1.0)
+    return cache.fetch(settings, NodeRoot(str(root)),
+                       DownloadOptions(policy=FAST, sleep=lambda s: None, rand=lambda: 1.0))
 
 
 def test_signed_by_the_pinned_key_is_fetched_and_cached_with_its_signature(
@@ -119,7 +122,7 @@ def test_both_pins_are_checked(root: Path, tarball: bytes, keys: Dict[str, Signe
         good = EfaSettings(base_url=server.base_url, gpg_fingerprint=aws.fingerprint, sha256=sha256(tarball))
         assert fetch(root, good).read_bytes() == tarball
         wrong_sha = good._replace(sha256="0" * 64)
-        with pytest.raises(efa.ChecksumMismatch, match="not efa.sha256"):
+        with pytest.raises(download.ChecksumMismatch, match="not efa.sha256"):
             fetch(root, wrong_sha)
     assert TARBALL[1:] not in cached(root)
 

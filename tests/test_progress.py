@@ -10,8 +10,10 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from agent import efa, log, progress
+from agent import download, log, progress
 from agent.config import EfaSettings
+from agent.download import DownloadOptions
+from agent.efa import cache, install
 from agent.fs import NodeRoot
 from tests.efa_helpers import VERSION, InstallerServer, installer_script, installer_tarball, sha256
 
@@ -86,8 +88,8 @@ def test_a_real_download_logs_its_progress(tmp_path: Path, events: Any) -> None:
     with InstallerServer() as server:
         server.add(VERSION, data)
         settings = EfaSettings(base_url=server.base_url, sha256=sha256(data))
-        policy = efa.DownloadPolicy(chunk_size=16 * 1024)
-        efa.fetch(settings, NodeRoot(str(root)), policy=policy, sleep=lambda s: None)
+        policy = download.DownloadPolicy(chunk_size=16 * 1024)
+        cache.fetch(settings, NodeRoot(str(root)), DownloadOptions(policy=policy, sleep=lambda s: None))
     logged = events("download progress")
     assert 9 <= len(logged) <= 11, logged
     assert logged[-1]["bytes"] == logged[-1]["total"] == len(data) and logged[-1]["percent"] == 100.0
@@ -107,7 +109,7 @@ def test_the_installer_sends_a_heartbeat_with_its_last_line(tmp_path: Path, even
         clock.now += 30.0
         return clock.now
 
-    efa.run_installer(directory, ("-y",), 60.0, heartbeat_seconds=0.2, clock=ticking)
+    install.run_installer(directory, ("-y",), 60.0, heartbeat_seconds=0.2, clock=ticking)
     beats = events("still running")
     assert len(beats) >= 2, beats
     assert beats[0]["what"] == "efa_installer.sh"

@@ -1,7 +1,8 @@
 """Verifying the EFA installer tarball against its pins, before anything is extracted.
 
 Two pins, either or both (``efa.sha256``, ``efa.gpg_fingerprint``); without one the installer
-never runs. The SHA-256 is compared by ``agent.efa`` as the bytes stream in. The signature is AWS's
+never runs. The SHA-256 is compared as the bytes stream in (``agent/download.py``), and again
+for a cached copy (``agent/efa/cache.py``). The signature is AWS's
 own: each ``aws-efa-installer-<v>.tar.gz`` has a detached ``.tar.gz.sig`` beside it, made with the
 key published as ``aws-efa-installer.key`` on the same host. A fetched key proves nothing by
 itself, so:
@@ -15,7 +16,8 @@ itself, so:
    ``VALIDSIG`` by a key whose primary fingerprint is the pin. An expired or revoked key, or a bad
    signature, is refused.
 
-gpg and gpgv are AL2023's gnupg2-minimal (Debian: gpg, gpgv), run without a shell and bounded in time.
+gpg and gpgv are AL2023's gnupg2-minimal (Debian: gpg, gpgv), run through ``agent.process``: without
+a shell and bounded in time.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import IO, List, Optional, Tuple
 
 from agent.config import EfaSettings, gpg_fingerprint
 from agent.errors import AgentError
-from agent.versions import ToolOutput, run_tool
+from agent.process import ToolOutput, run_tool
 
 GPG = "/usr/bin/gpg"
 GPGV = "/usr/bin/gpgv"

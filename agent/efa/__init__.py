@@ -1,0 +1,22 @@
+"""EFA userspace: detect the hardware and what is installed, decide, fetch, verify, extract, install.
+
+The EKS AMI already ran ``efa_installer.sh --minimal -y`` (kernel module, rdma-core, efa-config, no
+libfabric). On instances with EFA hardware the agent adds the userspace (libfabric, ``fi_info``, Open
+MPI) from a **pinned** ``aws-efa-installer-<version>.tar.gz``, verified against a pinned SHA256
+and/or AWS's signature before anything runs:
+
+* ``facts``: ``discover`` reads the devices, the installer version file and ``fi_info`` (pure reads);
+* ``decision``: ``decide`` (called by ``plan``) turns facts and settings into an ``EfaAction``,
+  ``check`` into a health check; both pure;
+* ``cache``: the pinned tarball in ``efa.cache_dir``, verified once, downloaded (``agent/download.py``)
+  only when the cache lacks a good copy; ``signature``: AWS's signature, checked with ``gpgv``;
+* ``install``: ``execute`` (called by ``apply``): safe extraction (``agent/safetar.py``), the
+  installer run (``agent/process.py``), the re-check.
+
+This package's import loads only ``facts`` and ``decision``: what ``check`` and ``plan`` need.
+"""
+
+from agent.efa.decision import EfaAction, check, decide, missing_pin
+from agent.efa.facts import EfaError, EfaFacts, discover
+
+__all__ = ["EfaAction", "EfaError", "EfaFacts", "check", "decide", "discover", "missing_pin"]
