@@ -12,7 +12,7 @@ from agent.node import NodeFacts
 
 
 def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
-    from agent import containerd, efa, nvidia, systemd
+    from agent import containerd, efa, nvidia, systemd, units
 
     results: List[CheckResult] = []
     if isinstance(facts.containerd, NodeFileError):
@@ -21,9 +21,9 @@ def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
         results.append(containerd.check(facts.containerd, config.containerd))
     config_set = None if isinstance(facts.containerd, NodeFileError) else facts.containerd
     containerd_unit, kubelet_unit = config.restart.units[0], systemd.kubelet_unit(config.restart.units)
-    results.append(systemd.check_containerd_running(facts.units, config_set, containerd_unit,
+    results.append(units.check_containerd_running(facts.units, config_set, containerd_unit,
                                                     facts.serving.get(containerd_unit)))
-    results.append(systemd.check_kubelet_running(facts.units, kubelet_unit, facts.serving.get(kubelet_unit)))
+    results.append(units.check_kubelet_running(facts.units, kubelet_unit, facts.serving.get(kubelet_unit)))
     if isinstance(facts.nvidia_runtime, NodeFileError):
         results.append(nvidia.check_unreadable(facts.nvidia_runtime))
     else:

@@ -15,7 +15,8 @@ from agent.errors import NodeFileError
 from agent.fs import FileEdit, NodeRoot
 from agent.health import FAIL, SKIP, WARN
 from agent.node import NodeFacts
-from agent.systemd import SystemdError, UnitStates, stale_daemon
+from agent.systemd import SystemdError
+from agent.units import UnitStates, stale_daemon
 
 if TYPE_CHECKING:
     from agent.efa import EfaAction

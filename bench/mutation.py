@@ -108,9 +108,8 @@ SCOPES: Dict[str, Scope] = {
         "the exec plugin: its output never echoed, its ExecCredential checked",
     ),
     "systemd-restart": Scope(
-        "agent/systemd.py",
-        _f("xǁSystemdClientǁrestart", "xǁSystemdClientǁ_iterate_until", "xǁSystemdClientǁ_state_after_timeout",
-           "xǁSystemdClientǁ_subscribe"),
+        "agent/systemd_jobs.py",
+        _f("restart", "_iterate_until", "_state_after_timeout"),
         ("tests/test_systemd_mock.py",
          *(SYSTEMD + t for t in ("restart_job_done_but_containerd_not_running_is_a_failed_restart",
                                  "restart_that_never_becomes_ready_is_bounded_by_timeout",

@@ -14,7 +14,8 @@ from agent.apply import apply
 from agent.fs import FileEdit
 from agent.health import FAIL, SKIP, WARN
 from agent.plan import NotRestarted, Plan, Restart
-from agent.systemd import BusUnreachable, JobFailed, RestartOutcome, SystemdError, UnitState
+from agent.systemd import BusUnreachable, JobFailed, SystemdError, UnitState
+from agent.systemd_jobs import RestartOutcome
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"

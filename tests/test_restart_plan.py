@@ -14,9 +14,8 @@ from agent.fs import FileEdit, NodeRoot
 from agent.health import FAIL, PASS, SKIP, WARN
 from agent.node import NodeFacts
 from agent.plan import NotRestarted, Plan, Restart, make_plan, plan_restarts, render_plan
-from agent.systemd import (
-    BusUnreachable,
-    SystemdError,
+from agent.systemd import BusUnreachable, SystemdError
+from agent.units import (
     UnitState,
     UnitStates,
     check_containerd_running,

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from agent import systemd
+from agent import systemd, units
 from agent.health import WARN
 from tests.conftest import REPO
 from tests.systemd_harness import BootedSystemd, _children
@@ -126,7 +126,7 @@ def test_systemd_that_does_not_answer(sd: BootedSystemd) -> None:
     assert str(found) == "running.service: GetUnit: systemd did not answer within 0.5s"
     assert found.unit == "running.service"
     assert 0.5 <= elapsed < 2.5
-    assert systemd.check_unit_running("containerd-running", "running.service", found).status == WARN
+    assert units.check_unit_running("containerd-running", "running.service", found).status == WARN
 
 
 # --- without systemd -----------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_no_bus_at_the_address(tmp_path: Path) -> None:
     found = systemd.discover(["containerd.service"], address=address)
     assert isinstance(found, systemd.BusUnreachable)
     assert str(found) == f"system bus {address}: Could not connect: No such file or directory"
-    check = systemd.check_containerd_running(found, None, "containerd.service")
+    check = units.check_containerd_running(found, None, "containerd.service")
     assert (check.status, check.message) == (WARN, f"cannot read containerd.service: system bus {address}: "
                                                    "Could not connect: No such file or directory")
     found = systemd.discover(["containerd.service"], address="tcp:host=127.0.0.1,port=1")

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator
 
 import pytest
 
-from agent import systemd
+from agent import systemd, systemd_jobs, units
 from agent.health import WARN
 
 # Loaded by path into the mock server process (dbusmock "-t <path>").
@@ -146,7 +146,7 @@ def mock_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ca
                 server.wait(10)
 
 
-def restart(address: str, unit: str = "containerd.service", timeout: float = 5) -> systemd.RestartOutcome:
+def restart(address: str, unit: str = "containerd.service", timeout: float = 5) -> systemd_jobs.RestartOutcome:
     with systemd.connect(address, timeout=timeout) as client:
         return client.restart(unit, timeout)
 
@@ -217,7 +217,7 @@ def test_discovery_when_systemd_does_not_answer(mock_systemd: Callable[..., str]
     assert isinstance(found, systemd.SystemdTimeout)
     assert "GetUnit: systemd did not answer within 0.5s" in str(found)
     assert time.monotonic() - started < 2.5
-    check = systemd.check_containerd_running(found, None, "containerd.service")
+    check = units.check_containerd_running(found, None, "containerd.service")
     assert check.status == WARN
 
 
