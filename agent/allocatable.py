@@ -20,13 +20,17 @@ kubeconfig that does not work: ``warn`` with why.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.fs import NodeRoot
 from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline import Resource
 from agent.systemd import SystemdError, UnitStates
+
+if TYPE_CHECKING:
+    from agent.node import NodeFacts
 
 CHECK = "gpu-allocatable"
 READ_TIMEOUT = 10.0  # at most this (and report.timeout_seconds) for the one GET
@@ -157,3 +161,17 @@ def check(
     if odd:
         return CheckResult(CHECK, WARN, "; ".join(odd + good), {**details, "event_reason": "AllocatableUnexpected"})
     return CheckResult(CHECK, PASS, "; ".join(good), {**details, "event_reason": "AllocatableAsExpected"})
+
+
+class Allocatable(Resource):
+    """``gpu-allocatable``, from the Node ``agent/gpu.py``'s resource read (``kube_node``)."""
+
+    def check(self, facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
+        from agent import gpu, units
+
+        efa_devices = len(facts.efa.devices) if facts.efa is not None else 0
+        return [check(facts.kube_node, config, gpus=gpu.gpus_seen(facts.driver), efa_devices=efa_devices,
+                      units=facts.units, kubelet_unit=units.kubelet_unit(config.restart.units))]
+
+
+RESOURCE = Allocatable()

@@ -13,11 +13,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from agent.errors import AgentError
 from agent.health import PASS, SKIP, WARN, CheckResult
+from agent.pipeline import Discovery, Resource
 from agent.versions import NodeVersions, minor
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.node import NodeFacts
 
 CHECK = "compatibility"
 MATRIX_PATH = Path(os.path.dirname(os.path.abspath(__file__)), "data", "compatibility.json")
@@ -166,3 +171,20 @@ def check(versions: NodeVersions, matrix: Optional[Matrix] = None) -> CheckResul
         return CheckResult(CHECK, WARN, f"{why}; the rest matches known-good {best.row.ami_release}", details)
     # Named by the row's AMI release: the node's own release is not recorded (details.unknown).
     return CheckResult(CHECK, PASS, f"{_shown(found)}: known-good row {best.row.ami_release}", details)
+
+
+class Compatibility(Resource):
+    """``versions``: the node's component versions (``agent/versions.py``); ``compatibility``."""
+
+    def discover(self, node: Discovery) -> Dict[str, Any]:
+        from agent import versions
+
+        driver = node.facts.get("driver")
+        return {"versions": versions.discover(node.root, driver.version if driver else None,
+                                              driver.version_note if driver else "driver not discovered")}
+
+    def check(self, facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
+        return [check(facts.versions)] if facts.versions is not None else []
+
+
+RESOURCE = Compatibility()

@@ -16,7 +16,7 @@ offered: the new text parses, the effective values are the desired ones, and no 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from agent.config import ContainerdSettings
 from agent.containerd_files import (  # noqa: F401 (the loaded files, where callers have always found them)
@@ -29,7 +29,15 @@ from agent.containerd_files import (  # noqa: F401 (the loaded files, where call
 from agent.errors import NodeFileError
 from agent.fs import FileEdit
 from agent.health import FAIL, PASS, WARN, CheckResult
+from agent.pipeline import Discovery, Planned, Resource, RestartNeed, read_or_error
 from agent.tomledit import NotFixable, edit_value, parse_toml
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.fs import NodeRoot
+    from agent.node import NodeFacts
+    from agent.systemd import SystemdError
+    from agent.units import UnitStates
 
 V3_RUNTIME_PLUGIN = "io.containerd.cri.v1.runtime"
 V2_CRI_PLUGIN = "io.containerd.grpc.v1.cri"
@@ -310,3 +318,48 @@ def check(config_set: ContainerdConfigSet, settings: ContainerdSettings) -> Chec
 
 def check_unreadable(error: NodeFileError) -> CheckResult:
     return CheckResult("containerd-config", FAIL, str(error))
+
+
+# --- the resource (agent/pipeline.py) ------------------------------------------------------------------
+
+
+def restart_needs(
+    units: Union[UnitStates, SystemdError, None], config_set: Optional[ContainerdConfigSet],
+    edits: Sequence[FileEdit], unit: str, root: NodeRoot,
+) -> List[RestartNeed]:
+    """containerd restarts when this run changes its configuration, or when the running daemon is older
+    than its configuration (the pre-awslabs/amazon-eks-ami#2705 nodeadm case)."""
+    from agent.units import UnitStates, stale_daemon
+
+    needs: List[RestartNeed] = []
+    changed = sorted({root.node_path(e.path) for e in edits if e.resource == "containerd"})
+    if changed:
+        needs.append(RestartNeed(f"this run changes its configuration ({', '.join(changed)})", from_edit=True))
+    stale = stale_daemon(units.get(unit) if isinstance(units, UnitStates) else None, config_set)
+    if stale is not None:
+        needs.append(RestartNeed(stale.describe()))
+    return needs
+
+
+class Containerd(Resource):
+    """``containerd``: the loaded files (or why they cannot be read); ``containerd-config``; the edits."""
+
+    def discover(self, node: Discovery) -> Dict[str, Any]:
+        return {"containerd": read_or_error(lambda: load(node.root, node.config.containerd))}
+
+    def check(self, facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
+        found = facts.containerd
+        return [check_unreadable(found) if isinstance(found, NodeFileError) else check(found, config.containerd)]
+
+    def plan(self, facts: NodeFacts, config: AgentConfig) -> Planned:
+        if isinstance(facts.containerd, NodeFileError):
+            return Planned(problems=(str(facts.containerd),))
+        result = reconcile(facts.containerd, config.containerd)
+        return Planned(result.edits, result.problems)
+
+    def restart_needs(self, facts: NodeFacts, edits: Sequence[FileEdit], config: AgentConfig) -> List[RestartNeed]:
+        config_set = facts.containerd if isinstance(facts.containerd, ContainerdConfigSet) else None
+        return restart_needs(facts.units, config_set, edits, config.restart.units[0], facts.root)
+
+
+RESOURCE = Containerd()

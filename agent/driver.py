@@ -14,13 +14,18 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from agent import smi
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
+from agent.pipeline import Discovery, Resource
 from agent.process import run_tool
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.node import NodeFacts
 
 CHECK = "nvidia-driver"
 PROC_VERSION = "/proc/driver/nvidia/version"
@@ -147,3 +152,27 @@ def check(facts: DriverFacts) -> CheckResult:
                            f"{len(smi.versions)} GPU{'s' if len(smi.versions) != 1 else ''}", details)
     suffix = ", visible to nvidia-smi" if smi is not None else f" ({NVIDIA_SMI} not found: NVML not asked)"
     return CheckResult(CHECK, PASS, f"driver {facts.version}, {seen}{suffix}", details)
+
+
+def smi_rows(facts: Optional[DriverFacts]) -> Optional[Sequence[Any]]:
+    """The GPUs' rows of the one nvidia-smi query; None without an answer (not installed, timed out)."""
+    answer = facts.smi if facts is not None else None
+    return answer.table.rows if answer is not None and answer.table is not None and not answer.timed_out else None
+
+
+def gpu_node(facts: Optional[DriverFacts]) -> bool:
+    """Any sign of NVIDIA GPUs: the driver loaded, nvidia-smi installed, or device nodes."""
+    return facts is not None and (facts.loaded or facts.smi is not None or bool(facts.devices))
+
+
+class Driver(Resource):
+    """``driver``: the kernel module, the device nodes and the one nvidia-smi query; ``nvidia-driver``."""
+
+    def discover(self, node: Discovery) -> Dict[str, Any]:
+        return {"driver": discover(node.root)}
+
+    def check(self, facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
+        return [check(facts.driver)] if facts.driver is not None else []
+
+
+RESOURCE = Driver()

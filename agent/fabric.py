@@ -26,13 +26,18 @@ import contextlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot, atomic_write
 from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline import Discovery, Resource
 from agent.process import run_tool
 from agent.systemd import SystemdError, UnitStates
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.node import NodeFacts
 
 CHECK = "nvidia-fabricmanager"
 PROC_DEVICES = "/proc/driver/nvidia-nvswitch/devices"
@@ -162,3 +167,22 @@ def check(
                    else "; the driver reports no fabric state")
     return CheckResult(CHECK, PASS, f"{unit} active, {facts.version} = driver{fabric_note}",
                        {**details, "event_reason": "FabricManagerReady"})
+
+
+class FabricManager(Resource):
+    """``fabric``: NVSwitch devices and the fabric manager's version; ``nvidia-fabricmanager`` (its unit
+    is read with containerd's, ``agent/units.py``)."""
+
+    def discover(self, node: Discovery) -> Dict[str, Any]:
+        instance = node.facts.get("instance")
+        return {"fabric": discover(node.root, instance_type=instance.instance_type if instance else None,
+                                   type_has_nvswitch=bool(instance and instance.nvswitch))}
+
+    def check(self, facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
+        from agent import driver
+
+        version = facts.driver.version if facts.driver is not None else None
+        return [check(facts.fabric, facts.units, config.gpu.fabricmanager_unit, version, driver.smi_rows(facts.driver))]
+
+
+RESOURCE = FabricManager()

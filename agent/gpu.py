@@ -21,15 +21,17 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from agent.config import AgentConfig
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot, atomic_write, read_text
 from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline import Discovery, Resource
 
 if TYPE_CHECKING:
     from agent.driver import DriverFacts
+    from agent.node import NodeFacts
 
 CHECK = "gpu-inventory"
 DATA = Path(__file__).resolve().parent / "data" / "instance_types.json"
@@ -185,3 +187,21 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
     return CheckResult(CHECK, PASS, f"{counted}, as expected ({instance.expected_source})",
                        {**details, "event_reason": "GpusPresent"})
 
+
+class Inventory(Resource):
+    """``kube_node``: the Node as read once (its label names the instance type; ``gpu-allocatable`` and
+    the report use the same read); ``instance``: the instance type and its GPUs; ``gpu-inventory``."""
+
+    def discover(self, node: Discovery) -> Dict[str, Any]:
+        from agent import allocatable
+
+        read = allocatable.read_node(node.root, node.config)
+        instance = discover_instance(node.root, node.config, node_label=read.label(INSTANCE_TYPE_LABEL),
+                                     imds=node.imds)
+        return {"kube_node": read, "instance": instance}
+
+    def check(self, facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
+        return [check(facts.driver, facts.instance)] if facts.instance is not None else []
+
+
+RESOURCE = Inventory()

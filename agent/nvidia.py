@@ -15,13 +15,18 @@ legacy-era knobs. Drift is judged by *effective* value (a missing key means the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Mapping, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from agent.config import NvidiaRuntimeSettings
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import FileEdit, NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
+from agent.pipeline import Discovery, Planned, Resource, read_or_error
 from agent.tomledit import NotFixable, comment_out, parse_toml, set_value, toml_values
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.node import NodeFacts
 
 MODES = ("auto", "jit-cdi", "cdi", "csv", "legacy")
 DEFAULT_MODE = "auto"
@@ -132,3 +137,25 @@ def check(cfg: Optional[NvidiaRuntimeConfig], settings: NvidiaRuntimeSettings, p
 
 def check_unreadable(error: NodeFileError) -> CheckResult:
     return CheckResult("nvidia-runtime-config", FAIL, str(error))
+
+
+class NvidiaRuntime(Resource):
+    """``nvidia_runtime``: the toolkit's config (None: not installed); ``nvidia-runtime-config``; its edit."""
+
+    def discover(self, node: Discovery) -> Dict[str, Any]:
+        return {"nvidia_runtime": read_or_error(lambda: load(node.root, node.config.nvidia_runtime))}
+
+    def check(self, facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
+        found = facts.nvidia_runtime
+        if isinstance(found, NodeFileError):
+            return [check_unreadable(found)]
+        return [check(found, config.nvidia_runtime, facts.root.path(config.nvidia_runtime.config_path))]
+
+    def plan(self, facts: NodeFacts, config: AgentConfig) -> Planned:
+        if isinstance(facts.nvidia_runtime, NodeFileError):
+            return Planned(problems=(str(facts.nvidia_runtime),))
+        edit, problems = reconcile(facts.nvidia_runtime, config.nvidia_runtime)
+        return Planned((edit,) if edit else (), problems)
+
+
+RESOURCE = NvidiaRuntime()

@@ -10,17 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from agent.config import AgentConfig, RestartSettings
-from agent.containerd import ContainerdConfigSet
-from agent.errors import NodeFileError
 from agent.fs import FileEdit, NodeRoot
 from agent.health import FAIL, SKIP, WARN
 from agent.node import NodeFacts
-from agent.systemd import SystemdError
-from agent.units import UnitStates, stale_daemon
+from agent.units import UnitStates
 
 if TYPE_CHECKING:
+    from agent.containerd import ContainerdConfigSet
     from agent.efa import EfaAction
+    from agent.pipeline import RestartNeed
     from agent.serving import ServingProbe
+    from agent.systemd import SystemdError
 
 
 class Restart(NamedTuple):
@@ -55,29 +55,21 @@ class Plan(NamedTuple):
 
 
 def make_plan(facts: NodeFacts, config: AgentConfig) -> Plan:
-    from agent import containerd, efa, nvidia
+    """Every resource's part (``agent/pipeline.py``, in order), then the restarts their needs call for."""
+    from agent import pipeline
 
     edits: List[FileEdit] = []
     problems: List[str] = []
-    if isinstance(facts.containerd, NodeFileError):
-        problems.append(str(facts.containerd))
-    else:
-        result = containerd.reconcile(facts.containerd, config.containerd)
-        edits.extend(result.edits)
-        problems.extend(result.problems)
-    if isinstance(facts.nvidia_runtime, NodeFileError):
-        problems.append(str(facts.nvidia_runtime))
-    else:
-        edit, nvidia_problems = nvidia.reconcile(facts.nvidia_runtime, config.nvidia_runtime)
-        edits.extend([edit] if edit else [])
-        problems.extend(nvidia_problems)
-    config_set = facts.containerd if isinstance(facts.containerd, ContainerdConfigSet) else None
-    restarts, not_restarted = plan_restarts(facts.units, config_set, edits, config.restart, facts.root,
-                                            facts.probes)
     efa_action = None
-    if facts.efa is not None:
-        efa_action, efa_problems = efa.decide(facts.efa, config.efa, facts.root)
-        problems.extend(efa_problems)
+    resources = list(pipeline.resources(gpu_health=False))
+    for resource in resources:
+        part = resource.plan(facts, config)
+        edits.extend(part.edits)
+        problems.extend(part.problems)
+        if part.efa is not None:
+            efa_action = part.efa
+    needs = [need for resource in resources for need in resource.restart_needs(facts, edits, config)]
+    restarts, not_restarted = decide_restarts(needs, facts.units, config.restart, facts.probes)
     return Plan(edits=tuple(edits), problems=tuple(problems), restarts=restarts, not_restarted=not_restarted,
                 efa=efa_action)
 
@@ -90,28 +82,35 @@ def plan_restarts(
     root: NodeRoot,
     probes: Optional[Mapping[str, ServingProbe]] = None,
 ) -> Tuple[Tuple[Restart, ...], Tuple[NotRestarted, ...]]:
+    """The restarts for containerd's own needs (``containerd.restart_needs``): ``decide_restarts``."""
+    from agent.containerd import restart_needs
+
+    needs = restart_needs(units, config_set, edits, settings.units[0], root)
+    return decide_restarts(needs, units, settings, probes)
+
+
+def decide_restarts(
+    needs: Sequence[RestartNeed],
+    units: Union[UnitStates, SystemdError, None],
+    settings: RestartSettings,
+    probes: Optional[Mapping[str, ServingProbe]] = None,
+) -> Tuple[Tuple[Restart, ...], Tuple[NotRestarted, ...]]:
     """Which units restart, in order, and why. ``restart.units``: containerd first, then the rest.
 
-    containerd restarts when this run changes its effective configuration, when the running daemon
-    is older than its configuration (the pre-awslabs/amazon-eks-ami#2705 nodeadm case), or with
-    ``policy: always``. The units after it (kubelet) restart only after containerd does, and only
-    when loaded and running: kubelet keeps its CRI connection to the old daemon, but starting a
+    containerd restarts when a resource needs it (this run changes its effective configuration, the
+    running daemon is older than its configuration: the pre-awslabs/amazon-eks-ami#2705 nodeadm case),
+    or with ``policy: always``. The units after it (kubelet) restart only after containerd does, and
+    only when loaded and running: kubelet keeps its CRI connection to the old daemon, but starting a
     kubelet nodeadm has not started is not the agent's call. A converged node restarts nothing.
     """
     containerd_unit, followers = settings.units[0], settings.units[1:]
-    changed = sorted({root.node_path(e.path) for e in edits if e.resource == "containerd"})
-    needs: List[str] = []
-    if changed:
-        needs.append(f"this run changes its configuration ({', '.join(changed)})")
-    state = units.get(containerd_unit) if isinstance(units, UnitStates) else None
-    stale = stale_daemon(state, config_set)
-    if stale is not None:
-        needs.append(stale.describe())
+    reasons = [need.reason for need in needs]
     if settings.policy == "always":
-        needs.append("restart.policy is always")
-    if not needs:
+        reasons.append("restart.policy is always")
+    if not reasons:
         return (), ()
-    reason = "; ".join(needs)
+    reason = "; ".join(reasons)
+    state = units.get(containerd_unit) if isinstance(units, UnitStates) else None
     if settings.policy == "never":
         held = [NotRestarted(containerd_unit, f"{reason}; not restarting it (restart.policy: never)",
                              WARN)]
@@ -132,7 +131,8 @@ def plan_restarts(
         why = f"{state.describe()}: it loads the new configuration when it starts"
         return (), (NotRestarted(containerd_unit, why, SKIP),)
     probes = probes or {}
-    restarts = [Restart(containerd_unit, reason, rollback_on_failure=bool(changed), probe=probes.get(containerd_unit))]
+    rollback = any(need.from_edit for need in needs)
+    restarts = [Restart(containerd_unit, reason, rollback_on_failure=rollback, probe=probes.get(containerd_unit))]
     skipped: List[NotRestarted] = []
     for unit in followers:
         follower = units.get(unit)

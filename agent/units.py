@@ -2,8 +2,9 @@
 
 ``UnitState`` is what systemd says about one unit (read by ``agent/systemd.py``'s client);
 ``containerd-running`` and ``kubelet-running`` judge it, together with the daemon's own word
-(``agent/serving.py``), and ``stale_daemon`` tells a containerd older than its configuration.
-Pure: nothing here talks to systemd.
+(``agent/serving.py``: containerd's CRI plugins, kubelet's healthz), and ``stale_daemon`` tells a
+containerd older than its configuration. Only the resource's ``discover`` talks to systemd and the
+daemons; the rest is pure.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from agent.health import FAIL, PASS, WARN, CheckResult
+from agent.pipeline import Discovery, Resource
 from agent.serving import NOT_SERVING
 from agent.timestamps import rfc3339
 
 if TYPE_CHECKING:
+    from agent.config import AgentConfig
     from agent.containerd import ContainerdConfigSet
-    from agent.serving import Serving
+    from agent.errors import NodeFileError
+    from agent.fs import NodeRoot
+    from agent.node import NodeFacts
+    from agent.serving import Serving, ServingProbe
     from agent.systemd import SystemdError
 
 KUBELET_UNIT = "kubelet.service"
@@ -184,3 +190,74 @@ def check_kubelet_running(
 ) -> CheckResult:
     """``kubelet-running``: the unit is active and kubelet's healthz answers ``ok`` (``agent/kubelet.py``)."""
     return check_unit_running("kubelet-running", unit, units, serving)
+
+
+# --- the resource: containerd and kubelet as systemd sees them, and in their own word ------------------
+
+# A daemon that systemd started moments ago may not serve yet (kubelet is active before its healthz
+# listens): the answer is awaited until it has been active this long, then taken as it is.
+STARTING_GRACE_SECONDS = 10.0
+PROBE_TIMEOUT = 5.0  # one reading of a daemon's own word (ctr, healthz)
+
+
+class Daemons(Resource):
+    """``units``: restart.units, kubelet (and, for GPU health, the fabric manager) over D-Bus;
+    ``probes``/``serving``: how to ask containerd and kubelet whether they serve, and their answers."""
+
+    def discover(self, node: Discovery) -> Dict[str, Any]:
+        from agent import systemd
+
+        config = node.config
+        names = units_to_discover(config.restart.units)
+        if node.gpu_health and config.gpu.fabricmanager_unit not in names:
+            names.append(config.gpu.fabricmanager_unit)
+        units = systemd.discover(names, timeout=min(config.restart.timeout_seconds, systemd.DISCOVERY_TIMEOUT))
+        probes, serving = _serving(node.root, config, node.facts.get("containerd"), units)
+        return {"units": units, "probes": probes, "serving": serving}
+
+    def check(self, facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
+        from agent.containerd import ContainerdConfigSet
+
+        config_set = facts.containerd if isinstance(facts.containerd, ContainerdConfigSet) else None
+        containerd_unit, kubelet = config.restart.units[0], kubelet_unit(config.restart.units)
+        return [check_containerd_running(facts.units, config_set, containerd_unit, facts.serving.get(containerd_unit)),
+                check_kubelet_running(facts.units, kubelet, facts.serving.get(kubelet))]
+
+
+def _serving(
+    root: NodeRoot, config: AgentConfig, containerd_facts: Union[ContainerdConfigSet, NodeFileError, None],
+    units: Union[UnitStates, SystemdError],
+) -> Tuple[Dict[str, ServingProbe], Dict[str, Serving]]:
+    from agent import cri, kubelet
+    from agent.containerd import ContainerdConfigSet
+
+    probes: Dict[str, ServingProbe] = {}
+    cri_probe = cri.probe(root, containerd_facts if isinstance(containerd_facts, ContainerdConfigSet) else None)
+    if cri_probe is not None:
+        probes[config.restart.units[0]] = cri_probe
+    probes[kubelet_unit(config.restart.units)] = kubelet.probe(root)
+    serving: Dict[str, Serving] = {}
+    if isinstance(units, UnitStates):
+        for unit, probe in probes.items():
+            state = units.get(unit)
+            if state is not None and state.active_state == "active":
+                serving[unit] = _ask(probe, state)
+    return probes, serving
+
+
+def _ask(probe: ServingProbe, state: UnitState) -> Serving:
+    import time
+
+    from agent import serving
+
+    answer = probe.read(PROBE_TIMEOUT)
+    since = state.active_since
+    if answer.ok or answer.final or since is None:
+        return answer
+    remaining = since + STARTING_GRACE_SECONDS - time.time()
+    if remaining <= 0:
+        return answer
+    return serving.wait(probe, time.monotonic() + min(remaining, STARTING_GRACE_SECONDS))
+
+
+RESOURCE = Daemons()

@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from agent import kmsg
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot, atomic_write, read_text
 from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline import Discovery, Resource
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.node import NodeFacts
 
 CHECK = "gpu-errors"
 STATE = "/run/gpu-node-agent/gpu-errors.json"
@@ -233,3 +238,18 @@ def check(facts: Optional[XidFacts], rows: Optional[Sequence[Any]], *, gpu_node:
     note = f"; {'; '.join(notes)}" if notes else ""
     return CheckResult(CHECK, PASS, f"{base}{ecc}{note}", details)
 
+
+class GpuErrors(Resource):
+    """``xid``: the XID events since boot (the kernel log); ``gpu-errors``, with the nvidia-smi query's
+    ECC and row-remapping state."""
+
+    def discover(self, node: Discovery) -> Dict[str, Any]:
+        return {"xid": discover(node.root)}
+
+    def check(self, facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
+        from agent import driver
+
+        return [check(facts.xid, driver.smi_rows(facts.driver), gpu_node=driver.gpu_node(facts.driver))]
+
+
+RESOURCE = GpuErrors()

@@ -89,7 +89,7 @@ def units_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     The real thing: tests/test_systemd_restart.py and tests/test_containerd_daemon.py."""
     import time as _time
 
-    from agent import node, systemd
+    from agent import systemd, units
     from agent.serving import SERVING, Serving
 
     since = int((_time.time() + 86400) * 1e6)
@@ -103,4 +103,4 @@ def units_serving(monkeypatch: pytest.MonkeyPatch) -> None:
         return {}, {n: Serving(SERVING, f"{n}: serving") for n in names}
 
     monkeypatch.setattr(systemd, "discover", discover)
-    monkeypatch.setattr(node, "_serving", serving)
+    monkeypatch.setattr(units, "_serving", serving)
