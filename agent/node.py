@@ -8,7 +8,7 @@ still run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Generic, Mapping, Optional, TypeVar, Union, cast
 
 from agent.config import AgentConfig
 from agent.fs import NodeRoot
@@ -27,6 +27,18 @@ if TYPE_CHECKING:
     from agent.units import UnitStates
     from agent.versions import NodeVersions
     from agent.xid import XidFacts
+
+T = TypeVar("T")
+
+
+class _Fact(Generic[T]):
+    """``NodeFacts.<name>``: the facts a built-in resource discovered under that name, typed."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, facts: Any, owner: Any = None) -> T:
+        return cast(T, facts.get(self.name))
 
 
 class NodeFacts:
@@ -49,58 +61,22 @@ class NodeFacts:
     def __repr__(self) -> str:
         return f"NodeFacts(root={self.root!r}, {', '.join(sorted(self._facts))})"
 
-    @property
-    def containerd(self) -> Union[ContainerdConfigSet, NodeFileError]:
-        return self._facts["containerd"]
-
-    @property
-    def nvidia_runtime(self) -> Union[NvidiaRuntimeConfig, NodeFileError, None]:
-        return self.get("nvidia_runtime")
-
-    @property
-    def units(self) -> Union[UnitStates, SystemdError, None]:
-        """containerd/kubelet as systemd sees them; no bus is kept as the error (None: not discovered)."""
-        return self.get("units")
-
-    @property
-    def probes(self) -> Mapping[str, ServingProbe]:
-        """How to ask containerd and kubelet whether they serve, by unit."""
-        return self._facts["probes"]
-
-    @property
-    def serving(self) -> Mapping[str, Serving]:
-        """Their answers, asked only of units that are active: systemd's "active" alone does not say
-        they serve."""
-        return self._facts["serving"]
-
-    @property
-    def driver(self) -> Optional[DriverFacts]:
-        return self.get("driver")
-
-    @property
-    def versions(self) -> Optional[NodeVersions]:
-        return self.get("versions")
-
-    @property
-    def efa(self) -> Optional[EfaFacts]:
-        return self.get("efa")
-
+    containerd: _Fact[Union[ContainerdConfigSet, NodeFileError]] = _Fact()
+    nvidia_runtime: _Fact[Union[NvidiaRuntimeConfig, NodeFileError, None]] = _Fact()
+    # containerd/kubelet as systemd sees them; no bus is kept as the error (None: not discovered).
+    units: _Fact[Union[UnitStates, SystemdError, None]] = _Fact()
+    # How to ask containerd and kubelet whether they serve (by unit), and their answers, asked only
+    # of units that are active: systemd's "active" alone does not say they serve.
+    probes: _Fact[Mapping[str, ServingProbe]] = _Fact()
+    serving: _Fact[Mapping[str, Serving]] = _Fact()
+    driver: _Fact[Optional[DriverFacts]] = _Fact()
+    versions: _Fact[Optional[NodeVersions]] = _Fact()
+    efa: _Fact[Optional[EfaFacts]] = _Fact()
     # GPU readiness (discover(..., gpu_health=True): check and run's final checks; None otherwise)
-    @property
-    def instance(self) -> Optional[InstanceFacts]:
-        return self.get("instance")
-
-    @property
-    def kube_node(self) -> Optional[NodeRead]:
-        return self.get("kube_node")
-
-    @property
-    def fabric(self) -> Optional[FabricFacts]:
-        return self.get("fabric")
-
-    @property
-    def xid(self) -> Optional[XidFacts]:
-        return self.get("xid")
+    instance: _Fact[Optional[InstanceFacts]] = _Fact()
+    kube_node: _Fact[Optional[NodeRead]] = _Fact()
+    fabric: _Fact[Optional[FabricFacts]] = _Fact()
+    xid: _Fact[Optional[XidFacts]] = _Fact()
 
 
 def discover(root: NodeRoot, config: AgentConfig, *, gpu_health: bool = False, imds: bool = False) -> NodeFacts:
