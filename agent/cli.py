@@ -418,7 +418,7 @@ def _clean_after_killed_runs(root: NodeRoot, config: AgentConfig) -> None:
     """Temp files and extraction directories a killed run left (run start, under the lock)."""
     from agent import fs
     from agent.efa import install
-    from agent.tomledit import VALUES_CACHE
+    from agent.tomlcache import VALUES_CACHE
 
     outputs = (config.containerd.config_path, config.nvidia_runtime.config_path, config.report.status_file,
                config.report.metrics_file, VALUES_CACHE, install.INSTALLER_PID_FILE)

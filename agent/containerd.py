@@ -26,7 +26,8 @@ from agent.config import ContainerdSettings
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import FileEdit, NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
-from agent.tomledit import NotFixable, edit_value, parse_toml, toml_values
+from agent.tomlcache import toml_values
+from agent.tomledit import NotFixable, edit_value, parse_toml
 from agent.versions import CONTAINERD_VERSION_FILE, parse_containerd_version
 
 V3_RUNTIME_PLUGIN = "io.containerd.cri.v1.runtime"

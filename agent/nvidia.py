@@ -21,7 +21,8 @@ from agent.config import NvidiaRuntimeSettings
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import FileEdit, NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
-from agent.tomledit import NotFixable, comment_out, parse_toml, set_value, toml_values
+from agent.tomlcache import toml_values
+from agent.tomledit import NotFixable, comment_out, parse_toml, set_value
 
 MODES = ("auto", "jit-cdi", "cdi", "csv", "legacy")
 DEFAULT_MODE = "auto"
