@@ -315,16 +315,14 @@ def parse_config(text: str, source: str) -> AgentConfig:
         return AgentConfig(source=source)  # as YAML would say, without paying for its import
     import yaml  # only paid for when a configuration file sets something
 
+    from agent.yamlsafe import marked_yaml_error, yaml_too_big
+
     loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     loader = loader_cls(text)
     try:
         root = loader.get_single_node()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}{where}: invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}{yaml_error_line(exc, text)}") from None
+        raise ConfigError(marked_yaml_error(exc, source, text, column=True)) from None
     builder = _Builder(source, loader)
     try:
         if root is None or _is_null(root):
@@ -511,38 +509,3 @@ def _check_outputs(config: AgentConfig, builder: _Builder) -> None:
                 if where in builder.nodes:
                     builder.fail(builder.nodes[where], where, f"{path} clashes with {other}")
         seen[out] = path
-
-
-def yaml_too_big(node: Any, limit: int) -> Optional[str]:
-    """Refuse a YAML document with more than ``limit`` nodes once its aliases are expanded (a
-    "billion laughs" of a few hundred bytes would otherwise take gigabytes to construct)."""
-    count = 0
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        count += 1
-        if count > limit:
-            return (f"too many YAML nodes (more than {limit}, aliases counted each time they are used); "
-                    "refusing to read it")
-        if n.id == "sequence":
-            stack.extend(n.value)
-        elif n.id == "mapping":
-            for k, v in n.value:
-                stack.append(k)
-                stack.append(v)
-    return None
-
-
-def yaml_error_line(exc: Exception, text: str) -> str:
-    """``:LINE: invalid YAML: <problem>`` on one line, for errors PyYAML reports without a mark
-    (an unacceptable character comes as two lines, with a position instead of a line)."""
-    position = getattr(exc, "position", None)
-    character = getattr(exc, "character", None)
-    if isinstance(position, int):
-        line = text.count("\n", 0, position) + 1
-        code = ord(character) if isinstance(character, str) and len(character) == 1 else character
-        what = f"#x{code:04x}" if isinstance(code, int) else "character"
-        reason = getattr(exc, "reason", "unacceptable character")
-        return f":{line}: invalid YAML: unacceptable character {what} ({reason})"
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f": invalid YAML: {shorten(first)}"
