@@ -23,7 +23,7 @@ DEFAULT_LOCK_WAIT = 60.0
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but bad usage exits 64 (the contract) instead of 2 (which means degraded)."""
+    """argparse, but bad usage exits 64 (README "Exit codes") instead of 2 (which means degraded)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)

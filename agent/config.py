@@ -1,4 +1,4 @@
-"""The agent's own configuration: YAML file -> frozen, typed settings with the contract's defaults.
+"""The agent's own configuration: YAML file -> frozen, typed settings with the defaults of README "Configuration".
 
 Every problem is one ``ConfigError`` line, ``<file>:<line>: <section.key>: <what is wrong>``, with a
 suggestion for a misspelled key. Validation happens here, once, so the rest of the agent can trust
