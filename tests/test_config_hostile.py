@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import OUTPUT_DIRS, load_config, parse_config
+from agent.config import load_config, parse_config
+from agent.config_rules import OUTPUT_DIRS
 from agent.errors import ConfigError
 from agent.fs import MAX_CONFIG_FILE
 from tests.conftest import REPO
