@@ -48,6 +48,8 @@ def parse_yaml(text: str, source: str) -> AgentConfig:
         config = AgentConfig(source=source, **kwargs)
         _check_outputs(config, builder)
         return config
+    except yaml.YAMLError as exc:  # a value PyYAML cannot construct (an unknown tag), as the kubeconfig does
+        raise ConfigError(marked_yaml_error(exc, source, text, column=True)) from None
     finally:
         loader.dispose()
 
@@ -103,7 +105,10 @@ class _Builder:
             if name not in cls._fields:
                 self.fail(key_node, dotted, f"unknown key{_suggest(name, cls._fields)}")
             self.nodes[dotted] = key_node
-            value = self.loader.construct_object(value_node, deep=True)
+            try:
+                value = self.loader.construct_object(value_node, deep=True)
+            except ValueError as exc:  # PyYAML's own constructors: ``!!float abc``, ``!!int x``
+                self.fail(value_node, dotted, f"invalid YAML value: {shorten(str(exc))}")
             kwargs[name] = self.value(hints[name], value, value_node, dotted)
         return cls(**kwargs)
 
