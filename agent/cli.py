@@ -1,7 +1,8 @@
 """Command line: the parser, its help texts and exit codes; the handlers are ``agent/commands.py``.
 
-Usage, options and exit codes are what ``gpu-node-agent --help`` prints (README "Command line");
-everything here that lists options or commands is argparse's own (``build_parser``).
+Usage, options and exit codes are what ``gpu-node-agent --help`` prints (README "Command line").
+Commands and options are defined once, in the parser ``build_parser`` makes from ``COMMANDS``; what
+needs to know them (``command_in``, the README's tests) asks argparse.
 """
 
 
