@@ -1,4 +1,9 @@
-"""Effects: carry out a ``Plan`` in order. The only module that changes the node.
+"""Effects: carry out a ``Plan`` in order. The only module that changes what the node runs: the files
+the agent manages, unit restarts, the EFA install.
+
+Discovery and reporting write only the agent's own state and reports (``/run/gpu-node-agent``: the
+parsed-TOML cache in ``agent/tomlcache.py`` and the small caches of ``agent/gpu.py``,
+``agent/fabric.py`` and ``agent/xid.py``; the status file and metrics), never a node file.
 
 Each edit is written atomically, and only if the file still holds the text the plan was made from
 (nodeadm may rewrite it meanwhile). What was written is kept so a later step can roll it back.

@@ -16,7 +16,7 @@ from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 from agent.config import ContainerdSettings
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import NodeRoot, read_text
-from agent.tomledit import toml_values
+from agent.tomlcache import toml_values
 from agent.versions import CONTAINERD_VERSION_FILE, parse_containerd_version
 
 MAX_IMPORTED_FILES = 256

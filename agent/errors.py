@@ -1,4 +1,4 @@
-"""The agent's expected failures, each carrying the exit code the contract gives it.
+"""The agent's expected failures, each carrying its exit code (README "Exit codes").
 
 Anything raised as an ``AgentError`` reaches the user as one line (no traceback).
 """

@@ -1,7 +1,7 @@
 """Check results and what they add up to: node health, exit code, the report document, the table.
 
 A check is ``pass | warn | fail | skip`` with a one-line message. Health is ``unhealthy`` when any
-check fails, ``degraded`` when any warns, ``healthy`` otherwise; the exit code follows the contract.
+check fails, ``degraded`` when any warns, ``healthy`` otherwise; the exit code follows README "Exit codes".
 """
 
 

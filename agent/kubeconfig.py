@@ -230,7 +230,7 @@ def confined_node_path(root: NodeRoot, node_path: str, what: str) -> Path:
 def _parse_yaml(text: str, path: Path) -> Any:
     import yaml
 
-    from agent.config import yaml_error_line, yaml_too_big
+    from agent.yamlsafe import marked_yaml_error, yaml_too_big
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
@@ -241,11 +241,7 @@ def _parse_yaml(text: str, path: Path) -> Any:
         if problem:
             raise KubeconfigError(f"{path}: {problem}")
         return loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f":{mark.line + 1}" if mark else ""
-        raise KubeconfigError(f"{path}{where}: invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise KubeconfigError(f"{path}{yaml_error_line(exc, text)}") from None
+        raise KubeconfigError(marked_yaml_error(exc, path, text)) from None
     finally:
         loader.dispose()

@@ -22,7 +22,8 @@ from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import FileEdit, NodeRoot, read_text
 from agent.health import FAIL, PASS, WARN, CheckResult
 from agent.pipeline import Discovery, Planned, Resource, read_or_error
-from agent.tomledit import NotFixable, comment_out, parse_toml, set_value, toml_values
+from agent.tomlcache import toml_values
+from agent.tomledit import NotFixable, comment_out, parse_toml, set_value
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig

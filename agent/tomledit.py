@@ -18,15 +18,11 @@ file's own (``agent.tomllayout`` learns its conventions):
 from __future__ import annotations
 
 import difflib
-import os
 import re
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from agent.errors import NodeFileError
 from agent.tomllayout import Layout, LayoutError, could_be_literal, insert
-
-if TYPE_CHECKING:
-    from agent.fs import NodeRoot
 
 
 class NotFixable(Exception):
@@ -55,62 +51,13 @@ def parse_toml(text: str, path: object) -> Any:
                             f"({type(exc).__name__}: {exc}); nothing changed") from None
 
 
-VALUES_CACHE = "/run/gpu-node-agent/toml-values.json"
-_CACHE_ENTRIES = 32
-
-
-def toml_values(root: NodeRoot, path: object, text: str) -> Dict[str, Any]:
-    """The plain values of a TOML file's ``text``, as ``parse_toml(text).unwrap()`` gives them.
-
-    Parsing with tomlkit (and importing it) is most of what `check` costs, and the files rarely
-    change; so the values are kept in the agent's own state (``/run/gpu-node-agent``, gone at boot)
-    keyed by this agent's version and the SHA-256 of the exact text they came from, and reused only
-    for byte-identical text read by the same agent version. The cache is best effort: unreadable,
-    corrupt, not a regular file of ours, too big or unwritable means parsing as usual.
-    """
-    import json
-
-    from agent import __version__
-    from agent.fs import MAX_NODE_FILE, read_bytes
-
-    cache_path = root.path(VALUES_CACHE)
-    digest = _sha256()(text.encode("utf-8", "surrogatepass")).hexdigest()
-    cache: Any = None
-    try:
-        if os.lstat(cache_path).st_uid == os.geteuid():
-            cache = json.loads(read_bytes(cache_path, limit=MAX_NODE_FILE, allow_symlink=False))
-        if not (isinstance(cache, dict) and cache.get("v") == 2 and cache.get("agent") == __version__
-                and isinstance(cache.get("files"), dict)):
-            cache = None
-        entry = cache["files"].get(str(path)) if cache is not None else None
-        if isinstance(entry, dict) and entry.get("sha256") == digest and isinstance(entry.get("values"), dict):
-            return dict(entry["values"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, NodeFileError):
-        cache = None
+def parse_values(text: str, path: object) -> Dict[str, Any]:
+    """The plain values of ``text`` (``parse_toml(text).unwrap()``), a key defined twice named with its
+    line. ``agent.tomlcache.toml_values`` is the cached form discovery uses."""
     try:
         values: Dict[str, Any] = parse_toml(text, path).unwrap()
     except NodeFileError as exc:
         raise _with_duplicate_line(exc, text) from None
-    try:
-        json.dumps(values, allow_nan=True)  # TOML dates and times have no JSON form: not cached
-    except (TypeError, ValueError):
-        return values
-    files = dict(cache["files"]) if cache is not None else {}
-    files.pop(str(path), None)
-    files[str(path)] = {"sha256": digest, "values": values}
-    kept = dict(list(files.items())[-_CACHE_ENTRIES:])
-    data = json.dumps({"v": 2, "agent": __version__, "files": kept}).encode("utf-8")
-    if len(data) > MAX_NODE_FILE:  # never more state than a node file may be
-        data = json.dumps({"v": 2, "agent": __version__, "files": {str(path): files[str(path)]}}).encode()
-        if len(data) > MAX_NODE_FILE:
-            return values
-    try:
-        from agent.fs import atomic_write
-
-        cache_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        atomic_write(cache_path, data)
-    except (OSError, NodeFileError):
-        pass
     return values
 
 
@@ -158,17 +105,6 @@ def edit_value(text: str, key: Sequence[str], value: Any, *, after: Sequence[str
     except LayoutError as exc:
         raise NotFixable(f"cannot place {'.'.join(key)} in this layout ({exc})") from None
     raise NotFixable(f"adding {'.'.join(key)} {first_problem}")
-
-
-def _sha256() -> Any:
-    """SHA-256 without ``hashlib``'s OpenSSL import (most of a cache hit's cost): CPython's own
-    implementation, ``_sha256`` (3.9-3.11) or ``_sha2`` (3.12+); ``hashlib`` where neither exists."""
-    for name in ("_sha256", "_sha2", "hashlib"):
-        try:
-            return __import__(name).sha256
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError("no SHA-256")
 
 
 def _with_duplicate_line(exc: NodeFileError, text: str) -> NodeFileError:

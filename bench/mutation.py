@@ -77,12 +77,22 @@ SCOPES: Dict[str, Scope] = {
         "atomic writes and the run lock",
     ),
     "config": Scope(
-        "agent/config.py",
-        _f("_absolute_path", "_one_of", "_positive", "_regex", "_url", "_unit_names", "_condition_type",
-           "load_config", "_only_comments", "parse_config", "_is_null", "_suggest", "_type_name",
-           "xǁ_Builderǁ*"),
+        "agent/config_parse.py",
+        _f("parse_yaml", "_is_null", "_suggest", "_type_name", "xǁ_Builderǁ*"),
         ("tests/test_config.py", "tests/test_cli.py"),
         "config validation: one line naming file, line and key; exit 64",
+    ),
+    "config-rules": Scope(
+        "agent/config_rules.py",
+        _f("absolute_path", "one_of", "positive", "regex", "url", "unit_names", "condition_type"),
+        ("tests/test_config.py", "tests/test_cli.py"),
+        "what each configuration value must be (the rules kept with the keys)",
+    ),
+    "config-load": Scope(
+        "agent/config.py",
+        _f("load_config", "_only_comments", "parse_config"),
+        ("tests/test_config.py", "tests/test_cli.py"),
+        "loading the configuration file: missing, unreadable, not UTF-8, only comments",
     ),
     "apply": Scope(
         "agent/apply.py",
@@ -198,7 +208,7 @@ def recheck(mutmut: Path, work: Path, scope: Scope, key: str, env: Dict[str, str
     """Run the scope's tests once more with the mutant written into the source itself.
 
     mutmut switches mutants on inside functions at call time, after the module was imported, so a
-    mutant in code that runs at import (e.g. ``config._one_of`` building ``RULES``) is never active
+    mutant in code that runs at import (e.g. a module-level table of validators) is never active
     under mutmut and always "survives"; other survivors get a second, trampoline-free opinion too.
     mutmut itself needs Python >= 3.10; the re-run also uses ``.venv39`` when it exists.
     """

@@ -465,7 +465,7 @@ def test_heartbeat_timer_is_armed_and_its_service_writes_the_status_file(node: B
     # The status file (README, "What the cluster sees"): the report JSON with details,
     # written atomically to report.status_file under the node's root, publishing or not.
     # NOTE: `check --report` writes it only once the reporting code (status file, annotation,
-    # condition) is in; this asserts the contract, not the code present when it was written. It
+    # condition) is in; this asserts the README, not the code present when it was written. It
     # also needs `check --report` to honour report.publish: false (no API server here).
     assert node.status_file.is_file(), f"check --report wrote no {node.status_file}\n{node.journal(CHECK)}"
     status = json.loads(node.status_file.read_text())

@@ -4,6 +4,7 @@ exit codes mean."""
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import List
@@ -13,7 +14,7 @@ import pytest
 from agent import cli
 from agent.config import parse_config
 from agent.plan import Plan, Restart, plan_document
-from tests.conftest import SAMPLES
+from tests.conftest import REPO, SAMPLES
 from tests.efa_helpers import converged_node, sha256
 
 # --- --help -----------------------------------------------------------------------------------------
@@ -59,6 +60,57 @@ def test_help_has_a_description_option_help_and_exit_codes(words: List[str],
     for action in parser._actions:
         if action.option_strings and action.help is not argparse.SUPPRESS:
             assert action.help, f"{words} {action.option_strings} has no help"
+
+
+def sub_parser(words: List[str]) -> argparse.ArgumentParser:
+    parser = cli.build_parser()
+    for word in words:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    return parser
+
+
+def own_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
+    """What a command adds to the global options (which every sub-parser accepts too)."""
+    globals_ = {s for a in cli.build_parser()._actions for s in a.option_strings}
+    return [a for a in parser._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+            and not set(a.option_strings) & globals_]
+
+
+def shows(text: str, action: argparse.Action) -> bool:
+    """``text`` names the option (any of its spellings) or, for a positional argument, its METAVAR."""
+    names = action.option_strings or [action.dest.upper()]
+    return any(re.search(rf"(?<![\\w-]){re.escape(n)}(?![\\w-])", text) for n in names)
+
+
+def test_the_readme_command_table_has_every_command_option_and_choice_argparse_has() -> None:
+    section = (REPO / "README.md").read_text().split("\n## Command line\n")[1].split("\n## ")[0]
+    usage = section.split("```")[1]
+    for action in cli.build_parser()._actions:
+        if action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            assert shows(usage, action), f"README's usage line does not show {action.option_strings}"
+            assert not action.choices or "|".join(action.choices) in usage, action
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if cells and cells[0].startswith("`"):
+            rows[cells[0].strip("`").split(" [")[0].split("`")[0]] = cells[0]
+    leaves = [w for w in commands() if not any(isinstance(a, argparse._SubParsersAction)
+                                               for a in sub_parser(w)._actions)]
+    for words in leaves:
+        name = " ".join(words)
+        assert name in rows, f"README's command table has no row for {name}"
+        for action in own_arguments(sub_parser(words)):
+            assert shows(rows[name], action), f"{name}: README does not show {action.option_strings or action.dest}"
+            assert not action.choices or "|".join(action.choices) in rows[name], f"{name}: {action.choices}"
+
+
+def test_the_readme_exit_codes_are_the_ones_help_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    printed = [line.split()[0] for line in capsys.readouterr().out.split("exit codes:\n")[1].splitlines() if line]
+    table = (REPO / "README.md").read_text().split("\n### Exit codes\n")[1].strip().split("\n\n")[0]
+    assert [row.split("|")[1].strip() for row in table.splitlines()[2:]] == printed
 
 
 # --- plan --format json -------------------------------------------------------------------------------

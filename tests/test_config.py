@@ -1,4 +1,4 @@
-"""The agent's configuration file: contract defaults, and one clear line per mistake (exit 64)."""
+"""The agent's configuration file: the documented defaults, and one clear line per mistake (exit 64)."""
 
 from pathlib import Path
 from typing import Any
@@ -8,7 +8,7 @@ import pytest
 from agent.config import AgentConfig, config_keys, dump_config, load_config, parse_config
 from agent.errors import ConfigError
 
-# The example in the user contract, every key at its default.
+# Every key at its default, as README "Configuration" lists them.
 CONTRACT_EXAMPLE = """\
 containerd:
   config_path: /etc/containerd/config.toml

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import OUTPUT_DIRS, load_config, parse_config
+from agent.config import load_config, parse_config
+from agent.config_rules import OUTPUT_DIRS
 from agent.errors import ConfigError
 from agent.fs import MAX_CONFIG_FILE
 from tests.conftest import REPO
@@ -147,3 +148,13 @@ def test_lock_wait_must_be_finite_and_not_negative(tmp_path: Path, value: str) -
         f"gpu-node-agent run: error: argument --lock-wait: must be a finite number of seconds, at least 0, "
         f"got {value!r}")
     assert not (tmp_path / "run").exists()  # nothing touched
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("restart:\n  policy: !!python/object:os.system x\n",
+     "config.yaml:2:11: invalid YAML: could not determine a constructor for the tag"),
+    ("restart:\n  timeout_seconds: !!float abc\n", "config.yaml:2: restart.timeout_seconds: invalid YAML value: "),
+    ("gpu:\n  expected_count: !!int x\n", "config.yaml:2: gpu.expected_count: invalid YAML value: "),
+])
+def test_a_value_yaml_cannot_construct_is_one_line_not_a_traceback(text: str, match: str) -> None:
+    fails(text, match)

@@ -11,13 +11,8 @@ import pytest
 import yaml
 
 from agent.cli import main
-from agent.config import (
-    KUBELET_CONDITIONS,
-    NODE_MONITORING_AGENT_CONDITIONS,
-    AgentConfig,
-    config_keys,
-    parse_config,
-)
+from agent.config import AgentConfig, config_keys, parse_config
+from agent.config_rules import KUBELET_CONDITIONS, NODE_MONITORING_AGENT_CONDITIONS
 from agent.errors import ConfigError
 from tests.conftest import REPO
 
@@ -146,3 +141,24 @@ def test_each_documented_key_is_validated(key: str) -> None:
     message = refused(f"# the node's config\n{section}:\n  {name}: {json.dumps(value)}\n")
     assert message.startswith(f"c.yaml:3: {key}: ") and problem in message, message
     assert refused(f"{section}:\n  {name}: {{x: 1}}\n").startswith(f"c.yaml:2: {key}: ")  # wrong type
+
+
+def test_each_key_carries_its_rule_in_its_definition() -> None:
+    from typing import get_type_hints
+
+    from agent.config import SECTIONS
+    from agent.config_rules import Rule
+
+    for section, cls in SECTIONS.items():
+        for name, hint in get_type_hints(cls, include_extras=True).items():
+            rules = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Rule)]
+            assert len(rules) == (0 if hint is bool else 1), f"{section}.{name}: {hint}"
+
+
+def test_every_key_the_validation_names_by_string_is_a_real_key() -> None:
+    from agent import config_parse
+    from agent.config_rules import OUTPUT_DIRS
+
+    named = [*OUTPUT_DIRS, *config_parse._MANAGED, *config_parse._OUTPUTS]
+    assert set(named) <= set(config_keys()), set(named) - set(config_keys())
+    assert set(config_parse._OUTPUTS) == set(OUTPUT_DIRS)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import driver, versions
+from agent import driver, process, versions
 from agent.fs import NodeRoot
 from agent.health import FAIL, PASS, WARN
 from tests.gpu_node import DRIVER, PROC_VERSION_TEXT, healthy_gpu_node, smi_output, tool, write
@@ -183,7 +183,7 @@ def test_run_tool_kills_the_whole_group(tmp_path: Path) -> None:
     # A shell that starts a child keeping stdout open: the timeout must still return promptly.
     script = write(tmp_path, "/hang.sh", "#!/bin/sh\nsleep 30 &\nsleep 30\n", 0o755)
     started = time.monotonic()
-    out = versions.run_tool([str(script)], 0.3)
+    out = process.run_tool([str(script)], 0.3)
     assert out is not None and out.returncode is None
     assert time.monotonic() - started < 5
-    assert versions.run_tool([str(tmp_path / "missing")], 1) is None
+    assert process.run_tool([str(tmp_path / "missing")], 1) is None

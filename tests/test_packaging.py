@@ -121,7 +121,7 @@ def test_default_config_lists_every_key_commented_out_at_its_default() -> None:
     text = (REPO / "packaging" / "config.yaml").read_text()
     assert parse_config(text, "config.yaml").settings() == AgentConfig().settings()  # all commented out
     # Removing the single "#" of every setting line (prose lines start with "##") gives the
-    # contract's defaults, spelled out: the file documents every key and each default.
+    # documented defaults (README "Configuration"), spelled out: the file documents every key and each default.
     uncommented = "\n".join(
         line[1:] if line.startswith("#") and not line.startswith("##") else line
         for line in text.splitlines()

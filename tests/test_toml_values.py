@@ -11,7 +11,8 @@ import pytest
 
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot
-from agent.tomledit import VALUES_CACHE, parse_toml, toml_values
+from agent.tomlcache import VALUES_CACHE, toml_values
+from agent.tomledit import parse_toml
 from tests.conftest import REPO, sample
 
 TEXT = sample("containerd-v3-nodeadm-nvidia.toml")

@@ -10,7 +10,7 @@ import pytest
 from agent import __version__
 from agent.errors import NodeFileError
 from agent.fs import NodeRoot
-from agent.tomledit import VALUES_CACHE, toml_values
+from agent.tomlcache import VALUES_CACHE, toml_values
 
 TEXT = 'version = 3\n[plugins]\nmarker = "parsed"\n'
 
