@@ -3,9 +3,13 @@
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.kube_helpers import FakeAws
+    from tests.kube_server import ApiServer
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "tests" / "samples"
@@ -70,6 +74,29 @@ def boot_systemd(need_root: None) -> Iterator[Callable[..., Any]]:
     yield start
     for instance in booted:
         instance.shutdown()
+
+
+@pytest.fixture
+def api() -> Iterator["ApiServer"]:
+    """The loopback HTTPS Kubernetes API server (tests/kube_server.py) holding this node's Node
+    (tests/kube_helpers.py ``NODE``), stopped afterwards. It knows no token until the test adds one
+    (``api.add_token``; a module that always needs the same ones overrides this fixture with its own
+    ``api(api)`` that adds them)."""
+    from tests.kube_helpers import NODE
+    from tests.kube_server import ApiServer
+
+    server = ApiServer().start()
+    server.add_node(NODE)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> "FakeAws":
+    """The fake ``aws eks get-token`` exec plugin first on PATH (tests/kube_helpers.py)."""
+    from tests.kube_helpers import install_fake_aws
+
+    return install_fake_aws(tmp_path, monkeypatch)
 
 
 @pytest.fixture(autouse=True)
