@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List
 import pytest
 
 if TYPE_CHECKING:
+    from tests.imds_server import ImdsServer
     from tests.kube_helpers import FakeAws
     from tests.kube_server import ApiServer
 
@@ -85,10 +86,18 @@ def api() -> Iterator["ApiServer"]:
     from tests.kube_helpers import NODE
     from tests.kube_server import ApiServer
 
-    server = ApiServer().start()
-    server.add_node(NODE)
-    yield server
-    server.stop()
+    with ApiServer() as server:
+        server.add_node(NODE)
+        yield server
+
+
+@pytest.fixture
+def imds() -> Iterator["ImdsServer"]:
+    """The loopback IMDSv2 server (tests/imds_server.py) with the instance's metadata, stopped afterwards."""
+    from tests.imds_server import ImdsServer
+
+    with ImdsServer() as server:
+        yield server
 
 
 @pytest.fixture

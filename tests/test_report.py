@@ -4,7 +4,7 @@ import json
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 from hypothesis import given, settings
@@ -140,13 +140,6 @@ def test_last_transition_time_kept_while_status_unchanged() -> None:
 
 
 # --- the node name -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def imds() -> Iterator[ImdsServer]:
-    server = ImdsServer().start()
-    yield server
-    server.stop()
 
 
 def config(**report_settings: Any) -> AgentConfig:
