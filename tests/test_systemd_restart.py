@@ -7,7 +7,6 @@ the jobs it ran (``JobRemoved`` results, in order), ``ActiveEnterTimestamp``, ``
 daemons' own start log (which config each start loaded).
 """
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 from agent import cli
 from tests.conftest import REPO, sample
 from tests.gpu_node import gpu_side
-from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, free_port, wait_for_healthz
+from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, digest, free_port, wait_for_healthz
 
 pytestmark = pytest.mark.root
 
@@ -28,10 +27,6 @@ CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
 HEALTHY = "containerd-v3-nodeadm-nvidia.toml"
 DRIFTED = "containerd-v3-nodeadm-nvidia-no-systemdcgroup.toml"  # the agent adds SystemdCgroup = true
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class GpuNode:
