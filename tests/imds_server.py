@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
-from tests.loopback import LoopbackServer
+from tests.loopback import LoopbackServer, send_text
 
 
 @dataclass
@@ -94,13 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
-        status, text = self.imds.handle(self.command, self.path, self.headers)
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_text(self, *self.imds.handle(self.command, self.path, self.headers))
 
     do_GET = _serve
     do_PUT = _serve

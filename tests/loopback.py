@@ -1,11 +1,13 @@
-"""The start and stop of the tests' loopback HTTP(S) servers (API server, IMDS, kubelet's healthz).
+"""The start and stop of the tests' loopback HTTP(S) servers (Kubernetes API, IMDS, kubelet's
+healthz, the EFA installer downloads).
 
-A ``LoopbackServer`` listens on 127.0.0.1 on a port the kernel picks, serves each connection in a
-daemon thread of its own (``ThreadingHTTPServer``), and with an ``ssl.SSLContext`` speaks TLS on the
-listening socket. ``start()`` returns the server; ``stop()`` may be called more than once (a test
-that takes the server down, then the fixture); ``with`` does both.
+A ``LoopbackServer`` listens on 127.0.0.1 on a port the kernel picks and serves from a daemon thread,
+each connection in a thread of its own (``ThreadingHTTPServer``); with a ``tls()`` context it speaks
+TLS on the listening socket. ``start()`` returns the server; ``stop()`` may be called more than once
+(a test that takes the server down, then its fixture); ``with`` does both.
 """
 
+import socketserver
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,14 +17,15 @@ S = TypeVar("S", bound="LoopbackServer")
 
 
 class LoopbackServer:
-    """A subclass gives its request handler (``handler``) and, for HTTPS, its TLS context (``tls``)."""
+    """A subclass gives its request handler (``handler``) and, for HTTPS, its TLS context (``tls``),
+    or builds the listening server itself (``listen``)."""
 
     name = "loopback-server"  # the serving thread's
 
     def __init__(self) -> None:
-        self._server: Optional[ThreadingHTTPServer] = None
+        self._server: Optional[socketserver.TCPServer] = None
         self._thread: Optional[threading.Thread] = None
-        self._tls = False
+        self.scheme = "http"
 
     def handler(self) -> Type[BaseHTTPRequestHandler]:
         raise NotImplementedError
@@ -30,15 +33,18 @@ class LoopbackServer:
     def tls(self) -> Optional[ssl.SSLContext]:
         return None
 
-    def start(self: S) -> S:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
-        self._server.daemon_threads = True
+    def listen(self) -> socketserver.TCPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
+        server.daemon_threads = True
         context = self.tls()
         if context is not None:
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-            self._tls = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name=self.name,
-                                        daemon=True)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+            self.scheme = "https"
+        return server
+
+    def start(self: S) -> S:
+        self._server = server = self.listen()
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=self.name, daemon=True)
         self._thread.start()
         return self
 
@@ -64,4 +70,14 @@ class LoopbackServer:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+
+def send_text(handler: BaseHTTPRequestHandler, status: int, text: str) -> None:
+    """A short ``text/plain`` answer with its length."""
+    data = text.encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "text/plain")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
