@@ -111,7 +111,8 @@ def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> "FakeAws":
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> None:
     """Each test starts with unconfigured logging: structlog binds the stderr of the test that first
-    logged (pytest's capture), which later tests must not write to."""
+    logged (pytest's capture), which later tests must not write to. The format is ``auto``: JSON
+    lines, as pytest's capture is no TTY."""
     from agent import log
 
     log.setup()
