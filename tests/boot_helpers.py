@@ -30,7 +30,6 @@ The simulated node (``--root``) is a directory outside ``/tmp`` (the units' ``Pr
 would hide anything under ``/tmp`` from the agent), bound into the instance at the same path.
 """
 
-import hashlib
 import json
 import re
 import shlex
@@ -106,12 +105,6 @@ KNOWN_GOOD_TOOLS = {
     "/usr/bin/nvidia-ctk": "NVIDIA Container Toolkit CLI version 1.19.0\n"
                            "commit: 09ceee5dde66ba9ce25c7cc69b1ebd5e6e3266fa\n",
 }
-
-
-def digest(data: Union[str, bytes]) -> str:
-    """What the fake daemons log for the config they loaded: sha256, 12 hex digits."""
-    raw = data.encode() if isinstance(data, str) else data
-    return hashlib.sha256(raw).hexdigest()[:12]
 
 
 # --- the package ---------------------------------------------------------------------------------

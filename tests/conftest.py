@@ -3,9 +3,14 @@
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.imds_server import ImdsServer
+    from tests.kube_helpers import FakeAws
+    from tests.kube_server import ApiServer
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "tests" / "samples"
@@ -72,10 +77,42 @@ def boot_systemd(need_root: None) -> Iterator[Callable[..., Any]]:
         instance.shutdown()
 
 
+@pytest.fixture
+def api() -> Iterator["ApiServer"]:
+    """The loopback HTTPS Kubernetes API server (tests/kube_server.py) holding this node's Node
+    (tests/kube_helpers.py ``NODE``), stopped afterwards. It knows no token until the test adds one
+    (``api.add_token``; a module that always needs the same ones overrides this fixture with its own
+    ``api(api)`` that adds them)."""
+    from tests.kube_helpers import NODE
+    from tests.kube_server import ApiServer
+
+    with ApiServer() as server:
+        server.add_node(NODE)
+        yield server
+
+
+@pytest.fixture
+def imds() -> Iterator["ImdsServer"]:
+    """The loopback IMDSv2 server (tests/imds_server.py) with the instance's metadata, stopped afterwards."""
+    from tests.imds_server import ImdsServer
+
+    with ImdsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> "FakeAws":
+    """The fake ``aws eks get-token`` exec plugin first on PATH (tests/kube_helpers.py)."""
+    from tests.kube_helpers import install_fake_aws
+
+    return install_fake_aws(tmp_path, monkeypatch)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> None:
     """Each test starts with unconfigured logging: structlog binds the stderr of the test that first
-    logged (pytest's capture), which later tests must not write to."""
+    logged (pytest's capture), which later tests must not write to. The format is ``auto``: JSON
+    lines, as pytest's capture is no TTY."""
     from agent import log
 
     log.setup()

@@ -31,6 +31,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from tests.gpu_node import healthy_gpu_node
+from tests.loopback import LoopbackServer, send_text
 
 VERSION = "1.48.0"
 LIBFABRIC = "2.1.0amzn3.0"
@@ -284,12 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
     def _small(self, status: int, text: str) -> None:
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_text(self, status, text)
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -305,11 +301,15 @@ class _Server(socketserver.ThreadingTCPServer):
         return sock, addr
 
 
-class InstallerServer:
-    """A loopback HTTP(S) server for installer tarballs; use as a context manager."""
+class InstallerServer(LoopbackServer):
+    """A loopback HTTP(S) server for installer tarballs (TLS per connection, so that a failed
+    handshake is counted, not fatal); use as a context manager."""
+
+    name = "efa-test-server"
 
     def __init__(self, files: Optional[Dict[str, bytes]] = None,
                  ssl_context: Optional[ssl.SSLContext] = None) -> None:
+        super().__init__()
         self.files: Dict[str, bytes] = dict(files or {})
         self.ssl_context = ssl_context
         self.behaviour = Behaviour()
@@ -317,41 +317,20 @@ class InstallerServer:
         self.tls_failures = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self._server: Optional[_Server] = None
-        self._thread: Optional[threading.Thread] = None
+        self.scheme = "https" if ssl_context else "http"
 
-    def start(self) -> "InstallerServer":
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.owner = self
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="efa-test-server", daemon=True)
-        self._thread.start()
-        return self
+    def listen(self) -> _Server:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.owner = self
+        return server
 
     def stop(self) -> None:
         self.stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> "InstallerServer":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.server_address[1])
+        super().stop()
 
     @property
     def base_url(self) -> str:
-        scheme = "https" if self.ssl_context else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return self.url
 
     def add(self, version: str, data: bytes) -> None:
         self.files[f"/aws-efa-installer-{version}.tar.gz"] = data

@@ -10,6 +10,8 @@ import shlex
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from tests.kube_helpers import NODE
+
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
 DRIVER = "580.159.03"
@@ -23,7 +25,7 @@ CONTAINERD_VERSION_TEXT = (
     "containerd github.com/containerd/containerd/v2 2.2.3 1b3c3d9a2fd4d4a4b4c4d4e4f4a4b4c4d4e4f4a4\n"
 )
 TOOLKIT = "1.19.0"
-NODE_NAME = "ip-10-0-0-12.us-west-2.compute.internal"
+NODE_NAME = NODE  # the Node that tests/conftest.py's API server holds
 
 
 def write(root: Path, node_path: str, text: str, mode: int = 0o644) -> Path:

@@ -9,11 +9,12 @@
 """
 
 import secrets
-import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+
+from tests.loopback import LoopbackServer, send_text
 
 
 @dataclass
@@ -24,8 +25,11 @@ class ImdsRequest:
     ttl: Optional[str]
 
 
-class ImdsServer:
+class ImdsServer(LoopbackServer):
+    name = "imds"
+
     def __init__(self, *, now: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.now = now
         self.metadata: Dict[str, str] = {
             "local-hostname": "ip-10-0-0-12.us-west-2.compute.internal",
@@ -38,25 +42,9 @@ class ImdsServer:
         self.disabled = False
         self.failures: List[int] = []
         self.requests: List[ImdsRequest] = []
-        self._server: Optional[ThreadingHTTPServer] = None
 
-    def start(self) -> "ImdsServer":
-        handler = type("Handler", (_Handler,), {"imds": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="imds", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+    def handler(self) -> Type[BaseHTTPRequestHandler]:
+        return type("Handler", (_Handler,), {"imds": self})
 
     def fail_next(self, status: int, times: int = 1) -> None:
         self.failures.extend([status] * times)
@@ -106,13 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
-        status, text = self.imds.handle(self.command, self.path, self.headers)
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_text(self, *self.imds.handle(self.command, self.path, self.headers))
 
     do_GET = _serve
     do_PUT = _serve

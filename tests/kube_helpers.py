@@ -6,13 +6,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 import yaml
+
+if TYPE_CHECKING:
+    from tests.kube_server import ApiServer
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 NODE = "ip-10-0-0-12.us-west-2.compute.internal"
 NODE_USER = f"system:node:{NODE}"
+KUBECONFIG = "/var/lib/kubelet/kubeconfig"  # nodeadm writes the kubelet's here
+CLUSTER_CA = "/etc/kubernetes/pki/ca.crt"
 
 # The fake `aws eks get-token`: prints an ExecCredential in the apiVersion KUBERNETES_EXEC_INFO asks
 # for (as the real AWS CLI does), or misbehaves as $FAKE_AWS_STATE/mode says. Every call is logged
@@ -92,6 +97,24 @@ def sample_kubeconfig(server: str) -> Dict[str, Any]:
     doc = yaml.safe_load((SAMPLES / "kubelet-kubeconfig.yaml").read_text())
     doc["clusters"][0]["cluster"]["server"] = server
     return dict(doc)
+
+
+def accept_fake_aws_tokens(api: "ApiServer", count: int, user: str = NODE_USER) -> None:
+    """The API server knows the first ``count`` tokens the fake ``aws`` plugin issues as ``user``
+    (what the cluster's access entry for the node's IAM role does)."""
+    for n in range(1, count + 1):
+        api.add_token(f"k8s-aws-v1.fake-{n}", user)
+
+
+def write_kubeconfig(root: Path, api: "ApiServer", user: Optional[Dict[str, Any]] = None) -> Path:
+    """The cluster's CA and the kubelet's kubeconfig on the node under ``root``, pointed at ``api``:
+    nodeadm's (credentials from ``aws eks get-token``) unless ``user`` gives others."""
+    doc = sample_kubeconfig(api.url)
+    if user is not None:
+        doc["users"][0]["user"] = user
+    write_node_file(root, CLUSTER_CA, api.ca_pem())
+    write_node_file(root, KUBECONFIG, doc, 0o600)
+    return root
 
 
 def write_node_file(root: Path, node_path: str, data: Any, mode: int = 0o644) -> Path:

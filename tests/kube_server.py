@@ -39,10 +39,12 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Type
 
 import trustme
+
+from tests.loopback import LoopbackServer
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -251,7 +253,9 @@ class Storm:
     rng: random.Random
 
 
-class ApiServer:
+class ApiServer(LoopbackServer):
+    name = "api-server"
+
     def __init__(
         self,
         *,
@@ -259,6 +263,7 @@ class ApiServer:
         ca: Optional[trustme.CA] = None,
         names: Tuple[str, ...] = ("127.0.0.1", "localhost"),  # in the server's certificate
     ) -> None:
+        super().__init__()
         self.ca = ca or trustme.CA()
         self.names = names
         self.now = now
@@ -270,8 +275,6 @@ class ApiServer:
         self.storm_: Optional[Storm] = None
         self.requests: List[Recorded] = []
         self.lock = threading.Lock()
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
 
     # -- setup --
 
@@ -301,32 +304,16 @@ class ApiServer:
     def client_cert(self, user: str) -> "trustme.LeafCert":
         return self.ca.issue_cert(f"{user.replace(':', '-')}.client.test", common_name=user)
 
-    def start(self) -> "ApiServer":
+    def tls(self) -> ssl.SSLContext:
         server_cert = self.ca.issue_cert(*self.names)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_cert.configure_cert(ctx)
         self.ca.configure_trust(ctx)
         ctx.verify_mode = ssl.CERT_OPTIONAL  # tokens or client certificates
-        handler = type("Handler", (_Handler,), {"api": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="api-server", daemon=True
-        )
-        self._thread.start()
-        return self
+        return ctx
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
+    def handler(self) -> Type[BaseHTTPRequestHandler]:
+        return type("Handler", (_Handler,), {"api": self})
 
     def ca_pem(self) -> bytes:
         return bytes(self.ca.cert_pem.bytes())

@@ -24,6 +24,7 @@ same path (e.g. a simulated node root under ``tmp_path``).
 Independent of the agent's own D-Bus code on purpose: tests compare the agent against this reader.
 """
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -708,6 +709,12 @@ def wait_for_healthz(port: int, timeout: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+def digest(config: Union[str, bytes]) -> str:
+    """What a stand-in daemon logs for the config it loaded (``FAKE_DAEMON``): sha256, 12 hex digits."""
+    raw = config.encode() if isinstance(config, str) else config
+    return hashlib.sha256(raw).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ from tests.boot_helpers import (
     TIMER,
     BootedNode,
     PackagedAgent,
-    digest,
     exec_start,
     hardening,
     index_of,
@@ -48,7 +47,7 @@ from tests.boot_helpers import (
 )
 from tests.conftest import SAMPLES
 from tests.efa_helpers import VERSION, add_rdma_device, installer_script, installer_tarball, sha256
-from tests.systemd_harness import BootedSystemd, JobRecord
+from tests.systemd_harness import BootedSystemd, JobRecord, digest
 
 pytestmark = pytest.mark.root
 

@@ -19,27 +19,16 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from agent import cli
 from tests.conftest import sample, which
-from tests.gpu_node import gpu_side
-from tests.systemd_harness import (
-    REAL_CONTAINERD_FILES,
-    BootedSystemd,
-    FakeNodeDaemons,
-    JobRecord,
-    free_port,
-    real_containerd_unit,
-    wait_for_healthz,
-)
+from tests.systemd_harness import REAL_CONTAINERD_FILES, BootedSystemd, JobRecord, real_containerd_unit
+from tests.systemd_node import CONTAINERD, KUBELET, SystemdNode
 
 pytestmark = pytest.mark.root
 
-CONTAINERD = "containerd.service"
-KUBELET = "kubelet.service"
 V2 = sample("containerd-v2-nodeadm-nvidia.toml")
 CONVERGED = V2.replace("enable_cdi = false", "enable_cdi = true")
 DRIFTED = V2.replace("SystemdCgroup = true\n", "")
@@ -57,22 +46,17 @@ CRI_REJECTS_SYSTEMD_CGROUP = "`systemd_cgroup` only works for runtime io.contain
 CRI_REJECTS_MIRRORS = "`mirrors` cannot be set when `config_path` is provided"
 
 
-class RealContainerdNode:
+class RealContainerdNode(SystemdNode):
     """A simulated node root whose containerd is the real daemon, under a real systemd."""
 
     def __init__(self, base: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                  boot_systemd: Callable[..., BootedSystemd]) -> None:
-        self.base = base  # short: the socket path must fit a sockaddr_un
-        self.root = base / "n"
-        self.daemons = FakeNodeDaemons(base / "d").install()
-        self.monkeypatch, self.capsys, self.boot_systemd = monkeypatch, capsys, boot_systemd
-        self.config_file = base / "agent.yaml"
-        self.healthz_port = free_port()
-        self.sd: BootedSystemd
+        # base short: the socket path must fit a sockaddr_un
+        super().__init__(base, base / "n", base / "d", monkeypatch, capsys, boot_systemd)
 
     @property
     def config(self) -> Path:
-        return self.root / "etc/containerd/config.toml"
+        return self.containerd_config
 
     @property
     def log(self) -> str:
@@ -80,21 +64,15 @@ class RealContainerdNode:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def write_node(self, containerd_config: str) -> "RealContainerdNode":
-        gpu_side(self.root)
+        self.write_node_files(containerd_config)
         version = subprocess.run([which("containerd"), "--version"], capture_output=True, text=True,
                                  check=True).stdout
         (self.root / "etc/eks/containerd-version.txt").write_text(version)  # the daemon that runs: 1.6
-        self.config.parent.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(containerd_config)
-        runtime = self.root / "etc/nvidia-container-runtime/config.toml"
-        runtime.parent.mkdir(parents=True, exist_ok=True)
-        runtime.write_text(sample("nvidia-container-runtime-default.toml"))
         ctr = self.root / "usr/bin/ctr"
         try:
             os.link(which("ctr"), ctr)
         except OSError:
             shutil.copy2(which("ctr"), ctr)
-        self.daemons.node_kubelet_config(self.root, self.healthz_port)
         self.agent_config()
         return self
 
@@ -108,12 +86,7 @@ class RealContainerdNode:
     def boot(self, *, start_limit_burst: int = 5) -> BootedSystemd:
         units = {CONTAINERD: self.containerd_unit(start_limit_burst),
                  KUBELET: self.daemons.kubelet_unit(self.healthz_port)}
-        self.sd = self.boot_systemd(units, REAL_CONTAINERD_FILES, wants=list(units), binds=[self.base])
-        self.monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", self.sd.bus_address)
-        self.sd.wait_until(CONTAINERD, "active", timeout=30)
-        self.sd.wait_until(KUBELET, "active")
-        wait_for_healthz(self.healthz_port)
-        return self.sd
+        return self.start(units, REAL_CONTAINERD_FILES, containerd_timeout=30)
 
     def ctr(self, *args: str) -> str:
         sock = self.root / "run/containerd/containerd.sock"
@@ -125,18 +98,12 @@ class RealContainerdNode:
         return row.split()[-1]
 
     def agent(self, *args: str) -> Tuple[int, str]:
-        self.capsys.readouterr()
-        code = cli.main(["--config", str(self.config_file), "--root", str(self.root), "--log-format", "json", *args])
-        out, err = self.capsys.readouterr()
+        """The real CLI, in process: (exit code, stdout + stderr)."""
+        code, out, err = self.cli(*args)
         return code, out + err
 
     def run(self) -> Tuple[int, str, List[JobRecord]]:
-        with self.sd.record_jobs() as recorder:
-            code, out = self.agent("run", "--lock-wait", "5")
-        return code, out, recorder.jobs
-
-    def props(self, unit: str) -> Dict[str, Any]:
-        return self.sd.properties(unit)
+        return self.run_recording()
 
     def statuses(self, out: str) -> Dict[str, str]:
         """check's table: name -> status."""

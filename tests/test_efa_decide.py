@@ -2,11 +2,10 @@
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from agent import efa, log
+from agent import efa
 from agent.cli import main
 from agent.config import EfaSettings
 from agent.efa import facts as efa_facts
@@ -16,14 +15,6 @@ from tests.efa_helpers import LIBFABRIC, converged_node, efa_node, write_config,
 
 # The unit checks as on a healthy node: these tests are about files, not systemd (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("units_serving")
-
-
-@pytest.fixture(autouse=True)
-def fresh_log() -> Iterator[None]:
-    """Log to this test's stderr, and leave logging unconfigured for the next test."""
-    log.setup("json", 0)
-    yield
-    log.setup("json", 0)
 
 
 SHA = "ab" * 32

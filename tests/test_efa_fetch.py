@@ -11,7 +11,7 @@ from typing import Iterator, List
 
 import pytest
 
-from agent import download, efa, log
+from agent import download, efa
 from agent.cli import main
 from agent.config import EfaSettings
 from agent.download import DownloadOptions
@@ -30,14 +30,6 @@ from tests.efa_helpers import (
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 FAST = download.DownloadPolicy(attempts=4, connect_timeout=2.0, read_timeout=2.0, chunk_size=64 * 1024)
-
-
-@pytest.fixture(autouse=True)
-def fresh_log() -> Iterator[None]:
-    """Log to this test's stderr, and leave logging unconfigured for the next test."""
-    log.setup("json", 0)
-    yield
-    log.setup("json", 0)
 
 
 @pytest.fixture(autouse=True)

@@ -38,14 +38,6 @@ from tests.efa_helpers import (
 pytestmark = pytest.mark.usefixtures("units_serving")
 
 @pytest.fixture(autouse=True)
-def fresh_log() -> Iterator[None]:
-    """Log to this test's stderr, and leave logging unconfigured for the next test."""
-    log.setup("json", 0)
-    yield
-    log.setup("json", 0)
-
-
-@pytest.fixture(autouse=True)
 def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)

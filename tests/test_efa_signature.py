@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from agent import download, log
+from agent import download
 from agent.cli import main
 from agent.config import EfaSettings
 from agent.download import DownloadOptions
@@ -62,13 +62,6 @@ def keys() -> Iterator[Dict[str, Signer]]:
         finally:
             for signer in made.values():
                 signer.close()
-
-
-@pytest.fixture(autouse=True)
-def fresh_log() -> Iterator[None]:
-    log.setup("json", 0)
-    yield
-    log.setup("json", 0)
 
 
 @pytest.fixture

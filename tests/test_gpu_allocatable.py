@@ -8,7 +8,7 @@ time, and the D-Bus reading of units is tested against a real systemd elsewhere)
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -18,33 +18,23 @@ from agent.fs import NodeRoot
 from agent.health import FAIL, PASS, SKIP, WARN
 from agent.systemd import UnitState, UnitStates
 from tests.gpu_node import NODE_NAME, healthy_gpu_node, write
-from tests.kube_helpers import FakeAws, install_fake_aws, sample_kubeconfig, write_node_file
+from tests.kube_helpers import FakeAws, accept_fake_aws_tokens, write_kubeconfig
 from tests.kube_server import ApiServer
 
 NOW = 1_800_000_000.0
 
 
 @pytest.fixture
-def api() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    server.add_node(NODE_NAME)
-    for n in range(1, 20):
-        server.add_token(f"k8s-aws-v1.fake-{n}", f"system:node:{NODE_NAME}")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeAws:
-    return install_fake_aws(tmp_path, monkeypatch)
+def api(api: ApiServer) -> ApiServer:
+    """The shared API server (tests/conftest.py), knowing what the fake aws plugin issues."""
+    accept_fake_aws_tokens(api, 19, f"system:node:{NODE_NAME}")
+    return api
 
 
 @pytest.fixture
 def root(tmp_path: Path, api: ApiServer, aws: FakeAws) -> Path:
     root = healthy_gpu_node(tmp_path / "node", gpus=8, instance_type="p5.48xlarge")
-    write_node_file(root, "/etc/kubernetes/pki/ca.crt", api.ca_pem())
-    write_node_file(root, "/var/lib/kubelet/kubeconfig", sample_kubeconfig(api.url), 0o600)
-    return root
+    return write_kubeconfig(root, api)
 
 
 def kubelet(started_ago: Optional[float]) -> UnitStates:

@@ -7,7 +7,7 @@ refuses an unknown field the way nvidia-smi does, so the agent's exact query is 
 import json
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
 import pytest
 
@@ -196,13 +196,6 @@ def test_truncated_output_is_a_failure_naming_the_missing_gpu(p5: Path) -> None:
 
 
 # --- where the instance type comes from -------------------------------------------------------------
-
-
-@pytest.fixture
-def imds() -> Iterator[ImdsServer]:
-    server = ImdsServer().start()
-    yield server
-    server.stop()
 
 
 def test_imds_is_asked_only_when_allowed_and_the_answer_is_kept(tmp_path: Path, imds: ImdsServer,

@@ -9,13 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
 from agent import cli
 from tests.gpu_node import NODE_NAME, SAMPLES, healthy_gpu_node, write
-from tests.kube_helpers import sample_kubeconfig, write_node_file
+from tests.kube_helpers import write_kubeconfig, write_node_file
 from tests.kube_server import ApiServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,12 +41,10 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def api() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    server.add_node(NODE_NAME)
-    server.add_token(SECRET, f"system:node:{NODE_NAME}")
-    yield server
-    server.stop()
+def api(api: ApiServer) -> ApiServer:
+    """The shared API server (tests/conftest.py), knowing the node's token."""
+    api.add_token(SECRET, f"system:node:{NODE_NAME}")
+    return api
 
 
 def cli_run(capsys: pytest.CaptureFixture, *args: str) -> Tuple[int, str, str]:
@@ -80,10 +78,7 @@ def credential(root: Path, path: str, token: str) -> Dict[str, Any]:
 def test_no_token_in_any_output_log_status_or_metrics(
     root: Path, api: ApiServer, capsys: pytest.CaptureFixture, path: str, kind: str
 ) -> None:
-    write_node_file(root, "/etc/kubernetes/pki/ca.crt", api.ca_pem())
-    doc = sample_kubeconfig(api.url)
-    doc["users"][0]["user"] = credential(root, path, TOKENS[kind])
-    write_node_file(root, "/var/lib/kubelet/kubeconfig", doc, 0o600)
+    write_kubeconfig(root, api, credential(root, path, TOKENS[kind]))
     write(root, "/etc/gpu-node-agent/config.yaml",
           f"restart:\n  policy: never\nreport:\n  timeout_seconds: 5\n  metrics_file: {METRICS}\n")
     seen: List[str] = []

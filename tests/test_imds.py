@@ -27,9 +27,8 @@ def t() -> FakeTime:
 
 @pytest.fixture
 def imds(t: FakeTime) -> Iterator[ImdsServer]:
-    server = ImdsServer(now=t.clock).start()  # the server's clock is the client's: TTLs line up
-    yield server
-    server.stop()
+    with ImdsServer(now=t.clock) as server:  # the server's clock is the client's: TTLs line up
+        yield server
 
 
 def make(imds: ImdsServer, t: FakeTime, **kw: object) -> ImdsClient:

@@ -5,7 +5,7 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 import trustme
@@ -29,7 +29,6 @@ from tests.kube_helpers import (
     NODE_USER,
     FakeAws,
     FakeTime,
-    install_fake_aws,
     sample_kubeconfig,
     write_node_file,
 )
@@ -37,19 +36,6 @@ from tests.kube_server import STRATEGIC, ApiServer
 
 KUBECONFIG = "/var/lib/kubelet/kubeconfig"
 CA = "/etc/kubernetes/pki/ca.crt"
-
-
-@pytest.fixture
-def api() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    server.add_node(NODE)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeAws:
-    return install_fake_aws(tmp_path, monkeypatch)
 
 
 @pytest.fixture

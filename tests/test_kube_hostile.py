@@ -5,7 +5,7 @@ shown, kubeconfig-relative paths confined under --root, bounded YAML, validated 
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 
@@ -15,7 +15,7 @@ from agent.kube_errors import ExecPluginError, KubeconfigError, KubeError
 from agent.kubeconfig import load_kubeconfig
 from agent.retry import Deadline
 from agent.tokens import redact
-from tests.kube_helpers import NODE, NODE_USER, sample_kubeconfig, write_node_file
+from tests.kube_helpers import NODE, NODE_USER, write_kubeconfig, write_node_file
 from tests.kube_server import ApiServer
 
 KUBECONFIG = "/var/lib/kubelet/kubeconfig"
@@ -31,12 +31,10 @@ BAD_TOKENS = {
 
 
 @pytest.fixture
-def api() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    server.add_node(NODE)
-    server.add_token(SECRET, NODE_USER)
-    yield server
-    server.stop()
+def api(api: ApiServer) -> ApiServer:
+    """The shared API server (tests/conftest.py), knowing the node's token."""
+    api.add_token(SECRET, NODE_USER)
+    return api
 
 
 @pytest.fixture
@@ -47,11 +45,7 @@ def root(tmp_path: Path) -> Path:
 
 
 def kubeconfig(root: Path, api: ApiServer, user: Dict[str, Any]) -> NodeRoot:
-    write_node_file(root, CA, api.ca_pem())
-    doc = sample_kubeconfig(api.url)
-    doc["users"][0]["user"] = user
-    write_node_file(root, KUBECONFIG, doc, 0o600)
-    return NodeRoot(str(root))
+    return NodeRoot(str(write_kubeconfig(root, api, user)))
 
 
 def assert_secret_free(text: str) -> None:

@@ -5,7 +5,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import pytest
 
@@ -15,12 +15,10 @@ from tests.kube_server import MERGE, STRATEGIC, ApiServer, merge_patch, strategi
 
 
 @pytest.fixture
-def api() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    server.add_token("node-token", NODE_USER)
-    server.add_node(NODE)
-    yield server
-    server.stop()
+def api(api: ApiServer) -> ApiServer:
+    """The shared API server (tests/conftest.py), knowing the node's token."""
+    api.add_token("node-token", NODE_USER)
+    return api
 
 
 def call(

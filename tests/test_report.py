@@ -4,7 +4,7 @@ import json
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 from hypothesis import given, settings
@@ -18,11 +18,10 @@ from agent.imds import ImdsClient
 from tests.imds_server import ImdsServer
 from tests.kube_helpers import (
     NODE,
-    NODE_USER,
     FakeAws,
     FakeTime,
-    install_fake_aws,
-    sample_kubeconfig,
+    accept_fake_aws_tokens,
+    write_kubeconfig,
     write_node_file,
 )
 from tests.kube_server import ApiServer
@@ -143,13 +142,6 @@ def test_last_transition_time_kept_while_status_unchanged() -> None:
 # --- the node name -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def imds() -> Iterator[ImdsServer]:
-    server = ImdsServer().start()
-    yield server
-    server.stop()
-
-
 def config(**report_settings: Any) -> AgentConfig:
     return AgentConfig(report=ReportSettings(**report_settings))
 
@@ -207,26 +199,10 @@ def test_hostname_override(text: str, expected: Optional[str]) -> None:
 
 
 @pytest.fixture
-def api() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    server.add_node(NODE)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeAws:
-    return install_fake_aws(tmp_path, monkeypatch)
-
-
-@pytest.fixture
 def node_root(tmp_path: Path, api: ApiServer) -> Path:
-    root = tmp_path / "node"
-    write_node_file(root, "/etc/kubernetes/pki/ca.crt", api.ca_pem())
-    write_node_file(root, "/var/lib/kubelet/kubeconfig", sample_kubeconfig(api.url), 0o600)
+    root = write_kubeconfig(tmp_path / "node", api)
     write_node_file(root, kubelet.KUBELET_ENVIRONMENT, f"NODEADM_KUBELET_ARGS=--hostname-override={NODE}\n")
-    for n in range(1, 10):  # what the fake aws plugin will issue
-        api.add_token(f"k8s-aws-v1.fake-{n}", NODE_USER)
+    accept_fake_aws_tokens(api, 9)
     return root
 
 

@@ -16,7 +16,7 @@ from agent.config import AgentConfig, ReportSettings
 from agent.fs import NodeRoot
 from agent.health import CHECK_NAMES, PASS, CheckResult, report_document
 from agent.kube import BACKOFF_CAP
-from tests.kube_helpers import sample_kubeconfig, write_node_file
+from tests.kube_helpers import write_kubeconfig
 from tests.kube_server import ApiServer
 
 NODES = 50
@@ -36,12 +36,7 @@ def fleet(tmp_path: Path) -> Iterator[Tuple[ApiServer, List[Path]]]:
         name = node_name(i)
         api.add_node(name)
         api.add_token(f"token-{i}", f"system:node:{name}")
-        root = tmp_path / f"node-{i}"
-        doc = sample_kubeconfig(api.url)
-        doc["users"][0]["user"] = {"token": f"token-{i}"}
-        write_node_file(root, "/etc/kubernetes/pki/ca.crt", api.ca_pem())
-        write_node_file(root, "/var/lib/kubelet/kubeconfig", doc, 0o600)
-        roots.append(root)
+        roots.append(write_kubeconfig(tmp_path / f"node-{i}", api, {"token": f"token-{i}"}))
     yield api, roots
     api.stop()
 

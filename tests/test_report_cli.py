@@ -7,14 +7,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 
 from agent import cli
 from agent.health import CHECK_NAMES, FAIL, PASS, SKIP, WARN, CheckResult
 from tests.gpu_node import NODE_NAME, SAMPLES, healthy_gpu_node, write
-from tests.kube_helpers import FakeAws, install_fake_aws, sample_kubeconfig, write_node_file
+from tests.kube_helpers import FakeAws, accept_fake_aws_tokens, write_kubeconfig
 from tests.kube_server import ApiServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,23 +200,14 @@ def test_colour_only_on_a_tty(root: Path) -> None:
 
 
 @pytest.fixture
-def api() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    server.add_node(NODE_NAME)
-    for n in range(1, 10):
-        server.add_token(f"k8s-aws-v1.fake-{n}", f"system:node:{NODE_NAME}")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeAws:
-    return install_fake_aws(tmp_path, monkeypatch)
+def api(api: ApiServer) -> ApiServer:
+    """The shared API server (tests/conftest.py), knowing what the fake aws plugin issues."""
+    accept_fake_aws_tokens(api, 9, f"system:node:{NODE_NAME}")
+    return api
 
 
 def with_cluster(root: Path, api: ApiServer, config: str = "") -> Path:
-    write_node_file(root, "/etc/kubernetes/pki/ca.crt", api.ca_pem())
-    write_node_file(root, "/var/lib/kubelet/kubeconfig", sample_kubeconfig(api.url), 0o600)
+    write_kubeconfig(root, api)
     write(root, "/etc/gpu-node-agent/config.yaml", config or "report:\n  timeout_seconds: 10\n")
     return root
 

@@ -3,47 +3,27 @@
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
 from agent import events, report
 from agent.config import AgentConfig, ReportSettings
 from agent.fs import NodeRoot
-from agent.health import CHECK_NAMES, FAIL, PASS, SKIP, WARN, CheckResult
-from tests.kube_helpers import NODE, NODE_USER, FakeTime, sample_kubeconfig, write_node_file
+from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
+from tests.kube_helpers import NODE, NODE_USER, FakeTime, write_kubeconfig, write_node_file
 from tests.kube_server import ApiServer
+from tests.report_helpers import results
 from tests.test_restart_apply import CONTAINERD, ScriptedSystemd, failed, plan_for, run
 
 T0 = datetime(2026, 5, 12, 10, 0, 0, tzinfo=timezone.utc)
 EVENTS = "/api/v1/namespaces/default/events"
 
 
-def results(**overrides: Tuple[str, str]) -> List[CheckResult]:
-    out = []
-    for name in CHECK_NAMES:
-        status, message = overrides.get(name.replace("-", "_"), (PASS, f"{name} is fine"))
-        out.append(CheckResult(name, status, message))
-    return out
-
-
-@pytest.fixture
-def api() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    server.add_node(NODE)
-    server.add_token("node-token", NODE_USER)
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def root(tmp_path: Path, api: ApiServer) -> Path:
-    node = tmp_path / "node"
-    doc = sample_kubeconfig(api.url)
-    doc["users"][0]["user"] = {"token": "node-token"}
-    write_node_file(node, "/etc/kubernetes/pki/ca.crt", api.ca_pem())
-    write_node_file(node, "/var/lib/kubelet/kubeconfig", doc, 0o600)
-    return node
+    api.add_token("node-token", NODE_USER)
+    return write_kubeconfig(tmp_path / "node", api, {"token": "node-token"})
 
 
 def publish(root: Path, rs: Sequence[CheckResult], at: datetime, extra: Sequence[events.EventSpec] = ()

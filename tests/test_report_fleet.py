@@ -4,7 +4,7 @@ condition's heartbeat is slow, and what someone removed from the Node is put bac
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -12,41 +12,26 @@ from agent import published, report
 from agent.config import AgentConfig, ReportSettings, parse_config
 from agent.errors import ConfigError
 from agent.fs import NodeRoot
-from agent.health import CHECK_NAMES, FAIL, PASS, WARN, CheckResult
-from tests.kube_helpers import NODE, NODE_USER, FakeTime, sample_kubeconfig, write_node_file
+from agent.health import FAIL, PASS, WARN, CheckResult
+from tests.kube_helpers import NODE, NODE_USER, FakeTime, write_kubeconfig
 from tests.kube_server import ApiServer
+from tests.report_helpers import results
 
 T0 = datetime(2026, 5, 12, 10, 0, 0, tzinfo=timezone.utc)
 HEALTH, REPORT = "gpu-node-agent/health", "gpu-node-agent/report"
 
 
-def results(**overrides: Tuple[str, str]) -> List[CheckResult]:
-    """Every check passing with a fixed message, except those given as (status, message)."""
-    out = []
-    for name in CHECK_NAMES:
-        status, message = overrides.get(name.replace("-", "_"), (PASS, f"{name} is fine"))
-        out.append(CheckResult(name, status, message))
-    return out
-
-
 @pytest.fixture
-def api() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    server.add_node(NODE)
-    server.add_token("node-token", NODE_USER)
-    server.add_token("admin-token", "admin")
-    yield server
-    server.stop()
+def api(api: ApiServer) -> ApiServer:
+    """The shared API server (tests/conftest.py), where an administrator (``kubectl``) may act too."""
+    api.add_token("admin-token", "admin")
+    return api
 
 
 @pytest.fixture
 def root(tmp_path: Path, api: ApiServer) -> Path:
-    node = tmp_path / "node"
-    doc = sample_kubeconfig(api.url)
-    doc["users"][0]["user"] = {"token": "node-token"}
-    write_node_file(node, "/etc/kubernetes/pki/ca.crt", api.ca_pem())
-    write_node_file(node, "/var/lib/kubelet/kubeconfig", doc, 0o600)
-    return node
+    api.add_token("node-token", NODE_USER)
+    return write_kubeconfig(tmp_path / "node", api, {"token": "node-token"})
 
 
 class Node:

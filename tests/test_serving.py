@@ -5,17 +5,17 @@ The ``ctr`` texts are the real ctr 1.6's output (tests/test_containerd_daemon.py
 against the real daemon); the healthz server is a loopback HTTP server answering as kubelet does.
 """
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Tuple, Type
 
 import pytest
 
 from agent import cri, kubelet, serving
 from agent.fs import NodeRoot
 from agent.serving import NOT_SERVING, SERVING, UNKNOWN, Serving
+from tests.loopback import LoopbackServer
 
 # ctr pads every column, the last one too: the rows end in blanks (added back below).
 PLUGINS_LS = """\
@@ -133,11 +133,16 @@ def test_the_socket_is_the_effective_grpc_address(tmp_path: Path) -> None:
 # --- kubelet's healthz ------------------------------------------------------------------------------
 
 
-class Healthz:
+class Healthz(LoopbackServer):
     """A loopback server answering /healthz as kubelet does (``ok``, or HTTP 500 with the failing check)."""
 
+    name = "kubelet-healthz"
+
     def __init__(self) -> None:
+        super().__init__()
         self.answers: List[Tuple[int, str]] = []
+
+    def handler(self) -> Type[BaseHTTPRequestHandler]:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -150,20 +155,13 @@ class Healthz:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return Handler
 
 
 @pytest.fixture
 def healthz() -> Iterator[Healthz]:
-    server = Healthz()
-    yield server
-    server.close()
+    with Healthz() as server:
+        yield server
 
 
 def write_kubelet(node: Path, config: str, args: str = "--config=/etc/kubernetes/kubelet/config.json") -> None:
@@ -204,7 +202,7 @@ def test_healthz_answers(healthz: Healthz) -> None:
     answer = probe.read()
     assert answer.state == NOT_SERVING
     assert answer.message.endswith("HTTP 500 '[-]syncloop failed: reason withheld'")
-    healthz.close()
+    healthz.stop()
     answer = probe.read()
     assert answer.state == NOT_SERVING and "no answer: " in answer.message
 

@@ -7,34 +7,26 @@ the jobs it ran (``JobRemoved`` results, in order), ``ActiveEnterTimestamp``, ``
 daemons' own start log (which config each start loaded).
 """
 
-import hashlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Tuple
 
 import pytest
 
-from agent import cli
 from tests.conftest import REPO, sample
-from tests.gpu_node import gpu_side
-from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, free_port, wait_for_healthz
+from tests.systemd_harness import BootedSystemd, JobRecord, digest
+from tests.systemd_node import CONTAINERD, KUBELET, SystemdNode
 
 pytestmark = pytest.mark.root
 
-CONTAINERD = "containerd.service"
-KUBELET = "kubelet.service"
 HEALTHY = "containerd-v3-nodeadm-nvidia.toml"
 DRIFTED = "containerd-v3-nodeadm-nvidia-no-systemdcgroup.toml"  # the agent adds SystemdCgroup = true
 
 
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-class GpuNode:
+class GpuNode(SystemdNode):
     """A simulated node root plus a real systemd running its containerd and kubelet stand-ins."""
 
     def __init__(
@@ -44,32 +36,12 @@ class GpuNode:
         capsys: pytest.CaptureFixture[str],
         boot_systemd: Callable[..., BootedSystemd],
     ) -> None:
+        super().__init__(tmp_path, tmp_path / "node", tmp_path / "daemons", monkeypatch, capsys, boot_systemd)
         self.tmp = tmp_path
-        self.root = tmp_path / "node"
-        self.daemons = FakeNodeDaemons(tmp_path / "daemons").install()
-        self.monkeypatch = monkeypatch
-        self.capsys = capsys
-        self.boot_systemd = boot_systemd
-        self.sd: Optional[BootedSystemd] = None
-        self.config_file = tmp_path / "agent.yaml"
-        self.healthz_port = free_port()
-
-    @property
-    def containerd_config(self) -> Path:
-        return self.root / "etc/containerd/config.toml"
 
     def write_node(self, containerd_sample: str = HEALTHY) -> "GpuNode":
-        files = {
-            "etc/containerd/config.toml": sample(containerd_sample),
-            "etc/nvidia-container-runtime/config.toml": sample("nvidia-container-runtime-default.toml"),
-        }
-        for rel, text in files.items():
-            path = self.root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        gpu_side(self.root)  # the driver, GPUs and component versions of the known-good AMI
+        self.write_node_files(sample(containerd_sample))
         self.daemons.install_ctr(self.root)
-        self.daemons.node_kubelet_config(self.root, self.healthz_port)
         return self
 
     def agent_config(self, policy: str = "when-needed", timeout: float = 10) -> None:
@@ -88,32 +60,11 @@ class GpuNode:
         }
         if kubelet:
             units[KUBELET] = self.daemons.kubelet_unit(self.healthz_port)
-        self.sd = self.boot_systemd(units, wants=list(units), binds=[self.tmp])
-        self.monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", self.sd.bus_address)
-        self.sd.wait_until(CONTAINERD, "active")
-        if kubelet:
-            self.sd.wait_until(KUBELET, "active")
-            wait_for_healthz(self.healthz_port)  # Type=simple: active a moment before it serves
-        return self.sd
+        return self.start(units)
 
     def agent(self, *args: str) -> Tuple[int, str, str]:
         """The real CLI, in process: (exit code, stdout, stderr)."""
-        self.capsys.readouterr()
-        code = cli.main(
-            ["--config", str(self.config_file), "--root", str(self.root), "--log-format", "json", *args]
-        )
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def run_recording(self, *args: str) -> Tuple[int, str, List[JobRecord]]:
-        assert self.sd is not None
-        with self.sd.record_jobs() as recorder:
-            code, out, err = self.agent("run", "--lock-wait", "5", *args)
-        return code, out + err, recorder.jobs
-
-    def props(self, unit: str) -> Dict[str, Any]:
-        assert self.sd is not None
-        return self.sd.properties(unit)
+        return self.cli(*args)
 
     def make_stale(self) -> None:
         """nodeadm before amazon-eks-ami#2705: config.toml rewritten after containerd started."""

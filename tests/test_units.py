@@ -9,31 +9,28 @@ from typing import List, Tuple
 
 import pytest
 
+from tests.boot_helpers import (
+    AGENT,
+    CHECK,
+    INSTALLED_UNIT_DIR,
+    NODEADM_CONFIG,
+    NODEADM_CONFIG_UNIT,
+    NODEADM_RUN,
+    NODEADM_RUN_UNIT,
+    PREPARE,
+    TIMER,
+)
 from tests.conftest import REPO, which
 from tests.packaging_helpers import built_rpm, install, run, scratch_dir
 
-UNIT_DIR = "usr/lib/systemd/system"
-AGENT = "gpu-node-agent.service"
-PREPARE = "gpu-node-agent-prepare.service"
-CHECK = "gpu-node-agent-check.service"
-TIMER = "gpu-node-agent-check.timer"
+UNIT_DIR = INSTALLED_UNIT_DIR
 
-# What the agent's units are ordered against on an EKS AL2023 node: the nodeadm units shaped like
-# amazon-eks-ami's (templates/al2023/runtime/rootfs/etc/systemd/system/), with their command lines
-# (the programs are stand-ins in the scratch root, so verify can check they are executable).
+# What the agent's units are ordered against on an EKS AL2023 node: the nodeadm units of the boot
+# tests (tests/boot_helpers.py: shaped like amazon-eks-ami's, with their command lines; the programs
+# are stand-ins in the scratch root, so verify can check they are executable).
 STAND_INS = {
-    "nodeadm-config.service": (
-        "[Unit]\nBefore=cloud-init.service\nAfter=systemd-networkd-wait-online.service\n"
-        "[Service]\nType=oneshot\nExecStart=/usr/bin/nodeadm init --skip run --config-source imds://user-data "
-        "--config-cache /run/eks/nodeadm/config.json\nStandardError=journal+console\n"
-        "[Install]\nWantedBy=multi-user.target\n"
-    ),
-    "nodeadm-run.service": (
-        "[Unit]\nAfter=nodeadm-config.service cloud-final.service\nRequires=nodeadm-config.service\n"
-        "[Service]\nType=oneshot\nExecStart=/usr/bin/nodeadm init --skip config --config-source imds://user-data "
-        "--config-source file:///etc/eks/nodeadm.d/ --config-cache /run/eks/nodeadm/config.json\n"
-        "StandardError=journal+console\n[Install]\nWantedBy=multi-user.target\n"
-    ),
+    NODEADM_CONFIG: NODEADM_CONFIG_UNIT,
+    NODEADM_RUN: NODEADM_RUN_UNIT,
     "nvidia-kmod-load.service": "[Service]\nType=oneshot\nExecStart=/bin/true\n",
     "containerd.service": "[Service]\nExecStart=/bin/sleep infinity\n",
     "kubelet.service": "[Unit]\nAfter=containerd.service\nWants=containerd.service\n"
