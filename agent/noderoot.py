@@ -33,7 +33,8 @@ def confined(path: Path) -> Path:
     if not _ROOTS:
         return path
     text = str(path)
-    owner = max((r for prefix, r in _ROOTS.items() if text.startswith(prefix + "/")),
+    # A copy: another thread may be creating a NodeRoot meanwhile (one process, many roots: tests)
+    owner = max((r for prefix, r in list(_ROOTS.items()) if text.startswith(prefix + "/")),
                 key=lambda r: len(str(r.root)), default=None)
     if owner is None or not path.is_symlink():
         return path
