@@ -103,7 +103,7 @@ RESOURCES: Tuple[Entry, ...] = (
     Entry("agent.nvidia"),  # nvidia-runtime-config; the toolkit config's edit
     Entry("agent.driver"),  # nvidia-driver (and the one nvidia-smi query the GPU checks read)
     Entry("agent.compat"),  # compatibility (component versions)
-    Entry("agent.efa_resource"),  # efa; the EFA userspace action
+    Entry("agent.efa.resource"),  # efa; the EFA userspace action
     Entry("agent.gpu", gpu_health=True),  # gpu-inventory (and the Node read)
     Entry("agent.allocatable", gpu_health=True),  # gpu-allocatable
     Entry("agent.fabric", gpu_health=True),  # nvidia-fabricmanager
