@@ -22,7 +22,8 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from agent.errors import NodeFileError
-from agent.tomllayout import Layout, LayoutError, could_be_literal, insert
+from agent.tomlinsert import insert
+from agent.tomllayout import Layout, LayoutError, could_be_literal
 
 
 class NotFixable(Exception):
