@@ -14,6 +14,7 @@ from agent.config import DEFAULT_CONFIG_PATH, SECTIONS, AgentConfig
 from agent.config_rules import Rule
 from agent.errors import ConfigError
 from agent.text import shorten
+from agent.yamlsafe import CONSTRUCTOR_ERRORS, constructor_problem
 
 MAX_CONFIG_NODES = 10_000  # YAML nodes, aliases counted each time they are used (an alias bomb)
 # Files the agent reads or manages, and the outputs that may never be one of them (nor hold one)
@@ -107,8 +108,9 @@ class _Builder:
             self.nodes[dotted] = key_node
             try:
                 value = self.loader.construct_object(value_node, deep=True)
-            except ValueError as exc:  # PyYAML's own constructors: ``!!float abc``, ``!!int x``
-                self.fail(value_node, dotted, f"invalid YAML value: {shorten(str(exc))}")
+            except CONSTRUCTOR_ERRORS as exc:  # PyYAML's own constructors: ``!!float abc``, ``!!int x``
+                problem = constructor_problem(exc, value_node.tag)
+                self.fail(value_node, dotted, f"invalid YAML value: {shorten(problem)}")
             kwargs[name] = self.value(hints[name], value, value_node, dotted)
         return cls(**kwargs)
 

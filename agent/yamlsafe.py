@@ -6,6 +6,19 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+# What PyYAML's safe constructors raise, besides YAMLError, for a scalar its tag cannot read:
+# ``!!int x`` and ``!!float abc`` ValueError, ``!!timestamp x`` AttributeError, ``!!bool x`` KeyError.
+CONSTRUCTOR_ERRORS = (ValueError, TypeError, AttributeError, KeyError)
+
+
+def constructor_problem(exc: Exception, tag: Optional[str] = None) -> str:
+    """One of ``CONSTRUCTOR_ERRORS`` in words: a ValueError says what it could not convert; the
+    others are PyYAML's internals (``'NoneType' object has no attribute 'groupdict'``)."""
+    if isinstance(exc, ValueError):
+        return str(exc)
+    shown = tag.replace("tag:yaml.org,2002:", "!!") if tag else "its tag"
+    return f"not a value {shown} can read"
+
 
 def marked_yaml_error(exc: Exception, source: object, text: str, *, column: bool = False) -> str:
     """``<source>:LINE[:COLUMN]: invalid YAML: <problem>`` on one line, for any error PyYAML raises

@@ -155,6 +155,9 @@ def test_lock_wait_must_be_finite_and_not_negative(tmp_path: Path, value: str) -
      "config.yaml:2:11: invalid YAML: could not determine a constructor for the tag"),
     ("restart:\n  timeout_seconds: !!float abc\n", "config.yaml:2: restart.timeout_seconds: invalid YAML value: "),
     ("gpu:\n  expected_count: !!int x\n", "config.yaml:2: gpu.expected_count: invalid YAML value: "),
+    ("report:\n  timeout_seconds: !!timestamp yesterday\n",
+     "config.yaml:2: report.timeout_seconds: invalid YAML value: "),
+    ("report:\n  publish: !!bool maybe\n", "config.yaml:2: report.publish: invalid YAML value: "),
 ])
 def test_a_value_yaml_cannot_construct_is_one_line_not_a_traceback(text: str, match: str) -> None:
     fails(text, match)

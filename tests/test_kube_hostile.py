@@ -180,6 +180,14 @@ def test_a_kubeconfig_alias_bomb_is_refused(root: Path, api: ApiServer) -> None:
     assert len(str(info.value)) < 300
 
 
+@pytest.mark.parametrize("value", ["!!float abc", "!!int x", "!!timestamp yesterday", "!!bool maybe"])
+def test_a_kubeconfig_value_yaml_cannot_construct_is_one_line(root: Path, value: str) -> None:
+    write_node_file(root, KUBECONFIG, f"apiVersion: v1\nclusters: {value}\n")
+    with pytest.raises(KubeconfigError, match="kubeconfig: invalid YAML: ") as info:
+        load_kubeconfig(NodeRoot(str(root)), KUBECONFIG)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("name", ["", "UPPER", "a/b", "x" * 300, "node\n"])
 def test_a_bad_node_name_is_never_sent(root: Path, api: ApiServer, name: str) -> None:
     node = kubeconfig(root, api, {"token": SECRET})
