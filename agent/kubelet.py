@@ -65,22 +65,37 @@ class HealthzProbe(NamedTuple):
         return f"http://{host}:{self.port}/healthz"
 
     def read(self, timeout: float = PROBE_TIMEOUT) -> Serving:
-        import http.client  # stdlib, no proxy handling at all: loopback only
+        """One answer within ``timeout``, all of it (``agent/httpread.py``: a trickling endpoint is cut)."""
+        import http.client  # stdlib, no proxy handling at all: loopback only (and no requests for `check`)
+
+        from agent import httpread
+        from agent.retry import Deadline
 
         details = {"url": self.url, "source": self.source}
+        deadline = Deadline(timeout)
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
-            conn.request("GET", "/healthz")
-            response = conn.getresponse()
-            body = response.read(_ANSWER_LIMIT).decode("utf-8", "replace").strip()
+            with httpread.Watch(deadline) as watch:
+                watch.add(conn)
+                try:
+                    conn.request("GET", "/healthz")
+                    response = conn.getresponse()
+                    body = httpread.read_capped(response.read, _ANSWER_LIMIT, deadline)
+                except (OSError, http.client.HTTPException):
+                    if watch.fired:
+                        raise httpread.TooLate(timeout) from None
+                    raise
+            text = body.decode("utf-8", "replace").strip()
+        except httpread.AnswerRefused as exc:
+            return Serving(NOT_SERVING, f"kubelet healthz {self.url}: {exc}", details=details)
         except (OSError, http.client.HTTPException) as exc:
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             return Serving(NOT_SERVING, f"kubelet healthz {self.url}: no answer: {why}", details=details)
         finally:
             conn.close()
-        if response.status == 200 and body == "ok":
+        if response.status == 200 and text == "ok":
             return Serving(SERVING, f"kubelet healthz {self.url}: ok", details=details)
-        shown = body.splitlines()[0][:200] if body else ""
+        shown = text.splitlines()[0][:200] if text else ""
         return Serving(NOT_SERVING, f"kubelet healthz {self.url}: HTTP {response.status} {shown!r}",
                        details={**details, "status": response.status})
 
