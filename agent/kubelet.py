@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import NodeRoot, read_text
-from agent.serving import NOT_SERVING, SERVING, UNKNOWN, Serving
+from agent.serving import NOT_SERVING, SERVING, Serving, Unprobed
 
 KUBELET_ENVIRONMENT = "/etc/eks/kubelet/environment"
 KUBELET_ARGS_VARIABLE = "NODEADM_KUBELET_ARGS"
@@ -27,6 +27,7 @@ DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 10248
 PROBE_TIMEOUT = 2.0
 _ANSWER_LIMIT = 1024
+MAX_CONFIG_NODES = 10_000  # YAML nodes, aliases counted each time they are used (a real one has ~100)
 
 
 def kubelet_flag(environment: str, flag: str) -> Optional[str]:
@@ -100,62 +101,56 @@ class HealthzProbe(NamedTuple):
                        details={**details, "status": response.status})
 
 
-class Unprobed(NamedTuple):
-    """kubelet's healthz cannot be asked (unreadable config, endpoint off or not on loopback)."""
-
-    reason: str
-    off: bool = False  # healthzPort: 0, a deliberate choice
-
-    @property
-    def what(self) -> str:
-        return "kubelet's healthz"
-
-    def read(self, timeout: float = PROBE_TIMEOUT) -> Serving:
-        return Serving(UNKNOWN, self.reason, final=True)
-
-
 def _config_files(root: NodeRoot) -> Tuple[List[str], str]:
-    """kubelet's config file and its drop-ins (node paths), and where the list came from."""
+    """kubelet's config file and its drop-ins (node paths), and where the list came from; a flag
+    that is not an absolute path under the root is a ``NodeFileError`` naming it."""
     try:
         environment: Optional[str] = read_text(root.path(KUBELET_ENVIRONMENT))
     except NodeFileError:
         environment = None
-    main = (kubelet_flag(environment, "--config") if environment else None) or DEFAULT_CONFIG
-    source = f"--config in {KUBELET_ENVIRONMENT}" if environment and kubelet_flag(environment, "--config") \
-        else DEFAULT_CONFIG
+    flag = kubelet_flag(environment, "--config") if environment else None
+    main = flag or DEFAULT_CONFIG
+    source = f"--config in {KUBELET_ENVIRONMENT}" if flag else DEFAULT_CONFIG
+    root.supplied(main, f"{KUBELET_ENVIRONMENT}: --config")
     files = [main]
     config_dir = kubelet_flag(environment, "--config-dir") if environment else None
     if config_dir:
+        where = root.supplied(config_dir, f"{KUBELET_ENVIRONMENT}: --config-dir")
         try:
-            names = sorted(n for n in os.listdir(root.path(config_dir)) if n.endswith(".conf"))
+            names = sorted(n for n in os.listdir(where) if n.endswith(".conf"))
         except OSError:
             names = []
         files.extend(f"{config_dir.rstrip('/')}/{n}" for n in names)
     return files, source
 
 
-def _parse(text: str) -> Any:
+def _parse(text: str, node_path: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
-        import yaml  # a KubeletConfiguration may be YAML; nodeadm writes JSON
+    except ValueError:  # a KubeletConfiguration may be YAML; nodeadm writes JSON
+        from agent.yamlsafe import load_budgeted
 
-        return yaml.safe_load(text)
+        return load_budgeted(text, node_path, MAX_CONFIG_NODES)
 
 
 def probe(root: NodeRoot) -> Any:
     """A ``HealthzProbe`` for this node's kubelet, or an ``Unprobed`` saying why there is none."""
-    files, source = _config_files(root)
+    from agent.yamlsafe import YamlRefused
+
+    try:
+        files, source = _config_files(root)
+    except NodeFileError as exc:
+        return Unprobed(f"cannot find kubelet's healthz: {exc}")
     settings: Dict[str, Any] = {}
     for node_path in files:
         try:
-            data = _parse(read_text(root.path(node_path)))
+            data = _parse(read_text(root.path(node_path)), node_path)
         except NodeFileMissing:
             continue  # no config file: kubelet's defaults
         except NodeFileError as exc:
             return Unprobed(f"cannot find kubelet's healthz: {exc}")
-        except Exception as exc:  # yaml's errors: the file is not JSON or YAML
-            return Unprobed(f"cannot find kubelet's healthz: {node_path}: not JSON or YAML ({type(exc).__name__})")
+        except YamlRefused as exc:  # not JSON, and not YAML either (or an alias bomb)
+            return Unprobed(f"cannot find kubelet's healthz: {exc}")
         if isinstance(data, Mapping):
             settings.update({k: data[k] for k in ("healthzBindAddress", "healthzPort") if k in data})
     host = settings.get("healthzBindAddress", DEFAULT_ADDRESS) or DEFAULT_ADDRESS

@@ -190,7 +190,7 @@ def test_healthz_address_from_the_kubelet_config_and_its_drop_ins(tmp_path: Path
     assert kubelet.probe(NodeRoot(str(node))).read().message == (
         "kubelet's healthz listens on 10.0.0.1, not on loopback; not probed")
     write_kubelet(node, '{"healthzPort": "10248"')
-    assert "not JSON or YAML" in kubelet.probe(NodeRoot(str(node))).read().message
+    assert "config.json:2: invalid YAML" in kubelet.probe(NodeRoot(str(node))).read().message
 
 
 def test_healthz_answers(healthz: Healthz) -> None:
