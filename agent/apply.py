@@ -47,11 +47,14 @@ def write_edit(edit: FileEdit) -> None:
 
 
 def rollback(edits: List[FileEdit]) -> List[str]:
-    """Put back the previous contents of files this run wrote; returns failures (empty: all restored)."""
+    """Put back the previous contents of files this run wrote; returns failures (empty: all restored).
+
+    Compare-and-swap: only a file that still holds what this run wrote is rolled back; a newer
+    version from another writer (nodeadm, an operator) is kept and the failure says so."""
     failures = []
     for edit in reversed(edits):
         try:
-            atomic_write(edit.path, edit.old_text.encode("utf-8"))
+            atomic_write(edit.path, edit.old_text.encode("utf-8"), expected=edit.new_text.encode("utf-8"))
             log.warning("rolled back", path=str(edit.path))
         except NodeFileError as exc:
             failures.append(str(exc))
