@@ -287,25 +287,25 @@ def fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
-def open_lock(lock_path: Path) -> int:
-    """Open (creating) the run lock: never through a symlink, only a regular file owned by root that
-    no other name links to."""
+def open_lock(lock_path: Path, what: str = "the run lock") -> int:
+    """Open (creating) a lock file (``what``: the run lock, the status file's): never through a
+    symlink, only a regular file owned by root that no other name links to."""
     try:
         lock_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
                      | os.O_NOCTTY, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise NodeFileError(lock_path, "the run lock is a symlink; refusing to open it") from None
-        raise NodeFileError(lock_path, f"cannot open the run lock: {exc.strerror or exc}") from None
+            raise NodeFileError(lock_path, f"{what} is a symlink; refusing to open it") from None
+        raise NodeFileError(lock_path, f"cannot open {what}: {exc.strerror or exc}") from None
     st = os.fstat(fd)
     problem = None
     if not stat.S_ISREG(st.st_mode):
-        problem = f"the run lock is {_kind(st.st_mode)}, expected a regular file"
+        problem = f"{what} is {_kind(st.st_mode)}, expected a regular file"
     elif st.st_uid != os.geteuid():
-        problem = f"the run lock is owned by uid {st.st_uid}, expected {os.geteuid()} (root)"
+        problem = f"{what} is owned by uid {st.st_uid}, expected {os.geteuid()} (root)"
     elif st.st_nlink != 1:  # a hard link to another file (config.toml): writing the pid would truncate it
-        problem = f"the run lock has {st.st_nlink} links, it is another file's name too"
+        problem = f"{what} has {st.st_nlink} links, it is another file's name too"
     if problem:
         os.close(fd)
         raise NodeFileError(lock_path, f"{problem}; refusing to use it")
@@ -344,6 +344,29 @@ def run_lock(
         except OSError:
             pass
         yield lock_path
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def file_lock(lock_path: Path, what: str, wait_seconds: float = 10.0) -> Iterator[None]:
+    """Hold ``lock_path`` for one short read-merge-write (the status file), waiting at most
+    ``wait_seconds`` for another holder (they hold it for milliseconds, never across a restart or a
+    request, unlike the run lock)."""
+    fd = open_lock(lock_path, what)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise NodeFileError(lock_path, f"cannot lock: {exc.strerror}") from None
+                if time.monotonic() >= deadline:
+                    raise NodeFileError(lock_path, f"{what} is still held after {wait_seconds:g}s") from None
+                time.sleep(0.01)
+        yield
     finally:
         os.close(fd)
 

@@ -207,13 +207,12 @@ class ReportOutcome(NamedTuple):
         return not self.problems and (self.published is None or self.published.ok)
 
 
-def _previous_restarts(path: Any) -> Dict[str, int]:
-    try:
-        doc = json.loads(read_text(path))
-        counts = doc.get("restarts_total", {}) if isinstance(doc, dict) else {}
-        return {str(k): int(v) for k, v in counts.items() if isinstance(v, int) and v >= 0}
-    except (NodeFileError, ValueError, AttributeError):
+def _restarts_of(doc: Mapping[str, Any]) -> Dict[str, int]:
+    """The restart counters since boot a status file document holds (none when unreadable)."""
+    counts = doc.get("restarts_total")
+    if not isinstance(counts, Mapping):
         return {}
+    return {str(k): int(v) for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
 
 
 def _label(value: str) -> str:
@@ -260,10 +259,10 @@ def metrics_text(
     return "\n".join(lines) + "\n"
 
 
-def _status_bytes(document: Mapping[str, Any]) -> bytes:
+def _status_text(document: Mapping[str, Any]) -> str:
     order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total", "passes")
     ordered_doc = {k: document[k] for k in order if k in document}
-    return (json.dumps(ordered_doc, indent=2) + "\n").encode()
+    return json.dumps(ordered_doc, indent=2) + "\n"
 
 
 def _write(root: NodeRoot, node_path: str, data: bytes) -> Optional[str]:
@@ -300,23 +299,37 @@ def finish(
     now = now or datetime.now(timezone.utc)
     document = report_document(results, actions or (), now=now)
     status_path = config.report.status_file
-    totals = _previous_restarts(root.path(status_path))
-    for unit, count in (restarts or {}).items():
-        totals[unit] = totals.get(unit, 0) + int(count)
     from agent import status  # the boot passes' records (agent/status.py) outlive every report
 
-    local = {**document, "restarts_total": totals, **status.carried(root.path(status_path))}
+    def merged(publish_state: Mapping[str, Any]) -> Callable[[Dict[str, Any]], Dict[str, Any]]:
+        """This report over the status file as it is now: the restart totals since boot are what
+        the file counts plus this run's; the pass records stay (status.update holds the lock)."""
+        def change(current: Dict[str, Any]) -> Dict[str, Any]:
+            totals = _restarts_of(current)
+            for unit, count in (restarts or {}).items():
+                totals[unit] = totals.get(unit, 0) + int(count)
+            passes = current.get("passes")
+            return {**document, "restarts_total": totals, **({"passes": passes} if passes else {}),
+                    "publish": publish_state}
+        return change
+
     published = None
     if publish_report:
-        # The node's own view first: publishing may take up to report.timeout_seconds.
-        _write(root, status_path, _status_bytes({**local, "publish": {"attempted": True, "ok": None}}))
+        # The node's own view first: publishing may take up to report.timeout_seconds. Its restart
+        # counts are added by the final write only.
+        status.update(root, status_path, lambda current: {
+            **merged({"attempted": True, "ok": None})(current),
+            "restarts_total": _restarts_of(current)}, _status_text)
         published = (publisher or publish)(root, config, results, document, now=now, events=events,
                                            keep_actions=actions is None, node=node)
-    document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
     problems: List[str] = []
-    err = _write(root, status_path, _status_bytes(document))
+    err, written = status.update(root, status_path, merged(
+        published.as_dict() if published is not None else {"attempted": False}), _status_text)
     if err:
         problems.append(err)
+    totals = written.get("restarts_total") or {}
+    document = written or {**document, "publish": published.as_dict() if published is not None
+                           else {"attempted": False}}
     if config.report.metrics_file:
         err = _write(root, config.report.metrics_file, metrics_text(results, now, totals, published).encode())
         if err:

@@ -10,8 +10,10 @@ Each pass of the agent records itself under ``passes`` in ``report.status_file``
 A record is ``{"started", "finished", "duration_seconds", "health", "exit_code", "actions",
 "boot_id", "unit"}`` (``unit``: the systemd unit the pass ran in, e.g. ``cloud-final.service`` for
 user data; the ``run`` record also has ``unit_done``: gpu-node-agent.service's run of this boot has
-finished, in this record or an earlier one of the same boot). Every write keeps the other passes'
-records (read, merge, atomic replace); the report itself (``report.finish``) carries them over too.
+finished, in this record or an earlier one of the same boot). Every writer (each pass's record and
+each report, ``report.finish``) reads, merges its part and atomically replaces the file as one step
+under the status file's own lock (``update``): passes that overlap (a heartbeat during a ``run``)
+never lose each other's records or restart counters.
 ``boot_id`` is the kernel's ``/proc/sys/kernel/random/boot_id`` (under ``--root``): it tells this
 boot's records from those an earlier boot left in a status file kept on disk.
 """
@@ -23,14 +25,15 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from agent.errors import AgentError, NodeFileError, NodeFileMissing
-from agent.fs import NodeRoot, atomic_write, read_text
+from agent.fs import NodeRoot, atomic_write, file_lock, read_text
 from agent.timestamps import rfc3339
 
 PASSES = ("prepare", "run", "check")
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+STATUS_LOCK = "/run/gpu-node-agent/status.lock"  # see update()
 AGENT_UNIT = "gpu-node-agent.service"
 DISABLED = "/etc/gpu-node-agent/disabled"  # the units' ConditionPathExists=! switch
 DEFAULT_WAIT_TIMEOUT = 1800.0  # nodeadm, then an EFA install (efa.timeout_seconds 1200) and restarts
@@ -96,24 +99,46 @@ class PassRecord:
     def finish(self, status_file: str, health: Optional[str], exit_code: int,
                actions: Sequence[str] = ()) -> Optional[str]:
         """Record the pass; returns a one-line problem when the file cannot be written (never raises)."""
-        path = self.root.path(status_file)
-        document = _read_document(path)
-        passes = dict(document.get("passes") or {})
         record = self.as_dict(health, exit_code, actions)
-        if self.name == "run":
-            earlier = passes.get("run")
-            record["unit_done"] = self.unit == AGENT_UNIT or bool(
-                isinstance(earlier, dict) and earlier.get("boot_id") == self.boot_id and earlier.get("unit_done"))
-        passes[self.name] = record
-        document["passes"] = {name: passes[name] for name in PASSES if name in passes}
-        try:
+
+        def add_record(document: Dict[str, Any]) -> Dict[str, Any]:
+            passes = dict(document.get("passes") or {})
+            if self.name == "run":
+                earlier = passes.get("run")
+                record["unit_done"] = self.unit == AGENT_UNIT or bool(
+                    isinstance(earlier, dict) and earlier.get("boot_id") == self.boot_id
+                    and earlier.get("unit_done"))
+            passes[self.name] = record
+            return {**document, "passes": {name: passes[name] for name in PASSES if name in passes}}
+
+        return update(self.root, status_file, add_record, lambda doc: json.dumps(doc, indent=2) + "\n")[0]
+
+
+def update(root: NodeRoot, status_file: str, change: Callable[[Dict[str, Any]], Dict[str, Any]],
+           render: Callable[[Dict[str, Any]], str]) -> Tuple[Optional[str], Dict[str, Any]]:
+    """Read, change and replace the status file as one step: ``change`` gets the current document
+    (``{}`` when unreadable) and returns the new one, which ``render`` turns into the file's text.
+    Returns a one-line problem (None: written) and the document as ``change`` made it; never raises.
+
+    Every writer of the status file (each pass's record, each report, from ``prepare``, ``run`` and
+    the ``check --report`` heartbeat, which can overlap) goes through here, under a lock of its own
+    (``STATUS_LOCK``, held for the milliseconds of the read and the write, never across a restart or
+    a request: the run lock cannot serve, a heartbeat must not wait minutes for a run). Each writer
+    merges its part into what the file holds at that moment, so none loses another's (a pass record,
+    a restart counter); the replace is atomic, so a reader never sees half of it.
+    """
+    path = root.path(status_file)
+    document: Dict[str, Any] = {}
+    try:
+        with file_lock(root.path(STATUS_LOCK), "the status file's lock"):
+            document = change(_read_document(path))
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            atomic_write(path, (json.dumps(document, indent=2) + "\n").encode())
-        except NodeFileError as exc:
-            return str(exc)
-        except OSError as exc:
-            return f"{path}: cannot write: {exc.strerror or exc}"
-        return None
+            atomic_write(path, render(document).encode())
+    except NodeFileError as exc:  # the file itself, or its lock (then named after the file)
+        return (str(exc) if exc.path == str(path) else f"{path}: not written: {exc}"), document
+    except OSError as exc:
+        return f"{path}: cannot write: {exc.strerror or exc}", document
+    return None, document
 
 
 def _read_document(path: Path) -> Dict[str, Any]:
@@ -127,12 +152,6 @@ def _read_document(path: Path) -> Dict[str, Any]:
     if not isinstance(doc.get("passes"), dict):
         doc.pop("passes", None)
     return doc
-
-
-def carried(path: Path) -> Dict[str, Any]:
-    """``{"passes": ...}`` of the current status file, for a report that replaces the file."""
-    passes = _read_document(path).get("passes")
-    return {"passes": passes} if passes else {}
 
 
 # --- reading: `gpu-node-agent status` --------------------------------------------------------------

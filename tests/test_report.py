@@ -418,3 +418,52 @@ def test_a_crash_while_publishing_never_shows_a_credential(node_root: Path, api:
     assert not out.ok and out.error is not None and out.error.startswith("internal error while publishing: ValueError")
     captured = capsys.readouterr()
     assert secret not in out.error and secret not in captured.out + captured.err
+
+
+def test_a_heartbeat_overlapping_a_run_loses_neither_its_pass_nor_its_restarts(tmp_path: Path) -> None:
+    """A `check --report` heartbeat starts publishing; meanwhile a `run` restarts containerd and
+    records its pass; then the heartbeat writes its final report. Every writer merges under the
+    status file's lock, so the run's pass record and its restart stay counted."""
+    from agent.status import PassRecord
+
+    root = NodeRoot(str(tmp_path))
+    report.finish(root, config(), results(), publish_report=False, restarts={"containerd.service": 2}, now=NOW)
+    PassRecord(root, "prepare").finish("/run/gpu-node-agent/status.json", "healthy", 0)
+
+    def publisher_while_a_run_finishes(*args: Any, **kw: Any) -> report.PublishResult:
+        report.finish(root, config(), results(), ["restarted containerd.service"], publish_report=False,
+                      restarts={"containerd.service": 1}, now=NOW)
+        PassRecord(root, "run").finish("/run/gpu-node-agent/status.json", "healthy", 0, ["restarted"])
+        return report.PublishResult(True, NODE, "hostname", True, None)
+
+    out = report.finish(root, config(), results(), publish_report=True, publisher=publisher_while_a_run_finishes,
+                        now=NOW)
+    status = json.loads((tmp_path / "run/gpu-node-agent/status.json").read_text())
+    assert status["restarts_total"] == {"containerd.service": 3}
+    assert sorted(status["passes"]) == ["prepare", "run"] and status["passes"]["run"]["actions"] == ["restarted"]
+    assert out.document["restarts_total"] == {"containerd.service": 3}
+
+
+def test_every_status_file_writer_takes_the_status_lock(tmp_path: Path) -> None:
+    """While another process holds the status file's lock, a report waits for it."""
+    import fcntl
+    import threading
+
+    from agent.status import STATUS_LOCK
+
+    lock = tmp_path / STATUS_LOCK.lstrip("/")
+    lock.parent.mkdir(parents=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (report.finish(NodeRoot(str(tmp_path)), config(), results(),
+                                                            publish_report=False, now=NOW), done.set()))
+    thread.start()
+    try:
+        assert not done.wait(0.5)
+        assert not (tmp_path / "run/gpu-node-agent/status.json").exists()
+    finally:
+        os.close(fd)
+    assert done.wait(5)
+    thread.join()
+    assert (tmp_path / "run/gpu-node-agent/status.json").exists()
