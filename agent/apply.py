@@ -131,6 +131,12 @@ def restart_units(
                 result.failures.append(f"{restart.unit}: not restarted: {blocked}")
                 result.pending[restart.unit] = (FAIL, f"restart pending: {restart.reason}; {blocked}")
                 continue
+            if restart.only_for_edits and not result.written:  # every edit failed: nothing new to load
+                why = "not restarted: this run's configuration change was not written"
+                result.failures.append(f"{restart.unit}: {why}")
+                result.pending[restart.unit] = (FAIL, f"restart pending: {restart.reason}; {why}")
+                blocked = f"{restart.unit} was not restarted"
+                continue
             if _restart(client, restart, timeout, result):
                 continue
             if restart.rollback_on_failure and _roll_back(client, restart, timeout, result):
