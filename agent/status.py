@@ -177,7 +177,32 @@ def load(path: Path) -> Dict[str, Any]:
     passes = doc.get("passes", {})
     if not isinstance(passes, dict) or not all(isinstance(p, dict) for p in passes.values()):
         raise StatusFileError(f"{path}: corrupt status file: 'passes' is not an object of pass records")
+    problem = _wrong_type(doc, _DOCUMENT_TYPES, "") or next(
+        (p for name, record in passes.items() if (p := _wrong_type(record, _RECORD_TYPES, f"passes.{name}."))), None)
+    if problem:
+        raise StatusFileError(f"{path}: corrupt status file: {problem}")
     return doc
+
+
+_STR, _NUMBER = (str, type(None)), (int, float, type(None))
+# What ``status`` reads, and what each may be (the agent writes these; anything else is corrupt).
+_DOCUMENT_TYPES = {"health": _STR, "time": _STR}
+_RECORD_TYPES = {"started": _STR, "finished": _STR, "health": _STR, "boot_id": _STR, "unit": _STR,
+                 "duration_seconds": _NUMBER, "exit_code": (int, type(None)), "actions": (list,),
+                 "unit_done": (bool,)}
+
+
+def _wrong_type(doc: Mapping[str, Any], types: Mapping[str, Tuple[type, ...]], prefix: str) -> Optional[str]:
+    for key, allowed in types.items():
+        if key not in doc:
+            continue
+        value = doc[key]
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if ok and key == "actions":
+            ok = all(isinstance(a, str) for a in value)
+        if not ok:
+            return f"'{prefix}{key}' is {type(value).__name__}, not what the agent writes there"
+    return None
 
 
 def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bool) -> Dict[str, Any]:
