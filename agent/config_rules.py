@@ -50,6 +50,8 @@ def positive(value: Any) -> Optional[str]:
 
 
 def not_negative(value: Any) -> Optional[str]:
+    if not math.isfinite(value):  # .nan compares false with everything: a nan heartbeat never fires
+        return f"must be a finite number, got {value!r}"
     if value < 0:
         return f"must be 0 or more, got {value!r}"
     return None

@@ -57,6 +57,13 @@ def test_timeouts_are_finite_and_positive(key: str, value: str, problem: str) ->
     fails(f"{section}:\n  {name}: {value}\n", f"config.yaml:2: {key}: {problem}")
 
 
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", ".NaN"])
+@pytest.mark.parametrize("key", ["report.heartbeat_minutes", "gpu.allocatable_grace_seconds"])
+def test_durations_that_may_be_zero_are_finite_too(key: str, value: str) -> None:
+    section, name = key.split(".")
+    fails(f"{section}:\n  {name}: {value}\n", f"config.yaml:2: {key}: must be a finite number, got ")
+
+
 @pytest.mark.parametrize("key", ["containerd.config_path", "nvidia_runtime.config_path", "report.kubeconfig",
                                  "containerd.binary_name"])
 def test_node_paths_may_not_contain_dotdot(key: str) -> None:
