@@ -157,6 +157,17 @@ def _no_rule(value: Any) -> Optional[str]:
     return None
 
 
+def _own_state_files() -> Dict[str, str]:
+    """The agent's own small state files in /run/gpu-node-agent: no output may overwrite them."""
+    from agent import events, fabric, gpu, published, status, xid
+    from agent.efa import install
+
+    return {"the agent's GPU error state": xid.STATE, "the agent's record of what it published": published.STATE_FILE,
+            "the agent's Event state": events.STATE_FILE, "the EFA installer's pid file": install.INSTALLER_PID_FILE,
+            "the agent's instance-type cache": gpu.CACHE, "the fabric manager version cache": fabric.VERSION_CACHE,
+            "the status file's lock": status.STATUS_LOCK}
+
+
 def _check_outputs(config: AgentConfig, builder: _Builder) -> None:
     """A status, metrics or cache path may not be (or hold) a file the agent reads or manages."""
     from agent.tomlcache import VALUES_CACHE
@@ -169,6 +180,7 @@ def _check_outputs(config: AgentConfig, builder: _Builder) -> None:
     inputs = {k: value(k) for k in _MANAGED}
     inputs["the run lock"] = "/run/gpu-node-agent/lock"
     inputs["the agent's state"] = VALUES_CACHE
+    inputs.update(_own_state_files())
     inputs["the agent's configuration"] = DEFAULT_CONFIG_PATH
     seen: Dict[str, str] = {}
     for out in _OUTPUTS:

@@ -178,6 +178,23 @@ def _output_path(value: str, key: str) -> Optional[str]:
     return None
 
 
+def resolved_output(root: Any, node_path: str, key: str) -> Any:
+    """Where the output ``key`` names really is, its directories' symlinks followed inside the tree
+    (``NodeRoot.resolve``); a ``NodeFileError`` when that is outside its documented directories (a
+    symlinked directory must not turn the status file into containerd's config.toml). The check of
+    the configured value is lexical; this one is done right before each write."""
+    import posixpath
+
+    from agent.errors import NodeFileError
+
+    parent, name = posixpath.split(node_path)
+    real = posixpath.join(root.node_path(root.resolve(parent or "/")), name)
+    if _output_path(real, key) is not None:
+        raise NodeFileError(root.path(node_path), f"resolves to {real}, outside {' or '.join(OUTPUT_DIRS[key])} "
+                            f"where {key} must be; not written")
+    return root.path(node_path)
+
+
 def output_path(key: str, *, optional: bool = False) -> Validator:
     """The rule of the output ``key`` names: an absolute path inside its documented directories
     (``OUTPUT_DIRS[key]``); with ``optional``, an empty value means "none"."""

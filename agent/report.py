@@ -265,9 +265,12 @@ def _status_text(document: Mapping[str, Any]) -> str:
     return json.dumps(ordered_doc, indent=2) + "\n"
 
 
-def _write(root: NodeRoot, node_path: str, data: bytes) -> Optional[str]:
+def _write(root: NodeRoot, node_path: str, data: bytes, key: str) -> Optional[str]:
+    from agent.config_rules import resolved_output
+
     path = root.path(node_path)
     try:
+        path = resolved_output(root, node_path, key)
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         atomic_write(path, data)
     except NodeFileError as exc:
@@ -331,7 +334,8 @@ def finish(
     document = written or {**document, "publish": published.as_dict() if published is not None
                            else {"attempted": False}}
     if config.report.metrics_file:
-        err = _write(root, config.report.metrics_file, metrics_text(results, now, totals, published).encode())
+        err = _write(root, config.report.metrics_file, metrics_text(results, now, totals, published).encode(),
+                     "report.metrics_file")
         if err:
             problems.append(err)
     for problem in problems:

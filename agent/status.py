@@ -127,9 +127,12 @@ def update(root: NodeRoot, status_file: str, change: Callable[[Dict[str, Any]], 
     merges its part into what the file holds at that moment, so none loses another's (a pass record,
     a restart counter); the replace is atomic, so a reader never sees half of it.
     """
+    from agent.config_rules import resolved_output
+
     path = root.path(status_file)
     document: Dict[str, Any] = {}
     try:
+        path = resolved_output(root, status_file, "report.status_file")
         with file_lock(root.path(STATUS_LOCK), "the status file's lock"):
             document = change(_read_document(path))
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)

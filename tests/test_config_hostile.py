@@ -168,3 +168,10 @@ def test_lock_wait_must_be_finite_and_not_negative(tmp_path: Path, value: str) -
 ])
 def test_a_value_yaml_cannot_construct_is_one_line_not_a_traceback(text: str, match: str) -> None:
     fails(text, match)
+
+
+@pytest.mark.parametrize("state", ["gpu-errors.json", "published.json", "events.json", "efa-installer.pid",
+                                   "instance-type", "fabricmanager-version.json", "status.lock"])
+def test_an_output_may_not_be_one_of_the_agents_own_state_files(state: str) -> None:
+    fails(f"report:\n  status_file: /run/gpu-node-agent/{state}\n",
+          f"config.yaml:2: report.status_file: /run/gpu-node-agent/{state} is (or holds) the ")

@@ -348,7 +348,7 @@ def test_finish_records_publishing_outcome(tmp_path: Path) -> None:
 
     out = report.finish(
         NodeRoot(str(tmp_path)),
-        config(metrics_file="/m/agent.prom"),
+        config(metrics_file="/var/lib/node_exporter/agent.prom"),
         results(),
         publish_report=True,
         publisher=publisher,
@@ -360,7 +360,7 @@ def test_finish_records_publishing_outcome(tmp_path: Path) -> None:
     status = json.loads((tmp_path / "run/gpu-node-agent/status.json").read_text())
     assert list(status) == ["v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total"]
     assert status["publish"]["ok"] is False and "403" in status["publish"]["error"]
-    assert "gpu_node_agent_report_published 0" in (tmp_path / "m/agent.prom").read_text()
+    assert "gpu_node_agent_report_published 0" in (tmp_path / "var/lib/node_exporter/agent.prom").read_text()
     assert report.summary_line(out) == "not published: GET /api/v1/nodes/x: 403 Forbidden: no\n"
 
 
@@ -467,3 +467,21 @@ def test_every_status_file_writer_takes_the_status_lock(tmp_path: Path) -> None:
     assert done.wait(5)
     thread.join()
     assert (tmp_path / "run/gpu-node-agent/status.json").exists()
+
+
+@pytest.mark.parametrize("key", ["status_file", "metrics_file"])
+def test_an_output_through_a_symlinked_directory_never_lands_outside_its_directories(
+        tmp_path: Path, key: str) -> None:
+    """The configured path is inside /var/lib/gpu-node-agent (lexically valid), but that directory is
+    a symlink to /etc/containerd: the report must not replace containerd's config.toml."""
+    config_toml = write_node_file(tmp_path, "/etc/containerd/config.toml", "version = 3\n")
+    (tmp_path / "var/lib").mkdir(parents=True)
+    (tmp_path / "var/lib/gpu-node-agent").symlink_to("/etc/containerd")
+    name = "config.toml" if key == "status_file" else "config.prom"
+    if key == "metrics_file":
+        (tmp_path / "etc/containerd/config.prom").write_text("# node_exporter's\n")
+    out = report.finish(NodeRoot(str(tmp_path)), config(**{key: f"/var/lib/gpu-node-agent/{name}"}), results(),
+                        publish_report=False, now=NOW)
+    assert config_toml.read_text() == "version = 3\n"
+    assert not out.ok
+    assert any(f"resolves to /etc/containerd/{name}, outside" in p for p in out.problems), out.problems
