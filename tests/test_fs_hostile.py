@@ -394,3 +394,23 @@ def test_a_rollback_keeps_another_writers_newer_file(tmp_path: Path) -> None:
     assert len(problems) == 1 and "changed while the agent was writing" in problems[0]
     target.write_text("agent's edit\n")
     assert rollback([edit]) == [] and target.read_text() == "before\n"
+
+
+def test_a_sibling_directory_sharing_the_roots_name_prefix_is_not_inside_it(tmp_path: Path) -> None:
+    """With --root .../node, a path in .../node-config is the host's own: its symlink is followed as
+    the host follows it, never re-read inside the node's tree."""
+    from agent.noderoot import confined
+
+    NodeRoot(str(tmp_path / "node"))
+    (tmp_path / "node/etc").mkdir(parents=True)
+    (tmp_path / "node/etc/target").write_text("the node's\n")
+    sibling = tmp_path / "node-config"
+    sibling.mkdir()
+    (sibling / "target").write_text("the host's\n")
+    link = sibling / "link"
+    link.symlink_to(sibling / "target")
+    assert confined(link) == link
+    assert read_text(link) == "the host's\n"
+    inside = tmp_path / "node/etc/link"
+    inside.symlink_to("/etc/target")
+    assert read_text(inside) == "the node's\n"

@@ -66,6 +66,15 @@ def test_one_trailing_newline_is_dropped_as_kubectl_does(root: Path, api: ApiSer
     assert api.requests[-1].authorization == f"Bearer {SECRET}"
 
 
+def test_a_whitespace_only_token_is_refused_never_sent() -> None:
+    from agent.tokens import checked_token
+
+    for blank in ("    ", " ", "   \n"):
+        with pytest.raises(KubeconfigError, match="^token: is empty$"):
+            checked_token(blank, "token", KubeconfigError)
+    assert checked_token(" x ", "token", KubeconfigError) == " x "
+
+
 @pytest.mark.parametrize("kind", sorted(BAD_TOKENS))
 def test_a_bad_kubeconfig_token_is_refused_on_load_without_its_value(root: Path, api: ApiServer, kind: str) -> None:
     node = kubeconfig(root, api, {"token": BAD_TOKENS[kind]})

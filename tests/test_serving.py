@@ -98,6 +98,18 @@ def test_containerd_2_needs_the_runtime_and_images_plugins_too(short_root: Path)
                                                            "the daemon")
 
 
+def test_containerd_2_images_plugin_in_error_is_not_serving(short_root: Path) -> None:
+    rows = PLUGINS_LS.replace("error", "ok   ") + "\n".join(f"{row:<96}" for row in (
+        "io.containerd.cri.v1                  runtime                  linux/amd64    ok",
+        "io.containerd.cri.v1                  images                   -              error")) + "\n"
+    fake_ctr(short_root, f'case "$*" in *-d*) echo "Error:"; echo "  Message: bad registry config";; '
+                         f'*) cat <<"E"\n{rows}E\n;; esac\n')
+    with listening_socket(short_root / "run/containerd/containerd.sock"):
+        answer = probe_for(short_root, 2).read()
+    assert (answer.state, answer.message) == (NOT_SERVING, "CRI plugin io.containerd.cri.v1 images: error: bad "
+                                                           "registry config")
+
+
 def test_what_the_agent_cannot_ask_is_unknown_and_bounded(short_root: Path) -> None:
     probe = probe_for(short_root)
     answer = probe.read()

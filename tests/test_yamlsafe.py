@@ -52,3 +52,21 @@ def test_the_configuration_and_the_kubeconfig_name_the_same_line(reader: str, tm
             _parse_yaml(text, Path("f.yaml"))
         problem = str(kinfo.value)
     assert problem.startswith("f.yaml:3") and "invalid YAML: did not find expected node content" in problem
+
+
+def test_mapping_keys_count_in_the_node_budget() -> None:
+    """An alias bomb in complex mapping keys (``? *i : 1``): tiny values, enormous keys."""
+    import time
+
+    from agent.yamlsafe import YamlRefused, load_budgeted, yaml_too_big
+
+    lines = ["? &a [x, x, x, x, x, x, x, x, x, x]", ": 0"]
+    for n, (prev, name) in enumerate(zip("abcdefg", "bcdefgh")):
+        lines += [f"? &{name} [" + ", ".join([f"*{prev}"] * 10) + "]", f": {n + 1}"]
+    text = "\n".join(lines) + "\n"
+    node = yaml.SafeLoader(text).get_single_node()
+    assert yaml_too_big(node, 10_000) is not None
+    started = time.monotonic()
+    with pytest.raises(YamlRefused, match="config.yaml: too many YAML nodes"):
+        load_budgeted(text, "config.yaml", 10_000)
+    assert time.monotonic() - started < 2
