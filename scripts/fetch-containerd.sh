@@ -86,9 +86,10 @@ for pin in "${missing[@]}"; do
   case ",$served," in *",$version,"*) ;;
     *) die "pin containerd $version ($series, $suite) is no longer served by $archive $suite: it serves ${served:-no containerd} (update $VERSIONS)";; esac
   rm -f "$download"/containerd_*.deb
-  (cd "$download" && apt-get "${APT_OPTS[@]}" -q download "containerd=$version" >"$APT_DIR/download.log" 2>&1) \
-    && ! grep -qE '^(W|E): ' "$APT_DIR/download.log" \
-    || die "apt-get download containerd=$version ($archive $suite) failed: $(grep -E '^(W|E): ' "$APT_DIR/download.log" | head -n1)"
+  if ! (cd "$download" && apt-get "${APT_OPTS[@]}" -q download "containerd=$version" >"$APT_DIR/download.log" 2>&1) \
+      || grep -qE '^(W|E): ' "$APT_DIR/download.log"; then
+    die "apt-get download containerd=$version ($archive $suite) failed: $(grep -E '^(W|E): ' "$APT_DIR/download.log" | head -n1)"
+  fi
   deb=$(ls "$download"/containerd_*.deb)
   tmp=$(mktemp -d "$CACHE/.extract.XXXXXX")
   dpkg-deb -x "$deb" "$tmp"
