@@ -30,6 +30,9 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
+from agent import containerd_files, cri
+from agent.config import ContainerdSettings
+from agent.fs import NodeRoot
 from tests.conftest import sample
 from tests.containerd_daemons import Daemon, params
 from tests.systemd_harness import REAL_CONTAINERD_FILES, BootedSystemd, JobRecord, real_containerd_unit
@@ -187,6 +190,12 @@ def test_drift_is_fixed_restart_waits_for_cri_ok_and_check_passes(real_node: Rea
     assert real_node.props(CONTAINERD)["MainPID"] != first
     assert set(real_node.cri_statuses().values()) == {"ok"}
     assert "restarted containerd.service: this run changes its configuration" in out
+    # The CRI plugins the agent asks about for this daemon (agent/cri.py) are the ones it lists.
+    listed = {(r[0], r[1]) for r in (ln.split() for ln in real_node.ctr("plugins", "ls").splitlines()[1:])
+              if r and ("cri" in r[0].split(".") or r[1] == "cri")}
+    probe = cri.probe(NodeRoot(str(real_node.root)),
+                      containerd_files.load(NodeRoot(str(real_node.root)), ContainerdSettings()))
+    assert probe is not None and set(probe.plugins) == listed == set(cri.CRI_PLUGINS[real_node.daemon.major])
     code, out = real_node.agent("check")
     statuses = real_node.statuses(out)
     assert only_compatibility_warns(statuses), out
