@@ -5,7 +5,7 @@
 #
 # A private apt configuration: its own sources list (the Debian archive URI this machine's apt sources
 # already use, suites from the versions file, component main, signed by debian-archive-keyring), its
-# own lists and cache directories under .cache/containerd/apt/. apt verifies the archive's signatures
+# own lists and cache directories (a temporary directory). apt verifies the archive's signatures
 # and the package's hash; the machine's apt sources, lists, cache and installed packages stay as they
 # are. Idempotent: a version already extracted is only checked (its binaries run and say their version).
 # Needs no root. Exit 1 with one line when a pin is no longer served or a binary does not run.
@@ -57,13 +57,15 @@ archive=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list /
 [ -n "$archive" ] || die "no Debian archive URI (…/debian) in /etc/apt/sources.list.d/ or /etc/apt/sources.list"
 [ -r "$KEYRING" ] || die "$KEYRING missing (install debian-archive-keyring)"
 
-APT_DIR=$PWD/$CACHE/apt
-mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
-# apt downloads as its sandbox user _apt (when run as root): into a directory of its own under /tmp.
-download=$(mktemp -d /tmp/fetch-containerd.XXXXXX)
-trap 'rm -rf "$download"' EXIT
-chmod 755 "$download"
-if [ "$(id -u)" -eq 0 ] && id _apt >/dev/null 2>&1; then chown _apt "$download"; fi
+# The private apt state lives in a directory of its own under /tmp, removed on exit: apt downloads as
+# its sandbox user _apt (when run as root), which must reach it (a checkout under /root is not).
+APT_DIR=$(mktemp -d /tmp/fetch-containerd.XXXXXX)
+extract=""
+trap 'rm -rf "$APT_DIR" ${extract:+"$extract"}' EXIT
+chmod 755 "$APT_DIR"
+mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial" "$APT_DIR/download"
+if [ "$(id -u)" -eq 0 ] && id _apt >/dev/null 2>&1; then chown _apt "$APT_DIR/download"; fi
+download=$APT_DIR/download
 : >"$APT_DIR/sources.list.tmp"
 for suite in $(for pin in "${PINS[@]}"; do read -r _ s _ <<<"$pin"; echo "$s"; done | sort -u); do
   echo "deb [signed-by=$KEYRING] $archive $suite main" >>"$APT_DIR/sources.list.tmp"
@@ -73,11 +75,11 @@ APT_OPTS=(
   -o "Dir::Etc::sourcelist=$APT_DIR/sources.list" -o Dir::Etc::sourceparts=/dev/null
   -o Dir::Etc::preferencesparts=/dev/null -o "Dir::Etc::preferences=/dev/null"
   -o "Dir::State::Lists=$APT_DIR/lists" -o "Dir::Cache=$APT_DIR/cache"
-  -o Acquire::Languages=none -o APT::Get::List-Cleanup=true -o Debug::NoLocking=false
+  -o Acquire::Languages=none -o APT::Get::List-Cleanup=true
 )
 log=$APT_DIR/update.log
 if ! apt-get "${APT_OPTS[@]}" -q update >"$log" 2>&1 || grep -qE '^(W|E): ' "$log"; then
-  die "apt-get update ($archive: ${missing[*]/%/;}) failed: $(grep -E '^(W|E): ' "$log" | head -n1)"
+  die "apt-get update ($archive) failed: $(grep -E '^(W|E): ' "$log" | head -n1)"
 fi
 
 for pin in "${missing[@]}"; do
@@ -91,10 +93,12 @@ for pin in "${missing[@]}"; do
     die "apt-get download containerd=$version ($archive $suite) failed: $(grep -E '^(W|E): ' "$APT_DIR/download.log" | head -n1)"
   fi
   deb=$(ls "$download"/containerd_*.deb)
-  tmp=$(mktemp -d "$CACHE/.extract.XXXXXX")
-  dpkg-deb -x "$deb" "$tmp"
+  mkdir -p "$CACHE"
+  extract=$(mktemp -d "$CACHE/.extract.XXXXXX")
+  dpkg-deb -x "$deb" "$extract"
   rm -rf "${CACHE:?}/$version"
-  mv "$tmp" "$CACHE/$version"
+  mv "$extract" "$CACHE/$version"
+  extract=""
   rm -f "$deb"
   check "$version" || die "$CACHE/$version: missing one of ${BINARIES[*]} after extracting $deb"
   echo "fetch-containerd: fetched $series $version ($archive $suite)"
