@@ -23,7 +23,7 @@ TEST_APT_PACKAGES=(
   systemd dbus util-linux bsdutils iproute2
   rpm containerd curl openssl
   python3-yaml python3-requests shellcheck jq
-  gpg gpg-agent gpgconf gpgv
+  gpg gpg-agent gpgconf gpgv debian-archive-keyring
 )
 # Benchmarks only (bench/README.md), not the tests: hyperfine.
 APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}")
@@ -66,6 +66,10 @@ if [ "$demo" = yes ]; then
   exit 0
 fi
 install_locked .venv scripts/lock/py311.txt
+
+# containerd 1.7 (trixie) and 2.x (forky) for the real-daemon tests, from Debian's archive through a
+# private apt configuration, extracted into .cache/containerd/ (scripts/containerd-versions.txt).
+scripts/fetch-containerd.sh
 
 # Python 3.9: the interpreter the agent runs on in production (AL2023), with AL2023's requests,
 # urllib3, PyYAML and PyGObject (scripts/lock/al2023.txt). PyGObject, pycairo and dbus-python build

@@ -26,18 +26,9 @@ from tests.systemd_harness import BootedSystemd
 from tests.systemd_node import CONTAINERD, KUBELET, SystemdNode
 
 # What AL2023's python3 has from the RPMs the package requires (python3-requests, python3-pyyaml,
-# python3-gobject-base) and their dependencies: distribution -> version (AL2023 release notes,
-# 2023.1.20230809: python3-requests 2.25.1, python3-urllib3 1.25.10, python3-pyyaml 5.4.1,
-# python3-idna 2.10, python3-chardet 4.0.0, python3-gobject-base 3.42.2, python3-cairo 1.20.1).
-AL2023_DISTRIBUTIONS = {
-    "requests": "2.25.1",
-    "urllib3": "1.25.10",
-    "PyYAML": "5.4.1",
-    "idna": "2.10",
-    "chardet": "4.0.0",
-    "PyGObject": "3.42.2",
-    "pycairo": "1.20.1",
-}
+# python3-gobject-base) and their dependencies: distribution -> version, from their one source.
+AL2023_DISTRIBUTIONS = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "scripts/lock/al2023.txt").read_text(),
+                                       re.M))
 # AL2023's python3-requests reads the system CA bundle (Fedora's patch to requests); requests from
 # PyPI imports certifi for the same, so it is there too, at whatever version.
 UNPINNED = ("certifi",)
