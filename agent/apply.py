@@ -20,11 +20,14 @@ from agent.fs import FileEdit, atomic_write, read_text
 from agent.health import FAIL, WARN
 from agent.log import get_logger
 from agent.plan import Plan, Restart
+from agent.text import clip
 
 if TYPE_CHECKING:
+    from agent.serving import Serving
     from agent.systemd import SystemdClient
 
 log = get_logger("apply")
+BEFORE_PROBE_SECONDS = 5.0  # asking containerd before a restart that loads this run's edit
 
 
 @dataclass
@@ -102,6 +105,11 @@ def restart_units(
     If containerd does not come back active after a restart that loads this run's own edit, the
     edited files get their previous contents back and containerd is restarted again: the agent
     never leaves containerd down because of its own change. That is still a failure (exit 1).
+    Unless the error is the one containerd already had before the restart (the same plugin with the
+    same message, asked just before it): then the edit did not cause it and rolling it back would not
+    cure it, so the edit is kept and the run fails with containerd's reason. The units after it are
+    not restarted, and their pending restart names the state that blocked them (not active, or
+    active but not serving).
     """
     from agent import systemd
 
@@ -137,17 +145,43 @@ def restart_units(
                 result.pending[restart.unit] = (FAIL, f"restart pending: {restart.reason}; {why}")
                 blocked = f"{restart.unit} was not restarted"
                 continue
-            if _restart(client, restart, timeout, result):
+            before = _serving_before(restart)
+            ok, answer = _restart(client, restart, timeout, result)
+            if ok:
                 continue
-            if restart.rollback_on_failure and _roll_back(client, restart, timeout, result):
+            if answer is not None and _same_error(before, answer):
+                # containerd had this very error before the edit: rolling back would not cure it
+                result.failures.append(
+                    f"{restart.unit}: {answer.message} is the error containerd already had before this run's "
+                    "change (same plugin, same message); the change is kept, not rolled back")
+                log.error("restart into an earlier error", unit=restart.unit, error=answer.message)
+            elif restart.rollback_on_failure and _roll_back(client, restart, timeout, result):
                 continue
             if restart is plan.restarts[0]:
-                blocked = f"{restart.unit} is not active"
+                blocked = (f"{restart.unit} is not active" if answer is None
+                           else f"{restart.unit} is active but does not serve ({clip(answer.message, 200)})")
+
+
+def _serving_before(restart: Restart) -> Optional[Serving]:
+    """What the daemon says before a restart that loads this run's edit: its error, if it already has
+    one, is not the edit's doing (containerd reads its configuration only at start)."""
+    from agent.serving import NOT_SERVING
+
+    if not restart.rollback_on_failure or restart.probe is None:
+        return None
+    answer = restart.probe.read(BEFORE_PROBE_SECONDS)
+    return answer if answer.state == NOT_SERVING else None
+
+
+def _same_error(before: Optional[Serving], after: Serving) -> bool:
+    """The same plugin with the same message: the error was there before the restart."""
+    return before is not None and after.state == before.state and after.message == before.message
 
 
 def _restart(client: SystemdClient, restart: Restart, timeout: float, result: ApplyResult, *,
-             reset_failed: bool = False) -> bool:
-    """Restart one unit and wait until it serves (its probe says so), all within ``timeout``."""
+             reset_failed: bool = False) -> Tuple[bool, Optional[Serving]]:
+    """Restart one unit and wait until it serves (its probe says so), all within ``timeout``: whether
+    it does, and the daemon's last answer (None when systemd's restart itself failed)."""
     import time
 
     from agent import serving, systemd
@@ -158,13 +192,13 @@ def _restart(client: SystemdClient, restart: Restart, timeout: float, result: Ap
     except systemd.SystemdError as exc:
         log.error("restart failed", unit=restart.unit, error=str(exc))
         result.failures.append(str(exc))
-        return False
+        return False, None
     answer = serving.wait(restart.probe, deadline) if restart.probe is not None else None
     if answer is not None and not answer.ok and not (answer.state == serving.UNKNOWN and answer.final):
         problem = f"{restart.unit}: restarted and active, but {answer.message}"
         log.error("restart failed", unit=restart.unit, error=problem)
         result.failures.append(problem)
-        return False
+        return False, answer
     result.restarted.append(restart.unit)
     result.actions.append(f"restarted {restart.unit}: {restart.reason}")
     if answer is not None and not answer.ok:  # the agent cannot ask (e.g. no ctr): systemd's word only
@@ -172,7 +206,7 @@ def _restart(client: SystemdClient, restart: Restart, timeout: float, result: Ap
         log.warning("restart not confirmed", unit=restart.unit, reason=answer.message)
     log.info("restarted", unit=restart.unit, pid=outcome.after.main_pid, seconds=round(outcome.seconds, 3),
              serving=answer.message if answer is not None else None)
-    return True
+    return True, answer
 
 
 def _roll_back(client: SystemdClient, restart: Restart, timeout: float, result: ApplyResult) -> bool:
@@ -189,7 +223,7 @@ def _roll_back(client: SystemdClient, restart: Restart, timeout: float, result: 
         return False
     again = restart._replace(reason="with the previous configuration restored")
     # ResetFailedUnit first: the failed restart counts against systemd's start-rate limit.
-    if not _restart(client, again, timeout, result, reset_failed=True):
+    if not _restart(client, again, timeout, result, reset_failed=True)[0]:
         return False
     result.failures.append(
         f"{restart.unit} did not come back serving with this run's configuration change; the previous "
