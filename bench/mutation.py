@@ -145,6 +145,53 @@ SCOPES: Dict[str, Scope] = {
         ("tests/test_download.py", "tests/test_efa_fetch.py", *CACHE_CASES),
         "the SHA-256 of the bytes received and of a cached copy",
     ),
+    "cri": Scope(
+        "agent/cri.py",
+        _f("parse_plugins", "parse_error", "xǁCriProbeǁread", "probe"),
+        ("tests/test_serving.py", "tests/test_node_reads_hostile.py"),
+        "containerd's CRI plugins in the daemon's own words (1.x and 2.x plugin lists)",
+    ),
+    "xid": Scope(
+        "agent/xid.py",
+        _f("_load_state", "discover", "acknowledge"),
+        ("tests/test_gpu_errors.py",),
+        "XID state: this boot's only, reported once",
+    ),
+    "fabric": Scope(
+        "agent/fabric.py",
+        _f("discover", "fabricmanager_version"),
+        ("tests/test_node_reads_hostile.py",
+         *("tests/test_fabricmanager.py::test_" + t for t in (
+             "not_installed_fails", "a_p5_whose_driver_lists_no_nvswitch_still_needs_its_fabric_manager",
+             "another_version_than_the_driver_fails"))),
+        "whether a node needs the fabric manager, and its version",
+    ),
+    "noderoot": Scope(
+        "agent/noderoot.py",
+        _f("confined", "xǁNodeRootǁpath", "xǁNodeRootǁsupplied", "xǁNodeRootǁ_parts", "xǁNodeRootǁ_walk",
+           "xǁNodeRootǁnode_path"),
+        ("tests/test_fs_hostile.py", "tests/test_node_reads_hostile.py"),
+        "--root confinement: symlinks and '..' resolved inside the tree",
+    ),
+    "efa-signature": Scope(
+        "agent/efa/signature.py",
+        _f("verify_signature"),
+        ("tests/test_efa_signature.py",),
+        "the installer's signature: GOODSIG and VALIDSIG by the pinned primary key",
+    ),
+    "tokens": Scope(
+        "agent/tokens.py",
+        _f("checked_token", "redact"),
+        ("tests/test_kube_hostile.py", "tests/test_http_bounds.py"),
+        "bearer tokens checked before they are sent, credentials masked in error texts",
+    ),
+    "yamlsafe": Scope(
+        "agent/yamlsafe.py",
+        _f("yaml_too_big", "load_budgeted"),
+        ("tests/test_yamlsafe.py", "tests/test_config_hostile.py", "tests/test_kube_hostile.py",
+         "tests/test_node_reads_hostile.py"),
+        "the YAML node budget (aliases and keys counted) before anything is built",
+    ),
 }
 
 
