@@ -15,8 +15,9 @@ never trips it (``requests``' ``timeout`` is such a per-operation timeout). So:
 * the body is read in chunks into memory only up to ``max_bytes`` (a ``Content-Length`` above it is
   refused before reading), checking the deadline between chunks (``read``, ``read_capped``).
 
-``TooLate`` and ``TooLarge`` are ``AnswerRefused``; the callers turn them into their own one-line
-errors. ``requests`` is imported only by the functions that take a session.
+``TooLate``, ``TooLarge`` and ``CutShort`` (fewer bytes than ``Content-Length``) are
+``AnswerRefused``; the callers turn them into their own one-line errors. ``requests`` is imported
+only by the functions that take a session.
 """
 
 
@@ -41,7 +42,12 @@ class AnswerRefused(Exception):
 
 class TooLate(AnswerRefused):
     def __init__(self, seconds: float) -> None:
-        super().__init__(f"no complete answer within {seconds:g}s")
+        super().__init__(f"no complete answer within {seconds:.3g}s")
+
+
+class CutShort(AnswerRefused):
+    def __init__(self, received: int, declared: int) -> None:
+        super().__init__(f"answer cut short: {received} of {declared} bytes")
 
 
 class TooLarge(AnswerRefused):
@@ -167,12 +173,19 @@ def response(session: requests.Session, method: str, url: str, deadline: Deadlin
 def read(session: requests.Session, method: str, url: str, deadline: Deadline, *, max_bytes: int,
          connect_timeout: Optional[float] = None, **kwargs: Any) -> requests.Response:
     """The whole answer, its body in ``content`` (at most ``max_bytes``), within ``deadline``:
-    ``TooLate``, ``TooLarge``, or ``requests``' own errors (refused, reset, TLS)."""
+    ``TooLate``, ``TooLarge``, ``CutShort``, or ``requests``' own errors (refused, reset, TLS). A
+    connection cut at the deadline ends the body like a server closing it would: ``TooLate`` then,
+    never a short body taken for the whole."""
     with response(session, method, url, deadline, connect_timeout=connect_timeout, **kwargs) as resp:
         if declared_too_large(resp.headers, max_bytes):
             raise TooLarge(max_bytes)
         chunks = resp.iter_content(CHUNK)
         body = read_capped(lambda n: next(chunks, b""), max_bytes, deadline)
+        if getattr(_current, "watch", None) is not None and _current.watch.fired:
+            raise TooLate(deadline.seconds)  # the cut looks like the end of the body: it is not
+        declared = str(resp.headers.get("Content-Length") or "").strip()
+        if declared.isdigit() and len(body) < int(declared):  # urllib3 1.x does not check
+            raise CutShort(len(body), int(declared))
         resp._content = body  # what .content, .text and .json() read
         resp._content_consumed = True  # type: ignore[attr-defined]
         return resp

@@ -163,8 +163,11 @@ class KubeClient:
                                      data=data, headers=headers, cert=credential.cert, allow_redirects=False)
             except httpread.TooLate:
                 last = (f"{self.config.cluster.server} sent no complete answer within "
-                        f"{answer_deadline.seconds:g}s")
+                        f"{answer_deadline.seconds:.3g}s")
                 log.debug("api request failed", request=what, error="too late")
+            except httpread.CutShort as exc:
+                last = f"{self.config.cluster.server}: {exc}"
+                log.debug("api request failed", request=what, error="cut short")
             except httpread.TooLarge:
                 raise KubeError(f"{what}: the answer is larger than {MAX_ANSWER_BYTES >> 20} MiB; not read") from None
             except requests.exceptions.SSLError as exc:

@@ -82,6 +82,8 @@ class HealthzProbe(NamedTuple):
                     conn.request("GET", "/healthz")
                     response = conn.getresponse()
                     body = httpread.read_capped(response.read, _ANSWER_LIMIT, deadline)
+                    if watch.fired:  # the cut looked like the end of the body
+                        raise httpread.TooLate(timeout)
                 except (OSError, http.client.HTTPException):
                     if watch.fired:
                         raise httpread.TooLate(timeout) from None

@@ -90,6 +90,10 @@ class Hostile(LoopbackServer):
         elif self.mode == "trickle-body":
             h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10000\r\n\r\n")
             self.trickle(h, b" " * 10_000)
+        elif self.mode == "stall-body":  # headers, then silence, then the connection closed: no length
+            h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+            h.wfile.flush()
+            self.stop_event.wait(5)
         elif self.mode == "huge":
             h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
             chunk = b" " * 65536
@@ -132,7 +136,7 @@ def client_for(tmp_path: Path, server: Hostile, **kw: Any) -> KubeClient:
     return KubeClient(load_kubeconfig(NodeRoot(str(root)), KUBECONFIG), **kw)
 
 
-TRICKLES = ["trickle-status", "trickle-headers", "trickle-body"]
+TRICKLES = ["trickle-status", "trickle-headers", "trickle-body", "stall-body"]
 
 
 @pytest.mark.parametrize("hostile_api", TRICKLES, indirect=True)
@@ -142,7 +146,7 @@ def test_an_api_server_that_trickles_is_cut_at_the_request_timeout(tmp_path: Pat
         client.get_node(NODE, Deadline(1.5))
     took = time.monotonic() - started
     assert took < 4, took
-    assert "no complete answer within 1s" in str(caught.value) or "gave up" in str(caught.value)
+    assert "sent no complete answer within " in str(caught.value), caught.value
 
 
 @pytest.mark.parametrize("hostile_api", ["huge"], indirect=True)
@@ -178,7 +182,7 @@ def test_imds_that_trickles_is_cut_at_its_timeout(hostile: Hostile) -> None:
     assert time.monotonic() - started < 3
 
 
-@pytest.mark.parametrize("hostile", ["trickle-status", "trickle-headers", "trickle-body", "huge"], indirect=True)
+@pytest.mark.parametrize("hostile", [*TRICKLES, "huge"], indirect=True)
 def test_a_healthz_that_trickles_or_floods_is_cut_at_the_probe_timeout(hostile: Hostile) -> None:
     started = time.monotonic()
     answer = HealthzProbe("127.0.0.1", hostile.port, "test").read(1.0)
