@@ -113,7 +113,7 @@ def _fresh_logging() -> None:
     """Each test starts with unconfigured logging: structlog binds the stderr of the test that first
     logged (pytest's capture), which later tests must not write to. The format is ``auto``: JSON
     lines, as pytest's capture is no TTY."""
-    from agent import log
+    from agent.base import log
 
     log.setup()
 
@@ -126,17 +126,19 @@ def units_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     The real thing: tests/test_systemd_restart.py and tests/test_containerd_daemon.py."""
     import time as _time
 
-    from agent import systemd, units
-    from agent.serving import SERVING, Serving
+    from agent.daemons import units
+    from agent.daemons.serving import SERVING, Serving
+    from agent.systemd import client as systemd
+    from agent.systemd import state as systemd_state
 
     since = int((_time.time() + 86400) * 1e6)
 
     def discover(names: Any, **_: Any) -> Any:
-        return systemd.UnitStates("unix:path=/run/dbus/system_bus_socket", tuple(
-            systemd.UnitState(n, "loaded", "active", "running", since, 100 + i) for i, n in enumerate(names)))
+        return systemd_state.UnitStates("unix:path=/run/dbus/system_bus_socket", tuple(
+            systemd_state.UnitState(n, "loaded", "active", "running", since, 100 + i) for i, n in enumerate(names)))
 
     def serving(root: Any, config: Any, containerd_facts: Any, units: Any) -> Any:
-        names = [config.restart.units[0], systemd.kubelet_unit(config.restart.units)]
+        names = [config.restart.units[0], systemd_state.kubelet_unit(config.restart.units)]
         return {}, {n: Serving(SERVING, f"{n}: serving") for n in names}
 
     monkeypatch.setattr(systemd, "discover", discover)

@@ -3,9 +3,9 @@
 from pathlib import Path
 from typing import Dict, Optional
 
-from agent import containerd
-from agent.config import ContainerdSettings
-from agent.fs import NodeRoot
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import ContainerdSettings
+from agent.containerd import config as containerd
 
 VERSION_TEXT = {
     1: "containerd github.com/containerd/containerd 1.7.27 05044ec0a9a75232cad458027ca83437aae3f4da\n",

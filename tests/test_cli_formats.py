@@ -12,8 +12,8 @@ from typing import List
 import pytest
 
 from agent import cli
-from agent.config import parse_config
-from agent.plan import Plan, Restart, plan_document
+from agent.config.load import parse_config
+from agent.pipeline.plan import Plan, Restart, plan_document
 from tests.conftest import REPO, SAMPLES
 from tests.efa_helpers import converged_node, sha256
 

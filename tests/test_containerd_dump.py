@@ -12,9 +12,9 @@ from typing import Any, Dict
 import pytest
 import tomlkit
 
-from agent import containerd
-from agent.config import ContainerdSettings
-from agent.fs import NodeRoot
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import ContainerdSettings
+from agent.containerd import config as containerd
 from tests.conftest import sample, which
 from tests.containerd_helpers import apply_all
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import containerd
-from agent.config import ContainerdSettings
-from agent.errors import NodeFileError
+from agent.base.errors import NodeFileError
+from agent.config.settings import ContainerdSettings
+from agent.containerd import config as containerd
 from tests.conftest import sample
 from tests.containerd_helpers import converge, make_node, reconcile
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import containerd
-from agent.config import ContainerdSettings
+from agent.config.settings import ContainerdSettings
+from agent.containerd import config as containerd
 from tests.conftest import sample
 from tests.containerd_helpers import changed_lines, converge, make_node, reconcile
 

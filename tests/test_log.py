@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from agent import log
+from agent.base import log
 from tests.conftest import REPO
 
 

@@ -12,8 +12,9 @@ from typing import Dict, List
 import pytest
 
 from agent import __version__
-from agent.config import AgentConfig, config_keys, parse_config
-from agent.health import exit_code_for
+from agent.config.load import parse_config
+from agent.config.settings import AgentConfig, config_keys
+from agent.pipeline.health import exit_code_for
 from tests.conftest import REPO, which
 from tests.packaging_helpers import (
     LIBDIR,

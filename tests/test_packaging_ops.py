@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Optional
 import pytest
 import yaml
 
-from agent.health import FAIL, PASS, WARN, CheckResult, report_document
+from agent.pipeline.health import FAIL, PASS, WARN, CheckResult
+from agent.report.document import report_document
 from tests.conftest import REPO, which
 from tests.packaging_helpers import (
     SYSTEM_PYTHON,

@@ -10,11 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import kubelet, report
-from agent.config import AgentConfig, ImdsSettings, ReportSettings
-from agent.fs import NodeRoot
-from agent.health import CHECK_NAMES, FAIL, PASS, SKIP, WARN, CheckResult, report_document
-from agent.imds import ImdsClient
+from agent.aws.imds import ImdsClient
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import AgentConfig, ImdsSettings, ReportSettings
+from agent.daemons import kubelet
+from agent.kube import node as kube_node
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline.resources import CHECK_NAMES
+from agent.report import report
+from agent.report.document import report_document
 from tests.imds_server import ImdsServer
 from tests.kube_helpers import (
     NODE,
@@ -150,10 +154,10 @@ def test_node_name_order(tmp_path: Path, imds: ImdsServer) -> None:
     root = NodeRoot(str(tmp_path))
     make_imds = lambda: ImdsClient(imds.url, 1.0)  # noqa: E731
     hostname = lambda: "Some-Host"  # noqa: E731
-    assert report.resolve_node_name(root, config(node_name="configured"), imds=make_imds) == report.NodeName(
+    assert kube_node.resolve_node_name(root, config(node_name="configured"), imds=make_imds) == kube_node.NodeName(
         "configured", "report.node_name"
     )
-    assert report.resolve_node_name(root, config(), imds=make_imds, hostname=hostname) == report.NodeName(
+    assert kube_node.resolve_node_name(root, config(), imds=make_imds, hostname=hostname) == kube_node.NodeName(
         "ip-10-0-0-12.us-west-2.compute.internal", "IMDS local-hostname"
     )
     write_node_file(
@@ -161,13 +165,13 @@ def test_node_name_order(tmp_path: Path, imds: ImdsServer) -> None:
         kubelet.KUBELET_ENVIRONMENT,
         'NODEADM_KUBELET_ARGS="--node-ip=10.0.0.12 --hostname-override=GPU-Node-7 --v=2"\n',
     )
-    assert report.resolve_node_name(root, config(), imds=make_imds) == report.NodeName(
+    assert kube_node.resolve_node_name(root, config(), imds=make_imds) == kube_node.NodeName(
         "gpu-node-7", "--hostname-override in /etc/eks/kubelet/environment"
     )
     imds.requests.clear()
     (tmp_path / kubelet.KUBELET_ENVIRONMENT.lstrip("/")).unlink()
     imds.disabled = True
-    assert report.resolve_node_name(root, config(), imds=make_imds, hostname=hostname) == report.NodeName(
+    assert kube_node.resolve_node_name(root, config(), imds=make_imds, hostname=hostname) == kube_node.NodeName(
         "some-host", "hostname"
     )
     assert len(imds.requests) == 1  # 403: no retries
@@ -178,8 +182,8 @@ def test_imds_disabled_by_env_is_not_asked(
 ) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     cfg = AgentConfig(imds=ImdsSettings(endpoint=imds.url))
-    name = report.resolve_node_name(NodeRoot(str(tmp_path)), cfg, hostname=lambda: "h")
-    assert name == report.NodeName("h", "hostname") and imds.requests == []
+    name = kube_node.resolve_node_name(NodeRoot(str(tmp_path)), cfg, hostname=lambda: "h")
+    assert name == kube_node.NodeName("h", "hostname") and imds.requests == []
 
 
 @pytest.mark.parametrize(
@@ -395,8 +399,8 @@ def test_status_file_mode(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("prefix", ["Gpu_Agent", "-bad.example.com", "a" * 254, "gpu/agent"])
 def test_annotation_prefix_validated_when_the_config_loads(prefix: str) -> None:
-    from agent.config import parse_config
-    from agent.errors import ConfigError
+    from agent.base.errors import ConfigError
+    from agent.config.load import parse_config
 
     with pytest.raises(ConfigError, match=r"report\.annotation_prefix"):
         parse_config(f"report:\n  annotation_prefix: {prefix!r}\n", "config.yaml")
@@ -406,7 +410,7 @@ def test_a_crash_while_publishing_never_shows_a_credential(node_root: Path, api:
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """A bug's exception text can quote request headers (requests: "Invalid header value b'Bearer ...'")."""
-    from agent import kube
+    from agent.kube import client as kube
 
     secret = "k8s-aws-v1.aHR0cHM6Ly9zdHMuYW1hem9uYXdzLmNvbS9zZWNyZXQtdG9rZW4tdmFsdWU"
 

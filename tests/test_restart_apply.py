@@ -9,13 +9,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import pytest
 
-from agent import log
-from agent.apply import apply
-from agent.fs import FileEdit
-from agent.health import FAIL, SKIP, WARN
-from agent.plan import NotRestarted, Plan, Restart
-from agent.systemd import BusUnreachable, JobFailed, SystemdError, UnitState
-from agent.systemd_jobs import RestartOutcome
+from agent.base import log
+from agent.base.fs import FileEdit
+from agent.pipeline.apply import apply
+from agent.pipeline.health import FAIL, SKIP, WARN
+from agent.pipeline.plan import NotRestarted, Plan, Restart
+from agent.systemd.errors import BusUnreachable, JobFailed, SystemdError
+from agent.systemd.jobs import RestartOutcome
+from agent.systemd.state import UnitState
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"

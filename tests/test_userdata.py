@@ -16,7 +16,8 @@ from typing import List
 import pytest
 import yaml
 
-from agent.config import AgentConfig, parse_config
+from agent.config.load import parse_config
+from agent.config.settings import AgentConfig
 from tests.conftest import REPO, which
 
 USERDATA = REPO / "packaging" / "userdata"
