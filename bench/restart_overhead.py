@@ -48,8 +48,8 @@ from systemd_harness import (  # noqa: E402
 
 from agent.base.noderoot import NodeRoot  # noqa: E402
 from agent.containerd import cri  # noqa: E402
-from agent.daemons import serving
-from agent.systemd import client as systemd
+from agent.daemons import serving  # noqa: E402
+from agent.systemd import client as systemd  # noqa: E402
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"

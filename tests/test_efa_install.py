@@ -73,7 +73,8 @@ def seeded_cache(root: Path, data: bytes, version: str = VERSION) -> EfaSettings
 
 
 def action_for(root: Path, settings: EfaSettings) -> efa_decision.EfaAction:
-    action, problems = efa_decision.decide(efa_facts.discover(NodeRoot(str(root)), settings), settings, NodeRoot(str(root)))
+    node = NodeRoot(str(root))
+    action, problems = efa_decision.decide(efa_facts.discover(node, settings), settings, node)
     assert action.install and not problems
     return action
 

@@ -53,7 +53,8 @@ class RegistryMirror(Resource):
             return Planned()
         return Planned((FileEdit(path, text, WANTED, ("server: the mirror",), "registry-mirror"),))
 
-    def restart_needs(self, facts: pipeline.NodeFacts, edits: Sequence[FileEdit], config: AgentConfig) -> List[RestartNeed]:
+    def restart_needs(self, facts: pipeline.NodeFacts, edits: Sequence[FileEdit],
+                      config: AgentConfig) -> List[RestartNeed]:
         if any(e.path == facts.root.path(REGISTRY) for e in edits):
             return [RestartNeed("the registry mirror changes", from_edit=True)]
         return []

@@ -17,7 +17,7 @@ from agent.daemons import kubelet
 from agent.kube import node as kube_node
 from agent.pipeline.health import FAIL, PASS, SKIP, WARN, CheckResult
 from agent.pipeline.resources import CHECK_NAMES
-from agent.report import report
+from agent.report import node_content, report
 from agent.report.document import report_document
 from tests.imds_server import ImdsServer
 from tests.kube_helpers import (
@@ -47,12 +47,12 @@ def results(**statuses: str) -> List[CheckResult]:
 
 def test_small_report_is_complete_and_compact() -> None:
     doc = report_document(results(), ["/etc/containerd/config.toml: SystemdCgroup = true"], now=NOW)
-    text = report.compact_report(doc)
+    text = node_content.compact_report(doc)
     parsed = json.loads(text)
     assert text == json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)  # compact
     assert list(parsed) == ["v", "agent", "time", "health", "checks", "actions"]
     assert parsed["v"] == 1 and parsed["time"] == "2026-05-12T10:00:00Z" and parsed["health"] == "healthy"
-    assert json.loads(report.compact_report(doc, since="2026-05-12T09:00:00Z"))["time"] == "2026-05-12T09:00:00Z"
+    assert json.loads(node_content.compact_report(doc, since="2026-05-12T09:00:00Z"))["time"] == "2026-05-12T09:00:00Z"
     assert parsed["checks"][0] == {
         "name": "containerd-config",
         "status": "pass",
@@ -66,20 +66,20 @@ def test_long_messages_are_cut_never_the_structure() -> None:
     rs[5] = CheckResult("efa", FAIL, "é" * 3000)  # multi-byte: the bound is in bytes
     rs[0] = CheckResult("containerd-config", WARN, "x" * 2500)
     doc = report_document(rs, ["a" * 900, "short action"], now=NOW)
-    text = report.compact_report(doc)
-    assert len(text.encode()) <= report.ANNOTATION_LIMIT
+    text = node_content.compact_report(doc)
+    assert len(text.encode()) <= node_content.ANNOTATION_LIMIT
     parsed = json.loads(text)
     assert [c["name"] for c in parsed["checks"]] == list(CHECK_NAMES)
     assert [c["status"] for c in parsed["checks"]] == [r.status for r in rs]
     assert parsed["checks"][1]["message"] == "containerd-running is pass"  # short messages stay whole
     assert parsed["checks"][5]["message"].endswith("\u2026")
     assert parsed["actions"][1] == "short action"
-    assert len(text.encode()) > report.ANNOTATION_LIMIT - 100  # the space is used, not wasted
+    assert len(text.encode()) > node_content.ANNOTATION_LIMIT - 100  # the space is used, not wasted
 
 
 def test_many_actions_fold_into_a_count() -> None:
     doc = report_document(results(), [f"action number {i} with some words" for i in range(400)], now=NOW)
-    parsed = json.loads(report.compact_report(doc))
+    parsed = json.loads(node_content.compact_report(doc))
     assert parsed["actions"][-1].startswith("+") and parsed["actions"][-1].endswith(" more")
     kept = len(parsed["actions"]) - 1
     assert kept + int(parsed["actions"][-1][1:].split()[0]) == 400
@@ -92,7 +92,7 @@ def test_many_actions_fold_into_a_count() -> None:
 )
 def test_report_always_fits(messages: List[str], actions: List[str]) -> None:
     rs = [CheckResult(name, WARN, m) for name, m in zip(CHECK_NAMES, messages)]
-    text = report.compact_report(report_document(rs, actions, now=NOW))
+    text = node_content.compact_report(report_document(rs, actions, now=NOW))
     assert len(text.encode("utf-8")) <= 4096
     parsed = json.loads(text)
     assert [(c["name"], c["status"]) for c in parsed["checks"]] == [(r.name, r.status) for r in rs]
@@ -124,7 +124,7 @@ def test_report_always_fits(messages: List[str], actions: List[str]) -> None:
 def test_condition_status_reason_message(
     statuses: Dict[str, str], status: str, reason: str, message: str
 ) -> None:
-    cond = report.node_condition("GPUNodeAgentReady", results(**statuses), NOW)
+    cond = node_content.node_condition("GPUNodeAgentReady", results(**statuses), NOW)
     assert cond == {
         "type": "GPUNodeAgentReady",
         "status": status,
@@ -137,9 +137,9 @@ def test_condition_status_reason_message(
 
 def test_last_transition_time_kept_while_status_unchanged() -> None:
     before = {"type": "GPUNodeAgentReady", "status": "True", "lastTransitionTime": "2026-05-01T00:00:00Z"}
-    same = report.node_condition("GPUNodeAgentReady", results(efa=WARN), NOW, before)  # degraded: still True
+    same = node_content.node_condition("GPUNodeAgentReady", results(efa=WARN), NOW, before)  # degraded: still True
     assert same["lastTransitionTime"] == "2026-05-01T00:00:00Z"
-    flipped = report.node_condition("GPUNodeAgentReady", results(efa=FAIL), NOW, before)
+    flipped = node_content.node_condition("GPUNodeAgentReady", results(efa=FAIL), NOW, before)
     assert flipped["lastTransitionTime"] == "2026-05-12T10:00:00Z"
 
 

@@ -20,7 +20,7 @@ from agent.config.settings import AgentConfig
 from agent.pipeline.health import CheckResult
 
 if TYPE_CHECKING:
-    from agent.report.report import NodeName
+    from agent.kube.node import NodeName
 
 log = get_logger("report")
 

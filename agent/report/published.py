@@ -25,7 +25,7 @@ from agent.base.log import get_logger
 from agent.base.noderoot import NodeRoot
 from agent.base.timestamps import rfc3339
 from agent.pipeline.health import CheckResult
-from agent.report.report import compact_report, node_condition
+from agent.report.node_content import compact_report, node_condition
 
 if TYPE_CHECKING:
     from agent.base.retry import Deadline
