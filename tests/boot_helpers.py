@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from tests.conftest import SAMPLES
 from tests.packaging_helpers import built_rpm, install, run, scratch_dir
+from tests.support.paths import SAMPLES
 from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, JobRecorder, free_port
 
 AGENT = "gpu-node-agent.service"

@@ -1,7 +1,6 @@
 """Shared test fixtures. With GNA_NO_SKIP=1 (CI, scripts/test.sh) a skipped test fails the run."""
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List
 
@@ -12,8 +11,6 @@ if TYPE_CHECKING:
     from tests.kube_helpers import FakeAws
     from tests.kube_server import ApiServer
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO / "tests" / "samples"
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -23,11 +20,6 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     if os.environ.get("GNA_NO_SKIP") == "1" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped tests are failures here (GNA_NO_SKIP=1): {report.longrepr}"
-
-
-def sample(name: str) -> str:
-    """A node file sample from tests/samples (copies of real node files)."""
-    return (SAMPLES / name).read_text()
 
 
 @pytest.fixture
@@ -51,13 +43,6 @@ def node(tmp_path: Path) -> Callable[[Dict[str, str]], Path]:
 def need_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-
-
-def which(tool: str) -> str:
-    path = shutil.which(tool)
-    if not path:
-        pytest.skip(f"{tool} not installed (scripts/setup.sh installs it)")
-    return path
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from agent.base.noderoot import NodeRoot
+from agent.compat.versions import CONTAINERD_VERSION_FILE
 from agent.config.settings import ContainerdSettings
 from agent.containerd import config as containerd
 
@@ -17,7 +18,7 @@ def make_node(base: Path, files: Dict[str, str], daemon_major: Optional[int] = 2
     """A node root under ``base`` with ``files`` (node path -> text) and the containerd version file."""
     base.mkdir(parents=True, exist_ok=True)
     if daemon_major is not None:
-        files = {containerd.CONTAINERD_VERSION_FILE: VERSION_TEXT[daemon_major], **files}
+        files = {CONTAINERD_VERSION_FILE: VERSION_TEXT[daemon_major], **files}
     for node_path, text in files.items():
         p = base / node_path.lstrip("/")
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,9 @@ import agent.gpu.kmsg
 import agent.gpu.xid
 import agent.nvidia.driver  # before the fake filesystem is active, like every module the tests patch
 from agent import cli
-from tests.conftest import sample
 from tests.containerd_helpers import VERSION_TEXT
 from tests.gpu_node import known_good_facts
+from tests.support.paths import sample
 
 # The unit checks as on a healthy node: these tests are about files, not systemd (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("units_serving")

@@ -14,8 +14,8 @@ import pytest
 from agent import cli
 from agent.config.load import parse_config
 from agent.pipeline.plan import Plan, Restart, plan_document
-from tests.conftest import REPO, SAMPLES
 from tests.efa_helpers import converged_node, sha256
+from tests.support.paths import REPO, SAMPLES
 
 # --- --help -----------------------------------------------------------------------------------------
 

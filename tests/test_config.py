@@ -152,7 +152,7 @@ def test_the_packaged_config_is_read_without_loading_yaml() -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.paths import REPO
 
     code = (
         "import sys\nfrom agent.config.load import parse_config\nfrom agent.config.settings import AgentConfig\n"
@@ -231,7 +231,7 @@ def test_comments_blank_lines_and_document_markers_need_no_yaml_parser(text: str
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.paths import REPO
 
     path = tmp_path / "config.yaml"
     path.write_text(text)

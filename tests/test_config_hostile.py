@@ -12,7 +12,7 @@ from agent.base.errors import ConfigError
 from agent.base.fs import MAX_CONFIG_FILE
 from agent.config.load import load_config, parse_config
 from agent.config.rules import OUTPUT_DIRS
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 def fails(text: str, match: str) -> str:

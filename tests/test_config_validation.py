@@ -15,7 +15,7 @@ from agent.cli import main
 from agent.config.load import parse_config
 from agent.config.rules import KUBELET_CONDITIONS, NODE_MONITORING_AGENT_CONDITIONS
 from agent.config.settings import AgentConfig, config_keys
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 def refused(text: str) -> str:

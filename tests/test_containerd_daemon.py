@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from tests.conftest import sample, which
+from tests.support.paths import sample, which
 from tests.systemd_harness import REAL_CONTAINERD_FILES, BootedSystemd, JobRecord, real_containerd_unit
 from tests.systemd_node import CONTAINERD, KUBELET, SystemdNode
 

@@ -15,8 +15,8 @@ import tomlkit
 from agent.base.noderoot import NodeRoot
 from agent.config.settings import ContainerdSettings
 from agent.containerd import config as containerd
-from tests.conftest import sample, which
 from tests.containerd_helpers import apply_all
+from tests.support.paths import sample, which
 
 KEYS = ("default_runtime_name", "runtime_type", "BinaryName", "SystemdCgroup")
 

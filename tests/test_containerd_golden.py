@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import sample
 from tests.containerd_helpers import converge, make_node
+from tests.support.paths import sample
 
 CONFIG = "/etc/containerd/config.toml"
 LAYOUTS = {

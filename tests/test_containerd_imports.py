@@ -7,8 +7,8 @@ import pytest
 from agent.base.errors import NodeFileError
 from agent.config.settings import ContainerdSettings
 from agent.containerd import config as containerd
-from tests.conftest import sample
 from tests.containerd_helpers import converge, make_node, reconcile
+from tests.support.paths import sample
 
 CONFIG = "/etc/containerd/config.toml"
 DROPIN = "/etc/containerd/conf.d/99-nvidia.toml"

@@ -6,8 +6,8 @@ import pytest
 
 from agent.config.settings import ContainerdSettings
 from agent.containerd import config as containerd
-from tests.conftest import sample
 from tests.containerd_helpers import changed_lines, converge, make_node, reconcile
+from tests.support.paths import sample
 
 CONFIG = "/etc/containerd/config.toml"
 V3 = sample("containerd-v3-nodeadm-nvidia.toml")

@@ -18,7 +18,7 @@ import pytest
 from agent.base.noderoot import NodeRoot
 from agent.config.settings import EfaSettings
 from agent.efa import download, install
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 class TrickleServer:

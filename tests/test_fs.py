@@ -11,7 +11,7 @@ import pytest
 from agent.base.errors import LockBusy, NodeFileError
 from agent.base.fs import LOCK_PATH, atomic_write, read_text, run_lock
 from agent.base.noderoot import NodeRoot
-from tests.conftest import REPO, sample
+from tests.support.paths import REPO, sample
 
 
 def test_atomic_write_keeps_mode_and_owner(tmp_path: Path, need_root: None) -> None:

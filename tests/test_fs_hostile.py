@@ -15,7 +15,7 @@ from agent.base import fs
 from agent.base.errors import NodeFileError, NodeFileMissing
 from agent.base.fs import LOCK_PATH, atomic_write, read_bytes, read_text, remove_stale_temp_files, run_lock
 from agent.base.noderoot import NodeRoot
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 def tree(tmp_path: Path) -> "tuple[NodeRoot, Path, Path]":

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import pytest
 
 from agent.base import log
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from agent.base.errors import NodeFileError
 from agent.base.noderoot import NodeRoot
 from agent.config.settings import NvidiaRuntimeSettings
 from agent.nvidia import toolkit as nvidia
-from tests.conftest import sample
+from tests.support.paths import sample
 
 PATH = "/etc/nvidia-container-runtime/config.toml"
 DEFAULT = sample("nvidia-container-runtime-default.toml")

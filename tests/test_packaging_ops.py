@@ -12,7 +12,6 @@ import yaml
 
 from agent.pipeline.health import FAIL, PASS, WARN, CheckResult
 from agent.report.document import report_document
-from tests.conftest import REPO, which
 from tests.packaging_helpers import (
     SYSTEM_PYTHON,
     built_rpm,
@@ -20,6 +19,7 @@ from tests.packaging_helpers import (
     run,
     simulated_node,
 )
+from tests.support.paths import REPO, which
 
 PACKAGING = REPO / "packaging"
 SSM_DOCUMENT = PACKAGING / "ssm-gpu-node-agent-check.yaml"

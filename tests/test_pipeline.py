@@ -26,8 +26,8 @@ from agent.pipeline.contract import Discovery, Planned, Resource, RestartNeed, r
 from agent.pipeline.health import FAIL, PASS, CheckResult
 from agent.pipeline.resources import Entry
 from agent.report import document as report_doc
-from tests.conftest import sample
 from tests.gpu_node import healthy_gpu_node
+from tests.support.paths import sample
 
 pytestmark = pytest.mark.usefixtures("units_serving")
 

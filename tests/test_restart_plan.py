@@ -18,7 +18,7 @@ from agent.pipeline.health import FAIL, PASS, SKIP, WARN
 from agent.pipeline.plan import NotRestarted, Plan, Restart, make_plan, plan_restarts, render_plan
 from agent.systemd.errors import BusUnreachable, SystemdError
 from agent.systemd.state import UnitState, UnitStates, kubelet_unit, units_to_discover
-from tests.conftest import sample
+from tests.support.paths import sample
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"

@@ -15,8 +15,8 @@ from agent.pipeline import prepare
 from agent.pipeline.health import FAIL, PASS, SKIP, WARN, CheckResult
 from agent.pipeline.plan import NotRestarted, Plan, Restart
 from agent.report import status
-from tests.conftest import sample
 from tests.gpu_node import healthy_gpu_node
+from tests.support.paths import sample
 
 # The unit checks as on a healthy node: these tests are about the pass records (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("units_serving")

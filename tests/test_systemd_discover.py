@@ -23,7 +23,7 @@ from agent.pipeline.health import WARN
 from agent.systemd import client as systemd
 from agent.systemd import errors as systemd_errors
 from agent.systemd import state as systemd_state
-from tests.conftest import REPO
+from tests.support.paths import REPO
 from tests.systemd_harness import BootedSystemd, _children
 
 UNITS = {

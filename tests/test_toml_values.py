@@ -13,7 +13,7 @@ from agent.base.errors import NodeFileError
 from agent.base.noderoot import NodeRoot
 from agent.toml.cache import VALUES_CACHE, toml_values
 from agent.toml.edit import parse_toml
-from tests.conftest import REPO, sample
+from tests.support.paths import REPO, sample
 
 TEXT = sample("containerd-v3-nodeadm-nvidia.toml")
 

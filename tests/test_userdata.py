@@ -18,7 +18,7 @@ import yaml
 
 from agent.config.load import parse_config
 from agent.config.settings import AgentConfig
-from tests.conftest import REPO, which
+from tests.support.paths import REPO, which
 
 USERDATA = REPO / "packaging" / "userdata"
 EXPLICIT = "nodeadm-init-then-agent.mime"
