@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 if TYPE_CHECKING:
     from agent.base.noderoot import NodeRoot
@@ -68,20 +68,6 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
-def _node_read(facts: Any) -> Any:
-    """The Node as gpu-allocatable just read it: the report needs no GET of its own."""
-    return facts.kube_node.node if facts.kube_node is not None else None
-
-
-def _acknowledge_gpu_errors(root: NodeRoot, facts: Any, outcome: Any) -> None:
-    """The report went out (published, or publishing is off): the XID events it carried are no longer
-    new (agent/gpu/xid.py). After a failed publish they stay new for the next report."""
-    from agent.gpu import xid
-
-    if outcome.published is None or outcome.published.ok:
-        xid.acknowledge(root, facts.xid)
-
-
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -135,6 +121,7 @@ def cmd_efa_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from agent.gpu.inventory import node_object
     from agent.pipeline import health
     from agent.pipeline import resources as pipeline
     from agent.report import document as report_doc
@@ -152,9 +139,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         # report.publish: false (AMI bake, no cluster yet) means the status file and metrics only
         outcome = report.finish(root, config, results, publish_report=config.report.publish,
-                                node=_node_read(facts))
+                                node=node_object(facts))
         document = outcome.document
-        _acknowledge_gpu_errors(root, facts, outcome)
+        pipeline.reported(facts, outcome.published is None or outcome.published.ok)
     if args.format == "json":
         _print(report_doc.render_json(document))
     else:
@@ -181,6 +168,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.base import fs
     from agent.base.log import get_logger
+    from agent.gpu.inventory import node_object
     from agent.pipeline import apply, health, plan
     from agent.pipeline import resources as pipeline
     from agent.report import document as report_doc
@@ -211,9 +199,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.report import events
 
     outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
-                            restarts=restarts, events=events.from_apply(root, result), node=_node_read(facts))
+                            restarts=restarts, events=events.from_apply(root, result), node=node_object(facts))
     _print(report.summary_line(outcome))
-    _acknowledge_gpu_errors(root, facts, outcome)
+    pipeline.reported(facts, outcome.published is None or outcome.published.ok)
     if not outcome.ok:
         code = 1
     log.info("run finished", health=health.overall_health(results), actions=len(actions))

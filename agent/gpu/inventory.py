@@ -179,6 +179,11 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
                        {**details, "event_reason": "GpusPresent"})
 
 
+def node_object(facts: NodeFacts) -> Optional[Mapping[str, Any]]:
+    """The Node as this resource just read it (``kube_node``): the report needs no GET of its own."""
+    return facts.kube_node.node if facts.kube_node is not None else None
+
+
 class Inventory(Resource):
     """``kube_node``: the Node as read once (its label names the instance type; ``gpu-allocatable`` and
     the report use the same read); ``instance``: the instance type and its GPUs; ``gpu-inventory``."""

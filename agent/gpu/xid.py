@@ -254,5 +254,10 @@ class GpuErrors(Resource):
 
         return [check(facts.xid, driver.smi_rows(facts.driver), gpu_node=driver.gpu_node(facts.driver))]
 
+    def reported(self, facts: NodeFacts, delivered: bool) -> None:
+        """The report carried the XID events: no longer new. After a failed publish they stay new."""
+        if delivered:
+            acknowledge(facts.root, facts.xid)
+
 
 RESOURCE = GpuErrors()

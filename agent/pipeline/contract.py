@@ -3,8 +3,8 @@
 A resource (listed once, in order, in ``agent/pipeline/resources.py``) is an object with the parts
 of ``Resource`` it has: ``discover`` reads the node into facts by name, ``check`` turns facts into
 health checks, ``plan`` into file edits, problems and the EFA action, ``restart_needs`` into why
-containerd must restart. ``NodeFacts`` holds what every resource discovered. This module imports no
-resource: every resource imports it.
+containerd must restart, ``reported`` does what follows a report. ``NodeFacts`` holds what every
+resource discovered. This module imports no resource: every resource imports it.
 """
 
 from __future__ import annotations
@@ -88,6 +88,10 @@ class Resource:
     def restart_needs(self, facts: NodeFacts, edits: Sequence[FileEdit], config: AgentConfig) -> List[RestartNeed]:
         """Why containerd must restart, given every edit of this run (all resources')."""
         return []
+
+    def reported(self, facts: NodeFacts, delivered: bool) -> None:
+        """After the report of ``check --report`` or ``run`` went out: ``delivered`` when it was published,
+        or publishing is off (e.g. what the report carried is no longer new)."""
 
 
 class _Fact(Generic[T]):

@@ -99,3 +99,9 @@ def with_pending_restarts(
         else:
             out.append(r)
     return out
+
+
+def reported(facts: NodeFacts, delivered: bool) -> None:
+    """The report went out: each resource that was discovered does what follows (``Resource.reported``)."""
+    for resource in resources(gpu_health=facts.gpu_health):
+        resource.reported(facts, delivered)
