@@ -14,7 +14,7 @@ from agent.report import events, report
 from tests.kube_helpers import NODE, NODE_USER, FakeTime, write_kubeconfig, write_node_file
 from tests.kube_server import ApiServer
 from tests.report_helpers import results
-from tests.test_restart_apply import CONTAINERD, ScriptedSystemd, failed, plan_for, run
+from tests.support.restarts import CONTAINERD, ScriptedSystemd, failed, plan_for, run
 
 T0 = datetime(2026, 5, 12, 10, 0, 0, tzinfo=timezone.utc)
 EVENTS = "/api/v1/namespaces/default/events"
