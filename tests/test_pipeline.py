@@ -92,7 +92,7 @@ def test_checks_come_in_the_order_of_the_list(tmp_path: Path) -> None:
     root, config = NodeRoot(str(healthy_gpu_node(tmp_path / "node"))), AgentConfig()
     names = [r.name for r in node.evaluate(node.discover(root, config), config)]
     first = ["containerd-config", "containerd-running", "kubelet-running", "nvidia-runtime-config", "nvidia-driver",
-             "compatibility", "efa"]
+             "efa", "compatibility"]
     assert names == first
     gpu = [r.name for r in node.evaluate(node.discover(root, config, gpu_health=True), config)]
     assert gpu == [*first, "gpu-inventory", "gpu-allocatable", "nvidia-fabricmanager", "gpu-errors"]

@@ -44,8 +44,8 @@ RESOURCES: Tuple[Entry, ...] = (
     Entry(DAEMONS),  # containerd-running, kubelet-running (systemd, the daemons' own word)
     Entry(NVIDIA_RUNTIME),  # nvidia-runtime-config; the toolkit config's edit
     Entry(DRIVER),  # nvidia-driver (and the one nvidia-smi query the GPU checks read)
-    Entry(COMPATIBILITY),  # compatibility (component versions)
     Entry(EFA),  # efa; the EFA userspace action
+    Entry(COMPATIBILITY),  # compatibility (component versions)
     Entry(GPU_INVENTORY, gpu_health=True),  # gpu-inventory (and the Node read)
     Entry(GPU_ALLOCATABLE, gpu_health=True),  # gpu-allocatable
     Entry(FABRIC, gpu_health=True),  # nvidia-fabricmanager
