@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config, parse_config
-from agent.config_rules import OUTPUT_DIRS
-from agent.errors import ConfigError
-from agent.fs import MAX_CONFIG_FILE
-from tests.conftest import REPO
+from agent.base.errors import ConfigError
+from agent.base.fs import MAX_CONFIG_FILE
+from agent.config.load import load_config, parse_config
+from agent.config.rules import OUTPUT_DIRS
+from tests.support.paths import REPO
 
 
 def fails(text: str, match: str) -> str:
@@ -175,3 +175,14 @@ def test_a_value_yaml_cannot_construct_is_one_line_not_a_traceback(text: str, ma
 def test_an_output_may_not_be_one_of_the_agents_own_state_files(state: str) -> None:
     fails(f"report:\n  status_file: /run/gpu-node-agent/{state}\n",
           f"config.yaml:2: report.status_file: /run/gpu-node-agent/{state} is (or holds) the ")
+
+
+def test_the_settings_know_every_state_file_of_the_agent() -> None:
+    from agent.config.parse import OWN_STATE_FILES
+    from agent.efa import install
+    from agent.gpu import fabric, inventory, xid
+    from agent.report import events, published, status
+
+    assert sorted(OWN_STATE_FILES.values()) == sorted([
+        xid.STATE, published.STATE_FILE, events.STATE_FILE, install.INSTALLER_PID_FILE, inventory.CACHE,
+        fabric.VERSION_CACHE, status.STATUS_LOCK])

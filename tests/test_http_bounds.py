@@ -1,5 +1,5 @@
 """Every HTTP answer the agent reads is bounded in time (connect, status line, headers and body
-together) and in size (agent/httpread.py), whatever the server does: the Kubernetes API client, IMDS,
+together) and in size (agent/base/httpread.py), whatever the server does: the Kubernetes API client, IMDS,
 kubelet's healthz probe and the downloader, against loopback servers that trickle one byte at a
 time, flood, or quote the request's credential back."""
 
@@ -16,16 +16,17 @@ from typing import Any, Iterator, List, Optional, Type
 import pytest
 import trustme
 
-from agent import download, httpread
-from agent.download import DownloadError, DownloadOptions, DownloadPolicy
-from agent.fs import NodeRoot
-from agent.imds import ImdsClient, ImdsError
-from agent.kube import KubeClient
-from agent.kube_errors import KubeError, KubeForbidden
-from agent.kubeconfig import load_kubeconfig
-from agent.kubelet import HealthzProbe
-from agent.retry import Deadline
-from agent.serving import NOT_SERVING
+from agent.aws.imds import ImdsClient, ImdsError
+from agent.base import httpread
+from agent.base.fs import NodeRoot
+from agent.base.retry import Deadline
+from agent.daemons.kubelet import HealthzProbe
+from agent.daemons.serving import NOT_SERVING
+from agent.efa import download
+from agent.efa.download import DownloadError, DownloadOptions, DownloadPolicy
+from agent.kube.client import KubeClient
+from agent.kube.errors import KubeError, KubeForbidden
+from agent.kube.kubeconfig import load_kubeconfig
 from tests.kube_helpers import CLUSTER_CA, KUBECONFIG, NODE, sample_kubeconfig, write_node_file
 from tests.loopback import LoopbackServer
 
@@ -169,7 +170,7 @@ def test_a_short_token_quoted_without_bearer_is_masked_too() -> None:
     resp = requests.models.Response()
     resp.status_code = 403
     resp._content = json.dumps({"message": "token abc123 is not valid"}).encode()
-    from agent.kube_http import api_message
+    from agent.kube.http import api_message
 
     assert api_message(resp, ["abc123"]) == "token <redacted> is not valid"
 

@@ -1,7 +1,7 @@
 """Node files and node-supplied paths that try to hang, flood or derail the agent: every node file
-goes through the bounded reader (agent/fs.py), every YAML through the budgeted loader
-(agent/yamlsafe.py), every path a daemon's own config supplies through the confined resolver
-(agent/noderoot.py), and what cannot be read fails its own check only."""
+goes through the bounded reader (agent/base/fs.py), every YAML through the budgeted loader
+(agent/base/yamlsafe.py), every path a daemon's own config supplies through the confined resolver
+(agent/base/noderoot.py), and what cannot be read fails its own check only."""
 
 import json
 import os
@@ -11,9 +11,12 @@ from typing import Tuple
 
 import pytest
 
-from agent import cli, cri, fabric, kmsg, kubelet
-from agent.fs import NodeRoot
-from agent.serving import UNKNOWN, Unprobed
+from agent import cli
+from agent.base.fs import NodeRoot
+from agent.containerd import cri
+from agent.daemons import kubelet
+from agent.daemons.serving import UNKNOWN, Unprobed
+from agent.gpu import fabric, kmsg
 from tests.gpu_node import healthy_gpu_node, write
 
 BOMB = "\n".join([
@@ -85,8 +88,8 @@ def grpc_node(tmp_path: Path, address: str) -> Path:
     ("/../../../run/containerd.sock", "climbs above --root"),
 ])
 def test_a_bad_grpc_address_is_one_line_in_the_probe(tmp_path: Path, address: str, expected: str) -> None:
-    from agent import containerd
-    from agent.config import ContainerdSettings
+    from agent.config.settings import ContainerdSettings
+    from agent.containerd import files as containerd
 
     node = grpc_node(tmp_path, address)
     config_set = containerd.load(NodeRoot(str(node)), ContainerdSettings())
