@@ -71,3 +71,24 @@ def test_mapping_keys_count_in_the_node_budget() -> None:
     with pytest.raises(YamlRefused, match="config.yaml: too many YAML nodes"):
         load_budgeted(text, "config.yaml", 10_000)
     assert time.monotonic() - started < 2
+
+
+def test_the_node_budget_is_exact_and_says_why() -> None:
+    from agent.base.yamlsafe import yaml_too_big
+
+    node = yaml.SafeLoader("[a, b, c]\n").get_single_node()  # 4 nodes: the sequence and its 3 items
+    assert yaml_too_big(node, 4) is None
+    assert yaml_too_big(node, 3) == ("too many YAML nodes (more than 3, aliases counted each time they are used); "
+                                     "refusing to read it")
+
+
+def test_the_budgeted_loader_names_the_source_of_every_error() -> None:
+    from agent.base.yamlsafe import YamlRefused, load_budgeted
+
+    with pytest.raises(YamlRefused) as info:
+        load_budgeted("a: 1\nb: \x07\n", "/etc/kubernetes/kubelet/config.json", 100)
+    assert str(info.value).startswith("/etc/kubernetes/kubelet/config.json:2: invalid YAML: unacceptable character")
+    with pytest.raises(YamlRefused) as info:
+        load_budgeted("port: !!float abc\n", "kubelet.yaml", 100)
+    assert str(info.value) == 'kubelet.yaml: invalid YAML: "could not convert string to float: \'abc\'"'
+    assert load_budgeted("a: [1, 2]\n", "x", 100) == {"a": [1, 2]}
