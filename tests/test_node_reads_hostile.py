@@ -96,6 +96,7 @@ def test_a_bad_grpc_address_is_one_line_in_the_probe(tmp_path: Path, address: st
     found = cri.probe(NodeRoot(str(node)), config_set)
     assert isinstance(found, Unprobed)
     assert "[grpc] address in /etc/containerd/config.toml" in found.reason and expected in found.reason, found
+    assert found.what == "containerd's CRI plugins"
 
 
 @pytest.mark.parametrize("address", ["run/containerd/containerd.sock", "/../../../run/containerd.sock"])
