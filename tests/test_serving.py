@@ -82,7 +82,7 @@ def probe_for(root: Path, major: int = 1) -> cri.CriProbe:
 
 
 def test_cri_plugin_error_names_containerd_s_reason(short_root: Path) -> None:
-    fake_ctr(short_root, f'case "$*" in *-d*) cat <<"E"\n{PLUGINS_LS_D}E\n;; *) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
+    fake_ctr(short_root, f'case "$*" in *" -d "*) cat <<"E"\n{PLUGINS_LS_D}E\n;; *) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
     with listening_socket(short_root / "run/containerd/containerd.sock"):
         answer = probe_for(short_root).read()
     assert answer.state == NOT_SERVING and answer.final
@@ -103,7 +103,7 @@ def test_containerd_2_images_plugin_in_error_is_not_serving(short_root: Path) ->
     rows = PLUGINS_LS.replace("error", "ok   ") + "\n".join(f"{row:<96}" for row in (
         "io.containerd.cri.v1                  runtime                  linux/amd64    ok",
         "io.containerd.cri.v1                  images                   -              error")) + "\n"
-    fake_ctr(short_root, f'case "$*" in *-d*) echo "Error:"; echo "  Message: bad registry config";; '
+    fake_ctr(short_root, f'case "$*" in *" -d "*) echo "Error:"; echo "  Message: bad registry config";; '
                          f'*) cat <<"E"\n{rows}E\n;; esac\n')
     with listening_socket(short_root / "run/containerd/containerd.sock"):
         answer = probe_for(short_root, 2).read()
@@ -303,14 +303,14 @@ def test_every_cri_answer_in_full(short_root: Path) -> None:
                                "io.containerd.cri.v1 images: ok")
         # the detail is asked for the plugin in error only, by type and id
         fake_ctr(short_root, f'case "$*" in *"-d type==io.containerd.grpc.v1,id==cri"*) cat <<"E"\n{PLUGINS_LS_D}E\n'
-                             f';; *-d*) exit 3;; *) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
+                             f';; *" -d "*) exit 3;; *) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
         reason = "error: invalid plugin config: `mirrors` cannot be set when `config_path` is provided"
         assert probe.read() == Serving(NOT_SERVING, f"CRI plugin io.containerd.grpc.v1 cri: {reason}", True,
                                        {**base, "plugins": {"io.containerd.grpc.v1 cri": "error"}, "reason": reason})
-        fake_ctr(short_root, f'case "$*" in *-d*) exit 3;; *) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
+        fake_ctr(short_root, f'case "$*" in *" -d "*) exit 3;; *) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
         assert probe.read().message == "CRI plugin io.containerd.grpc.v1 cri: error"  # no detail: the status only
         long = "x" * 400
-        fake_ctr(short_root, f'case "$*" in *-d*) printf "Error:\\n  Message: {long}\\n";; '
+        fake_ctr(short_root, f'case "$*" in *" -d "*) printf "Error:\\n  Message: {long}\\n";; '
                              f'*) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
         assert probe.read().message == "CRI plugin io.containerd.grpc.v1 cri: " + f"error: {long}"[:297] + "..."
 
