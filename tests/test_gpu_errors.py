@@ -187,6 +187,51 @@ def test_a_new_boot_with_higher_sequence_numbers_starts_over_too(root: Path) -> 
     assert facts.events == () and facts.new_events == ()
 
 
+def test_the_state_file_keeps_this_boots_events_and_what_was_reported(root: Path) -> None:
+    """The state as the next check reads it: this boot's id, its events, the last record seen and the
+    last one a report carried."""
+    node = NodeRoot(str(root))
+    state_file = root / xid.STATE.lstrip("/")
+    boot = "11111111-2222-3333-4444-555555555555"
+    write(root, "/proc/sys/kernel/random/boot_id", boot + "\n")
+    xid.acknowledge(node, None)
+    assert not state_file.exists()  # nothing read: nothing to acknowledge
+    write(root, "/dev/kmsg", BOOT_KMSG)
+    quiet = xid.discover(node)
+    xid.acknowledge(node, quiet)  # a report of a quiet log: the records seen are acknowledged
+    assert json.loads(state_file.read_text()) == {"boot_id": boot, "events": [], "last_seq": quiet.last_seq,
+                                                   "reported_seq": quiet.last_seq}
+    log_with(root, XID_LINES[79], XID_LINES[13], start=1000)
+    first = xid.discover(node)
+    saved = json.loads(state_file.read_text())
+    assert saved["boot_id"] == boot and saved["last_seq"] == 1001 and saved["reported_seq"] == quiet.last_seq
+    assert len(saved["events"]) == 2
+    xid.acknowledge(node, first)
+    saved = json.loads(state_file.read_text())
+    assert (saved["reported_seq"], saved["last_seq"], len(saved["events"])) == (1001, 1001, 2)
+    assert xid.discover(node).new_events == ()
+    # a log that started over (lower sequence numbers) in the same boot: the old state is not this log's
+    write(root, "/dev/kmsg", kmsg_record(5, 1_000, "NVRM: Xid (PCI:0000:00:1e): 48, pid=1, DBE"))
+    again = xid.discover(node)
+    assert [e.xid for e in again.events] == [48] and [e.xid for e in again.new_events] == [48]
+
+
+def test_an_acknowledged_report_keeps_the_events_of_a_state_written_by_nothing(root: Path) -> None:
+    """The first report of the boot acknowledges events no check stored yet (a state file that was
+    removed): they are kept as known, and the last sequence number never goes back."""
+    node = NodeRoot(str(root))
+    state_file = root / xid.STATE.lstrip("/")
+    log_with(root, XID_LINES[79], start=1000)
+    facts = xid.discover(node)
+    state_file.unlink()
+    xid.acknowledge(node, facts)
+    saved = json.loads(state_file.read_text())
+    assert len(saved["events"]) == 1 and saved["last_seq"] == 1000 and saved["reported_seq"] == 1000
+    older = facts._replace(last_seq=900)
+    xid.acknowledge(node, older)
+    assert json.loads(state_file.read_text())["last_seq"] == 1000
+
+
 def test_run_and_check_report_acknowledge_check_does_not(root: Path, capsys: pytest.CaptureFixture) -> None:
     log_with(root, XID_LINES[13])
     write(root, "/etc/gpu-node-agent/config.yaml", "report:\n  publish: false\nrestart:\n  policy: never\n")

@@ -82,7 +82,8 @@ def probe_for(root: Path, major: int = 1) -> cri.CriProbe:
 
 
 def test_cri_plugin_error_names_containerd_s_reason(short_root: Path) -> None:
-    fake_ctr(short_root, f'case "$*" in *" -d "*) cat <<"E"\n{PLUGINS_LS_D}E\n;; *) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
+    fake_ctr(short_root,
+             f'case "$*" in *" -d "*) cat <<"E"\n{PLUGINS_LS_D}E\n;; *) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
     with listening_socket(short_root / "run/containerd/containerd.sock"):
         answer = probe_for(short_root).read()
     assert answer.state == NOT_SERVING and answer.final
