@@ -5,7 +5,9 @@ multiplies it by its replicas; MIG's "mixed" strategy renames it, e.g. ``nvidia.
 the EFA device plugin ``vpc.amazonaws.com/efa``, one per EFA device. Both appear some time after
 kubelet registers the Node: within ``gpu.allocatable_grace_seconds`` of kubelet's start (its unit's
 ``ActiveEnterTimestamp``) a missing or short resource is ``warn`` ("not yet advertised"), later
-``fail``.
+``fail``. More than expected is ``warn``; its hint follows ``gpu-inventory``: GPUs missing (fewer seen
+than the instance type has) means a count advertised before they fell off, none missing means
+time-slicing or MIG (``gpu.resource_per_gpu``).
 
 Expected: GPUs seen (``agent.gpu.gpus_seen``) x ``gpu.resource_per_gpu`` of ``gpu.resource_name``;
 EFA devices present (``agent.efa``) of ``gpu.efa_resource_name``, when there is EFA hardware.
@@ -96,6 +98,21 @@ def _kubelet_age(units: Union[UnitStates, SystemdError, None], unit: str, now: f
     return now - since if since is not None else None
 
 
+def _more_hint(gpus: Optional[int], gpus_expected: Optional[int]) -> str:
+    """Why the GPU resource is above the GPUs seen: time-slicing or MIG only when none is missing.
+
+    A GPU that fell off the bus (``gpu-inventory``: fewer seen than the instance type has) stays in
+    the count the device plugin advertised until it notices; time-slicing does not explain that.
+    """
+    if gpus is not None and gpus_expected is not None and gpus < gpus_expected:
+        missing = gpus_expected - gpus
+        return (f": advertised before {missing} GPU{'' if missing == 1 else 's'} fell off "
+                f"(gpu-inventory: {gpus} of {gpus_expected} visible)")
+    if gpus_expected is None:
+        return " (time-slicing or MIG: set gpu.resource_per_gpu; or GPUs that fell off since: see gpu-inventory)"
+    return " (time-slicing or MIG? set gpu.resource_per_gpu)"
+
+
 def check(
     read: Optional[NodeRead],
     config: AgentConfig,
@@ -105,6 +122,7 @@ def check(
     units: Union[UnitStates, SystemdError, None],
     kubelet_unit: str,
     now: Optional[float] = None,
+    gpus_expected: Optional[int] = None,
 ) -> CheckResult:
     settings = config.gpu
     if read is None:
@@ -146,7 +164,7 @@ def check(
             else:
                 short.append(f"{resource}: {have} allocatable, expected {expected} ({what})")
         elif (have or 0) > expected:
-            hint = " (time-slicing or MIG? set gpu.resource_per_gpu)" if resource == settings.resource_name else ""
+            hint = _more_hint(gpus, gpus_expected) if resource == settings.resource_name else ""
             odd.append(f"{resource}: {have} allocatable, more than {expected} ({what}){hint}")
         else:
             good.append(f"{resource}: {have or 0} = {what}")
@@ -170,8 +188,10 @@ class Allocatable(Resource):
         from agent import gpu, units
 
         efa_devices = len(facts.efa.devices) if facts.efa is not None else 0
+        expected = facts.instance.expected if facts.instance is not None else None
         return [check(facts.kube_node, config, gpus=gpu.gpus_seen(facts.driver), efa_devices=efa_devices,
-                      units=facts.units, kubelet_unit=units.kubelet_unit(config.restart.units))]
+                      units=facts.units, kubelet_unit=units.kubelet_unit(config.restart.units),
+                      gpus_expected=expected)]
 
 
 RESOURCE = Allocatable()

@@ -49,8 +49,9 @@ def evaluate(root: Path, config: AgentConfig = AgentConfig(), *, started_ago: Op
     node = NodeRoot(str(root))
     read = allocatable.read_node(node, config)
     seen = gpu.gpus_seen(driver.discover(node))
+    expected = gpu.discover_instance(node, config).expected
     return allocatable.check(read, config, gpus=seen, efa_devices=efa_devices, units=kubelet(started_ago),
-                             kubelet_unit="kubelet.service", now=NOW)
+                             kubelet_unit="kubelet.service", now=NOW, gpus_expected=expected)
 
 
 def test_advertised_as_expected(root: Path, api: ApiServer) -> None:
@@ -92,6 +93,46 @@ def test_time_slicing_without_the_factor_warns_and_with_it_passes(root: Path, ap
     assert r.status == WARN and "(time-slicing or MIG? set gpu.resource_per_gpu)" in r.message
     r = evaluate(root, parse_config("gpu:\n  resource_per_gpu: 4\n", "c"))
     assert r.status == PASS and r.message == "nvidia.com/gpu: 32 = 8 GPUs x 4"
+
+
+def check_on(root: Path, capsys: pytest.CaptureFixture) -> Any:
+    cli.main(["--root", str(root), "check", "--format", "json"])
+    return {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+
+
+def test_a_gpu_fell_off_the_count_advertised_before_is_named_not_time_slicing(
+        tmp_path: Path, api: ApiServer, aws: FakeAws, capsys: pytest.CaptureFixture) -> None:
+    # p5.48xlarge has 8 GPUs; nvidia-smi shows 7; the device plugin still advertises the 8 it counted.
+    root = write_kubeconfig(healthy_gpu_node(tmp_path / "node", gpus=7, instance_type="p5.48xlarge"), api)
+    api.set_allocatable(NODE_NAME, {"nvidia.com/gpu": "8"})
+    checks = check_on(root, capsys)
+    assert checks["gpu-inventory"]["status"] == FAIL
+    assert checks["gpu-inventory"]["message"].startswith("7 of 8 GPUs visible: 1 missing")
+    assert checks["gpu-allocatable"]["status"] == WARN
+    assert checks["gpu-allocatable"]["message"] == (
+        "nvidia.com/gpu: 8 allocatable, more than 7 (7 GPUs): advertised before 1 GPU fell off "
+        "(gpu-inventory: 7 of 8 visible)")
+    assert "time-slicing" not in checks["gpu-allocatable"]["message"]
+
+
+def test_more_than_seen_with_every_gpu_there_suggests_time_slicing(root: Path, api: ApiServer,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    api.set_allocatable(NODE_NAME, {"nvidia.com/gpu": "16"})
+    checks = check_on(root, capsys)
+    assert checks["gpu-inventory"]["status"] == PASS
+    assert checks["gpu-allocatable"]["message"] == \
+        "nvidia.com/gpu: 16 allocatable, more than 8 (8 GPUs) (time-slicing or MIG? set gpu.resource_per_gpu)"
+
+
+def test_more_than_seen_on_an_unknown_instance_type_names_both_causes(root: Path, api: ApiServer) -> None:
+    api.set_allocatable(NODE_NAME, {"nvidia.com/gpu": "16"})
+    node = NodeRoot(str(root))
+    read = allocatable.read_node(node, AgentConfig())
+    r = allocatable.check(read, AgentConfig(), gpus=8, efa_devices=0, units=kubelet(30.0),
+                          kubelet_unit="kubelet.service", now=NOW, gpus_expected=None)
+    assert r.status == WARN
+    assert r.message.endswith("(time-slicing or MIG: set gpu.resource_per_gpu; or GPUs that fell off since: "
+                              "see gpu-inventory)")
 
 
 def test_mig_resource_name(root: Path, api: ApiServer) -> None:
