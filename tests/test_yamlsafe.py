@@ -52,3 +52,64 @@ def test_the_configuration_and_the_kubeconfig_name_the_same_line(reader: str, tm
             _parse_yaml(text, Path("f.yaml"))
         problem = str(kinfo.value)
     assert problem.startswith("f.yaml:3") and "invalid YAML: did not find expected node content" in problem
+
+
+# --- a tab: PyYAML says "found character '\t' that cannot start any token" --------------------------
+
+TAB_IN_INDENTATION = "a tab in the indentation: tabs are not allowed in YAML indentation, use spaces"
+
+
+@pytest.mark.parametrize("loader", ["SafeLoader", "CSafeLoader"])
+@pytest.mark.parametrize(("text", "where"), [
+    ("report:\n\tpublish: false\n", "2:1"),
+    ("report:\n  publish: false\n\tcondition: X\n", "3:1"),  # libyaml: "violates indentation"
+    ("restart:\n  units:\n  \t- containerd.service\n", "3:3"),  # spaces, then a tab
+    ("report:\n  status_file: |\n\tx\n", "3:1"),
+])
+def test_a_tab_in_the_indentation_is_named_as_such(loader: str, text: str, where: str) -> None:
+    with pytest.raises(yaml.YAMLError) as info:
+        yaml.load(text, Loader=getattr(yaml, loader))  # noqa: S506 (both safe loaders)
+    message = marked_yaml_error(info.value, "f.yaml", text, column=True)
+    assert message == f"f.yaml:{where}: invalid YAML: {TAB_IN_INDENTATION}"
+
+
+def test_a_tab_between_tokens_pyyaml_refuses_is_named_too() -> None:
+    text = "report:\n  publish:\tfalse\n"  # libyaml takes it; the pure-Python loader does not
+    with pytest.raises(yaml.YAMLError) as info:
+        yaml.load(text, Loader=yaml.SafeLoader)
+    assert marked_yaml_error(info.value, "f.yaml", text) == \
+        "f.yaml:2: invalid YAML: a tab between tokens: YAML (as PyYAML reads it) needs spaces here"
+
+
+def test_another_error_at_a_line_with_a_tab_keeps_its_own_problem() -> None:
+    text = "a:\tb\nc: [\n"
+    message = marked_yaml_error(error_of(text), "f.yaml", text)
+    assert message.startswith("f.yaml:3: invalid YAML: did not find expected node content"), message
+
+
+def test_config_validate_says_a_tab_is_the_problem(tmp_path: object) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import REPO
+
+    path = Path(str(tmp_path)) / "config.yaml"
+    path.write_text("report:\n  publish: false\ngpu:\n\tresource_per_gpu: 4\n")
+    before = path.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "agent", "config", "validate", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=30)
+    assert (proc.returncode, proc.stdout) == (64, "")
+    assert proc.stderr == f"gpu-node-agent: {path}:4:1: invalid YAML: {TAB_IN_INDENTATION}\n"
+    assert path.read_bytes() == before
+
+
+def test_the_kubeconfig_says_a_tab_is_the_problem_the_same_way(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from agent.kubeconfig import KubeconfigError, _parse_yaml
+
+    text = "apiVersion: v1\nclusters:\n- name: c\n\tcluster: {}\n"
+    with pytest.raises(KubeconfigError) as info:
+        _parse_yaml(text, Path("/var/lib/kubelet/kubeconfig"))
+    assert str(info.value) == f"/var/lib/kubelet/kubeconfig:4: invalid YAML: {TAB_IN_INDENTATION}"
