@@ -1,6 +1,7 @@
 """Atomic writes and the run lock, on the real filesystem and with real processes."""
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from agent import lockholder
 from agent.errors import LockBusy, NodeFileError
 from agent.fs import LOCK_PATH, NodeRoot, atomic_write, read_text, run_lock
 from tests.conftest import REPO, sample
+from tests.lock_helpers import HOLDER_COMMAND, holding_the_lock
 
 
 def test_atomic_write_keeps_mode_and_owner(tmp_path: Path, need_root: None) -> None:
@@ -133,33 +136,62 @@ def test_lock_waits_a_bounded_time_then_gives_up(tmp_path: Path) -> None:
         os.close(holder)
     assert 19 <= len(sleeps) <= 21
     with run_lock(root, 2.0, clock=lambda: now[0], sleep=sleep) as path:
-        assert path.read_text() == f"{os.getpid()}\n"
+        record = json.loads(path.read_text())
+        assert record["pid"] == os.getpid() and record["command"].startswith("gpu-node-agent")
+        assert lockholder.holder(path) == lockholder.Holder(os.getpid(), record["command"])
 
 
-def test_a_second_run_exits_75_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+def test_a_second_run_exits_75_naming_the_pid_and_command_holding_the_lock(tmp_path: Path) -> None:
     node = tmp_path / "node"
     (node / "etc/containerd").mkdir(parents=True)
     (node / "etc/containerd/config.toml").write_text(sample("containerd-v3-nodeadm-nvidia.toml"))
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from agent.fs import NodeRoot, run_lock\n"
-         f"with run_lock(NodeRoot({str(node)!r}), 5):\n"
-         "    print('locked', flush=True); time.sleep(30)"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    with holding_the_lock(node) as holder:
         result = subprocess.run(
             [sys.executable, "-m", "agent", "--root", str(node), "run", "--lock-wait", "0.3"],
             cwd=REPO, capture_output=True, text=True, timeout=60,
         )
-    finally:
-        holder.kill()
-        holder.wait()
     assert result.returncode == 75
     assert result.stderr.strip().splitlines() == [
-        f"gpu-node-agent: {node}/run/gpu-node-agent/lock: another gpu-node-agent run holds the lock (waited 0.3s)"
+        f"gpu-node-agent: {node}/run/gpu-node-agent/lock: another gpu-node-agent run holds the lock "
+        f"(pid {holder.pid}: {HOLDER_COMMAND}; waited 0.3s)"
     ]
+
+
+def test_a_lock_file_without_a_live_holder_names_no_one(tmp_path: Path) -> None:
+    with holding_the_lock(tmp_path) as holder:
+        lock = tmp_path / LOCK_PATH.lstrip("/")
+        assert lockholder.holder(lock) == lockholder.Holder(holder.pid, HOLDER_COMMAND)
+        record = json.loads(lock.read_text())
+    # The holder is gone: its record stays in the file, and is no longer believed.
+    assert json.loads(lock.read_text()) == record and lockholder.holder(lock) is None
+    # A live process with that pid but another start time is a reused pid, not the holder.
+    lock.write_text(json.dumps({**record, "pid": os.getpid()}) + "\n")
+    assert lockholder.holder(lock) is None
+    # An earlier agent's plain pid, or anything else, names no one.
+    for text in (f"{os.getpid()}\n".encode(), b"", b"[]", b'{"pid": true, "start": 1}', b"\xff"):
+        lock.write_bytes(text)
+        assert lockholder.holder(lock) is None
+
+
+def test_the_holder_record_never_truncates_a_lock_file_with_another_link(tmp_path: Path) -> None:
+    """A lock file hard-linked to another file (config.toml): the record is not written at all."""
+    config = tmp_path / "config.toml"
+    config.write_text(sample("containerd-v3-nodeadm-nvidia.toml"))
+    lock = tmp_path / "lock"
+    os.link(config, lock)
+    fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        lockholder.record(fd)
+    finally:
+        os.close(fd)
+    assert config.read_text() == sample("containerd-v3-nodeadm-nvidia.toml")
+    os.unlink(config)  # one link left: now it is written, through the lock's own descriptor
+    fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        lockholder.record(fd)
+    finally:
+        os.close(fd)
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
 
 
 def test_a_new_file_is_readable_by_all_and_writable_by_root_only(tmp_path: Path) -> None:
