@@ -80,8 +80,9 @@ def _add_status(p: argparse.ArgumentParser) -> None:
                    help="a table of the boot passes, or the status document as JSON (default: table)")
     p.add_argument("--wait", action="store_true",
                    help="block until gpu-node-agent.service's run of this boot has finished")
-    p.add_argument("--timeout", type=_seconds, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
-                   help=f"with --wait: give up after SECONDS (default {DEFAULT_WAIT_TIMEOUT:g}), exit 1")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help=f"with --wait (alone, exit 64): give up after SECONDS (default {DEFAULT_WAIT_TIMEOUT:g}), "
+                        "exit 1")
 
 
 def _add_plan(p: argparse.ArgumentParser) -> None:
@@ -228,7 +229,8 @@ DESCRIPTIONS: Dict[str, str] = {
                "(and the EFA userspace with efa.before_kubelet), no restarts, no publishing; the result goes "
                "to the status file.",
     "status": "The boot passes (prepare, run, check heartbeat) and the last report, from the status file: "
-              "when, how long, health, actions, exit code. --wait blocks until this boot's run has finished.",
+              "when, how long, health, actions, exit code; the pass running now, by pid and command. --wait "
+              "blocks until this boot's run has finished.",
     "plan": "Show what run would do, changing nothing: a unified diff per file with a reason per change, "
             "which units would restart and why, and the EFA action.",
     "check": "Evaluate every health check and print them; changes nothing on the node (with --report, "

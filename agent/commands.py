@@ -236,16 +236,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from agent import health, status
+    from agent.errors import UsageError
 
+    if args.timeout is not None and not args.wait:
+        raise UsageError("status: --timeout applies only with --wait")
     config = _config(args)
     root = _root(args)
     path = root.path(config.report.status_file)
     if args.wait:
-        view = status.wait_for_run(root, path, args.timeout)
+        view = status.wait_for_run(root, path, status.DEFAULT_WAIT_TIMEOUT if args.timeout is None else args.timeout)
     else:
         disabled = root.path(status.DISABLED).exists()
         try:
-            view = status.summary(status.load(path), status.boot_id(root), disabled=disabled)
+            view = status.summary(status.load(path), status.boot_id(root), disabled=disabled,
+                                  running=status.lock_holder(root))
         except status.StatusFileError:
             if not disabled:
                 raise

@@ -308,8 +308,8 @@ def run_lock(
                         f"({held.describe() + '; ' if held else ''}waited {wait_seconds:g}s)"
                     ) from None
                 sleep(0.1)
-        lockholder.record(fd)  # the holder's pid and command, for whoever finds the lock taken
-        yield lock_path
+        with lockholder.recorded(fd):  # the holder's pid and command, for whoever finds the lock taken
+            yield lock_path
     finally:
         os.close(fd)
 

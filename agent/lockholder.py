@@ -5,10 +5,11 @@ process's start time (``/proc/PID/stat`` field 22, clock ticks after boot), ``co
 command line (``gpu-node-agent run --lock-wait 60``). A second ``run`` that finds the lock taken names
 its holder, and ``gpu-node-agent status`` tells a pass that is running from one that has finished.
 
-A finished pass leaves its record in the file, and pids are reused: a record is believed only while
-a process with that pid and that start time is alive (this machine's ``/proc``, also under
-``--root``: the holder runs here). The record is written through the lock's own descriptor, never
-into a lock file with more than one link (a hard link to another file is never truncated).
+The record is emptied when the lock is released. A killed pass leaves its record behind, and pids
+are reused: a record is believed only while a process with that pid and that start time is alive
+(this machine's ``/proc``, also under ``--root``: the holder runs here). The record is written
+through the lock's own descriptor, never into a lock file with more than one link (a hard link to
+another file is never truncated).
 """
 
 
@@ -18,8 +19,9 @@ import json
 import os
 import stat
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 PROG = "gpu-node-agent"
 MAX_RECORD = 4096  # bytes of the lock file read back
@@ -55,15 +57,24 @@ def _command() -> str:
     return clip(" ".join([PROG, *(shlex.quote(arg) for arg in sys.argv[1:])]), MAX_COMMAND)
 
 
-def record(fd: int) -> None:
-    """Write this process into the lock file ``fd`` (locked by us); best effort, never raises."""
+@contextmanager
+def recorded(fd: int) -> Iterator[None]:
+    """This process named in the lock file ``fd`` (locked by us) while the lock is held; best effort."""
+    _write(fd, json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid()), "command": _command()}) + "\n")
+    try:
+        yield
+    finally:
+        _write(fd, "")
+
+
+def _write(fd: int, text: str) -> None:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             return  # a lock file linked elsewhere: leave every name's content as it is
-        line = json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid()), "command": _command()})
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (line + "\n").encode(), 0)
+        if text:
+            os.pwrite(fd, text.encode(), 0)
     except OSError:
         pass
 

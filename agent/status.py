@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from agent.errors import AgentError, NodeFileError, NodeFileMissing
-from agent.fs import NodeRoot, atomic_write, read_text
+from agent.fs import LOCK_PATH, NodeRoot, atomic_write, read_text
+from agent.lockholder import Holder, holder
 from agent.timestamps import rfc3339
 
 PASSES = ("prepare", "run", "check")
@@ -35,6 +36,7 @@ AGENT_UNIT = "gpu-node-agent.service"
 DISABLED = "/etc/gpu-node-agent/disabled"  # the units' ConditionPathExists=! switch
 DEFAULT_WAIT_TIMEOUT = 1800.0  # nodeadm, then an EFA install (efa.timeout_seconds 1200) and restarts
 POLL_SECONDS = 0.5
+MANUAL_RUN_FINISHED = "manual run finished"
 
 
 class StatusFileError(AgentError):
@@ -161,12 +163,14 @@ def load(path: Path) -> Dict[str, Any]:
     return doc
 
 
-def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bool) -> Dict[str, Any]:
+def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bool,
+            running: Optional[Holder] = None) -> Dict[str, Any]:
     """What ``status --format json`` prints.
 
-    ``status``: ``done`` (gpu-node-agent.service's run of this boot finished), ``running`` (some
-    pass of this boot finished, that one not yet), ``not started`` (no pass of this boot yet) or
-    ``disabled``.
+    ``status``: ``done`` (gpu-node-agent.service's run of this boot finished), ``running`` (a pass
+    holds the run lock now, ``running``; or some pass of this boot finished, that run not yet),
+    ``manual run finished`` (a ``run`` of this boot outside that unit finished, none runs now),
+    ``not started`` (no pass of this boot yet) or ``disabled``.
     Without a readable boot id, every record counts as this boot's.
     """
     passes: Dict[str, Any] = {}
@@ -179,6 +183,10 @@ def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bo
         state = "disabled"
     elif passes.get("run", {}).get("this_boot") and passes["run"].get("unit_done"):
         state = "done"
+    elif running is not None:
+        state = "running"
+    elif passes.get("run", {}).get("this_boot"):
+        state = MANUAL_RUN_FINISHED
     elif any(p["this_boot"] for p in passes.values()):
         state = "running"
     else:
@@ -188,6 +196,7 @@ def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bo
         "boot_id": current_boot,
         "health": doc.get("health"),
         "last_report": doc.get("time"),
+        "running": running._asdict() if running is not None and state == "running" else None,
         "passes": passes,
     }
 
@@ -204,9 +213,18 @@ def exit_code(view: Mapping[str, Any]) -> int:
     return exit_code_for(view["health"]) if view["health"] else 1
 
 
+def _state_line(view: Mapping[str, Any]) -> str:
+    running = view.get("running")
+    if running:
+        return f"status: running ({Holder(**running).describe()})"
+    if view["status"] == MANUAL_RUN_FINISHED:
+        return f"status: {MANUAL_RUN_FINISHED} ({AGENT_UNIT} has not run in this boot)"
+    return f"status: {view['status']}"
+
+
 def render_table(view: Mapping[str, Any]) -> str:
     lines = [
-        f"status: {view['status']}",
+        _state_line(view),
         f"health: {view['health'] or 'unknown'} (last report: {view['last_report'] or 'none'})",
         f"boot id: {view['boot_id'] or 'unknown'}",
     ]
@@ -224,6 +242,11 @@ def render_table(view: Mapping[str, Any]) -> str:
     for name, p in view["passes"].items():
         lines.extend(f"{name}: {action}" for action in p.get("actions") or [])
     return "\n".join(lines) + "\n"
+
+
+def lock_holder(root: NodeRoot) -> Optional[Holder]:
+    """The pass running now: the live process the run lock's file names (``agent/lockholder.py``)."""
+    return holder(root.path(LOCK_PATH))
 
 
 def wait_for_run(
@@ -245,7 +268,7 @@ def wait_for_run(
         disabled = root.path(DISABLED).exists()
         problem: Optional[StatusFileError] = None
         try:
-            view = summary(load(path), current, disabled=disabled)
+            view = summary(load(path), current, disabled=disabled, running=lock_holder(root))
         except StatusFileError as exc:
             if disabled:
                 return summary({}, current, disabled=True)

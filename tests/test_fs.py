@@ -139,6 +139,7 @@ def test_lock_waits_a_bounded_time_then_gives_up(tmp_path: Path) -> None:
         record = json.loads(path.read_text())
         assert record["pid"] == os.getpid() and record["command"].startswith("gpu-node-agent")
         assert lockholder.holder(path) == lockholder.Holder(os.getpid(), record["command"])
+    assert path.read_text() == ""  # released: no holder to name
 
 
 def test_a_second_run_exits_75_naming_the_pid_and_command_holding_the_lock(tmp_path: Path) -> None:
@@ -181,17 +182,15 @@ def test_the_holder_record_never_truncates_a_lock_file_with_another_link(tmp_pat
     os.link(config, lock)
     fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
     try:
-        lockholder.record(fd)
+        with lockholder.recorded(fd):
+            assert config.read_text() == sample("containerd-v3-nodeadm-nvidia.toml")
+        assert config.read_text() == sample("containerd-v3-nodeadm-nvidia.toml")  # nor emptied on release
+        os.unlink(config)  # one link left: now it is written, through the lock's own descriptor
+        with lockholder.recorded(fd):
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert lock.read_text() == ""
     finally:
         os.close(fd)
-    assert config.read_text() == sample("containerd-v3-nodeadm-nvidia.toml")
-    os.unlink(config)  # one link left: now it is written, through the lock's own descriptor
-    fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
-    try:
-        lockholder.record(fd)
-    finally:
-        os.close(fd)
-    assert json.loads(lock.read_text())["pid"] == os.getpid()
 
 
 def test_a_new_file_is_readable_by_all_and_writable_by_root_only(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
 from agent.plan import NotRestarted, Plan, Restart
 from tests.conftest import sample
 from tests.gpu_node import healthy_gpu_node
+from tests.lock_helpers import HOLDER_COMMAND, holding_the_lock
 
 # The unit checks as on a healthy node: these tests are about the pass records (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("units_serving")
@@ -110,6 +111,52 @@ def test_status_shows_this_boots_passes(root: Path, capsys: pytest.CaptureFixtur
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "status: running"
     assert any(line.startswith("prepare ") and "healthy" in line and line.endswith("this") for line in table)
+
+
+def test_status_after_a_manual_run_says_it_finished(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert agent(root, "prepare") == 0
+    assert agent(root, "run") == 0  # by hand: not gpu-node-agent.service's run
+    capsys.readouterr()
+    assert agent(root, "status", "--format", "json") == 0
+    view = json.loads(capsys.readouterr().out)
+    assert (view["status"], view["running"]) == ("manual run finished", None)
+    assert view["passes"]["run"]["unit_done"] is False
+    assert agent(root, "status") == 0
+    assert capsys.readouterr().out.splitlines()[0] == \
+        "status: manual run finished (gpu-node-agent.service has not run in this boot)"
+
+
+def test_status_names_the_pass_running_now_and_forgets_it_once_gone(
+        root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert agent(root, "prepare") == 0
+    assert agent(root, "run") == 0
+    capsys.readouterr()
+    with holding_the_lock(root) as holder:
+        assert agent(root, "status", "--format", "json") == 0
+        view = json.loads(capsys.readouterr().out)
+        assert (view["status"], view["running"]) == ("running", {"pid": holder.pid, "command": HOLDER_COMMAND})
+        assert agent(root, "status") == 0
+        assert capsys.readouterr().out.splitlines()[0] == f"status: running (pid {holder.pid}: {HOLDER_COMMAND})"
+    assert (root / "run/gpu-node-agent/lock").read_text()  # the record stays; its process does not
+    assert agent(root, "status") == 0
+    assert capsys.readouterr().out.startswith("status: manual run finished ")
+
+
+def test_a_pass_holding_the_lock_before_any_record_is_running(root: Path) -> None:
+    with holding_the_lock(root) as holder:
+        node = NodeRoot(str(root))
+        view = status.summary({}, BOOT, disabled=False, running=status.lock_holder(node))
+    assert view["status"] == "running" and view["running"]["pid"] == holder.pid
+    assert status.summary({}, BOOT, disabled=False, running=status.lock_holder(node))["status"] == "not started"
+
+
+@pytest.mark.parametrize("args", [("--timeout", "5"), ("--timeout", "5", "--format", "json")])
+def test_timeout_without_wait_is_a_usage_error(root: Path, capsys: pytest.CaptureFixture[str], args: Any) -> None:
+    assert agent(root, "prepare") == 0
+    capsys.readouterr()
+    assert agent(root, "status", *args) == 64
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == "gpu-node-agent: status: --timeout applies only with --wait\n"
 
 
 def test_status_tells_an_earlier_boots_records(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
