@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh; only the system Python is needed), build a simulated GPU node from the sample node files, and run the
-# agent's main job on it: check (what is wrong), plan (what run would change), run, check again.
-# The node lives in ./demo-node (recreated each time); nothing outside it is touched.
+# Set up, build a simulated GPU node from the sample node files, and run the agent's main job on it:
+# check (what is wrong), plan (what run would change), run, check again.
+# Setup (scripts/setup.sh --demo) installs the Debian packages python3 python3-venv python3-gi
+# gir1.2-glib-2.0 ca-certificates when missing, and a venv in ./.venv with the agent's locked libraries.
+# Otherwise, the node lives in ./demo-node (recreated each time) and nothing outside it is touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --system-python-only >/dev/null
+scripts/setup.sh --demo >/dev/null
 NODE="$PWD/demo-node"
 rm -rf "$NODE"
 install -D -m 644 tests/samples/containerd-v3-nodeadm-merged.toml "$NODE/etc/containerd/config.toml"
@@ -17,7 +19,7 @@ install -D -m 644 /dev/stdin "$NODE/etc/eks/kubelet-version.txt" <<<"Kubernetes 
 install -D -m 644 /dev/stdin "$NODE/proc/driver/nvidia/version" \
   <<<"NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.03  Release Build  (dvs-builder@U22)"
 install -D -m 644 /dev/null "$NODE/dev/nvidia0"
-# nvidia-smi answers the agent's one query (agent/smi.py): index, bus id, uuid, driver, ECC, retired pages,
+# nvidia-smi answers the agent's one query (agent/nvidia/smi.py): index, bus id, uuid, driver, ECC, retired pages,
 # remapped rows, fabric state, as an A10G prints them.
 install -D -m 755 /dev/stdin "$NODE/usr/bin/nvidia-smi" \
   <<<$'#!/bin/sh\necho "0, 00000000:00:1E.0, GPU-3f1e2d4c-5b6a-4798-8a9b-0c1d2e3f4a5b, 580.159.03, 0, [N/A], No, No, N/A, N/A"'

@@ -11,14 +11,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 HOLDER_ARGS = ("run", "--lock-wait", "5")
 HOLDER_COMMAND = "gpu-node-agent " + " ".join(HOLDER_ARGS)
 
 _SCRIPT = (
     "import sys, time\n"
-    "from agent.fs import NodeRoot, run_lock\n"
+    "from agent.base.fs import run_lock\n"
+    "from agent.base.noderoot import NodeRoot\n"
     "root = sys.argv.pop(1)\n"
     "with run_lock(NodeRoot(root), 5):\n"
     "    print('locked', flush=True)\n"

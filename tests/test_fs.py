@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import lockholder
-from agent.errors import LockBusy, NodeFileError
-from agent.fs import LOCK_PATH, NodeRoot, atomic_write, read_text, run_lock
-from tests.conftest import REPO, sample
+from agent.base import lockholder
+from agent.base.errors import LockBusy, NodeFileError
+from agent.base.fs import LOCK_PATH, atomic_write, read_text, run_lock
+from agent.base.noderoot import NodeRoot
 from tests.lock_helpers import HOLDER_COMMAND, holding_the_lock
+from tests.support.paths import REPO, sample
 
 
 def test_atomic_write_keeps_mode_and_owner(tmp_path: Path, need_root: None) -> None:

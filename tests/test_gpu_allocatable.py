@@ -12,11 +12,15 @@ from typing import Any, Optional
 
 import pytest
 
-from agent import allocatable, cli, driver, gpu
-from agent.config import AgentConfig, parse_config
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN
-from agent.systemd import UnitState, UnitStates
+from agent import cli
+from agent.base.noderoot import NodeRoot
+from agent.config.load import parse_config
+from agent.config.settings import AgentConfig
+from agent.gpu import allocatable, inventory
+from agent.kube import node as kube_node
+from agent.nvidia import driver
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN
+from agent.systemd.state import UnitState, UnitStates
 from tests.gpu_node import NODE_NAME, healthy_gpu_node, write
 from tests.kube_helpers import FakeAws, accept_fake_aws_tokens, write_kubeconfig
 from tests.kube_server import ApiServer
@@ -47,9 +51,9 @@ def kubelet(started_ago: Optional[float]) -> UnitStates:
 def evaluate(root: Path, config: AgentConfig = AgentConfig(), *, started_ago: Optional[float] = 30.0,
              efa_devices: int = 0) -> Any:
     node = NodeRoot(str(root))
-    read = allocatable.read_node(node, config)
-    seen = gpu.gpus_seen(driver.discover(node))
-    expected = gpu.discover_instance(node, config).expected
+    read = kube_node.read_node(node, config)
+    seen = driver.gpus_seen(driver.discover(node))
+    expected = inventory.discover_instance(node, config).expected
     return allocatable.check(read, config, gpus=seen, efa_devices=efa_devices, units=kubelet(started_ago),
                              kubelet_unit="kubelet.service", now=NOW, gpus_expected=expected)
 
@@ -127,7 +131,7 @@ def test_more_than_seen_with_every_gpu_there_suggests_time_slicing(root: Path, a
 def test_more_than_seen_on_an_unknown_instance_type_names_both_causes(root: Path, api: ApiServer) -> None:
     api.set_allocatable(NODE_NAME, {"nvidia.com/gpu": "16"})
     node = NodeRoot(str(root))
-    read = allocatable.read_node(node, AgentConfig())
+    read = kube_node.read_node(node, AgentConfig())
     r = allocatable.check(read, AgentConfig(), gpus=8, efa_devices=0, units=kubelet(30.0),
                           kubelet_unit="kubelet.service", now=NOW, gpus_expected=None)
     assert r.status == WARN
