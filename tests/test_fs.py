@@ -175,6 +175,20 @@ def test_a_lock_file_without_a_live_holder_names_no_one(tmp_path: Path) -> None:
         assert lockholder.holder(lock) is None
 
 
+def test_a_lock_path_that_is_a_symlink_or_a_fifo_names_no_one(tmp_path: Path) -> None:
+    """``status`` reads the record without following a symlink and without blocking on a FIFO."""
+    with holding_the_lock(tmp_path) as holder:
+        lock = tmp_path / LOCK_PATH.lstrip("/")
+        assert lockholder.holder(lock) == lockholder.Holder(holder.pid, HOLDER_COMMAND)
+        link = tmp_path / "lock-link"
+        link.symlink_to(lock)
+        assert lockholder.holder(link) is None
+        fifo = tmp_path / "lock-fifo"
+        os.mkfifo(fifo)
+        assert lockholder.holder(fifo) is None
+        assert lockholder.holder(tmp_path / "no-such-lock") is None
+
+
 def test_the_holder_record_never_truncates_a_lock_file_with_another_link(tmp_path: Path) -> None:
     """A lock file hard-linked to another file (config.toml): the record is not written at all."""
     config = tmp_path / "config.toml"
