@@ -12,13 +12,14 @@ from agent.node import NodeFacts
 
 def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
     """Every resource's checks (``agent/pipeline.py``), in order; the GPU readiness checks only when
-    their facts were discovered (``node.discover(..., gpu_health=True)``)."""
-    from agent import pipeline
+    their facts were discovered (``node.discover(..., gpu_health=True)``); the operator's policy
+    (``checks.<name>``, ``agent/policy.py``) applied."""
+    from agent import pipeline, policy
 
     results: List[CheckResult] = []
     for resource in pipeline.resources(gpu_health=facts.gpu_health):
         results.extend(resource.check(facts, config))
-    return results
+    return policy.apply(results, config)
 
 
 def with_pending_restarts(
@@ -42,4 +43,6 @@ def with_pending_restarts(
             out.append(CheckResult(r.name, status, f"{unit}: {why}", {**r.details, "restart_pending": True}))
         else:
             out.append(r)
-    return out
+    from agent import policy
+
+    return policy.apply(out, config)  # a disabled check stays skip, a capped one capped

@@ -10,8 +10,9 @@ settings (annotation keys, unit names, checksums, paths).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 # FORBIDDEN_INSTALLER_ARGS and gpg_fingerprint: what agent/efa/decision.py and signature.py import from here
 from agent.config_rules import (  # noqa: F401
@@ -34,6 +35,7 @@ from agent.config_rules import (  # noqa: F401
 from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/gpu-node-agent/config.yaml"
+DEFAULT_DROP_IN_DIR = "/etc/gpu-node-agent/config.d"
 _RESOURCE_NAME = r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
 _UNIT_NAME = r"[A-Za-z0-9:_.\\@-]+\.service"
 
@@ -109,6 +111,28 @@ class GpuSettings(NamedTuple):
                                                   "nvidia-fabricmanager.service"))] = "nvidia-fabricmanager.service"
 
 
+# --- operator policy: per-check switches, the compatibility verdict, the XID catalog (agent/policy.py) ---
+
+
+class CheckPolicy(NamedTuple):
+    """``checks.<name>``: one check's switch and severity cap."""
+
+    enabled: bool = True  # false: the check is ``skip``, "disabled by configuration"
+    max_status: Annotated[str, Rule(one_of("warn", "fail"))] = "fail"  # warn: never fails
+
+
+class CompatibilitySettings(NamedTuple):
+    unknown: Annotated[str, Rule(one_of("pass", "warn", "fail"))] = "warn"  # a combination no row lists
+
+
+class XidPolicy(NamedTuple):
+    """``xid.<number>``: the XID's class (``class`` in YAML) and how often it must repeat before it counts."""
+
+    class_: Annotated[Optional[str], Rule(one_of("fatal", "reset", "application", "ignore"))] = None
+    repeat: Annotated[int, Rule(positive)] = 1  # events on one GPU ...
+    window_minutes: Annotated[float, Rule(positive)] = 60.0  # ... within this many minutes
+
+
 class AgentConfig(NamedTuple):
     containerd: ContainerdSettings = ContainerdSettings()
     nvidia_runtime: NvidiaRuntimeSettings = NvidiaRuntimeSettings()
@@ -117,17 +141,28 @@ class AgentConfig(NamedTuple):
     report: ReportSettings = ReportSettings()
     imds: ImdsSettings = ImdsSettings()
     gpu: GpuSettings = GpuSettings()
-    source: str = "<defaults>"  # the file it came from
+    checks: Mapping[str, CheckPolicy] = {}  # by check name; never mutated
+    compatibility: CompatibilitySettings = CompatibilitySettings()
+    xid: Mapping[int, XidPolicy] = {}  # by XID; never mutated
+    source: str = "<defaults>"  # the base file it came from
+    files: Tuple[str, ...] = ()  # every file merged, in order: the base, then config.d/*.yaml
+    origins: Mapping[str, str] = {}  # section.key -> the file that set it (the rest are defaults)
 
     def settings(self) -> Tuple[Any, ...]:
         """The sections alone, for comparing configurations regardless of where they came from."""
-        return tuple(self[:-1])
+        return tuple(getattr(self, name) for name in SECTIONS)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {
-            name: {k: list(v) if isinstance(v, tuple) else v for k, v in section._asdict().items()}
-            for name, section in zip(self._fields, self.settings())
-        }
+        return {name: _plain(section) for name, section in zip(SECTIONS, self.settings())}
+
+
+def _plain(value: Any) -> Any:
+    """Settings as YAML/JSON values: tuples as lists, ``class_`` as ``class``, mapping sections by key."""
+    if hasattr(value, "_asdict"):
+        return {k.rstrip("_"): _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return list(value) if isinstance(value, tuple) else value
 
 
 SECTIONS: Dict[str, Any] = {
@@ -138,34 +173,61 @@ SECTIONS: Dict[str, Any] = {
     "report": ReportSettings,
     "imds": ImdsSettings,
     "gpu": GpuSettings,
+    "checks": CheckPolicy,  # a mapping: check name -> CheckPolicy
+    "compatibility": CompatibilitySettings,
+    "xid": XidPolicy,  # a mapping: XID -> XidPolicy
 }
+MAPPING_SECTIONS = ("checks", "xid")  # keyed by check name / XID, each value a section of its own
+DROP_IN_DIR = "config.d"  # beside the base file: *.yaml merged over it in lexical order
 
 
 # --- loading ------------------------------------------------------------------------------------
 
 
-def load_config(path: Optional[str], *, default_path: Path) -> AgentConfig:
-    """Load ``path`` (explicit: must exist) or ``default_path`` (missing: all defaults)."""
+def load_config(path: Optional[str], *, default_path: Path, drop_in_dir: Optional[Path] = None) -> AgentConfig:
+    """Load ``path`` (explicit: must exist) or ``default_path`` (missing: all defaults), then the
+    drop-ins ``*.yaml`` of ``drop_in_dir`` (default: ``config.d`` beside the file) in lexical order."""
+    target = default_path if path is None else Path(path)
+    layers: List[Tuple[str, str]] = []
+    if path is not None or target.exists():
+        layers.append((_read_config_file(target, "configuration file"), str(target)))
+    directory = drop_in_dir if drop_in_dir is not None else target.parent / DROP_IN_DIR
+    for drop_in in _drop_ins(directory):
+        layers.append((_read_config_file(drop_in, "drop-in"), str(drop_in)))
+    return parse_layers(layers, source=str(target) if layers and layers[0][1] == str(target) else "<defaults>")
+
+
+MAX_DROP_INS = 100
+
+
+def _drop_ins(directory: Path) -> List[Path]:
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".yaml") and not n.startswith("."))
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        raise ConfigError(f"{directory}: not a directory (drop-ins go in {DROP_IN_DIR}/*.yaml)") from None
+    except OSError as exc:
+        raise ConfigError(f"{directory}: cannot list the drop-ins: {exc.strerror}") from None
+    if len(names) > MAX_DROP_INS:
+        raise ConfigError(f"{directory}: {len(names)} drop-ins, more than {MAX_DROP_INS}; refusing to read them")
+    return [directory / n for n in names]
+
+
+def _read_config_file(target: Path, what: str) -> str:
     from agent.errors import NodeFileError, NodeFileMissing
     from agent.fs import MAX_CONFIG_FILE, read_bytes
 
-    if path is None:
-        target = default_path
-        if not target.exists():
-            return AgentConfig(source="<defaults>")
-    else:
-        target = Path(path)
     try:
-        text = read_bytes(target, limit=MAX_CONFIG_FILE).decode("utf-8")
+        return read_bytes(target, limit=MAX_CONFIG_FILE).decode("utf-8")
     except NodeFileMissing:
-        raise ConfigError(f"{target}: configuration file does not exist") from None
+        raise ConfigError(f"{target}: {what} does not exist") from None
     except NodeFileError as exc:
         if exc.problem.startswith("is a directory"):
             raise ConfigError(f"{target}: is a directory, expected a YAML file") from None
         raise ConfigError(str(exc)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{target}: not UTF-8 (byte offset {exc.start})") from None
-    return parse_config(text, str(target))
 
 
 def _only_comments(text: str) -> bool:
@@ -175,21 +237,51 @@ def _only_comments(text: str) -> bool:
 
 
 def parse_config(text: str, source: str) -> AgentConfig:
-    if _only_comments(text):
-        return AgentConfig(source=source)  # as YAML would say, without paying for its import
+    return parse_layers([(text, source)], source=source)
+
+
+def parse_layers(layers: List[Tuple[str, str]], *, source: str) -> AgentConfig:
+    """``layers``: (text, file) in order, each merged over the ones before it."""
+    files = tuple(name for _, name in layers)
+    if all(_only_comments(text) for text, _ in layers):
+        return AgentConfig(source=source, files=files)  # as YAML would say, without paying for its import
     from agent.config_parse import parse_yaml  # only paid for when a configuration file sets something
 
-    return parse_yaml(text, source)
+    return parse_yaml([(t, name) for t, name in layers if not _only_comments(t)], source, files)
 
 
-def dump_config(config: AgentConfig) -> str:
+def dump_config(config: AgentConfig, *, origins: bool = False) -> str:
+    """YAML that loads back as a configuration file; with ``origins``, each value followed by a comment
+    naming the file that set it (``# default`` for the rest)."""
     import yaml
 
-    header = f"# effective configuration (source: {config.source})\n"
-    body: str = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
-    return header + body
+    header = f"# effective configuration (source: {', '.join(config.files) or config.source})\n"
+    if not origins:
+        return header + yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+    lines = [header.rstrip("\n")]
+
+    def emit(value: Dict[str, Any], path: str, indent: str) -> None:
+        for key, v in value.items():
+            dotted = f"{path}.{key}" if path else str(key)
+            if isinstance(v, dict) and v:
+                lines.append(f"{indent}{yaml.safe_dump({key: None}).split(':')[0]}:")
+                emit(v, dotted, indent + "  ")
+            else:
+                text = yaml.safe_dump({key: v}, default_flow_style=True, width=1 << 16).strip()[1:-1]
+                lines.append(f"{indent}{text}  # {config.origins.get(dotted, 'default')}")
+
+    emit(config.to_dict(), "", "")
+    return "\n".join(lines) + "\n"
 
 
 def config_keys() -> List[str]:
-    """Every valid ``section.key``, for documentation and tests."""
-    return [f"{section}.{name}" for section, cls in SECTIONS.items() for name in cls._fields]
+    """Every valid ``section.key`` of the fixed sections, for documentation and tests."""
+    return [f"{section}.{name}" for section, cls in SECTIONS.items() if section not in MAPPING_SECTIONS
+            for name in cls._fields]
+
+
+def mapping_keys() -> List[str]:
+    """The keys of the mapping sections: ``checks.<name>.enabled``, ``xid.<number>.class``, ..."""
+    entry = {"checks": "<name>", "xid": "<number>"}
+    return [f"{section}.{entry[section]}.{name.rstrip('_')}" for section in MAPPING_SECTIONS
+            for name in SECTIONS[section]._fields]

@@ -193,11 +193,12 @@ def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bo
 
 
 def exit_code(view: Mapping[str, Any]) -> int:
-    """0 healthy (or disabled), 2 degraded, 1 unhealthy, a failed pass of this boot, or no report."""
+    """0 healthy, 2 degraded, 1 unhealthy, a failed pass of this boot, or no report; a disabled node:
+    its last health (0 without a report)."""
     from agent.health import exit_code_for
 
     if view["status"] == "disabled":
-        return 0
+        return exit_code_for(view["health"]) if view["health"] else 0
     for record in view["passes"].values():
         if record["this_boot"] and record.get("exit_code") not in (0, 2):
             return 1
@@ -205,8 +206,9 @@ def exit_code(view: Mapping[str, Any]) -> int:
 
 
 def render_table(view: Mapping[str, Any]) -> str:
+    disabled = f" ({DISABLED} exists: the agent's units and passes do nothing)" if view["status"] == "disabled" else ""
     lines = [
-        f"status: {view['status']}",
+        f"status: {view['status']}{disabled}",
         f"health: {view['health'] or 'unknown'} (last report: {view['last_report'] or 'none'})",
         f"boot id: {view['boot_id'] or 'unknown'}",
     ]

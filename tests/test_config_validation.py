@@ -119,6 +119,7 @@ BAD_VALUES: Dict[str, Tuple[Any, str]] = {
     "gpu.efa_resource_name": ("vpc amazonaws/efa", "must be an extended resource name"),
     "gpu.allocatable_grace_seconds": (-1, "must be 0 or more"),
     "gpu.fabricmanager_unit": ("nvidia-fabricmanager", "must be a systemd service unit name"),
+    "compatibility.unknown": ("maybe", "must be one of pass, warn, fail"),
 }
 
 
