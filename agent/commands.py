@@ -114,8 +114,12 @@ def cmd_config_help(args: argparse.Namespace) -> int:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
+    from agent import compat
+
     config = _config(args, args.path)
-    _print(f"{', '.join(config.files) or config.source}: valid\n")
+    matrix = compat.with_drop_ins(compat.load_matrix(), _root(args))  # the operator's known-good rows too
+    files = [*config.files, *matrix.source.split(", ")[1:]]
+    _print(f"{', '.join(files) or config.source}: valid\n")
     return 0
 
 
