@@ -19,9 +19,9 @@ class Entry:
     """A key as the merge left it: its key and value nodes (of the last file that set it) and, for a
     mapping merged key by key, its entries (None for a value that replaces)."""
 
-    __slots__ = ("key", "value", "children")
+    __slots__ = ("children", "key", "value")
 
-    def __init__(self, key: Any, value: Any, children: Optional[Dict[str, "Entry"]]) -> None:
+    def __init__(self, key: Any, value: Any, children: Optional[Dict[str, Entry]]) -> None:
         self.key = key
         self.value = value
         self.children = children

@@ -26,8 +26,8 @@ def parse_yaml(layers: List[Tuple[str, str]], source: str, files: Tuple[str, ...
     """``layers``: (text, file), each merged over the ones before it (``agent/config_layers.py``)."""
     import yaml  # only paid for when a configuration file sets something
 
-    from agent.yamlsafe import marked_yaml_error, yaml_too_big
     from agent.config_layers import Merged, merge_layer
+    from agent.yamlsafe import marked_yaml_error, yaml_too_big
 
     loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     loaders: List[Any] = []
@@ -61,7 +61,7 @@ def parse_yaml(layers: List[Tuple[str, str]], source: str, files: Tuple[str, ...
             if key in MAPPING_SECTIONS:
                 kwargs[key] = builder.mapping_section(key, entry)
             else:
-                kwargs[key] = builder.section(SECTIONS[key], entry.children, key)
+                kwargs[key] = builder.section(SECTIONS[key], entry.children or {}, key)
         config = AgentConfig(source=source, files=files, origins=dict(merged.origins), **kwargs)
         _check_outputs(config, builder)
         return config
@@ -103,7 +103,7 @@ class _Builder:
     def construct(self, node: Any) -> Any:
         try:
             return self.loader.construct_object(node, deep=True)
-        except Exception as exc:  # noqa: BLE001 - tagged with the node's file, re-raised
+        except Exception as exc:
             exc.gna_source = self.where.get(id(node), self.source)  # type: ignore[attr-defined]
             raise
 
