@@ -134,7 +134,7 @@ def with_drop_ins(matrix: Matrix, root: NodeRoot) -> Matrix:
     ``ConfigError`` (exit 64) naming the file and the row."""
     directory = root.path(DROP_IN_DIR)
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".json") and not n.startswith("."))
+        names = sorted(p.name for p in directory.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
     except FileNotFoundError:
         return matrix
     except OSError as exc:
