@@ -127,6 +127,14 @@ def test_the_readme_documents_every_key_and_no_other() -> None:
     assert list(documented_keys()) == config_keys()
 
 
+def test_the_readme_documents_the_keys_of_the_mapping_sections() -> None:
+    from agent.config import mapping_keys
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| `((?:checks|xid)\.<[a-z]+>\.[a-z_]+)` \|", section, re.MULTILINE) == mapping_keys()
+
+
 @pytest.mark.parametrize("key", config_keys())
 def test_each_documented_default_is_the_default(key: str) -> None:
     documented = yaml.safe_load(documented_keys()[key])
