@@ -8,13 +8,13 @@ from typing import Any, Dict, List
 
 import pytest
 
-from agent import compat
+from agent.base.errors import ConfigError
+from agent.base.noderoot import NodeRoot
 from agent.cli import main
-from agent.compat import KnownGood, Matrix, MatrixError
-from agent.errors import ConfigError
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN
-from agent.versions import NodeVersions
+from agent.compat import matrix as compat
+from agent.compat.matrix import KnownGood, Matrix, MatrixError
+from agent.compat.versions import NodeVersions
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN
 from tests.gpu_node import healthy_gpu_node, write
 
 RUNBOOK = dict(kubernetes="1.35.2", containerd="2.2.3", toolkit="1.19.0", driver="580.159.03")

@@ -8,9 +8,10 @@ from typing import Dict, Optional, Tuple
 
 import pytest
 
+from agent.base.errors import ConfigError
 from agent.cli import main
-from agent.config import DEFAULT_CONFIG_PATH, DEFAULT_DROP_IN_DIR, load_config
-from agent.errors import ConfigError
+from agent.config.load import load_config
+from agent.config.settings import DEFAULT_CONFIG_PATH, DEFAULT_DROP_IN_DIR
 
 PIN = "ab" * 32
 BASE = f'efa:\n  version: "1.48.0"\n  sha256: {PIN}\nrestart:\n  units: [containerd.service, kubelet.service]\n'

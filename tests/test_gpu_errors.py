@@ -14,10 +14,12 @@ from typing import List
 
 import pytest
 
-from agent import cli, driver, kmsg, xid
-from agent.config import parse_config
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN
+from agent import cli
+from agent.base.noderoot import NodeRoot
+from agent.config.load import parse_config
+from agent.gpu import kmsg, xid
+from agent.nvidia import driver
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN
 from tests.gpu_node import BOOT_KMSG, gpu_rows, healthy_gpu_node, kmsg_record, nvidia_smi, write
 
 # Real XID reports (NVIDIA's catalog and public bug reports): the kernel names the GPU without a function.
@@ -146,7 +148,7 @@ def test_the_configuration_moves_an_xid_to_another_class(root: Path) -> None:
 
 
 def test_the_catalog_fails_what_the_eks_node_monitoring_agent_calls_fatal_but_63_and_142() -> None:
-    from agent.xid_catalog import APPLICATION, FATAL, IGNORE, RESET, XIDS
+    from agent.gpu.xid_catalog import APPLICATION, FATAL, IGNORE, RESET, XIDS
 
     eks_fatal = {46, 48, 54, 62, 63, 64, 74, 79, 95, 109, 110, 119, 120, 136, 140, 142, 143, 151, 155, 156, 158}
     failing = {x for x, c in XIDS.items() if c.cls in (FATAL, RESET)}

@@ -8,10 +8,11 @@ from typing import Dict, List
 
 import pytest
 
-from agent import checks, policy
 from agent.cli import main
-from agent.config import parse_config
-from agent.health import FAIL, HEALTHY, PASS, SKIP, WARN, CheckResult, overall_health
+from agent.config.load import parse_config
+from agent.pipeline import policy
+from agent.pipeline import resources as pipeline
+from agent.pipeline.health import FAIL, HEALTHY, PASS, SKIP, WARN, CheckResult, overall_health
 from tests.gpu_node import healthy_gpu_node, write
 
 RESULTS = [
@@ -47,8 +48,14 @@ def test_a_disabled_unit_check_stays_skip_when_a_restart_is_pending() -> None:
     config = parse_config("checks:\n  containerd-running: {enabled: false}\n", "c")
     results = policy.apply([CheckResult("containerd-running", PASS, "active")], config)
     pending = {"containerd.service": (FAIL, "restart needed but restart.policy is never")}
-    (r,) = checks.with_pending_restarts(results, pending, config)
+    (r,) = pipeline.with_pending_restarts(results, pending, config)
     assert (r.status, r.message) == (SKIP, "disabled by configuration (checks.containerd-running.enabled: false)")
+
+
+def test_the_checks_section_names_the_real_checks_in_their_order() -> None:
+    from agent.config.settings import CHECKS
+
+    assert CHECKS == pipeline.CHECK_NAMES  # a new check is accepted by checks.<name> once listed there too
 
 
 @pytest.mark.parametrize(("text", "problem"), [
@@ -61,7 +68,7 @@ def test_a_disabled_unit_check_stays_skip_when_a_restart_is_pending() -> None:
     ("checks:\n  efa: false\n", "c:2: checks.efa: expected a mapping of keys to values"),
 ])
 def test_check_names_and_values_are_validated(text: str, problem: str) -> None:
-    from agent.errors import ConfigError
+    from agent.base.errors import ConfigError
 
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "c")
