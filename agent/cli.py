@@ -52,6 +52,8 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
 def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lock-wait", type=_seconds, default=DEFAULT_LOCK_WAIT, metavar="SECONDS",
                    help=f"how long to wait for another run to finish (default {DEFAULT_LOCK_WAIT:g})")
+    p.add_argument("--force", action="store_true",
+                   help="run even on a node disabled with /etc/gpu-node-agent/disabled (a hand run)")
 
 
 def _seconds(text: str) -> float:
@@ -102,6 +104,9 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     show.add_argument("--format", choices=("yaml", "json"), default="yaml",
                       help="YAML with the source as a comment, or JSON (sections only); both load back "
                            "as a configuration file (default: yaml)")
+    show.add_argument("--origins", action="store_true",
+                      help="say which file set each value (YAML: a comment per value, 'default' for the rest; "
+                           "JSON: {\"config\", \"origins\"})")
     show.set_defaults(handler=commands.cmd_config_show)
 
 
@@ -198,16 +203,17 @@ _USAGE_64 = ("64", "bad usage, or an invalid configuration file (file:line:key o
 EXIT_CODES: Dict[str, Tuple[Tuple[str, str], ...]] = {
     "*": (("0", "healthy / success"), ("1", "unhealthy, or an action failed"), ("2", "degraded: warnings only"),
           _USAGE_64, ("75", "another run holds the lock")),
-    "run": (("0", "healthy after the run"),
+    "run": (("0", "healthy after the run, or the node is disabled (nothing done)"),
             ("1", "unhealthy, an action failed (edit, restart, EFA install), or the report was not published"),
             ("2", "degraded: warnings only"), _USAGE_64,
             ("75", "another run held /run/gpu-node-agent/lock for longer than --lock-wait")),
-    "prepare": (("0", "healthy after the pass"), ("1", "unhealthy, or an action failed (edit, EFA install)"),
+    "prepare": (("0", "healthy after the pass, or the node is disabled (nothing done)"),
+                ("1", "unhealthy, or an action failed (edit, EFA install)"),
                 ("2", "degraded: warnings only"), _USAGE_64,
                 ("75", "another run held /run/gpu-node-agent/lock for longer than --lock-wait")),
-    "status": (("0", "healthy (or the agent is disabled)"), ("1", "unhealthy, a pass of this boot failed, no "
-                                                              "report, an unreadable status file, or --wait "
-                                                              "timed out"),
+    "status": (("0", "healthy (or the agent is disabled and has no report)"),
+               ("1", "unhealthy, a pass of this boot failed, no report, an unreadable status file, or --wait "
+                     "timed out"),
                ("2", "degraded: warnings only"), _USAGE_64),
     "plan": (("0", "a plan was made, whether or not it changes anything"),
              ("1", "the node has a problem the agent will not fix (e.g. an unreadable file)"), _USAGE_64),
@@ -237,8 +243,10 @@ DESCRIPTIONS: Dict[str, str] = {
              "also publishes the node annotation and condition).",
     "efa fetch": "Download the pinned aws-efa-installer into efa.cache_dir and verify it (efa.sha256, "
                  "efa.gpg_fingerprint), whatever efa.install says: for an AMI bake, so nodes need no network.",
-    "config validate": "Validate a configuration file (default: --config) as every command loads it.",
-    "config show": "Print the effective configuration, defaults included.",
+    "config validate": "Validate a configuration file (default: --config) merged with the drop-ins of the "
+                       "config.d/ beside it, as every command loads it; a bad key is named with its file.",
+    "config show": "Print the effective configuration (config.yaml, then config.d/*.yaml in lexical order), "
+                   "defaults included; --origins says which file set each value.",
 }
 
 

@@ -28,10 +28,33 @@ def _root(args: argparse.Namespace) -> NodeRoot:
 
 
 def _config(args: argparse.Namespace, path: Optional[str] = None) -> AgentConfig:
+    """The base file (``--config``, else the default under ``--root``) with the drop-ins of the
+    ``config.d/`` beside it, merged (``agent/config/layers.py``)."""
     from agent.config.load import load_config
-    from agent.config.settings import DEFAULT_CONFIG_PATH
+    from agent.config.settings import DEFAULT_CONFIG_PATH, DEFAULT_DROP_IN_DIR
 
-    return load_config(path or args.config, default_path=_root(args).path(DEFAULT_CONFIG_PATH))
+    root = _root(args)
+    explicit = path or args.config
+    return load_config(explicit, default_path=root.path(DEFAULT_CONFIG_PATH),
+                       drop_in_dir=None if explicit else root.path(DEFAULT_DROP_IN_DIR))
+
+
+def _disabled(args: argparse.Namespace) -> bool:
+    """``/etc/gpu-node-agent/disabled`` exists under --root: the node opted out (the units skip)."""
+    from agent.report.status import DISABLED
+
+    return _root(args).path(DISABLED).exists()
+
+
+def _skip_disabled(args: argparse.Namespace, command: str) -> bool:
+    """``run``/``prepare`` on a disabled node: one line, nothing done (``--force`` runs anyway)."""
+    if getattr(args, "force", False) or not _disabled(args):
+        return False
+    from agent.report.status import DISABLED
+
+    _print(f"gpu-node-agent {command}: the agent is disabled on this node ({DISABLED} exists): nothing done; "
+           "--force runs it anyway\n")
+    return True
 
 
 def _start_pass(args: argparse.Namespace, name: str) -> None:
@@ -78,8 +101,12 @@ def cmd_config_help(args: argparse.Namespace) -> int:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
+    from agent.compat import matrix as compat
+
     config = _config(args, args.path)
-    _print(f"{config.source}: valid\n")
+    matrix = compat.with_drop_ins(compat.load_matrix(), _root(args))  # the operator's known-good rows too
+    files = [*config.files, *matrix.source.split(", ")[1:]]
+    _print(f"{', '.join(files) or config.source}: valid\n")
     return 0
 
 
@@ -90,9 +117,10 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     if args.format == "json":
         import json
 
-        _print(json.dumps(config.to_dict(), indent=2) + "\n")
+        shown = {"config": config.to_dict(), "origins": config.origins} if args.origins else config.to_dict()
+        _print(json.dumps(shown, indent=2) + "\n")
     else:
-        _print(dump_config(config))
+        _print(dump_config(config, origins=args.origins))
     return 0
 
 
@@ -142,12 +170,17 @@ def cmd_check(args: argparse.Namespace) -> int:
                                 node=node_object(facts))
         document = outcome.document
         pipeline.reported(facts, outcome.published is None or outcome.published.ok)
+    disabled = _disabled(args)
     if args.format == "json":
-        _print(report_doc.render_json(document))
+        _print(report_doc.render_json({**document, "disabled": True} if disabled else document))
     else:
         _print(report_doc.render_table(results, color=sys.stdout.isatty()))
         if outcome is not None:
             _print(report.summary_line(outcome))
+        if disabled:
+            from agent.report.status import DISABLED
+
+            _print(f"note: the agent is disabled on this node ({DISABLED}): run and prepare do nothing\n")
     code = 1 if outcome is not None and not outcome.ok else health.exit_code_for(document["health"])
     if outcome is not None:
         finish_pass(args, config, document["health"], code, document.get("actions", []))
@@ -174,6 +207,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.report import document as report_doc
 
     log = get_logger("run")
+    if _skip_disabled(args, "run"):
+        return 0
     _start_pass(args, "run")
     config = _config(args)
     root = _root(args)
@@ -215,6 +250,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from agent.report import document as report_doc
     from agent.report import report
 
+    if _skip_disabled(args, "prepare"):
+        return 0
     _start_pass(args, "prepare")
     config = _config(args)
     root = _root(args)

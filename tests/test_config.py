@@ -57,6 +57,8 @@ gpu:
   efa_resource_name: vpc.amazonaws.com/efa   # null: EFA not compared
   allocatable_grace_seconds: 300
   fabricmanager_unit: nvidia-fabricmanager.service
+compatibility:
+  unknown: warn                   # pass | warn | fail: a combination no known-good row lists
 """
 
 

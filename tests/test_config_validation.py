@@ -120,11 +120,20 @@ BAD_VALUES: Dict[str, Tuple[Any, str]] = {
     "gpu.efa_resource_name": ("vpc amazonaws/efa", "must be an extended resource name"),
     "gpu.allocatable_grace_seconds": (-1, "must be 0 or more"),
     "gpu.fabricmanager_unit": ("nvidia-fabricmanager", "must be a systemd service unit name"),
+    "compatibility.unknown": ("maybe", "must be one of pass, warn, fail"),
 }
 
 
 def test_the_readme_documents_every_key_and_no_other() -> None:
     assert list(documented_keys()) == config_keys()
+
+
+def test_the_readme_documents_the_keys_of_the_mapping_sections() -> None:
+    from agent.config.settings import mapping_keys
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| `((?:checks|xid)\.<[a-z]+>\.[a-z_]+)` \|", section, re.MULTILINE) == mapping_keys()
 
 
 @pytest.mark.parametrize("key", config_keys())

@@ -16,6 +16,7 @@ import pytest
 
 from agent import cli
 from agent.base.noderoot import NodeRoot
+from agent.config.load import parse_config
 from agent.gpu import kmsg, xid
 from agent.nvidia import driver
 from agent.pipeline.health import FAIL, PASS, SKIP, WARN
@@ -42,13 +43,13 @@ EXPECTED = {
          "GPUApplicationError"),
     48: (FAIL, "GPU 2 (00000000:75:00.0): XID 48 Double Bit ECC Error (reset the GPU or reboot the node)",
          "GPUDoubleBitECCError"),
-    63: (FAIL, "GPU 3 (00000000:86:00.0): XID 63 ECC page retirement or row remapping recording event (reset the GPU "
-         "or reboot the node)", "GPURowRemapPending"),
+    63: (PASS, "no XID event that needs action since boot (5 kernel log records), no ECC or row-remapping problem "
+         "on 8 GPUs; 1 to ignore (details.ignored)", "NoGpuErrors"),
     79: (FAIL, "GPU 4 (00000000:97:00.0): XID 79 GPU has fallen off the bus (reboot the node; replace the GPU if it "
          "recurs)", "GPUFellOffBus"),
-    94: (FAIL, "GPU 5 (00000000:A8:00.0): XID 94 Contained ECC error (reset the GPU or reboot the node)",
-         "GPUContainedECCError"),
-    119: (FAIL, "GPU 6 (00000000:B9:00.0): XID 119 GSP RPC timeout (reset the GPU or reboot the node)",
+    94: (WARN, "GPU 5 (00000000:A8:00.0): XID 94 Contained memory error (usually the workload's fault)",
+         "GPUApplicationError"),
+    119: (FAIL, "GPU 6 (00000000:B9:00.0): XID 119 GSP RPC Timeout (reset the GPU or reboot the node)",
           "GPUSystemProcessorTimeout"),
 }
 
@@ -63,11 +64,12 @@ def log_with(root: Path, *messages: str, start: int = 1000) -> None:
     write(root, "/dev/kmsg", BOOT_KMSG + records)
 
 
-def gpu_errors(root: Path) -> xid.CheckResult:
+def gpu_errors(root: Path, policy: str = "") -> xid.CheckResult:
+    """The check, with the ``xid`` section of a configuration when ``policy`` is given."""
     node = NodeRoot(str(root))
     facts = driver.discover(node)
     rows = facts.smi.table.rows if facts.smi is not None and facts.smi.table is not None else None
-    return xid.check(xid.discover(node), rows)
+    return xid.check(xid.discover(node), rows, policy=parse_config(policy, "config.yaml").xid)
 
 
 def test_a_clean_boot(root: Path) -> None:
@@ -92,6 +94,70 @@ def test_the_worst_comes_first_and_repeats_are_counted(root: Path) -> None:
     assert r.status == FAIL and r.details["event_reason"] == "GPUFellOffBus"
     assert r.message == EXPECTED[79][1] + "; +2 more"
     assert r.details["findings"][1:] == [EXPECTED[13][1] + " (x2)", EXPECTED[31][1]]
+
+
+XID_45 = "NVRM: Xid (PCI:0000:53:00): 45, pid=40112, name=python3, Ch 00000010"
+
+
+def log_at(root: Path, *events: "tuple[int, str]") -> None:
+    """Records at the given minutes since boot."""
+    records = "".join(kmsg_record(1000 + i, 3_600_000_000 + int(minute * 60e6), m, level=3)
+                      for i, (minute, m) in enumerate(events))
+    write(root, "/dev/kmsg", BOOT_KMSG + records)
+
+
+def test_an_xid_under_its_repeat_threshold_is_held_back_then_counts_as_its_class(root: Path) -> None:
+    policy = "xid:\n  45: {class: fatal, repeat: 3, window_minutes: 60}\n"
+    log_at(root, (0, XID_45), (40, XID_45))
+    r = gpu_errors(root, policy)
+    assert r.status == WARN and r.details["event_reason"] == "GPUXidBelowThreshold"
+    assert r.message == ("GPU 0 (00000000:53:00.0): XID 45 Preemptive cleanup, due to previous errors x2: held back "
+                         "by xid.45.repeat (3 within 60 min make it fatal)")
+    log_at(root, (0, XID_45), (40, XID_45), (55, XID_45))
+    r = gpu_errors(root, policy)
+    assert r.status == FAIL and r.details["event_reason"] == "GPUApplicationError"
+    assert r.message == ("GPU 0 (00000000:53:00.0): XID 45 Preemptive cleanup, due to previous errors x3, 3 within 60 "
+                         "min (reboot the node; replace the GPU if it recurs)")
+
+
+def test_a_repeat_counts_only_within_its_window_and_on_one_gpu(root: Path) -> None:
+    policy = "xid:\n  45: {class: reset, repeat: 3, window_minutes: 60}\n"
+    other_gpu = XID_45.replace("0000:53:00", "0000:64:00")
+    log_at(root, (0, XID_45), (50, XID_45), (61, XID_45), (62, other_gpu))  # never 3 within an hour on GPU 0
+    r = gpu_errors(root, policy)
+    assert r.status == WARN
+    assert r.details["findings"] == [
+        "GPU 0 (00000000:53:00.0): XID 45 Preemptive cleanup, due to previous errors x3: held back by xid.45.repeat "
+        "(3 within 60 min make it reset)",
+        "GPU 1 (00000000:64:00.0): XID 45 Preemptive cleanup, due to previous errors x1: held back by xid.45.repeat "
+        "(3 within 60 min make it reset)",
+    ]
+    log_at(root, (0, XID_45), (50, XID_45), (61, XID_45), (62, other_gpu), (62.5, XID_45))
+    r = gpu_errors(root, policy)
+    assert r.status == FAIL and ", 3 within 60 min" in r.message  # 50, 61, 62.5: three within an hour
+
+
+def test_the_configuration_moves_an_xid_to_another_class(root: Path) -> None:
+    log_with(root, XID_LINES[79], XID_LINES[13])
+    r = gpu_errors(root, "xid:\n  79: {class: application}\n  13: {class: ignore}\n")
+    assert r.status == WARN
+    assert r.message == "GPU 4 (00000000:97:00.0): XID 79 GPU has fallen off the bus (usually the workload's fault)"
+    assert r.details["ignored"] == ["GPU 0 (00000000:53:00.0): XID 13 Graphics Engine Exception (no action needed)"]
+    log_with(root, XID_LINES[63])
+    assert gpu_errors(root, "xid:\n  63: {class: reset}\n").status == FAIL
+
+
+def test_the_catalog_fails_what_the_eks_node_monitoring_agent_calls_fatal_but_63_and_142() -> None:
+    from agent.gpu.xid_catalog import APPLICATION, FATAL, IGNORE, RESET, XIDS
+
+    eks_fatal = {46, 48, 54, 62, 63, 64, 74, 79, 95, 109, 110, 119, 120, 136, 140, 142, 143, 151, 155, 156, 158}
+    failing = {x for x, c in XIDS.items() if c.cls in (FATAL, RESET)}
+    assert eks_fatal - failing == {63, 142} and failing - eks_fatal == set()
+    assert XIDS[63].cls == IGNORE and 142 not in XIDS  # IGNORE and CONTACT_SUPPORT in NVIDIA's catalog
+    assert {x for x, c in XIDS.items() if c.cls == FATAL} == {54, 79, 151}
+    assert XIDS[45].cls == APPLICATION and XIDS[43].cls == IGNORE and XIDS[94].cls == APPLICATION
+    assert all(c.action in ("RESTART_BM", "RESTART_VM", "CHECK_MECHANICALS") for c in XIDS.values() if c.cls == FATAL)
+    assert all(c.action == "IGNORE" for c in XIDS.values() if c.cls == IGNORE)
 
 
 def test_an_xid_not_in_the_table_warns_naming_it(root: Path) -> None:

@@ -277,3 +277,19 @@ def test_a_daemon_not_started_yet_is_not_a_failure_before_nodeadm_run() -> None:
     assert [r.status for r in out] == [SKIP, FAIL, SKIP, PASS]  # a daemon that failed still fails
     assert out[0].message == "containerd.service not started yet: nodeadm-run starts it after this pass"
     assert prepare.before_start(results, efa_deferred=False)[2].status == FAIL
+
+
+def test_a_disabled_node_shows_disabled_with_its_last_health(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The health the agent recorded before the node was disabled stays visible, and decides the exit code."""
+    doc = {"health": "unhealthy", "time": "2026-07-20T10:00:00Z",
+           "passes": {"run": _record("r", BOOT, exit_code=1)}}
+    (root / STATUS).parent.mkdir(parents=True, exist_ok=True)
+    (root / STATUS).write_text(json.dumps(doc))
+    (root / "etc/gpu-node-agent/disabled").write_text("")
+    capsys.readouterr()
+    assert agent(root, "status") == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["status: disabled (/etc/gpu-node-agent/disabled exists: the agent's units and passes do "
+                         "nothing)", "health: unhealthy (last report: 2026-07-20T10:00:00Z)"]
+    (root / STATUS).unlink()
+    assert agent(root, "status") == 0  # disabled before any report: nothing to worry about

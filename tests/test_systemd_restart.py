@@ -444,3 +444,46 @@ def test_containerd_that_cannot_be_asked_warns_and_is_not_healthy(gpu_node: GpuN
     line = next(ln for ln in out.splitlines() if ln.startswith("containerd-running"))
     assert line.split()[1] == "warn" and line.endswith("but cannot ask containerd: /usr/bin/ctr not found")
     assert "health: degraded" in out
+
+
+# --- a disabled node ----------------------------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict:
+    """Every path under the node root: its type, mode, mtime and (regular files) bytes."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        out[str(path.relative_to(root))] = (st.st_mode, st.st_mtime_ns, data)
+    return out
+
+
+def test_run_and_prepare_on_a_disabled_node_change_no_byte_and_restart_nothing(gpu_node: GpuNode) -> None:
+    gpu_node.write_node(DRIFTED).boot()
+    (gpu_node.root / "etc/gpu-node-agent").mkdir(parents=True, exist_ok=True)
+    (gpu_node.root / "etc/gpu-node-agent/disabled").write_text("")
+    gpu_node.daemons.wait_for_starts(2)
+    before = snapshot(gpu_node.root)
+
+    code, out, jobs = gpu_node.run_recording()
+    assert (code, jobs) == (0, []), out
+    assert out.splitlines() == ["gpu-node-agent run: the agent is disabled on this node (/etc/gpu-node-agent/disabled "
+                                "exists): nothing done; --force runs it anyway"]
+    with gpu_node.sd.record_jobs() as recorder:  # type: ignore[union-attr]
+        code, out, err = gpu_node.agent("prepare")
+    assert (code, recorder.jobs, err) == (0, [], "")
+    assert out.startswith("gpu-node-agent prepare: the agent is disabled on this node")
+    assert snapshot(gpu_node.root) == before  # not the config, not the status file, not the lock
+
+    code, out, _ = gpu_node.agent("check")  # still evaluates, read-only, and says so
+    assert "containerd-config" in out and out.endswith(
+        "note: the agent is disabled on this node (/etc/gpu-node-agent/disabled): run and prepare do nothing\n")
+    own_state = "run/gpu-node-agent"  # check keeps its caches there (README "Health checks"), nothing else
+    assert {k: v for k, v in snapshot(gpu_node.root).items() if not k.startswith(own_state)} == {
+        k: v for k, v in before.items() if not k.startswith(own_state)}
+
+    code, out, jobs = gpu_node.run_recording("--force")  # a hand run: the same node is repaired
+    assert code == 0, out
+    assert units_of(jobs) == [(CONTAINERD, "done"), (KUBELET, "done")]
+    assert "SystemdCgroup = true" in gpu_node.containerd_config.read_text()

@@ -195,9 +195,50 @@ def test_explicit_pattern_runs_nodeadm_then_the_agent_and_fails_only_when_unheal
 def test_no_block_pattern_queues_the_unit_with_a_valid_configuration() -> None:
     script = shell_part(NO_BLOCK)
     assert re.search(r"^systemctl start --no-block gpu-node-agent\.service$", script, re.MULTILINE)
+    assert re.search(r"^cat > /etc/gpu-node-agent/config\.d/50-userdata\.yaml <<'CONFIG'$", script, re.MULTILINE)
     heredoc = re.search(r"<<'CONFIG'\n(.*?)^CONFIG$", script, re.DOTALL | re.MULTILINE)
     assert heredoc, "the launch template's agent settings"
     config = parse_config(heredoc.group(1), "user data")
     assert config != AgentConfig() and config.report.metrics_file
     # The script validates what it wrote before queueing the unit.
     assert script.index("gpu-node-agent config validate") < script.index("systemctl start --no-block")
+
+
+@pytest.mark.parametrize("name", [EXPLICIT, NO_BLOCK])
+def test_no_example_overwrites_the_base_configuration(name: str) -> None:
+    """The base file is the image's (with its pins): user data writes a drop-in, never config.yaml."""
+    assert "/etc/gpu-node-agent/config.yaml" not in shell_part(name).replace("# /etc/gpu-node-agent/config.yaml", "")
+    assert not re.search(r">\s*/etc/gpu-node-agent/config\.yaml", shell_part(name))
+
+
+def test_the_user_data_drop_in_keeps_the_pin_baked_into_the_image(tmp_path: Path) -> None:
+    """Apply the shell part to a node tree whose config.yaml carries the AMI's EFA pin: the script
+    (its node paths moved under the tree, ``gpu-node-agent`` the real CLI with ``--root``) writes its
+    drop-in and validates the merged result; the pin is still in effect and the base file unchanged."""
+    import json
+    import sys
+
+    root = tmp_path / "node"
+    base = root / "etc/gpu-node-agent/config.yaml"
+    base.parent.mkdir(parents=True)
+    pin = "9f" * 32
+    baked = f'efa:\n  version: "1.48.0"\n  sha256: {pin}\n  install: always\n'
+    base.write_text(baked)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake(bin_dir, "gpu-node-agent", f'exec {sys.executable} -m agent --root {root} "$@"')
+    _fake(bin_dir, "systemctl", f'echo "systemctl $*" >> {tmp_path / "calls"}')
+    script = tmp_path / "part.sh"
+    script.write_text(shell_part(NO_BLOCK).replace("/etc/gpu-node-agent", f"{root}/etc/gpu-node-agent"))
+    proc = subprocess.run(["bash", str(script)], env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    drop_in = root / "etc/gpu-node-agent/config.d/50-userdata.yaml"
+    assert proc.stdout == f"{base}, {drop_in}: valid\n"
+    assert base.read_text() == baked
+    shown = subprocess.run([sys.executable, "-m", "agent", "--root", str(root), "config", "show", "--format", "json",
+                            "--origins"], capture_output=True, text=True, check=True, cwd=REPO)
+    doc = json.loads(shown.stdout)
+    assert doc["config"]["efa"]["sha256"] == pin and doc["origins"]["efa.sha256"] == str(base)
+    assert doc["origins"]["report.metrics_file"] == str(drop_in)
+    assert (tmp_path / "calls").read_text() == "systemctl start --no-block gpu-node-agent.service\n"

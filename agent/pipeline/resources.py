@@ -30,6 +30,7 @@ from agent.nvidia.driver import RESOURCE as DRIVER
 from agent.nvidia.toolkit import RESOURCE as NVIDIA_RUNTIME
 from agent.pipeline.contract import Discovery, NodeFacts, Resource
 from agent.pipeline.health import RANK, CheckResult
+from agent.pipeline.policy import apply as apply_policy
 from agent.systemd.state import kubelet_unit
 
 
@@ -72,11 +73,12 @@ def discover(root: NodeRoot, config: AgentConfig, *, gpu_health: bool = False, i
 
 def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
     """Every resource's checks, in order; the GPU readiness checks only when their facts were discovered
-    (``discover(..., gpu_health=True)``)."""
+    (``discover(..., gpu_health=True)``); the operator's policy (``checks.<name>``,
+    ``agent/pipeline/policy.py``) applied."""
     results: List[CheckResult] = []
     for resource in resources(gpu_health=facts.gpu_health):
         results.extend(resource.check(facts, config))
-    return results
+    return apply_policy(results, config)
 
 
 def with_pending_restarts(
@@ -98,7 +100,7 @@ def with_pending_restarts(
             out.append(CheckResult(r.name, status, f"{unit}: {why}", {**r.details, "restart_pending": True}))
         else:
             out.append(r)
-    return out
+    return apply_policy(out, config)  # a disabled check stays skip, a capped one capped
 
 
 def reported(facts: NodeFacts, delivered: bool) -> None:

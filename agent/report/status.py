@@ -203,11 +203,12 @@ def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bo
 
 
 def exit_code(view: Mapping[str, Any]) -> int:
-    """0 healthy (or disabled), 2 degraded, 1 unhealthy, a failed pass of this boot, or no report."""
+    """0 healthy, 2 degraded, 1 unhealthy, a failed pass of this boot, or no report; a disabled node:
+    its last health (0 without a report)."""
     from agent.pipeline.health import exit_code_for
 
     if view["status"] == "disabled":
-        return 0
+        return exit_code_for(view["health"]) if view["health"] else 0
     for record in view["passes"].values():
         if record["this_boot"] and record.get("exit_code") not in (0, 2):
             return 1
@@ -220,6 +221,8 @@ def _state_line(view: Mapping[str, Any]) -> str:
         return f"status: running ({Holder(**running).describe()})"
     if view["status"] == MANUAL_RUN_FINISHED:
         return f"status: {MANUAL_RUN_FINISHED} ({AGENT_UNIT} has not run in this boot)"
+    if view["status"] == "disabled":
+        return f"status: disabled ({DISABLED} exists: the agent's units and passes do nothing)"
     return f"status: {view['status']}"
 
 
