@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -65,6 +65,12 @@ def finish_pass(args: argparse.Namespace, config: Optional[AgentConfig], health:
 def _print(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def _pass_of(args: argparse.Namespace) -> Dict[str, Any]:
+    """The pass making a report, for the metrics' durations (``report.finish``)."""
+    record = getattr(args, "pass_record", None)
+    return {"pass_name": record.name, "started": record.t0} if record is not None else {}
 
 
 def _node_read(facts: Any) -> Any:
@@ -148,7 +154,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         # report.publish: false (AMI bake, no cluster yet) means the status file and metrics only
         outcome = report.finish(root, config, results, publish_report=config.report.publish,
-                                node=_node_read(facts))
+                                node=_node_read(facts), **_pass_of(args))
         document = outcome.document
         _acknowledge_gpu_errors(root, facts, outcome)
     if args.format == "json":
@@ -203,7 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent import events
 
     outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
-                            restarts=restarts, events=events.from_apply(root, result), node=_node_read(facts))
+                            restarts=restarts, events=events.from_apply(root, result), node=_node_read(facts),
+                            **_pass_of(args))
     _print(report.summary_line(outcome))
     _acknowledge_gpu_errors(root, facts, outcome)
     if not outcome.ok:
@@ -225,7 +232,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     state = health.overall_health(result.results)
     code = 1 if result.failed else health.exit_code_for(state)
     # The Node object may not exist yet: the status file (and metrics) only, never the cluster.
-    outcome = report.finish(root, config, result.results, result.actions, publish_report=False)
+    outcome = report.finish(root, config, result.results, result.actions, publish_report=False, **_pass_of(args))
     _print(report.summary_line(outcome))
     if not outcome.ok:
         code = 1

@@ -157,20 +157,26 @@ def check(versions: NodeVersions, matrix: Optional[Matrix] = None) -> CheckResul
     }
     if len(missing) == len(COMPONENTS):
         return CheckResult(CHECK, SKIP, "no component versions found on this node "
-                           f"({versions.notes.get('kubernetes', 'kubelet version unknown')})", details)
+                           f"({versions.notes.get('kubernetes', 'kubelet version unknown')})",
+                           {**details, "event_reason": "NoVersions"})
     best = closest(found, matrix.rows)
     if best is None:
-        return CheckResult(CHECK, WARN, f"{_shown(found)}: the compatibility matrix has no rows", details)
+        return CheckResult(CHECK, WARN, f"{_shown(found)}: the compatibility matrix has no rows",
+                           {**details, "event_reason": "UntestedVersions"})
     details["closest"] = {n: best.row.get(n) for n in FIELDS}
     details["differs"] = [list(d) for d in best.differs]
     if best.differs:
         return CheckResult(CHECK, WARN, "untested combination: closest known-good row "
-                           f"{best.row.ami_release} differs in {best.describe_differences()}", details)
+                           f"{best.row.ami_release} differs in {best.describe_differences()}",
+                           {**details, "event_reason": "UntestedVersions"})
     if missing:
         why = "; ".join(f"{LABELS[n]} unknown ({versions.notes.get(n, 'not found')})" for n in missing)
-        return CheckResult(CHECK, WARN, f"{why}; the rest matches known-good {best.row.ami_release}", details)
+        return CheckResult(CHECK, WARN, f"{why}; the rest matches known-good {best.row.ami_release}",
+                           {**details, "event_reason": "VersionsUnknown"})
     # Named by the row's AMI release: the node's own release is not recorded (details.unknown).
-    return CheckResult(CHECK, PASS, f"{_shown(found)}: known-good row {best.row.ami_release}", details)
+    details["matched"] = best.row.ami_release
+    return CheckResult(CHECK, PASS, f"{_shown(found)}: known-good row {best.row.ami_release}",
+                       {**details, "event_reason": "KnownGoodVersions"})
 
 
 class Compatibility(Resource):

@@ -144,7 +144,7 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
                                "expected": instance.expected, "expected_source": instance.expected_source}
     if instance.spec is not None and instance.spec.get("vendor", "nvidia") != "nvidia":
         return CheckResult(CHECK, SKIP, f"{instance.instance_type} has {instance.spec.get('model')} GPUs, "
-                           "not NVIDIA: not counted", {**details, "event_reason": "NotNvidia"})
+                           "not NVIDIA: not counted", {**details, "event_reason": "NotNVIDIA"})
     smi = driver.smi if driver is not None else None
     table = smi.table if smi is not None else None
     unreachable = list(table.unreachable) if table is not None else []
@@ -159,11 +159,11 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
         if not expected:
             return CheckResult(CHECK, SKIP, "no NVIDIA driver, nvidia-smi or GPU device node: not a GPU node "
                                f"as far as the agent sees ({instance.expected_source})",
-                               {**details, "event_reason": "NoGpus"})
+                               {**details, "event_reason": "NoGPUs"})
         seen = 0
     if seen is None:
         why = smi.problem if smi is not None and smi.problem else "nvidia-smi gave no table"
-        return CheckResult(CHECK, WARN, f"GPUs not counted: {why}", {**details, "event_reason": "GpuInventoryUnknown"})
+        return CheckResult(CHECK, WARN, f"GPUs not counted: {why}", {**details, "event_reason": "GPUInventoryUnknown"})
     counted = f"{_plural(seen)} visible" + (" to nvidia-smi" if smi is not None else " (device nodes; no nvidia-smi)")
     lost = "".join(f"; {bus}: {why}" for bus, why in unreachable[:3])
     lost += f"; nvidia-smi output not understood: {malformed[0]}" if malformed else ""
@@ -177,15 +177,15 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
                            {**details, "event_reason": "GPUMissing"})
     if expected is not None and seen > expected:
         return CheckResult(CHECK, WARN, f"{counted}, more than expected ({instance.expected_source})",
-                           {**details, "event_reason": "GpuCountUnexpected"})
+                           {**details, "event_reason": "GPUCountUnexpected"})
     if malformed:
         return CheckResult(CHECK, WARN, f"{counted}; nvidia-smi output not understood: {malformed[0]}",
-                           {**details, "event_reason": "GpuInventoryUnreadable"})
+                           {**details, "event_reason": "GPUInventoryUnreadable"})
     if expected is None:
         return CheckResult(CHECK, PASS, f"{counted}; not compared: {instance.expected_source}",
-                           {**details, "event_reason": "GpuCountNotCompared"})
+                           {**details, "event_reason": "GPUCountNotCompared"})
     return CheckResult(CHECK, PASS, f"{counted}, as expected ({instance.expected_source})",
-                       {**details, "event_reason": "GpusPresent"})
+                       {**details, "event_reason": "GPUsPresent"})
 
 
 class Inventory(Resource):

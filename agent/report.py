@@ -24,25 +24,14 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from agent.config import AgentConfig
 from agent.errors import NodeFileError, NodeFileMissing
 from agent.fs import NodeRoot, atomic_write, read_text
-from agent.health import (
-    DEGRADED,
-    FAIL,
-    HEALTHY,
-    PASS,
-    SKIP,
-    UNHEALTHY,
-    WARN,
-    CheckResult,
-    ordered,
-    overall_health,
-    report_document,
-)
+from agent.health import CheckResult, report_document
 from agent.kubelet import KUBELET_ENVIRONMENT, kubelet_flag
 from agent.log import get_logger
 from agent.publish import PublishResult, publish
@@ -51,7 +40,6 @@ from agent.timestamps import rfc3339
 ANNOTATION_LIMIT = 4096  # bytes of the <prefix>/report value
 CONDITION_MESSAGE_LIMIT = 1024
 READABLE_MESSAGE = 80  # characters a message keeps before actions start folding into "+N more"
-REASONS = {HEALTHY: "AllChecksPassed", DEGRADED: "ChecksWarned", UNHEALTHY: "CheckFailed"}
 _ELLIPSIS = "\u2026"
 
 log = get_logger("report")
@@ -121,15 +109,10 @@ def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT, *
 
 
 def condition_message(results: Sequence[CheckResult]) -> str:
-    """The first failing check, else the first warning one, else a summary."""
-    results = ordered(results)
-    for status in (FAIL, WARN):
-        for r in results:
-            if r.status == status:
-                return _clip(f"{r.name}: {r.message}", CONDITION_MESSAGE_LIMIT)
-    passed = sum(1 for r in results if r.status == PASS)
-    skipped = sum(1 for r in results if r.status == SKIP)
-    return f"{passed} checks passed" + (f", {skipped} skipped" if skipped else "")
+    """The deciding check (``agent.reasons.decide``) as ``<check>: <message>``, else a summary."""
+    from agent import reasons
+
+    return _clip(reasons.decide(results).message, CONDITION_MESSAGE_LIMIT)
 
 
 def node_condition(
@@ -138,16 +121,19 @@ def node_condition(
     now: datetime,
     previous: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The condition as of ``now``; ``lastTransitionTime`` is ``previous``'s while the status stays."""
-    health = overall_health(results)
-    status = "False" if health == UNHEALTHY else "True"
+    """The condition as of ``now`` (status and reason: ``agent.reasons.decide``);
+    ``lastTransitionTime`` is ``previous``'s while the status stays."""
+    from agent import reasons
+
+    decided = reasons.decide(results)
     stamp = rfc3339(now)
-    kept = previous.get("lastTransitionTime") if previous and previous.get("status") == status else None
+    kept = (previous.get("lastTransitionTime") if previous and previous.get("status") == decided.status
+            else None)
     return {
         "type": condition_type,
-        "status": status,
-        "reason": REASONS[health],
-        "message": condition_message(results),
+        "status": decided.status,
+        "reason": decided.reason,
+        "message": _clip(decided.message, CONDITION_MESSAGE_LIMIT),
         "lastHeartbeatTime": stamp,
         "lastTransitionTime": kept or stamp,
     }
@@ -216,52 +202,8 @@ def _previous_restarts(path: Any) -> Dict[str, int]:
         return {}
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def metrics_text(
-    results: Sequence[CheckResult],
-    now: datetime,
-    restarts_total: Mapping[str, int],
-    published: Optional[PublishResult],
-) -> str:
-    """Prometheus text exposition for the node_exporter textfile collector."""
-    health = overall_health(results)
-    lines: List[str] = [
-        "# HELP gpu_node_agent_health Node health from the agent's last report (1 for the current state).",
-        "# TYPE gpu_node_agent_health gauge",
-    ]
-    lines += [f'gpu_node_agent_health{{health="{h}"}} {int(h == health)}'
-              for h in (HEALTHY, DEGRADED, UNHEALTHY)]
-    lines += [
-        "# HELP gpu_node_agent_check Health check status from the last report (1 for the current status).",
-        "# TYPE gpu_node_agent_check gauge",
-    ]
-    for r in ordered(results):
-        for status in (PASS, WARN, FAIL, SKIP):
-            labels = f'check="{_label(r.name)}",status="{status}"'
-            lines.append(f"gpu_node_agent_check{{{labels}}} {int(r.status == status)}")
-    lines += [
-        "# HELP gpu_node_agent_last_run_timestamp_seconds When the agent last reported (Unix time).",
-        "# TYPE gpu_node_agent_last_run_timestamp_seconds gauge",
-        f"gpu_node_agent_last_run_timestamp_seconds {now.timestamp():.3f}",
-        "# HELP gpu_node_agent_restarts_total Units the agent restarted since boot.",
-        "# TYPE gpu_node_agent_restarts_total counter",
-    ]
-    lines += [f'gpu_node_agent_restarts_total{{unit="{_label(u)}"}} {n}'
-              for u, n in sorted(restarts_total.items())]
-    if published is not None:
-        lines += [
-            "# HELP gpu_node_agent_report_published Whether the last report reached the API server.",
-            "# TYPE gpu_node_agent_report_published gauge",
-            f"gpu_node_agent_report_published {int(published.ok)}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 def _status_bytes(document: Mapping[str, Any]) -> bytes:
-    order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total", "passes")
+    order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total", "pass", "passes")
     ordered_doc = {k: document[k] for k in order if k in document}
     return (json.dumps(ordered_doc, indent=2) + "\n").encode()
 
@@ -290,13 +232,16 @@ def finish(
     publisher: Optional[Callable[..., PublishResult]] = None,
     events: Sequence[Any] = (),
     node: Optional[Mapping[str, Any]] = None,
+    pass_name: Optional[str] = None,
+    started: Optional[float] = None,
 ) -> ReportOutcome:
     """The end of every ``run`` (and of ``check --report``): publish when asked, then always write
     the status file (and the metrics file when configured). ``actions``: what a ``run`` did (None
     for ``check --report``, which keeps the actions the last run published on the Node).
     ``restarts``: units restarted by this run and how often; the status file keeps the running
     totals since boot for the counter. ``events``: ``events.EventSpec`` of this run's actions.
-    ``node``: the Node as a check of this report read it (see ``publish``)."""
+    ``node``: the Node as a check of this report read it (see ``publish``). ``pass_name`` and
+    ``started`` (``time.monotonic()`` at its start): the pass making this report, for the metrics."""
     now = now or datetime.now(timezone.utc)
     document = report_document(results, actions or (), now=now)
     status_path = config.report.status_file
@@ -306,6 +251,9 @@ def finish(
     from agent import status  # the boot passes' records (agent/status.py) outlive every report
 
     local = {**document, "restarts_total": totals, **status.carried(root.path(status_path))}
+    if pass_name is not None:
+        took = time.monotonic() - started if started is not None else 0.0
+        local["pass"] = {"name": pass_name, "duration_seconds": round(took, 3)}
     published = None
     if publish_report:
         # The node's own view first: publishing may take up to report.timeout_seconds.
@@ -318,7 +266,9 @@ def finish(
     if err:
         problems.append(err)
     if config.report.metrics_file:
-        err = _write(root, config.report.metrics_file, metrics_text(results, now, totals, published).encode())
+        from agent import metrics
+
+        err = _write(root, config.report.metrics_file, metrics.render(document).encode())
         if err:
             problems.append(err)
     for problem in problems:

@@ -72,7 +72,7 @@ def test_a_clean_boot(root: Path) -> None:
     r = gpu_errors(root)
     assert r.status == PASS
     assert r.message == "no XID events since boot (4 kernel log records), no ECC or row-remapping problem on 8 GPUs"
-    assert r.details["event_reason"] == "NoGpuErrors"
+    assert r.details["event_reason"] == "NoGPUErrors"
 
 
 @pytest.mark.parametrize("number", sorted(XID_LINES))

@@ -113,7 +113,7 @@ def test_eight_of_eight_on_a_p5(p5: Path) -> None:
     assert r.status == PASS
     assert r.message == "8 GPUs visible to nvidia-smi, as expected (p5.48xlarge has 8)"
     assert r.details["instance_type_source"] == "/run/gpu-node-agent/instance-type"
-    assert r.details["event_reason"] == "GpusPresent"
+    assert r.details["event_reason"] == "GPUsPresent"
 
 
 def test_seven_of_eight_fails_naming_the_missing_gpu(p5: Path) -> None:
