@@ -41,6 +41,7 @@ class NodeRead(NamedTuple):
     name: Optional[str]
     skipped: Optional[str] = None  # why there was nothing to ask (skip)
     problem: Optional[str] = None  # why asking failed (warn)
+    name_source: Optional[str] = None  # where the node name came from
 
     @property
     def allocatable(self) -> Mapping[str, Any]:
@@ -54,7 +55,9 @@ class NodeRead(NamedTuple):
         return value if isinstance(value, str) else None
 
 
-def read_node(root: NodeRoot, config: AgentConfig, *, client_factory: Any = None) -> NodeRead:
+def read_node(root: NodeRoot, config: AgentConfig, *, client_factory: Any = None, imds: bool = True) -> NodeRead:
+    """``imds``: the node name may come from IMDS (``run``, ``check --report``; plain ``check`` asks
+    no metadata service and falls back to the hostname, saying so)."""
     if not config.gpu.allocatable:
         return NodeRead(None, None, skipped="turned off (gpu.allocatable: false)")
     if not config.report.publish:
@@ -70,19 +73,27 @@ def read_node(root: NodeRoot, config: AgentConfig, *, client_factory: Any = None
     from agent.tokens import redact
 
     name: Optional[str] = None
+    source: Optional[str] = None
     try:
-        name = resolve_node_name(root, config).name
+        name, source = resolve_node_name(root, config, use_imds=imds)
         kubeconfig = load_kubeconfig(root, config.report.kubeconfig)
         deadline = Deadline(min(READ_TIMEOUT, config.report.timeout_seconds))
         with (client_factory or KubeClient)(kubeconfig) as client:
-            return NodeRead(client.get_node(name, deadline), name)
+            return NodeRead(client.get_node(name, deadline), name, name_source=source)
     except KubeNotFound:
-        return NodeRead(None, name, problem=f"node {name} is not registered (yet)")
+        return NodeRead(None, name, problem=f"node {name} is not registered (yet){_named(source)}",
+                        name_source=source)
     except AgentError as exc:
-        return NodeRead(None, name, problem=str(exc))
+        return NodeRead(None, name, problem=f"{exc}{_named(source)}", name_source=source)
     except Exception as exc:  # a bug here must not cost the other checks
         problem = redact(f"internal error reading the Node: {type(exc).__name__}: {exc}")
         return NodeRead(None, name, problem=problem)
+
+
+def _named(source: Optional[str]) -> str:
+    """Where the node name came from, when that is only a guess (the hostname)."""
+    return f" (node name from the {source}; set report.node_name if that is not the Node's)" \
+        if source == "hostname" else ""
 
 
 def _quantity(value: Any) -> Optional[int]:
@@ -113,12 +124,13 @@ def check(
         return CheckResult(CHECK, SKIP, read.skipped, {"event_reason": "AllocatableNotChecked"})
     if read.problem or read.node is None:
         return CheckResult(CHECK, WARN, f"cannot read the Node's allocatable: {read.problem}",
-                           {"node": read.name, "event_reason": "NodeUnreadable"})
+                           {"node": read.name, "node_source": read.name_source, "event_reason": "NodeUnreadable"})
     alloc = read.allocatable
     age = _kubelet_age(units, kubelet_unit, time.time() if now is None else now)
     grace = settings.allocatable_grace_seconds
     within = age is not None and age < grace
-    details: Dict[str, Any] = {"node": read.name, "kubelet_started_seconds_ago": None if age is None else round(age),
+    details: Dict[str, Any] = {"node": read.name, "node_source": read.name_source,
+                               "kubelet_started_seconds_ago": None if age is None else round(age),
                                "grace_seconds": grace, "resources": {}}
     wanted: List[Tuple[str, Optional[int], str]] = []
     if gpus is not None:

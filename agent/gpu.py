@@ -5,11 +5,16 @@ computing specifications; its source is named in the file), or ``gpu.expected_co
 instance type comes from, in this order:
 
 1. ``gpu.instance_type`` (configuration);
-2. ``/run/gpu-node-agent/instance-type``, which an earlier lookup left (gone at boot, like the type
+2. the DMI product name, ``/sys/devices/virtual/dmi/id/product_name``, when it names an instance
+   type the agent knows (every Nitro instance says its type there; no network);
+3. ``/run/gpu-node-agent/instance-type``, which an earlier lookup left (gone at boot, like the type
    could change only across a stop and start);
-3. the Node's ``node.kubernetes.io/instance-type`` label, when ``gpu-allocatable`` read the Node;
-4. IMDS ``instance-type``, only in ``run`` and ``check --report`` (plain ``check`` asks no metadata
+4. the Node's ``node.kubernetes.io/instance-type`` label, when ``gpu-allocatable`` read the Node;
+5. IMDS ``instance-type``, only in ``run`` and ``check --report`` (plain ``check`` asks no metadata
    service: over SSM it must answer from the node alone).
+
+When none of them gives the type (and ``gpu.expected_count`` is not set), ``gpu-inventory`` is
+``warn`` (``InstanceTypeUnknown``): the GPUs are not proven.
 
 Seen: the rows of the one ``nvidia-smi`` query (``agent.driver``, ``agent.smi``); without
 ``nvidia-smi``, the ``/dev/nvidiaN`` device nodes. A GPU NVML cannot open ("Unable to determine
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
 CHECK = "gpu-inventory"
 DATA = Path(__file__).resolve().parent / "data" / "instance_types.json"
 CACHE = "/run/gpu-node-agent/instance-type"
+DMI_PRODUCT_NAME = "/sys/devices/virtual/dmi/id/product_name"
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 _TYPE_RE = r"[a-z0-9]+(-[a-z0-9]+)*\.[a-z0-9]+"
 
@@ -66,6 +72,16 @@ def _cached(root: NodeRoot) -> Optional[str]:
     except NodeFileError:
         return None
     return text if re.fullmatch(_TYPE_RE, text) else None
+
+
+def _from_dmi(root: NodeRoot) -> Optional[str]:
+    """The DMI product name when it is an instance type of the agent's data (Xen and bare metal
+    before Nitro say other things there, e.g. ``HVM domU``)."""
+    try:
+        text = read_text(root.path(DMI_PRODUCT_NAME)).strip()
+    except NodeFileError:
+        return None
+    return text if re.fullmatch(_TYPE_RE, text) and text in instance_types()["types"] else None
 
 
 def _remember(root: NodeRoot, instance_type: str) -> None:
@@ -101,6 +117,8 @@ def discover_instance(root: NodeRoot, config: AgentConfig, *, node_label: Option
     instance_type: Optional[str] = settings.instance_type
     source = "gpu.instance_type"
     if instance_type is None:
+        instance_type, source = _from_dmi(root), DMI_PRODUCT_NAME
+    if instance_type is None:
         instance_type, source = _cached(root), CACHE
     if instance_type is None and node_label and re.fullmatch(_TYPE_RE, node_label):
         instance_type, source = node_label, f"the Node's {INSTANCE_TYPE_LABEL} label"
@@ -110,7 +128,7 @@ def discover_instance(root: NodeRoot, config: AgentConfig, *, node_label: Option
         if instance_type is not None:
             _remember(root, instance_type)
     elif instance_type is None:
-        source = "not configured, not cached, not on the Node; `run` asks IMDS"
+        source = f"not configured, not in {DMI_PRODUCT_NAME}, not cached, not on the Node; `run` asks IMDS"
     spec = instance_types()["types"].get(instance_type) if instance_type else None
     if settings.expected_count is not None:
         return InstanceFacts(instance_type, source, spec, settings.expected_count, "gpu.expected_count")
@@ -181,6 +199,9 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
     if malformed:
         return CheckResult(CHECK, WARN, f"{counted}; nvidia-smi output not understood: {malformed[0]}",
                            {**details, "event_reason": "GPUInventoryUnreadable"})
+    if expected is None and instance.instance_type is None:
+        return CheckResult(CHECK, WARN, f"{counted}; not compared: {instance.expected_source}",
+                           {**details, "event_reason": "InstanceTypeUnknown"})
     if expected is None:
         return CheckResult(CHECK, PASS, f"{counted}; not compared: {instance.expected_source}",
                            {**details, "event_reason": "GPUCountNotCompared"})
@@ -195,7 +216,7 @@ class Inventory(Resource):
     def discover(self, node: Discovery) -> Dict[str, Any]:
         from agent import allocatable
 
-        read = allocatable.read_node(node.root, node.config)
+        read = allocatable.read_node(node.root, node.config, imds=node.imds)
         instance = discover_instance(node.root, node.config, node_label=read.label(INSTANCE_TYPE_LABEL),
                                      imds=node.imds)
         return {"kube_node": read, "instance": instance}

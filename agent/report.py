@@ -153,7 +153,9 @@ def resolve_node_name(
     *,
     imds: Optional[Callable[[], Any]] = None,
     hostname: Callable[[], str] = socket.gethostname,
+    use_imds: bool = True,
 ) -> NodeName:
+    """``use_imds``: False in plain ``check``, which contacts no metadata service."""
     if config.report.node_name:
         return NodeName(config.report.node_name, "report.node_name")
     try:
@@ -165,6 +167,8 @@ def resolve_node_name(
         override = None
     if override:
         return NodeName(override.lower(), f"--hostname-override in {KUBELET_ENVIRONMENT}")
+    if not use_imds:
+        return NodeName(hostname().strip().lower(), "hostname")
     from agent.imds import ImdsClient, ImdsError
 
     client = imds() if imds is not None else ImdsClient.from_settings(config.imds)
