@@ -70,11 +70,11 @@ def _checked(family: Family) -> Family:
     return family
 
 
-def render(document: Mapping[str, Any], sources: Sequence[str] = SOURCES) -> str:
-    """The metrics file's text (Prometheus text exposition format 0.0.4)."""
+def render(document: Mapping[str, Any], sources: Optional[Sequence[str]] = None) -> str:
+    """The metrics file's text (Prometheus text exposition format 0.0.4), from ``SOURCES``."""
     lines: List[str] = []
     seen = set()
-    for source in sources:
+    for source in SOURCES if sources is None else sources:
         module, _, function = source.partition(":")
         for family in getattr(importlib.import_module(module), function)(document):
             family = _checked(family)
