@@ -119,7 +119,7 @@ def test_gpus_not_yet_advertised_keep_the_condition_false_within_the_grace() -> 
     assert (cond["status"], cond["reason"]) == ("False", "GPUNotYetAdvertised")
     late = allocatable.check(read, AgentConfig(), gpus=8, efa_devices=0, units=states,
                              kubelet_unit="kubelet.service", now=1000.0 + 3600)
-    cond = report.node_condition("GPUNodeAgentReady", checks[:-1] + [late], NOW)
+    cond = report.node_condition("GPUNodeAgentReady", [*checks[:-1], late], NOW)
     assert (late.status, cond["status"], cond["reason"]) == (FAIL, "False", "GPUNotAdvertised")
 
 
