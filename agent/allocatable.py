@@ -11,10 +11,16 @@ Expected: GPUs seen (``agent.gpu.gpus_seen``) x ``gpu.resource_per_gpu`` of ``gp
 EFA devices present (``agent.efa``) of ``gpu.efa_resource_name``, when there is EFA hardware.
 ``gpu.allocatable: false`` turns the check off (``skip``).
 
-The Node is read (one GET, with the kubelet's credentials through ``agent.kube``) whenever a
-kubeconfig exists: in ``run``, ``check --report`` and plain ``check`` alike. No kubeconfig (the node
-has not joined a cluster, e.g. an AMI bake) or ``report.publish: false``: ``skip``, no API call. A
-kubeconfig that does not work: ``warn`` with why.
+The Node is read (one GET with ``resourceVersion=0``, from the API server's cache, with the
+kubelet's credentials through ``agent.kube``) whenever a kubeconfig exists: in ``run`` and plain
+``check`` every time; in ``check --report`` (the heartbeat timer) at most once per
+``report.heartbeat_minutes``: the allocatable and instance-type label of the last read
+(``READ_CACHE``) are reused while they are younger than that, for the same node and API server,
+and the last report's ``gpu-allocatable`` passed. A heartbeat reads afresh when that check did not
+pass (the device plugin has not advertised the GPUs yet on a booting node, or they went missing,
+or the Node was unreadable): the condition turns ``True`` at the first heartbeat that sees them.
+No kubeconfig (the node has not joined a cluster, e.g. an AMI bake) or ``report.publish: false``:
+``skip``, no API call. A kubeconfig that does not work: ``warn`` with why.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ if TYPE_CHECKING:
 
 CHECK = "gpu-allocatable"
 READ_TIMEOUT = 10.0  # at most this (and report.timeout_seconds) for the one GET
+READ_CACHE = "/run/gpu-node-agent/node-read.json"
+_INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 
 
 class NodeRead(NamedTuple):
@@ -42,6 +50,7 @@ class NodeRead(NamedTuple):
     skipped: Optional[str] = None  # why there was nothing to ask (skip)
     problem: Optional[str] = None  # why asking failed (warn)
     name_source: Optional[str] = None  # where the node name came from
+    reused: bool = False  # the last read's allocatable and label (READ_CACHE), not the whole Node
 
     @property
     def allocatable(self) -> Mapping[str, Any]:
@@ -55,9 +64,11 @@ class NodeRead(NamedTuple):
         return value if isinstance(value, str) else None
 
 
-def read_node(root: NodeRoot, config: AgentConfig, *, client_factory: Any = None, imds: bool = True) -> NodeRead:
+def read_node(root: NodeRoot, config: AgentConfig, *, client_factory: Any = None, imds: bool = True,
+              heartbeat: bool = False, now: Optional[float] = None) -> NodeRead:
     """``imds``: the node name may come from IMDS (``run``, ``check --report``; plain ``check`` asks
-    no metadata service and falls back to the hostname, saying so)."""
+    no metadata service and falls back to the hostname, saying so). ``heartbeat``: ``check
+    --report``, which reuses a recent read when it may (module docstring)."""
     if not config.gpu.allocatable:
         return NodeRead(None, None, skipped="turned off (gpu.allocatable: false)")
     if not config.report.publish:
@@ -77,9 +88,17 @@ def read_node(root: NodeRoot, config: AgentConfig, *, client_factory: Any = None
     try:
         name, source = resolve_node_name(root, config, use_imds=imds)
         kubeconfig = load_kubeconfig(root, config.report.kubeconfig)
+        server = kubeconfig.cluster.server
+        wall = time.time() if now is None else now
+        if heartbeat:
+            kept = _reusable(root, config, name, server, wall)
+            if kept is not None:
+                return NodeRead(kept, name, name_source=source, reused=True)
         deadline = Deadline(min(READ_TIMEOUT, config.report.timeout_seconds))
         with (client_factory or KubeClient)(kubeconfig) as client:
-            return NodeRead(client.get_node(name, deadline), name, name_source=source)
+            node = client.get_node(name, deadline)
+        _remember(root, node, name, server, wall)
+        return NodeRead(node, name, name_source=source)
     except KubeNotFound:
         return NodeRead(None, name, problem=f"node {name} is not registered (yet){_named(source)}",
                         name_source=source)
@@ -88,6 +107,52 @@ def read_node(root: NodeRoot, config: AgentConfig, *, client_factory: Any = None
     except Exception as exc:  # a bug here must not cost the other checks
         problem = redact(f"internal error reading the Node: {type(exc).__name__}: {exc}")
         return NodeRead(None, name, problem=problem)
+
+
+def _trimmed(node: Mapping[str, Any]) -> Dict[str, Any]:
+    """What the checks use of the Node: its allocatable and its instance-type label."""
+    read = NodeRead(node, None)
+    label = read.label(_INSTANCE_TYPE_LABEL)
+    return {"metadata": {"labels": {_INSTANCE_TYPE_LABEL: label} if label else {}},
+            "status": {"allocatable": dict(read.allocatable)}}
+
+
+def _remember(root: NodeRoot, node: Mapping[str, Any], name: str, server: str, now: float) -> None:
+    import json
+
+    from agent.fs import atomic_write
+
+    path = root.path(READ_CACHE)
+    doc = {"v": 1, "node": name, "server": server, "read_at": now, "trimmed": _trimmed(node)}
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        atomic_write(path, (json.dumps(doc) + "\n").encode())
+    except (OSError, AgentError):
+        pass  # only a cache: the next heartbeat reads the Node again
+
+
+def _reusable(root: NodeRoot, config: AgentConfig, name: str, server: str, now: float
+              ) -> Optional[Dict[str, Any]]:
+    """The last read, when a heartbeat may use it instead of a GET (module docstring)."""
+    import json
+
+    from agent.fs import read_text
+
+    minutes = config.report.heartbeat_minutes
+    if minutes <= 0:
+        return None
+    try:
+        doc = json.loads(read_text(root.path(READ_CACHE)))
+        last = json.loads(read_text(root.path(config.report.status_file)))
+        passed = any(isinstance(c, dict) and c.get("name") == CHECK and c.get("status") == PASS
+                     for c in last.get("checks", []))
+        age = now - float(doc["read_at"])
+        if (doc.get("v") == 1 and doc.get("node") == name and doc.get("server") == server and passed
+                and 0 <= age < minutes * 60 and isinstance(doc.get("trimmed"), dict)):
+            return dict(doc["trimmed"])
+    except (AgentError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return None
 
 
 def _named(source: Optional[str]) -> str:
@@ -129,7 +194,7 @@ def check(
     age = _kubelet_age(units, kubelet_unit, time.time() if now is None else now)
     grace = settings.allocatable_grace_seconds
     within = age is not None and age < grace
-    details: Dict[str, Any] = {"node": read.name, "node_source": read.name_source,
+    details: Dict[str, Any] = {"node": read.name, "node_source": read.name_source, "reused": read.reused,
                                "kubelet_started_seconds_ago": None if age is None else round(age),
                                "grace_seconds": grace, "resources": {}}
     wanted: List[Tuple[str, Optional[int], str]] = []

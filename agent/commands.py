@@ -74,8 +74,10 @@ def _pass_of(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _node_read(facts: Any) -> Any:
-    """The Node as gpu-allocatable just read it: the report needs no GET of its own."""
-    return facts.kube_node.node if facts.kube_node is not None else None
+    """The Node as gpu-allocatable just read it: the report needs no GET of its own (a reused read
+    is only part of the Node: the report then goes by its memory, agent/published.py)."""
+    read = facts.kube_node
+    return read.node if read is not None and not read.reused else None
 
 
 def _acknowledge_gpu_errors(root: NodeRoot, facts: Any, outcome: Any) -> None:
@@ -145,7 +147,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         _start_pass(args, "check")
     config = _config(args)
     root = _root(args)
-    facts = node.discover(root, config, gpu_health=True, imds=args.report)
+    facts = node.discover(root, config, gpu_health=True, imds=args.report, heartbeat=args.report)
     results = checks.evaluate(facts, config)
     document = health.report_document(results)
     outcome = None

@@ -216,7 +216,7 @@ class Inventory(Resource):
     def discover(self, node: Discovery) -> Dict[str, Any]:
         from agent import allocatable
 
-        read = allocatable.read_node(node.root, node.config, imds=node.imds)
+        read = allocatable.read_node(node.root, node.config, imds=node.imds, heartbeat=node.heartbeat)
         instance = discover_instance(node.root, node.config, node_label=read.label(INSTANCE_TYPE_LABEL),
                                      imds=node.imds)
         return {"kube_node": read, "instance": instance}

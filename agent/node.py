@@ -79,12 +79,14 @@ class NodeFacts:
     xid: _Fact[Optional[XidFacts]] = _Fact()
 
 
-def discover(root: NodeRoot, config: AgentConfig, *, gpu_health: bool = False, imds: bool = False) -> NodeFacts:
+def discover(root: NodeRoot, config: AgentConfig, *, gpu_health: bool = False, imds: bool = False,
+             heartbeat: bool = False) -> NodeFacts:
     """``gpu_health``: also what the GPU readiness checks need (the Node's allocatable, the instance
-    type, NVSwitch, the kernel log); ``imds``: the instance type may come from IMDS."""
+    type, NVSwitch, the kernel log); ``imds``: the instance type may come from IMDS; ``heartbeat``:
+    ``check --report``, which may reuse a recent Node read (``agent/allocatable.py``)."""
     from agent import pipeline
 
     found: Dict[str, Any] = {}
     for resource in pipeline.resources(gpu_health=gpu_health):
-        found.update(resource.discover(pipeline.Discovery(root, config, found, gpu_health, imds)))
+        found.update(resource.discover(pipeline.Discovery(root, config, found, gpu_health, imds, heartbeat)))
     return NodeFacts(root, gpu_health=gpu_health, **found)
