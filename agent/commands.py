@@ -160,9 +160,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         document = outcome.document
         _acknowledge_gpu_errors(root, facts, outcome)
     if args.format == "json":
-        _print(health.render_json(document))
+        _print(health.render_json(document, pretty=args.pretty))
     else:
-        _print(health.render_table(results, color=sys.stdout.isatty()))
+        _print(health.render_table(results, color=sys.stdout.isatty(), columns=health.output_width(sys.stdout)))
         if outcome is not None:
             _print(report.summary_line(outcome))
     code = 1 if outcome is not None and not outcome.ok else health.exit_code_for(document["health"])
@@ -178,7 +178,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     root = _root(args)
     the_plan = plan.make_plan(node.discover(root, config), config)
     _print(plan.render_plan_json(the_plan) if args.format == "json" else plan.render_plan(the_plan))
-    return 1 if the_plan.problems else 0
+    if the_plan.problems:
+        return 1
+    return 2 if args.detailed_exitcode and not the_plan.changes_nothing else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -199,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         results = checks.evaluate(facts, config)
         results = checks.with_pending_restarts(results, result.pending, config)
     actions: List[str] = result.actions + [f"failed: {failure}" for failure in result.failures]
-    _print(health.render_table(results, actions, color=sys.stdout.isatty()))
+    _print(health.render_table(results, actions, color=sys.stdout.isatty(), columns=health.output_width(sys.stdout)))
     code = health.exit_code_for(health.overall_health(results))
     if result.failures:
         code = 1
@@ -230,7 +232,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     config = _config(args)
     root = _root(args)
     result = prepare.prepare(root, config, args.lock_wait)
-    _print(health.render_table(result.results, result.actions, color=sys.stdout.isatty()))
+    _print(health.render_table(result.results, result.actions, color=sys.stdout.isatty(),
+                               columns=health.output_width(sys.stdout)))
     state = health.overall_health(result.results)
     code = 1 if result.failed else health.exit_code_for(state)
     # The Node object may not exist yet: the status file (and metrics) only, never the cluster.

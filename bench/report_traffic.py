@@ -109,7 +109,7 @@ def main() -> int:
     args = parser.parse_args()
     rows: List[Tuple[str, Dict[str, int]]] = []
     with tempfile.TemporaryDirectory(prefix="gna-bench-") as tmp:
-        root = healthy_gpu_node(Path(tmp) / "node")
+        root = healthy_gpu_node(Path(tmp) / "node", gpus=8, instance_type="p5.48xlarge")  # as the Node says
         api = ApiServer().start()
         try:
             fatten(api.add_node(NODE_NAME), args.images)
