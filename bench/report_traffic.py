@@ -13,7 +13,8 @@ counted). Scenarios, in order on the same node:
 * unchanged heartbeat (three of them);
 * one change (the toolkit config switched to `mode = "cdi"`: a warning);
 * heartbeat refresh (the remembered `lastHeartbeatTime` moved `heartbeat_minutes` back);
-* the same unchanged heartbeat with the agent before publish-on-change (`--before`, a git revision).
+* a plain check, a first report and three unchanged heartbeats with the agent at `--before` (a git
+  revision: before cached, spaced Node reads).
 
 Then the fleet figures for 1,000 / 5,000 / 20,000 nodes next to kubelet's own Node traffic.
 Measurements, not assertions. Goal: an unchanged heartbeat writes nothing; at most one Node write
@@ -38,7 +39,7 @@ from tests.gpu_node import NODE_NAME, healthy_gpu_node, write  # noqa: E402
 from tests.kube_helpers import FAKE_AWS, sample_kubeconfig, write_node_file  # noqa: E402
 from tests.kube_server import ApiServer  # noqa: E402
 
-BEFORE = "e9f2faa"  # the last commit before publish on change
+BEFORE = "2dab651"  # the last commit before Node reads with resourceVersion=0, spaced by heartbeat_minutes
 TIMER_MINUTES = 6.0  # gpu-node-agent-check.timer: every 5 min plus RandomizedDelaySec=2min (mean 1)
 HEARTBEAT_MINUTES = 30.0  # report.heartbeat_minutes default
 FLEETS = (1000, 5000, 20000)
@@ -150,6 +151,9 @@ def main() -> int:
             old = datetime.now(timezone.utc) - timedelta(minutes=HEARTBEAT_MINUTES)
             memory["condition"]["lastHeartbeatTime"] = old.strftime("%Y-%m-%dT%H:%M:%SZ")
             memory_path.write_text(json.dumps(memory))
+            for cond in api.nodes[NODE_NAME]["status"]["conditions"]:  # as the Node has it too
+                if cond["type"] == memory["condition"]["type"]:
+                    cond["lastHeartbeatTime"] = memory["condition"]["lastHeartbeatTime"]
             read_path = root / "run/gpu-node-agent/node-read.json"  # the last Node read is as old
             last_read = json.loads(read_path.read_text())
             last_read["read_at"] -= HEARTBEAT_MINUTES * 60
