@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         results = checks.evaluate(facts, config)
         results = checks.with_pending_restarts(results, result.pending, config)
     actions: List[str] = result.actions + [f"failed: {failure}" for failure in result.failures]
-    _print(health.render_table(results, actions, color=sys.stdout.isatty(), columns=health.output_width(sys.stdout)))
+    _print(health.render_table(results, actions, color=sys.stdout.isatty()))  # the journal keeps it whole
     code = health.exit_code_for(health.overall_health(results))
     if result.failures:
         code = 1
@@ -232,8 +232,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     config = _config(args)
     root = _root(args)
     result = prepare.prepare(root, config, args.lock_wait)
-    _print(health.render_table(result.results, result.actions, color=sys.stdout.isatty(),
-                               columns=health.output_width(sys.stdout)))
+    _print(health.render_table(result.results, result.actions, color=sys.stdout.isatty()))
     state = health.overall_health(result.results)
     code = 1 if result.failed else health.exit_code_for(state)
     # The Node object may not exist yet: the status file (and metrics) only, never the cluster.
