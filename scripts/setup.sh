@@ -18,6 +18,7 @@ APT_PACKAGES=(
   rpm containerd curl openssl hyperfine ca-certificates
   python3-yaml python3-requests shellcheck jq
   gpg gpg-agent gpgconf gpgv
+  prometheus  # promtool: the metrics file and packaging/prometheus/ rules are tested with it
 )
 
 missing=()
