@@ -13,6 +13,7 @@ to ``NODE/usr/bin/ctr``). The CRI plugin's verdicts below are containerd's own:
 kubelet is the stand-in of ``tests/systemd_harness.py`` (no kubelet package here), serving healthz.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -142,8 +143,15 @@ def test_drift_is_fixed_restart_waits_for_cri_ok_and_check_passes(real_node: Rea
     code, out = real_node.agent("check")
     statuses = real_node.statuses(out)
     assert only_compatibility_warns(statuses), out
-    assert "CRI plugin io.containerd.grpc.v1 cri: ok" in out
-    assert "kubelet healthz http://127.0.0.1:" in out
+    full = check_messages(real_node)  # the table cuts messages to 120 columns; the JSON has them whole
+    assert "CRI plugin io.containerd.grpc.v1 cri: ok" in full["containerd-running"]
+    assert "kubelet healthz http://127.0.0.1:" in full["kubelet-running"]
+
+
+def check_messages(node: RealContainerdNode) -> Dict[str, str]:
+    """Each check's whole message, from ``check --format json`` (one line, before the log lines)."""
+    _, out = node.agent("check", "--format", "json")
+    return {c["name"]: c["message"] for c in json.loads(out.splitlines()[0])["checks"]}
 
 
 def test_cri_plugin_in_error_while_the_unit_is_active_fails_the_check(real_node: RealContainerdNode) -> None:
@@ -155,11 +163,10 @@ def test_cri_plugin_in_error_while_the_unit_is_active_fails_the_check(real_node:
 
     assert code == 1, out
     assert real_node.statuses(out)["containerd-running"] == "fail"
-    line = next(ln for ln in out.splitlines() if ln.startswith("containerd-running"))
-    assert "CRI plugin io.containerd.grpc.v1 cri: error: invalid plugin config: " + CRI_REJECTS_MIRRORS in line
+    assert "CRI plugin io.containerd.grpc.v1 cri: error: invalid plugin config: " + CRI_REJECTS_MIRRORS in \
+        check_messages(real_node)["containerd-running"]
     assert "health: unhealthy" in out
     code, out = real_node.agent("check", "--format", "json")
-    import json
 
     running = next(c for c in json.loads(out.split("\n{\"component\"")[0])["checks"]
                    if c["name"] == "containerd-running")
