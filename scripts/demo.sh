@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh; only the system Python is needed), build a simulated GPU node from the sample node files, and run the
-# agent's main job on it: check (what is wrong), plan (what run would change), run, check again.
-# The node lives in ./demo-node (recreated each time); nothing outside it is touched.
+# Set up, build a simulated GPU node from the sample node files, and run the agent's main job on it:
+# check (what is wrong), plan (what run would change), run, check again.
+# Setup (scripts/setup.sh --demo) installs the Debian packages python3 python3-venv python3-gi
+# gir1.2-glib-2.0 ca-certificates when missing, and a venv in ./.venv with the agent's locked libraries.
+# Otherwise, the node lives in ./demo-node (recreated each time) and nothing outside it is touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --system-python-only >/dev/null
+scripts/setup.sh --demo >/dev/null
 NODE="$PWD/demo-node"
 rm -rf "$NODE"
 install -D -m 644 tests/samples/containerd-v3-nodeadm-merged.toml "$NODE/etc/containerd/config.toml"
