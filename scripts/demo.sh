@@ -19,7 +19,7 @@ install -D -m 644 /dev/stdin "$NODE/etc/eks/kubelet-version.txt" <<<"Kubernetes 
 install -D -m 644 /dev/stdin "$NODE/proc/driver/nvidia/version" \
   <<<"NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.03  Release Build  (dvs-builder@U22)"
 install -D -m 644 /dev/null "$NODE/dev/nvidia0"
-# nvidia-smi answers the agent's one query (agent/smi.py): index, bus id, uuid, driver, ECC, retired pages,
+# nvidia-smi answers the agent's one query (agent/nvidia/smi.py): index, bus id, uuid, driver, ECC, retired pages,
 # remapped rows, fabric state, as an A10G prints them.
 install -D -m 755 /dev/stdin "$NODE/usr/bin/nvidia-smi" \
   <<<$'#!/bin/sh\necho "0, 00000000:00:1E.0, GPU-3f1e2d4c-5b6a-4798-8a9b-0c1d2e3f4a5b, 580.159.03, 0, [N/A], No, No, N/A, N/A"'

@@ -12,10 +12,10 @@ from typing import List
 import pytest
 
 from agent import cli
-from agent.config import parse_config
-from agent.plan import Plan, Restart, plan_document
-from tests.conftest import REPO, SAMPLES
+from agent.config.load import parse_config
+from agent.pipeline.plan import Plan, Restart, plan_document
 from tests.efa_helpers import converged_node, sha256
+from tests.support.paths import REPO, SAMPLES
 
 # --- --help -----------------------------------------------------------------------------------------
 
@@ -223,7 +223,8 @@ def test_table_messages_are_cut_to_120_columns_without_a_terminal_and_whole_in_j
 
 
 def test_table_width_follows_the_terminal() -> None:
-    from agent.health import CheckResult, render_table
+    from agent.pipeline.health import CheckResult
+    from agent.report.document import render_table
 
     text = render_table([CheckResult("gpu-errors", "warn", "x" * 300)], ["a" * 300], columns=80)
     assert [len(line) for line in text.splitlines()] == [len("CHECK       STATUS  MESSAGE"), 80, 80,

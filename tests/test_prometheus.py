@@ -12,10 +12,13 @@ from typing import Any, Dict, Iterable, List, Set
 import pytest
 import yaml
 
-from agent import cli, metrics
-from agent.health import CHECK_NAMES, PASS, CheckResult, report_document
-from tests.conftest import REPO, which
+from agent import cli
+from agent.pipeline.health import PASS, CheckResult
+from agent.pipeline.resources import CHECK_NAMES
+from agent.report import metrics
+from agent.report.document import report_document
 from tests.gpu_node import BOOT_KMSG, healthy_gpu_node, kmsg_record, write
+from tests.support.paths import REPO, which
 
 PROMETHEUS = REPO / "packaging" / "prometheus"
 RULES = PROMETHEUS / "gpu-node-agent.rules.yml"

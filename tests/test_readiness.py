@@ -8,11 +8,12 @@ from typing import Any, Dict
 import pytest
 import yaml
 
-from agent import reasons
-from agent.config import AgentConfig
-from agent.health import CHECK_NAMES, FAIL, PASS, SKIP, WARN, CheckResult
-from tests.conftest import REPO, SAMPLES
+from agent.config.settings import AgentConfig
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline.resources import CHECK_NAMES
+from agent.report import reasons
 from tests.openapi_schema import crd_schema, validate
+from tests.support.paths import REPO, SAMPLES
 
 READINESS = REPO / "packaging" / "readiness"
 RULE = READINESS / "nodereadinessrule.yaml"

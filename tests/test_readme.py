@@ -3,7 +3,7 @@
 import re
 import subprocess
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 def test_readme_names_the_two_commands() -> None:

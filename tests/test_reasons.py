@@ -7,9 +7,10 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
-from agent import reasons, report
-from agent.health import CHECK_NAMES, FAIL, PASS, SKIP, WARN, CheckResult
-from tests.conftest import REPO
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline.resources import CHECK_NAMES
+from agent.report import node_content, reasons
+from tests.support.paths import REPO
 
 NOW = datetime(2026, 5, 12, 10, 0, tzinfo=timezone.utc)
 STATUSES = (PASS, WARN, FAIL, SKIP)
@@ -64,7 +65,7 @@ def test_every_reason_set_in_the_code_is_documented() -> None:
             elif isinstance(node, ast.Assign) and any(
                     isinstance(t, ast.Subscript) and _strings(t.slice) == {"event_reason"} for t in node.targets):
                 given |= _strings(node.value)
-    from agent import xid
+    from agent.gpu import xid
 
     given |= {reason for _cls, _meaning, reason in xid.XIDS.values()}
     documented_reasons = {r for _c, _s, r in ROWS}
@@ -83,7 +84,7 @@ def test_condition_reason_for_each_documented_reason(check: str, status: str, re
     others = [CheckResult(n, WARN if n == "efa" and check != "efa" else PASS, f"{n} note") for n in CHECK_NAMES
               if n != check]
     subject = CheckResult(check, status, "what happened", {"event_reason": reason})
-    cond = report.node_condition("GPUNodeAgentReady", [*others, subject], NOW)
+    cond = node_content.node_condition("GPUNodeAgentReady", [*others, subject], NOW)
     assert reasons.reason_of(subject) == reason
     gate = check in reasons.GATE_CHECKS
     if status == FAIL or (status == WARN and gate):
@@ -98,28 +99,29 @@ def test_condition_reason_for_each_documented_reason(check: str, status: str, re
 
 
 def test_all_passing_is_gpu_node_ready() -> None:
-    cond = report.node_condition("GPUNodeAgentReady", [CheckResult(n, PASS, "ok") for n in CHECK_NAMES], NOW)
+    cond = node_content.node_condition("GPUNodeAgentReady", [CheckResult(n, PASS, "ok") for n in CHECK_NAMES], NOW)
     assert (cond["status"], cond["reason"]) == ("True", "GPUNodeReady")
 
 
 def test_gpus_not_yet_advertised_keep_the_condition_false_within_the_grace() -> None:
     """On a booting node the device plugin is late: degraded (not unhealthy), and not yet True."""
-    from agent import allocatable
-    from agent.config import AgentConfig
-    from agent.units import UnitState, UnitStates
+    from agent.config.settings import AgentConfig
+    from agent.gpu import allocatable
+    from agent.kube.node import NodeRead
+    from agent.systemd.state import UnitState, UnitStates
 
-    read = allocatable.NodeRead({"status": {"allocatable": {"cpu": "8"}}}, "n1")
+    read = NodeRead({"status": {"allocatable": {"cpu": "8"}}}, "n1")
     kubelet = UnitState("kubelet.service", "loaded", "active", "running", 1000 * 10**6, 42)
     states = UnitStates("unix:path=/run/dbus/system_bus_socket", (kubelet,))
     result = allocatable.check(read, AgentConfig(), gpus=8, efa_devices=0, units=states,
                                kubelet_unit="kubelet.service", now=1030.0)
     assert result.status == WARN
     checks = [CheckResult(n, PASS, "ok") for n in CHECK_NAMES if n != result.name] + [result]
-    cond = report.node_condition("GPUNodeAgentReady", checks, NOW)
+    cond = node_content.node_condition("GPUNodeAgentReady", checks, NOW)
     assert (cond["status"], cond["reason"]) == ("False", "GPUNotYetAdvertised")
     late = allocatable.check(read, AgentConfig(), gpus=8, efa_devices=0, units=states,
                              kubelet_unit="kubelet.service", now=1000.0 + 3600)
-    cond = report.node_condition("GPUNodeAgentReady", [*checks[:-1], late], NOW)
+    cond = node_content.node_condition("GPUNodeAgentReady", [*checks[:-1], late], NOW)
     assert (late.status, cond["status"], cond["reason"]) == (FAIL, "False", "GPUNotAdvertised")
 
 

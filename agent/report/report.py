@@ -1,0 +1,144 @@
+"""Reporting: check results -> the Node's annotations and condition, the status file, the metrics file.
+
+What the cluster sees (README "What the cluster sees", docs/reporting.md):
+* annotations ``<prefix>/health`` (``healthy|degraded|unhealthy``) and ``<prefix>/report`` (compact
+  JSON, at most 4 KiB: messages are shortened, the structure never), set with a JSON merge patch;
+* the condition (``report.condition``, default ``GPUNodeAgentReady``): ``True`` when healthy or
+  degraded, ``False`` when unhealthy, set with a *strategic* merge patch on ``nodes/{name}/status``
+  so kubelet's own conditions stay; ``lastTransitionTime`` is kept while the status is unchanged;
+* only what changed is written (``agent/report/published.py``): an unchanged heartbeat sends nothing, and
+  ``lastHeartbeatTime`` is refreshed every ``report.heartbeat_minutes``;
+* Events of the run's actions and of check transitions (``agent/report/events.py``).
+
+On the node: the status file (the report with details, and how publishing went) and, when
+configured, a Prometheus textfile, both written atomically. Publishing (``agent/report/publish.py``)
+failures are reported, never raised: ``run`` has already changed the node, and a report cannot undo
+that.
+
+The node name: ``agent/kube/node.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from agent.base.errors import NodeFileError
+from agent.base.fs import atomic_write, read_text
+from agent.base.log import get_logger
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import AgentConfig
+from agent.pipeline.health import CheckResult
+from agent.report.document import report_document
+from agent.report.publish import PublishResult, publish
+
+log = get_logger("report")
+
+
+# --- local state ---------------------------------------------------------------------------------
+
+
+class ReportOutcome(NamedTuple):
+    document: Dict[str, Any]  # what the status file holds
+    published: Optional[PublishResult]  # None: publishing not asked for
+    problems: Tuple[str, ...] = ()  # local files that could not be written
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and (self.published is None or self.published.ok)
+
+
+def _previous_restarts(path: Any) -> Dict[str, int]:
+    try:
+        doc = json.loads(read_text(path))
+        counts = doc.get("restarts_total", {}) if isinstance(doc, dict) else {}
+        return {str(k): int(v) for k, v in counts.items() if isinstance(v, int) and v >= 0}
+    except (NodeFileError, ValueError, AttributeError):
+        return {}
+
+
+def _status_bytes(document: Mapping[str, Any]) -> bytes:
+    order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total", "pass", "passes")
+    ordered_doc = {k: document[k] for k in order if k in document}
+    return (json.dumps(ordered_doc, indent=2) + "\n").encode()
+
+
+def _write(root: NodeRoot, node_path: str, data: bytes) -> Optional[str]:
+    path = root.path(node_path)
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        atomic_write(path, data)
+    except NodeFileError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{path}: cannot write: {exc.strerror or exc}"
+    return None
+
+
+def finish(
+    root: NodeRoot,
+    config: AgentConfig,
+    results: Sequence[CheckResult],
+    actions: Optional[Sequence[str]] = None,
+    *,
+    publish_report: bool,
+    restarts: Optional[Mapping[str, int]] = None,
+    now: Optional[datetime] = None,
+    publisher: Optional[Callable[..., PublishResult]] = None,
+    events: Sequence[Any] = (),
+    node: Optional[Mapping[str, Any]] = None,
+    pass_name: Optional[str] = None,
+    started: Optional[float] = None,
+) -> ReportOutcome:
+    """The end of every ``run`` (and of ``check --report``): publish when asked, then always write
+    the status file (and the metrics file when configured). ``actions``: what a ``run`` did (None
+    for ``check --report``, which keeps the actions the last run published on the Node).
+    ``restarts``: units restarted by this run and how often; the status file keeps the running
+    totals since boot for the counter. ``events``: ``events.EventSpec`` of this run's actions.
+    ``node``: the Node as a check of this report read it (see ``publish``)."""
+    now = now or datetime.now(timezone.utc)
+    document = report_document(results, actions or (), now=now)
+    status_path = config.report.status_file
+    totals = _previous_restarts(root.path(status_path))
+    for unit, count in (restarts or {}).items():
+        totals[unit] = totals.get(unit, 0) + int(count)
+    from agent.report import status  # the boot passes' records (agent/status.py) outlive every report
+
+    local = {**document, "restarts_total": totals, **status.carried(root.path(status_path))}
+    if pass_name is not None:  # how long the pass making this report took so far (the metrics)
+        took = time.monotonic() - started if started is not None else 0.0
+        local["pass"] = {"name": pass_name, "duration_seconds": round(took, 3)}
+    published = None
+    if publish_report:
+        # The node's own view first: publishing may take up to report.timeout_seconds.
+        _write(root, status_path, _status_bytes({**local, "publish": {"attempted": True, "ok": None}}))
+        published = (publisher or publish)(root, config, results, document, now=now, events=events,
+                                           keep_actions=actions is None, node=node)
+    document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
+    problems: List[str] = []
+    err = _write(root, status_path, _status_bytes(document))
+    if err:
+        problems.append(err)
+    if config.report.metrics_file:
+        from agent.report import metrics
+
+        err = _write(root, config.report.metrics_file, metrics.render(document).encode())
+        if err:
+            problems.append(err)
+    for problem in problems:
+        log.error("report file not written", error=problem)
+    return ReportOutcome(document, published, tuple(problems))
+
+
+def summary_line(outcome: ReportOutcome) -> str:
+    """One line for the terminal about where the report went."""
+    parts = []
+    p = outcome.published
+    if p is not None and p.ok:
+        parts.append(f"published: node {p.node} ({p.node_source})" + ("" if p.wrote else ", unchanged: nothing sent"))
+    elif p is not None:
+        parts.append(f"not published: {p.error}")
+    parts.extend(f"not written: {problem}" for problem in outcome.problems)
+    return "\n".join(parts) + "\n" if parts else ""
