@@ -72,6 +72,8 @@ def _seconds(text: str) -> float:
 def _add_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="a table, one line per check, or the report document as JSON (default: table)")
+    p.add_argument("--pretty", action="store_true",
+                   help="with --format json: indented JSON (default: one compact line, for SSM and scripts)")
     p.add_argument("--report", action="store_true", help="also publish the node annotation and condition")
 
 
@@ -90,6 +92,8 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="unified diffs with a reason per change, or JSON: per file its path, diff and reasons; "
                         "the restarts and why; the EFA action (default: text)")
+    p.add_argument("--detailed-exitcode", action="store_true",
+                   help="exit 2 when run would change something, 0 when nothing (as terraform plan does)")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -214,8 +218,9 @@ EXIT_CODES: Dict[str, Tuple[Tuple[str, str], ...]] = {
                ("1", "unhealthy, a pass of this boot failed, no report, an unreadable status file, or --wait "
                      "timed out"),
                ("2", "degraded: warnings only"), _USAGE_64),
-    "plan": (("0", "a plan was made, whether or not it changes anything"),
-             ("1", "the node has a problem the agent will not fix (e.g. an unreadable file)"), _USAGE_64),
+    "plan": (("0", "a plan was made (with --detailed-exitcode: and run would change nothing)"),
+             ("1", "the node has a problem the agent will not fix (e.g. an unreadable file)"),
+             ("2", "with --detailed-exitcode: run would change something (a file, a restart, EFA)"), _USAGE_64),
     "check": (("0", "healthy"), ("1", "unhealthy; with --report also: the report was not published"),
               ("2", "degraded: warnings only"), _USAGE_64),
     "efa": (("0", "success"), ("1", "the action failed"), _USAGE_64),

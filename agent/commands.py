@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 if TYPE_CHECKING:
     from agent.base.noderoot import NodeRoot
@@ -91,6 +91,12 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
+def _pass_of(args: argparse.Namespace) -> Dict[str, Any]:
+    """The pass making a report, for the metrics' durations (``report.finish``)."""
+    record = getattr(args, "pass_record", None)
+    return {"pass_name": record.name, "started": record.t0} if record is not None else {}
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -158,7 +164,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         _start_pass(args, "check")
     config = _config(args)
     root = _root(args)
-    facts = pipeline.discover(root, config, gpu_health=True, imds=args.report)
+    facts = pipeline.discover(root, config, gpu_health=True, imds=args.report, heartbeat=args.report)
     results = pipeline.evaluate(facts, config)
     document = report_doc.report_document(results)
     outcome = None
@@ -167,14 +173,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         # report.publish: false (AMI bake, no cluster yet) means the status file and metrics only
         outcome = report.finish(root, config, results, publish_report=config.report.publish,
-                                node=node_object(facts))
+                                node=node_object(facts), **_pass_of(args))
         document = outcome.document
         pipeline.reported(facts, outcome.published is None or outcome.published.ok)
     disabled = _disabled(args)
     if args.format == "json":
-        _print(report_doc.render_json({**document, "disabled": True} if disabled else document))
+        _print(report_doc.render_json({**document, "disabled": True} if disabled else document, pretty=args.pretty))
     else:
-        _print(report_doc.render_table(results, color=sys.stdout.isatty()))
+        _print(report_doc.render_table(results, color=sys.stdout.isatty(),
+                                       columns=report_doc.output_width(sys.stdout)))
         if outcome is not None:
             _print(report.summary_line(outcome))
         if disabled:
@@ -195,7 +202,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     root = _root(args)
     the_plan = plan.make_plan(pipeline.discover(root, config), config)
     _print(plan.render_plan_json(the_plan) if args.format == "json" else plan.render_plan(the_plan))
-    return 1 if the_plan.problems else 0
+    if the_plan.problems:
+        return 1
+    return 2 if args.detailed_exitcode and not the_plan.changes_nothing else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -234,7 +243,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.report import events
 
     outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
-                            restarts=restarts, events=events.from_apply(root, result), node=node_object(facts))
+                            restarts=restarts, events=events.from_apply(root, result), node=node_object(facts),
+                            **_pass_of(args))
     _print(report.summary_line(outcome))
     pipeline.reported(facts, outcome.published is None or outcome.published.ok)
     if not outcome.ok:
@@ -260,7 +270,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     state = health.overall_health(result.results)
     code = 1 if result.failed else health.exit_code_for(state)
     # The Node object may not exist yet: the status file (and metrics) only, never the cluster.
-    outcome = report.finish(root, config, result.results, result.actions, publish_report=False)
+    outcome = report.finish(root, config, result.results, result.actions, publish_report=False, **_pass_of(args))
     _print(report.summary_line(outcome))
     if not outcome.ok:
         code = 1

@@ -24,6 +24,7 @@ TEST_APT_PACKAGES=(
   rpm containerd curl openssl
   python3-yaml python3-requests shellcheck jq
   gpg gpg-agent gpgconf gpgv debian-archive-keyring
+  prometheus  # promtool: the metrics file and packaging/prometheus/ rules are tested with it
 )
 # Benchmarks only (bench/README.md), not the tests: hyperfine.
 APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}")

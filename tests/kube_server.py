@@ -24,6 +24,8 @@ exactly where the agent depends on it (and has its own tests in test_kube_server
   ``involvedObject`` with a kind and name, and for a cluster-scoped object (empty
   ``involvedObject.namespace``) the namespace ``default``. A node may create and patch Events, never
   get, list or delete them (the ``system:node`` role: ``events: create, update, patch``): 403;
+* a ``GET`` may carry ``resourceVersion=0`` (served from the watch cache by the real server; here the
+  same object), recorded apart from the path (``Recorded.query``);
 * every Node has a ``metadata.uid``; every request is recorded with its arrival time and its size
   on the wire (request line, headers and body; status line, headers and body of the answer).
 
@@ -37,6 +39,7 @@ import re
 import ssl
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -243,6 +246,7 @@ class Recorded:
     at: float = 0.0  # time.monotonic() when it arrived
     bytes_in: int = 0  # the request as sent: request line, headers, body
     bytes_out: int = 0  # the answer: status line, headers, body
+    query: Dict[str, str] = field(default_factory=dict)  # the query parameters (path is without them)
 
 
 @dataclass
@@ -515,7 +519,9 @@ class _Handler(BaseHTTPRequestHandler):
             for key, value in rdn:
                 if key == "commonName":
                     peer_cn = value
-        status, headers, payload = self.api.handle(self.command, self.path, self.headers, body, peer_cn)
+        path, _, raw_query = self.path.partition("?")
+        query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True))
+        status, headers, payload = self.api.handle(self.command, path, self.headers, body, peer_cn)
         try:
             parsed_body: Any = json.loads(body) if body else None
         except ValueError:
@@ -530,8 +536,8 @@ class _Handler(BaseHTTPRequestHandler):
         head = sum(len(h) for h in getattr(self, "_headers_buffer", []))  # not sent yet
         self.api.requests.append(  # before the answer: a client that has it finds its request here
             Recorded(
-                self.command, self.path, peer_cn, self.headers.get("Content-Type"), parsed_body, status, auth,
-                at, len(self.requestline) + 2 + len(str(self.headers)) + len(body), head + 2 + len(data),
+                self.command, path, peer_cn, self.headers.get("Content-Type"), parsed_body, status, auth,
+                at, len(self.requestline) + 2 + len(str(self.headers)) + len(body), head + 2 + len(data), query,
             )
         )
         self.end_headers()
