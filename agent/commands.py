@@ -186,6 +186,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         the_plan = plan.make_plan(node.discover(root, config), config)
         for problem in the_plan.problems:
             log.warning("not fixed", problem=problem)
+        from agent import timeline  # the daemons' first starts, before a restart replaces them
+
+        early = timeline.observe_systemd() if the_plan.restarts else None
         result = apply.apply(the_plan, restart_timeout=config.restart.timeout_seconds)
         facts = node.discover(root, config, gpu_health=True, imds=True)
         results = checks.evaluate(facts, config)
@@ -203,7 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent import events
 
     outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
-                            restarts=restarts, events=events.from_apply(root, result), node=_node_read(facts))
+                            restarts=restarts, events=events.from_apply(root, result), node=_node_read(facts),
+                            early=early)
     _print(report.summary_line(outcome))
     _acknowledge_gpu_errors(root, facts, outcome)
     if not outcome.ok:

@@ -86,6 +86,8 @@ def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT, *
     actions = [str(a) for a in document.get("actions", [])]
     head = {"v": document["v"], "agent": document["agent"], "time": since or document["time"],
             "health": document["health"]}
+    if document.get("gpu_ready_seconds") is not None:  # the boot's time to GPU-ready (agent/timeline.py)
+        head["gpu_ready_seconds"] = document["gpu_ready_seconds"]
     longest = max([len(c["message"]) for c in checks] + [len(a) for a in actions] + [0])
 
     def render(cap: Optional[int], kept: int) -> bytes:
@@ -225,8 +227,11 @@ def metrics_text(
     now: datetime,
     restarts_total: Mapping[str, int],
     published: Optional[PublishResult],
+    boot_timeline: Optional[Mapping[str, Any]] = None,
 ) -> str:
     """Prometheus text exposition for the node_exporter textfile collector."""
+    from agent.timeline import metrics_lines
+
     health = overall_health(results)
     lines: List[str] = [
         "# HELP gpu_node_agent_health Node health from the agent's last report (1 for the current state).",
@@ -257,11 +262,13 @@ def metrics_text(
             "# TYPE gpu_node_agent_report_published gauge",
             f"gpu_node_agent_report_published {int(published.ok)}",
         ]
+    lines += metrics_lines(boot_timeline)
     return "\n".join(lines) + "\n"
 
 
 def _status_bytes(document: Mapping[str, Any]) -> bytes:
-    order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total", "passes")
+    order = ("v", "agent", "time", "health", "gpu_ready_seconds", "checks", "actions", "publish", "restarts_total",
+             "timeline", "passes")
     ordered_doc = {k: document[k] for k in order if k in document}
     return (json.dumps(ordered_doc, indent=2) + "\n").encode()
 
@@ -290,35 +297,46 @@ def finish(
     publisher: Optional[Callable[..., PublishResult]] = None,
     events: Sequence[Any] = (),
     node: Optional[Mapping[str, Any]] = None,
+    early: Optional[Any] = None,
 ) -> ReportOutcome:
     """The end of every ``run`` (and of ``check --report``): publish when asked, then always write
     the status file (and the metrics file when configured). ``actions``: what a ``run`` did (None
     for ``check --report``, which keeps the actions the last run published on the Node).
     ``restarts``: units restarted by this run and how often; the status file keeps the running
     totals since boot for the counter. ``events``: ``events.EventSpec`` of this run's actions.
-    ``node``: the Node as a check of this report read it (see ``publish``)."""
+    ``node``: the Node as a check of this report read it (see ``publish``). ``early``: systemd's
+    timestamps as a ``run`` saw them before its restarts (``timeline.observe_systemd``)."""
     now = now or datetime.now(timezone.utc)
     document = report_document(results, actions or (), now=now)
     status_path = config.report.status_file
     totals = _previous_restarts(root.path(status_path))
     for unit, count in (restarts or {}).items():
         totals[unit] = totals.get(unit, 0) + int(count)
-    from agent import status  # the boot passes' records (agent/status.py) outlive every report
+    from agent import status, timeline  # the boot passes' records and the timeline outlive every report
 
-    local = {**document, "restarts_total": totals, **status.carried(root.path(status_path))}
+    carried = status.carried(root.path(status_path))
+    boot = timeline.update(root, config, results, document["health"], actions or (), carried.get("timeline"),
+                           totals, node=node, early=early)
+    if boot.get("time_to_gpu_ready_seconds") is not None:
+        document["gpu_ready_seconds"] = boot["time_to_gpu_ready_seconds"]
+    local = {**document, "restarts_total": totals, **carried, "timeline": boot}
     published = None
     if publish_report:
         # The node's own view first: publishing may take up to report.timeout_seconds.
         _write(root, status_path, _status_bytes({**local, "publish": {"attempted": True, "ok": None}}))
-        published = (publisher or publish)(root, config, results, document, now=now, events=events,
+        ready = timeline.announcement(boot, config.report.gpu_ready_budget_seconds)
+        published = (publisher or publish)(root, config, results, document, now=now,
+                                           events=[ready, *events] if ready else events,
                                            keep_actions=actions is None, node=node)
+        timeline.announced(boot, ready, published.events if published.ok else None)
     document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
     problems: List[str] = []
     err = _write(root, status_path, _status_bytes(document))
     if err:
         problems.append(err)
     if config.report.metrics_file:
-        err = _write(root, config.report.metrics_file, metrics_text(results, now, totals, published).encode())
+        err = _write(root, config.report.metrics_file,
+                     metrics_text(results, now, totals, published, boot).encode())
         if err:
             problems.append(err)
     for problem in problems:
