@@ -258,6 +258,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status.exit_code(view)
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """Read-only, from a workstation: the kubeconfig is the operator's, not under --root."""
+    from agent import fleet
+    from agent.errors import UsageError
+    from agent.kube import KubeClient
+    from agent.kubeconfig import load_kubeconfig
+    from agent.noderoot import NodeRoot
+    from agent.retry import Deadline
+
+    if os.path.realpath(args.root) != "/":
+        raise UsageError("fleet: --root does not apply: it reads your own kubeconfig (--kubeconfig)")
+    kubeconfig = load_kubeconfig(NodeRoot("/"), fleet.kubeconfig_path(args.kubeconfig, os.environ), args.context)
+    with KubeClient(kubeconfig) as client:
+        view = fleet.collect(client, Deadline(fleet.LIST_TIMEOUT), prefix=args.annotation_prefix,
+                             condition=args.condition, stale_seconds=args.stale_minutes * 60).as_dict()
+    if args.format == "json":
+        import json
+
+        _print(json.dumps(view, indent=2) + "\n")
+    else:
+        _print(fleet.render_table(view))
+    return 0
+
+
 def _clean_after_killed_runs(root: NodeRoot, config: AgentConfig) -> None:
     """Temp files and extraction directories a killed run left (run start, under the lock)."""
     from agent import fs
