@@ -122,7 +122,8 @@ def test_a_rerender_keeps_the_first_starts_and_adds_the_restarts(booted: BootedN
     # the run pass read the first starts before it restarted anything
     assert m["nodeadm-run-started"]["seconds"] < m["containerd-started"]["seconds"] < m["kubelet-started"]["seconds"]
     assert m["kubelet-started"]["seconds"] <= m["nodeadm-run-finished"]["seconds"]
-    assert m["nodeadm-run-finished"]["seconds"] < m["containerd-restarted"]["seconds"] < m["kubelet-restarted"]["seconds"]
+    restarted = (m["containerd-restarted"]["seconds"], m["kubelet-restarted"]["seconds"])
+    assert m["nodeadm-run-finished"]["seconds"] < restarted[0] < restarted[1]
     for name, unit in (("containerd-restarted", CONTAINERD), ("kubelet-restarted", KUBELET)):
         assert m[name]["seconds"] == since_userspace(booted, unit, "ActiveEnterTimestamp")
     ran = booted.props(AGENT)
