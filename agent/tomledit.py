@@ -109,8 +109,9 @@ def edit_value(text: str, key: Sequence[str], value: Any, *, after: Sequence[str
 
 
 def _with_duplicate_line(exc: NodeFileError, text: str) -> NodeFileError:
-    """tomlkit names a key defined twice in one table without its line: find the second definition."""
-    m = re.fullmatch(r'invalid TOML: Key "(.+)" already exists\.?', exc.problem)
+    """A key defined twice in one table, named with the line of its second definition in the agent's own
+    words (tomlkit 0.15.2 gives no line for it, 0.15.3 its own wording with one)."""
+    m = re.fullmatch(r'invalid TOML(?: at line \d+, column \d+)?: Key "(.+)" already exists\.?', exc.problem)
     if not m:
         return exc
     key = m.group(1)

@@ -61,7 +61,7 @@ def installed_tree(base: Path, python: str, bytecode: str = "checked-hash", gi_f
            "--target", str(lib)]
     subprocess.run([*pip, "--require-hashes", "-r", str(REPO / "packaging" / "bundled-requirements.txt")],
                    check=True)
-    constraints = ["-c", str(REPO / "scripts" / "al2023-constraints.txt")]
+    constraints = ["-c", str(REPO / "scripts" / "lock" / "al2023.txt")]
     for module, requirement in (("yaml", "PyYAML"), ("requests", "requests")):
         if subprocess.run([python, "-s", "-c", f"import {module}"], capture_output=True, check=False).returncode:
             subprocess.run([python, *pip[1:], *constraints, requirement], check=True)  # its own wheels

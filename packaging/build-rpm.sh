@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the gpu-node-agent RPM from a checkout: dist/gpu-node-agent-<version>-<release>.noarch.rpm and
-# the matching .src.rpm. Reproducible: two builds of one commit give the same payload (the time of
-# every file and of the build is the commit's, SOURCE_DATE_EPOCH; the build host name is fixed).
+# the matching .src.rpm. Reproducible: two builds of one commit (with one rpm version) give
+# byte-identical packages, wherever the checkout and the temporary directory are (the time of every
+# file and of the build is the commit's, SOURCE_DATE_EPOCH; the build host name is fixed).
 #
 #   packaging/build-rpm.sh [--wheelhouse DIR] [--outdir DIR]
 #   packaging/build-rpm.sh --fetch-wheels DIR
@@ -114,8 +115,16 @@ tar -C "$repo" -cf - "${tar_opts[@]}" --transform "s,^,gpu-node-agent-$version/,
   packaging/gpu-node-agent-launcher.py packaging/config.yaml packaging/50-gpu-node-agent.preset |
   gzip -n -9 >"$top/SOURCES/gpu-node-agent-$version.tar.gz"
 
-chmod 0644 "$top"/SOURCES/*  # whatever the umask: the source package lists their modes
-rpmbuild -ba --quiet --define "_topdir $top" --define "agent_python $python39" "$spec"
+# The source package lists the sources and the spec with their modes and mtimes: the same whatever
+# the umask and whenever the checkout was written (rpm only clamps mtimes newer than the epoch).
+install -D -m 0644 "$spec" "$top/SPECS/rpm.spec"
+spec="$top/SPECS/rpm.spec"
+chmod 0644 "$top"/SOURCES/*
+touch -d "@$SOURCE_DATE_EPOCH" "$top"/SOURCES/* "$spec"
+# The source package keeps the parsed spec: the 3.9 goes in by name, first on PATH, not by its path.
+mkdir "$work/bin"
+ln -s "$python39" "$work/bin/python3.9"
+PATH="$work/bin:$PATH" rpmbuild -ba --quiet --define "_topdir $top" --define "agent_python python3.9" "$spec"
 
 mkdir -p "$outdir"
 for package in "$top"/RPMS/noarch/*.rpm "$top"/SRPMS/*.src.rpm; do

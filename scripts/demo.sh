@@ -14,5 +14,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "demo: needs root (it boots systemd in private namespaces): sudo $0" >&2; exit 1; fi
-scripts/setup.sh --system-python-only >/dev/null
+scripts/setup.sh >/dev/null  # the test setup: containerd (1.6; 1.7 and 2.x fetched), systemd tools, the venv
 exec .venv/bin/python scripts/demo_boot.py "$@"

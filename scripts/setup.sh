@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
-# Set up everything gpu-node-agent's development and tests need on a Debian/Ubuntu box:
-# Debian packages (real systemd and D-Bus, rpmbuild, containerd 1.6 for `config dump`, hyperfine,
-# what PyGObject needs to build for Python 3.9), a venv on the system Python (which has python3-gi,
-# needed by pydbus) and a venv on Python 3.9, AL2023's /usr/bin/python3 (scripts/find-python39.sh
-# finds one, or obtains one with uv, or says what to install).
-#   --system-python-only   only the venv on the system Python (what scripts/demo.sh needs)
+# Set up everything gpu-node-agent's development and tests need on a Debian/Ubuntu box: Debian
+# packages, a venv on the system Python (.venv, Python 3.11 with Debian's python3-gi, which pydbus
+# needs) and a venv on Python 3.9 (.venv39), AL2023's /usr/bin/python3 (scripts/find-python39.sh finds
+# one, or obtains one with uv, or says what to install).
+# The venvs hold exactly the locked versions of scripts/lock/ (hash-checked): the bundled libraries at
+# the RPM's pins, AL2023's distribution libraries in .venv39, the test and lint tools; scripts/lock.sh
+# refreshes the locks. A release on PyPI never changes what is installed here.
+#   --demo   only what scripts/demo.sh needs (DEMO_APT_PACKAGES below and .venv)
 # Idempotent: a second run only checks. Needs root (or sudo) for the Debian packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-only_system=no
-[ "${1:-}" = --system-python-only ] && only_system=yes
+demo=no
+[ "${1:-}" = --demo ] && demo=yes
 
-APT_PACKAGES=(
-  python3 python3-venv python3-dev python3-gi gir1.2-glib-2.0
-  libgirepository1.0-dev libcairo2-dev libdbus-1-dev libglib2.0-dev pkg-config gcc make
+# What the demo needs: Python with PyGObject (pydbus), venv.
+DEMO_APT_PACKAGES=(python3 python3-venv python3-gi gir1.2-glib-2.0 ca-certificates)
+# What the tests need besides: real systemd and D-Bus in private namespaces; rpmbuild; Debian 12's
+# containerd 1.6 (and apt/dpkg-deb for 1.7 and 2.x, scripts/fetch-containerd.sh); gpg for the EFA
+# signature; shellcheck and jq; what PyGObject, pycairo and dbus-python need to build for Python 3.9.
+TEST_APT_PACKAGES=(
+  python3-dev python3-dbus libgirepository1.0-dev libcairo2-dev libdbus-1-dev libglib2.0-dev pkg-config gcc make
   systemd dbus util-linux bsdutils iproute2
-  rpm containerd curl openssl hyperfine ca-certificates
+  rpm containerd curl openssl
   python3-yaml python3-requests shellcheck jq
-  gpg gpg-agent gpgconf gpgv
+  gpg gpg-agent gpgconf gpgv debian-archive-keyring
 )
+# Benchmarks only (bench/README.md), not the tests: hyperfine.
+APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}")
+[ "$demo" = yes ] || APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -32,31 +41,42 @@ if ((${#missing[@]})); then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The venvs are reinstalled only when pyproject.toml changed since the last setup.
-STAMP=$(cat pyproject.toml scripts/al2023-constraints.txt | sha256sum | cut -d' ' -f1)
+pip_quiet=(-q --disable-pip-version-check)
+# A venv is reinstalled when its lock changed since the last setup (or it holds something else).
+install_locked() {  # VENV LOCK
+  local venv=$1 lock=$2 stamp
+  stamp=$(cat "$lock" pyproject.toml | sha256sum | cut -d' ' -f1)
+  [ "$(cat "$venv/.setup-stamp" 2>/dev/null)" = "$stamp" ] && return 0
+  "$venv/bin/pip" install "${pip_quiet[@]}" --require-hashes -r "$lock"
+  "$venv/bin/pip" install "${pip_quiet[@]}" --no-deps --no-build-isolation -e .
+  echo "$stamp" > "$venv/.setup-stamp"
+}
 
-# Python 3.11 (Debian's): has gi from python3-gi.
+# Python 3.11 (Debian's): gi and dbus from Debian's python3-gi and python3-dbus (scripts/lock/debian.txt).
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$STAMP" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
-  echo "$STAMP" > .venv/.setup-stamp
-fi
-
-# Python 3.9: the interpreter the agent runs on in production (AL2023), with AL2023's requests,
-# urllib3 and PyYAML (scripts/al2023-constraints.txt).
-if [ "$only_system" = yes ]; then
+if [ "$demo" = yes ]; then
+  # The demo needs only the agent's own libraries, at the RPM's pins.
+  if ! .venv/bin/python -c 'import agent, tomlkit, structlog, pydbus, yaml, requests' 2>/dev/null; then
+    .venv/bin/pip install "${pip_quiet[@]}" --require-hashes -r scripts/lock/py311.txt
+    .venv/bin/pip install "${pip_quiet[@]}" --no-deps --no-build-isolation -e .
+  fi
   echo "setup: ok (.venv: $(.venv/bin/python -V 2>&1))"
   exit 0
 fi
+install_locked .venv scripts/lock/py311.txt
+
+# containerd 1.7 (trixie) and 2.x (forky) for the real-daemon tests, from Debian's archive through a
+# private apt configuration, extracted into .cache/containerd/ (scripts/containerd-versions.txt).
+scripts/fetch-containerd.sh
+
+# Python 3.9: the interpreter the agent runs on in production (AL2023), with AL2023's requests,
+# urllib3, PyYAML and PyGObject (scripts/lock/al2023.txt). PyGObject, pycairo and dbus-python build
+# from source, with the build backends of scripts/lock/build-py39.txt.
 PY39=$(scripts/find-python39.sh) || exit 1
 if [ ! -x .venv39/bin/python ]; then
   "$PY39" -m venv .venv39
 fi
-if [ "$(cat .venv39/.setup-stamp 2>/dev/null)" != "$STAMP" ]; then
-  .venv39/bin/pip install -q --disable-pip-version-check -c scripts/al2023-constraints.txt \
-    'PyGObject<3.51' -e '.[test]'
-  echo "$STAMP" > .venv39/.setup-stamp
-fi
+PIP_CONSTRAINT="$PWD/scripts/lock/build-py39.txt" install_locked .venv39 scripts/lock/py39.txt
 echo "setup: ok (.venv: $(.venv/bin/python -V 2>&1), .venv39: $(.venv39/bin/python -V 2>&1))"

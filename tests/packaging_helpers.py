@@ -184,3 +184,17 @@ def launcher(root: Path, *args: str, python: Optional[Sequence[str]] = None,
     clean_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **(env or {})}
     command = [*(python or ()), str(root / "usr/bin/gpu-node-agent"), "--root", str(root), *args]
     return run(command, env=clean_env, check=False)
+
+
+def header_tags(rpm: Path) -> Dict[str, str]:
+    """Every tag rpm knows, as ``rpm -qp --qf`` prints it for ``rpm`` (arrays: one element a line)."""
+    tags = run(["rpm", "--querytags"]).stdout.split()
+    fmt = "".join(f"@@tag {tag}\\n[%{{{tag}}}\\n]" for tag in tags)
+    out = run(["rpm", "-qp", "--qf", fmt, str(rpm)]).stdout
+    return dict(chunk.split("\n", 1) for chunk in out.split("@@tag ")[1:])
+
+
+def header_differences(first: Path, second: Path) -> List[str]:
+    """The header tags whose values differ between two packages, e.g. ``['SOURCEPKGID', 'SIGMD5']``."""
+    a, b = header_tags(first), header_tags(second)
+    return sorted(tag for tag in a.keys() | b.keys() if a.get(tag) != b.get(tag))

@@ -818,7 +818,7 @@ class FakeNodeDaemons:
         )
 
 
-# --- Debian's real containerd (1.6) as a service of the test systemd --------------------------------------
+# --- Debian's real containerd (1.6, 1.7, 2.x) as a service of the test systemd --------------------------------------
 
 # What the real daemon needs inside the instance: the nodeadm sample's base_runtime_spec (the CRI
 # plugin loads it at start) and its CNI conf_dir, which must exist because /etc is read-only here.
@@ -829,15 +829,18 @@ REAL_CONTAINERD_FILES = {
 
 
 def real_containerd_unit(config: Path, socket: Path, log: Path, *, start_limit_burst: int = 5,
-                         start_limit_interval: str = "60s") -> str:
+                         start_limit_interval: str = "60s", bin_dir: Path = Path("/usr/bin")) -> str:
     """containerd's own unit where systemd behaviour depends on it (``Type=notify``, ``Delegate``,
     ``KillMode=process``), with a private root and state and the socket at ``socket`` (a host path:
-    keep it short, a unix socket path has at most 107 bytes, and containerd adds ``.ttrpc``)."""
+    keep it short, a unix socket path has at most 107 bytes, and containerd adds ``.ttrpc``).
+    ``bin_dir`` holds the daemon's ``containerd`` and its shim (first on the unit's PATH): a path the
+    instance sees (``/usr/bin``, or one under a bound directory)."""
     return (
         "[Unit]\nDescription=containerd (Debian's daemon, test instance)\n"
         f"StartLimitIntervalSec={start_limit_interval}\nStartLimitBurst={start_limit_burst}\n"
         "[Service]\nType=notify\nDelegate=yes\nKillMode=process\nTimeoutStartSec=30\n"
-        f"ExecStart=/usr/bin/containerd --config {config} --address {socket} "
+        f"Environment=PATH={bin_dir}:/usr/sbin:/usr/bin\n"
+        f"ExecStart={bin_dir}/containerd --config {config} --address {socket} "
         "--root /var/lib/containerd --state /run/containerd-state\n"
         f"StandardOutput=append:{log}\nStandardError=append:{log}\n"
     )

@@ -1,8 +1,10 @@
-"""Cross-check with a real containerd 1.6: `containerd config dump` must agree with the agent's view.
+"""Cross-check with the real containerd 1.x daemons (1.6, 1.7): `containerd config dump` must agree
+with the agent's view.
 
-containerd 1.6 merges imports with the 1.x rule (a later plugin table replaces the whole table) and
-parses `version = 2` files, so for the keys it knows (it predates `enable_cdi`) its dump is the
-ground truth for what the agent computes, before and after the agent's edits.
+containerd 1.x merges imports with the 1.x rule (a later plugin table replaces the whole table) and
+parses `version = 2` files, so for these keys its dump is the ground truth for what the agent
+computes, before and after the agent's edits. (Every sample layout on every daemon, 2.x included:
+tests/test_containerd_versions.py.)
 """
 
 import subprocess
@@ -15,14 +17,15 @@ import tomlkit
 from agent import containerd
 from agent.config import ContainerdSettings
 from agent.fs import NodeRoot
-from tests.conftest import sample, which
+from tests.conftest import sample
+from tests.containerd_daemons import Daemon, params
 from tests.containerd_helpers import apply_all
 
 KEYS = ("default_runtime_name", "runtime_type", "BinaryName", "SystemdCgroup")
 
 
-def dumped(config: Path) -> Dict[str, Any]:
-    out = subprocess.run([which("containerd"), "--config", str(config), "config", "dump"],
+def dumped(daemon: Daemon, config: Path) -> Dict[str, Any]:
+    out = subprocess.run([str(daemon.tool("containerd")), "--config", str(config), "config", "dump"],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     cri = tomlkit.parse(out).unwrap()["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
     nvidia = cri.get("runtimes", {}).get("nvidia", {})
@@ -65,8 +68,10 @@ SCENARIOS = {
 }
 
 
+@pytest.mark.parametrize("daemon", params(major=1))
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_containerd_agrees_before_and_after_the_fix(tmp_path: Path, name: str) -> None:
+def test_containerd_agrees_before_and_after_the_fix(tmp_path: Path, name: str, daemon: Daemon) -> None:
+    daemon.need()
     main, dropins = SCENARIOS[name]
     config = tmp_path / "config.toml"
     if dropins:
@@ -76,12 +81,12 @@ def test_containerd_agrees_before_and_after_the_fix(tmp_path: Path, name: str) -
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     settings = ContainerdSettings(config_path=str(config))
-    assert agents_view(settings) == dumped(config)
+    assert agents_view(settings) == dumped(daemon, config)
 
     result = containerd.reconcile(containerd.load(NodeRoot("/"), settings), settings)
     assert result.problems == ()
     apply_all(result)
-    after = dumped(config)
+    after = dumped(daemon, config)
     assert after == agents_view(settings)
     assert after == {"default_runtime_name": "nvidia", "runtime_type": "io.containerd.runc.v2",
                      "BinaryName": "/usr/bin/nvidia-container-runtime", "SystemdCgroup": True}

@@ -7,13 +7,14 @@ import os
 import re
 import shutil
 import subprocess
+from itertools import zip_longest
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 
 from agent import __version__
-from tests.conftest import REPO
+from tests.conftest import REPO, which
 from tests.packaging_helpers import (
     LIBDIR,
     LICENSE_DIR,
@@ -22,6 +23,8 @@ from tests.packaging_helpers import (
     binary_rpm,
     build_rpm,
     built_rpm,
+    header_differences,
+    header_tags,
     install,
     launcher,
     python39,
@@ -50,13 +53,58 @@ def verify(root: Path) -> "subprocess.CompletedProcess[str]":
 
 
 def test_license_tag_names_the_agent_and_every_bundled_library(rpm: Path) -> None:
-    (license_tag, url, release) = rpm_query(rpm, "--qf", "%{LICENSE}\n%{URL}\n%{RELEASE}\n")
     # SPDX: the agent, then pydbus, structlog, tomlkit, typing_extensions
-    assert license_tag == "Apache-2.0 AND LGPL-2.1-or-later AND (MIT OR Apache-2.0) AND MIT AND PSF-2.0"
-    assert url.startswith("https://")
-    spec = (REPO / "rpm.spec").read_text()
-    assert re.search(r"^Release:\s+\d+%\{\?dist\}$", spec, re.MULTILINE)
-    assert release == re.search(r"^Release:\s+(\d+)", spec, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    assert rpm_query(rpm, "--qf", "%{LICENSE}") == [
+        "Apache-2.0 AND LGPL-2.1-or-later AND (MIT OR Apache-2.0) AND MIT AND PSF-2.0"
+    ]
+
+
+# --- what the header says ------------------------------------------------------------------------------
+
+SPEC = REPO / "rpm.spec"
+
+
+def readme_build_section() -> str:
+    readme = (REPO / "README.md").read_text()
+    return readme[readme.index("## Build the RPM"):].split("\n## ", 1)[0]
+
+
+def test_the_package_names_no_url_as_the_project_has_no_public_home(rpm: Path) -> None:
+    assert not re.search(r"^URL:", SPEC.read_text(), re.MULTILINE | re.IGNORECASE)
+    (srpm,) = rpm.parent.glob("*.src.rpm")
+    assert rpm_query(rpm, "--qf", "%{URL}") == rpm_query(srpm, "--qf", "%{URL}") == ["(none)"]
+    assert "The package has no `URL`: the project has no public\nhome." in readme_build_section()
+
+
+def test_the_changelog_names_the_address_of_the_repositorys_commits(rpm: Path) -> None:
+    authors = run(["git", "-C", str(REPO), "log", "--format=%an <%ae>"]).stdout.splitlines()
+    address = max(set(authors), key=authors.count).split(" <")[1].rstrip(">")  # the maintainers'
+    entries = [line for line in rpm_query(rpm, "--changelog") if line.startswith("* ")]
+    assert len(entries) == len(re.findall(r"^\* ", SPEC.read_text(), re.MULTILINE)) >= 3
+    for entry in entries:
+        assert re.fullmatch(rf"\* \w{{3}} \w{{3}} \d\d \d{{4}} gpu-node-agent maintainers <{re.escape(address)}> - "
+                            rf"{re.escape(__version__)}-\d+", entry), entry
+    assert "localhost" not in SPEC.read_text()
+
+
+@pytest.mark.parametrize("host_dist", [None, ".fc40", ".el9", ".amzn2023"])
+def test_the_release_carries_al2023s_dist_tag_whatever_the_build_host_defines(host_dist: Optional[str]) -> None:
+    which("rpmspec")
+    number = re.search(r"^Release:\s+(\d+)%\{\?dist\}$", SPEC.read_text(), re.MULTILINE)
+    assert number
+    # What rpm would name the package on a host whose macros define dist so (None: Debian's, none).
+    host = ["--define", f"dist {host_dist}"] if host_dist else []
+    assert run(["rpmspec", "-q", "--srpm", "--qf", "%{RELEASE}\n", *host, str(SPEC)]).stdout == \
+        f"{number.group(1)}.amzn2023\n"
+
+
+def test_the_built_packages_are_named_with_the_dist_tag_as_readme_says(rpm: Path) -> None:
+    number = re.search(r"^Release:\s+(\d+)", SPEC.read_text(), re.MULTILINE).group(1)  # type: ignore[union-attr]
+    assert rpm.name == f"gpu-node-agent-{__version__}-{number}.amzn2023.noarch.rpm"
+    assert [p.name for p in rpm.parent.glob("*.src.rpm")] == [f"gpu-node-agent-{__version__}-{number}.amzn2023.src.rpm"]
+    section = readme_build_section()
+    assert "dist/gpu-node-agent-<version>-<release>.amzn2023.noarch.rpm" in section
+    assert "`.amzn2023`, on every build host" in section
 
 
 def test_every_licence_text_is_installed_and_marked_as_a_licence(rpm: Path, installed: Path) -> None:
@@ -84,9 +132,10 @@ def test_every_licence_text_is_installed_and_marked_as_a_licence(rpm: Path, inst
 # --- reproducible --------------------------------------------------------------------------------------
 
 
-def test_two_builds_of_one_commit_have_the_same_payload(rpm: Path, tmp_path: Path) -> None:
-    # The second build: another checkout path (files with fresh mtimes), another umask, time zone
-    # and temporary directory; SOURCE_DATE_EPOCH as the first build took it, from the commit.
+def test_two_builds_of_one_commit_are_byte_identical(rpm: Path, tmp_path: Path) -> None:
+    # The second build: another checkout path (files with fresh mtimes), another umask, time zone,
+    # temporary directory and path of the Python 3.9; SOURCE_DATE_EPOCH as the first build took it,
+    # from the commit.
     commit_time = run(["git", "-C", str(REPO), "log", "-1", "--format=%ct"]).stdout.strip()
     checkout = tmp_path / "elsewhere"
     for part in ("agent", "packaging", "systemd", "docs"):
@@ -95,18 +144,49 @@ def test_two_builds_of_one_commit_have_the_same_payload(rpm: Path, tmp_path: Pat
         shutil.copy(REPO / name, checkout / name)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
+    (tmp_path / "python3.9").symlink_to(python39())
     outdir = tmp_path / "out"
     run(["bash", "-c", 'umask 0002 && exec bash "$0" --outdir "$1"', str(checkout / "packaging/build-rpm.sh"),
          str(outdir)], env={**os.environ, "PYTHON": shutil.which("python3") or SYSTEM_PYTHON,
-                            "SOURCE_DATE_EPOCH": commit_time, "TZ": "Pacific/Kiritimati", "TMPDIR": str(tmp)})
-    again = binary_rpm(outdir)
+                            "PYTHON39": str(tmp_path / "python3.9"), "SOURCE_DATE_EPOCH": commit_time,
+                            "TZ": "Pacific/Kiritimati", "TMPDIR": str(tmp)})
+    (srpm,) = rpm.parent.glob("*.src.rpm")
+    (srpm_again,) = outdir.glob("*.src.rpm")
+    for first, second in ((srpm, srpm_again), (rpm, binary_rpm(outdir))):
+        assert first.name == second.name
+        same = first.read_bytes() == second.read_bytes()  # what `cmp` says
+        assert same, f"{first.name}: two builds differ: {what_differs(first, second)}"
     dump = rpm_query(rpm, "--dump")  # path size mtime digest mode owner group ... for every file
-    assert rpm_query(again, "--dump") == dump
     assert {line.split()[2] for line in dump} == {commit_time}  # every mtime is the commit's
-    header = "%{BUILDHOST} %{BUILDTIME} %{SIZE}\n[%{REQUIRENEVRS}\n][%{PROVIDENEVRS}\n]"
-    assert rpm_query(again, "--qf", header) == rpm_query(rpm, "--qf", header)
     assert rpm_query(rpm, "--qf", "%{BUILDTIME}") == [commit_time]
-    assert os.uname().nodename not in rpm_query(rpm, "--qf", "%{BUILDHOST}")[0]
+    assert rpm_query(rpm, "--qf", "%{BUILDHOST}") == ["reproducible.build"]
+    assert rpm_query(rpm, "--qf", "%{SOURCEPKGID}") == rpm_query(srpm, "--qf", "%{SIGMD5}")
+
+
+# The digests of the header itself: they differ whenever anything else in it does.
+HEADER_DIGESTS = {"HDRID", "HEADERIMMUTABLE", "PKGID", "SHA1HEADER", "SHA256HEADER", "SIGMD5"}
+
+
+def what_differs(first: Path, second: Path) -> str:
+    """Which header tags differ (their first differing lines), or that only the payload does."""
+    tags = header_differences(first, second)
+    if not tags:
+        return "the header is the same: the payload differs"
+    a, b = header_tags(first), header_tags(second)
+    lines = []
+    for tag in [t for t in tags if t not in HEADER_DIGESTS] or tags:
+        left, right = a.get(tag, "").splitlines(), b.get(tag, "").splitlines()
+        x, y = next((pair for pair in zip_longest(left, right, fillvalue="") if pair[0] != pair[1]), ("", ""))
+        lines.append(f"{tag}: {x!r} != {y!r}")
+    return f"header tags {', '.join(tags)} differ; " + "; ".join(lines)
+
+
+def test_a_difference_is_named_by_its_header_tag(rpm: Path) -> None:
+    (srpm,) = rpm.parent.glob("*.src.rpm")
+    said = what_differs(rpm, srpm)
+    assert said.startswith("header tags ") and " SOURCERPM: " in said
+    assert f"SOURCERPM: {srpm.name!r} != ''" in said
+    assert "HDRID" in said.split(";")[0] and "HDRID:" not in said  # the digests are listed, not shown
 
 
 # --- bytecode ------------------------------------------------------------------------------------------

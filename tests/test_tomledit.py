@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 import pytest
 
-from agent.tomledit import NotFixable, edit_value
+from agent.errors import NodeFileError
+from agent.tomledit import NotFixable, edit_value, parse_toml
 from agent.tomllayout import Layout
 
 
@@ -184,8 +185,20 @@ def test_the_layout_reader_is_not_fooled_by_strings() -> None:
 
 
 def test_where_tomlkit_cannot_read_the_rules_place_the_nearest_readable_place_is_taken() -> None:
-    # valid TOML, but tomlkit rejects [p] above [p.cni] here ("Key containerd already exists")
+    # valid TOML; the rules place [p] above [p.cni], which tomlkit 0.15.2 rejects here ("Key containerd
+    # already exists"), so the nearest place it reads is taken (above [p.containerd]); tomlkit 0.15.3
+    # reads the rules place. Either way: only the two new lines, and the values are the old ones plus this.
     text = ("version = 2\n[p.cni]\nb = 1\n[p.containerd.runtimes.nvidia.options]\nB = 1\n"
             "[p.containerd]\n[grpc]\na = 1\n[p.containerd.runtimes.nvidia]\n")
-    expected = text.replace("[p.containerd]\n", "[p]\nenable_cdi = true\n[p.containerd]\n")
-    assert edit(text, "p.enable_cdi", True) == expected
+    rules_place = text.replace("[p.cni]\n", "[p]\nenable_cdi = true\n[p.cni]\n")
+    nearest_readable = text.replace("[p.containerd]\n", "[p]\nenable_cdi = true\n[p.containerd]\n")
+    new = edit(text, "p.enable_cdi", True)
+    try:
+        parse_toml(rules_place, "<rules place>")
+    except NodeFileError:  # the rules place is taken whenever the parser can read it
+        assert new == nearest_readable
+    else:
+        assert new == rules_place
+    expected = parse_toml(text, "<old>").unwrap()
+    expected["p"]["enable_cdi"] = True
+    assert parse_toml(new, "<new>").unwrap() == expected
