@@ -79,6 +79,7 @@ class DemoNode:
         self.api.add_token(TOKEN, f"system:node:{NODE_NAME}")
         self.run_log = self.base / "runs.log"  # the nodeadm stand-in's record of its phases
         self.sd: Optional[BootedSystemd] = None
+        self.advertised = threading.Event()  # the device plugin advertised the GPU
 
     # --- the node's files ------------------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class DemoNode:
                 condition["lastHeartbeatTime"] = condition["lastTransitionTime"] = now
             time.sleep(1.0)
             self.api.set_allocatable(NODE_NAME, {"nvidia.com/gpu": "1"})
+            self.advertised.set()
         threading.Thread(target=watch, daemon=True).start()
 
     def start(self, *units: str) -> List[Any]:
@@ -217,6 +219,9 @@ def main() -> int:
             f"restarts: {sum(status['restarts_total'].values())}")
         result["boot"] = {"prepare_actions": prepare["actions"], "run_actions": run["actions"],
                           "restarts": sum(status["restarts_total"].values()), "daemon_starts": boot_starts}
+        if not node.advertised.wait(30):
+            raise SystemExit("demo: the Node was not registered within 30 s (kubelet did not start)")
+        say("\nkubelet registered the Node; the device plugin advertised nvidia.com/gpu: 1")
         if not node.major2:
             say("\n(containerd 1.x is in no known-good AMI row: `compatibility` warns, so health is degraded, "
                 "exit 2; with a 2.x daemon, scripts/fetch-containerd.sh, the node is healthy, exit 0)")
