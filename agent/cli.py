@@ -74,7 +74,7 @@ def _add_check(p: argparse.ArgumentParser) -> None:
 
 
 def _add_status(p: argparse.ArgumentParser) -> None:
-    from agent.status import DEFAULT_WAIT_TIMEOUT
+    from agent.report.status import DEFAULT_WAIT_TIMEOUT
 
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="a table of the boot passes, or the status document as JSON (default: table)")
@@ -85,7 +85,7 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 
 
 def _add_fleet(p: argparse.ArgumentParser) -> None:
-    from agent.fleet import DEFAULT_STALE_MINUTES
+    from agent.report.fleet import DEFAULT_STALE_MINUTES
 
     p.add_argument("--kubeconfig", metavar="PATH", help="your kubeconfig (default: $KUBECONFIG's first file, "
                                                        "else ~/.kube/config)")
@@ -173,8 +173,8 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(command_in(argv)).parse_args(argv)
-    from agent import log
-    from agent.errors import AgentError
+    from agent.base import log
+    from agent.base.errors import AgentError
 
     log.setup(args.log_format, args.verbose - args.quiet)
     try:

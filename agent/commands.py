@@ -1,4 +1,4 @@
-"""The command handlers: what `run`, `prepare`, `check`, `plan`, `status`, `efa fetch` and `config` do
+"""The command handlers: what `run`, `prepare`, `check`, `plan`, `status`, `fleet`, `efa fetch` and `config` do
 with their parsed options (``agent/cli.py`` parses them and turns errors into exit codes). Each
 handler imports only what its command uses, so `check` stays fast.
 """
@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig
-    from agent.fs import NodeRoot
+    from agent.base.noderoot import NodeRoot
+    from agent.config.settings import AgentConfig
 
 # --- helpers -------------------------------------------------------------------------------------
 
 
 def _root(args: argparse.Namespace) -> NodeRoot:
-    from agent.errors import UsageError
-    from agent.fs import NodeRoot
+    from agent.base.errors import UsageError
+    from agent.base.noderoot import NodeRoot
 
     if not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root}: not a directory")
@@ -28,14 +28,15 @@ def _root(args: argparse.Namespace) -> NodeRoot:
 
 
 def _config(args: argparse.Namespace, path: Optional[str] = None) -> AgentConfig:
-    from agent.config import DEFAULT_CONFIG_PATH, load_config
+    from agent.config.load import load_config
+    from agent.config.settings import DEFAULT_CONFIG_PATH
 
     return load_config(path or args.config, default_path=_root(args).path(DEFAULT_CONFIG_PATH))
 
 
 def _start_pass(args: argparse.Namespace, name: str) -> None:
     """Start the status file's record of this boot pass (prepare, run, check --report)."""
-    from agent.status import PassRecord
+    from agent.report.status import PassRecord
 
     args.pass_record = PassRecord(_root(args), name)
 
@@ -48,8 +49,8 @@ def finish_pass(args: argparse.Namespace, config: Optional[AgentConfig], health:
     args.pass_record = None
     from contextlib import suppress
 
-    from agent.config import ReportSettings
-    from agent.errors import AgentError
+    from agent.base.errors import AgentError
+    from agent.config.settings import ReportSettings
 
     if config is None:  # the pass ended in an expected failure, maybe the configuration itself
         with suppress(AgentError):
@@ -57,7 +58,7 @@ def finish_pass(args: argparse.Namespace, config: Optional[AgentConfig], health:
     status_file = config.report.status_file if config is not None else ReportSettings().status_file
     problem = record.finish(status_file, health, code, actions)
     if problem:
-        from agent.log import get_logger
+        from agent.base.log import get_logger
 
         get_logger("status").error("pass not recorded", error=problem)
 
@@ -67,25 +68,11 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
-def _node_read(facts: Any) -> Any:
-    """The Node as gpu-allocatable just read it: the report needs no GET of its own."""
-    return facts.kube_node.node if facts.kube_node is not None else None
-
-
-def _acknowledge_gpu_errors(root: NodeRoot, facts: Any, outcome: Any) -> None:
-    """The report went out (published, or publishing is off): the XID events it carried are no longer
-    new (agent/xid.py). After a failed publish they stay new for the next report."""
-    from agent import xid
-
-    if outcome.published is None or outcome.published.ok:
-        xid.acknowledge(root, facts.xid)
-
-
 # --- commands ------------------------------------------------------------------------------------
 
 
 def cmd_config_help(args: argparse.Namespace) -> int:
-    from agent.errors import UsageError
+    from agent.base.errors import UsageError
 
     raise UsageError("config needs an action: validate or show")
 
@@ -97,7 +84,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from agent.config import dump_config
+    from agent.config.settings import dump_config
 
     config = _config(args)
     if args.format == "json":
@@ -110,20 +97,21 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_efa_help(args: argparse.Namespace) -> int:
-    from agent.errors import UsageError
+    from agent.base.errors import UsageError
 
     raise UsageError("efa needs an action: fetch")
 
 
 def cmd_efa_fetch(args: argparse.Namespace) -> int:
-    from agent import efa
+    from agent.efa import decision as efa_decision
+    from agent.efa import facts as efa_facts
 
     config = _config(args)
     root = _root(args)
     if not (config.efa.sha256 or config.efa.gpg_fingerprint):  # whatever efa.install says
-        raise efa.EfaError(f"efa fetch: nothing to fetch: {efa.missing_pin(config.efa)}")
-    from agent.download import DownloadOptions
+        raise efa_facts.EfaError(f"efa fetch: nothing to fetch: {efa_decision.missing_pin(config.efa)}")
     from agent.efa import cache
+    from agent.efa.download import DownloadOptions
 
     path = cache.fetch(config.efa, root, DownloadOptions(durable=True))  # the cache an AMI is baked with
     from agent.efa.signature import pins
@@ -133,28 +121,31 @@ def cmd_efa_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from agent import checks, health, node
+    from agent.gpu.inventory import node_object
+    from agent.pipeline import health
+    from agent.pipeline import resources as pipeline
+    from agent.report import document as report_doc
 
     if args.report:
         _start_pass(args, "check")
     config = _config(args)
     root = _root(args)
-    facts = node.discover(root, config, gpu_health=True, imds=args.report)
-    results = checks.evaluate(facts, config)
-    document = health.report_document(results)
+    facts = pipeline.discover(root, config, gpu_health=True, imds=args.report)
+    results = pipeline.evaluate(facts, config)
+    document = report_doc.report_document(results)
     outcome = None
     if args.report:  # only now are requests and the API client loaded: plain `check` stays fast
-        from agent import report
+        from agent.report import report
 
         # report.publish: false (AMI bake, no cluster yet) means the status file and metrics only
         outcome = report.finish(root, config, results, publish_report=config.report.publish,
-                                node=_node_read(facts))
+                                node=node_object(facts))
         document = outcome.document
-        _acknowledge_gpu_errors(root, facts, outcome)
+        pipeline.reported(facts, outcome.published is None or outcome.published.ok)
     if args.format == "json":
-        _print(health.render_json(document))
+        _print(report_doc.render_json(document))
     else:
-        _print(health.render_table(results, color=sys.stdout.isatty()))
+        _print(report_doc.render_table(results, color=sys.stdout.isatty()))
         if outcome is not None:
             _print(report.summary_line(outcome))
     code = 1 if outcome is not None and not outcome.ok else health.exit_code_for(document["health"])
@@ -164,18 +155,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from agent import node, plan
+    from agent.pipeline import plan
+    from agent.pipeline import resources as pipeline
 
     config = _config(args)
     root = _root(args)
-    the_plan = plan.make_plan(node.discover(root, config), config)
+    the_plan = plan.make_plan(pipeline.discover(root, config), config)
     _print(plan.render_plan_json(the_plan) if args.format == "json" else plan.render_plan(the_plan))
     return 1 if the_plan.problems else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent import apply, checks, fs, health, node, plan
-    from agent.log import get_logger
+    from agent.base import fs
+    from agent.base.log import get_logger
+    from agent.gpu.inventory import node_object
+    from agent.pipeline import apply, health, plan
+    from agent.pipeline import resources as pipeline
+    from agent.report import document as report_doc
 
     log = get_logger("run")
     _start_pass(args, "run")
@@ -183,33 +179,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = _root(args)
     with fs.run_lock(root, args.lock_wait):
         _clean_after_killed_runs(root, config)
-        the_plan = plan.make_plan(node.discover(root, config), config)
+        the_plan = plan.make_plan(pipeline.discover(root, config), config)
         for problem in the_plan.problems:
             log.warning("not fixed", problem=problem)
-        from agent import timeline  # the daemons' first starts, before a restart replaces them
+        from agent.report import timeline  # the daemons' first starts, before a restart replaces them
 
         early = timeline.observe_systemd() if the_plan.restarts else None
         result = apply.apply(the_plan, restart_timeout=config.restart.timeout_seconds)
-        facts = node.discover(root, config, gpu_health=True, imds=True)
-        results = checks.evaluate(facts, config)
-        results = checks.with_pending_restarts(results, result.pending, config)
+        facts = pipeline.discover(root, config, gpu_health=True, imds=True)
+        results = pipeline.evaluate(facts, config)
+        results = pipeline.with_pending_restarts(results, result.pending, config)
     actions: List[str] = result.actions + [f"failed: {failure}" for failure in result.failures]
-    _print(health.render_table(results, actions, color=sys.stdout.isatty()))
+    _print(report_doc.render_table(results, actions, color=sys.stdout.isatty()))
     code = health.exit_code_for(health.overall_health(results))
     if result.failures:
         code = 1
-    from agent import report
+    from agent.report import report
 
     # Always a report: the status file (and metrics); the cluster too unless report.publish is false.
     # A publishing failure only changes the exit code: what run did to the node stays done.
     restarts = {unit: result.restarted.count(unit) for unit in result.restarted}  # the metrics counter
-    from agent import events
+    from agent.report import events
 
     outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
-                            restarts=restarts, events=events.from_apply(root, result), node=_node_read(facts),
+                            restarts=restarts, events=events.from_apply(root, result), node=node_object(facts),
                             early=early)
     _print(report.summary_line(outcome))
-    _acknowledge_gpu_errors(root, facts, outcome)
+    pipeline.reported(facts, outcome.published is None or outcome.published.ok)
     if not outcome.ok:
         code = 1
     log.info("run finished", health=health.overall_health(results), actions=len(actions))
@@ -218,14 +214,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from agent import health, prepare, report
-    from agent.log import get_logger
+    from agent.base.log import get_logger
+    from agent.pipeline import health, prepare
+    from agent.report import document as report_doc
+    from agent.report import report
 
     _start_pass(args, "prepare")
     config = _config(args)
     root = _root(args)
     result = prepare.prepare(root, config, args.lock_wait)
-    _print(health.render_table(result.results, result.actions, color=sys.stdout.isatty()))
+    _print(report_doc.render_table(result.results, result.actions, color=sys.stdout.isatty()))
     state = health.overall_health(result.results)
     code = 1 if result.failed else health.exit_code_for(state)
     # The Node object may not exist yet: the status file (and metrics) only, never the cluster.
@@ -239,7 +237,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from agent import health, status
+    from agent.report import document as report_doc
+    from agent.report import status
 
     config = _config(args)
     root = _root(args)
@@ -254,18 +253,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             if not disabled:
                 raise
             view = status.summary({}, status.boot_id(root), disabled=True)
-    _print(health.render_json(view) if args.format == "json" else status.render_table(view))
+    _print(report_doc.render_json(view) if args.format == "json" else status.render_table(view))
     return status.exit_code(view)
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     """Read-only, from a workstation: the kubeconfig is the operator's, not under --root."""
-    from agent import fleet
-    from agent.errors import UsageError
-    from agent.kube import KubeClient
-    from agent.kubeconfig import load_kubeconfig
-    from agent.noderoot import NodeRoot
-    from agent.retry import Deadline
+    from agent.base.errors import UsageError
+    from agent.base.noderoot import NodeRoot
+    from agent.base.retry import Deadline
+    from agent.kube.client import KubeClient
+    from agent.kube.kubeconfig import load_kubeconfig
+    from agent.report import fleet
 
     if os.path.realpath(args.root) != "/":
         raise UsageError("fleet: --root does not apply: it reads your own kubeconfig (--kubeconfig)")
@@ -284,9 +283,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 def _clean_after_killed_runs(root: NodeRoot, config: AgentConfig) -> None:
     """Temp files and extraction directories a killed run left (run start, under the lock)."""
-    from agent import fs
+    from agent.base import fs
     from agent.efa import install
-    from agent.tomlcache import VALUES_CACHE
+    from agent.toml.cache import VALUES_CACHE
 
     outputs = (config.containerd.config_path, config.nvidia_runtime.config_path, config.report.status_file,
                config.report.metrics_file, VALUES_CACHE, install.INSTALLER_PID_FILE)

@@ -12,7 +12,7 @@ stand-ins; root only), ``--runs`` times per scenario, and reports medians of:
 * to kubelet: from the request to start the node's units (``gpu-node.target``) to kubelet's first
   ``ActiveEnterTimestamp``;
 * to agent done: to the run pass's ``ExecMainExitTimestamp``;
-* the boot timeline the agent recorded (agent/timeline.py, from systemd's own timestamps): when
+* the boot timeline the agent recorded (agent/report/timeline.py, from systemd's own timestamps): when
   each milestone was reached, and the agent's share (how long nodeadm-run waited for the prepare
   pass alone, an EFA install before kubelet included). Goal: under 1 s on a converged or drifted
   boot without EFA work.
@@ -54,7 +54,7 @@ from tests.efa_helpers import VERSION, add_rdma_device, installer_script, instal
 from tests.systemd_harness import boot  # noqa: E402
 
 # The boot timeline's milestones shown per scenario (seconds since systemd's start: the harness's
-# systemd runs in a container, so it has no kernel timestamp; agent/timeline.py).
+# systemd runs in a container, so it has no kernel timestamp; agent/report/timeline.py).
 TIMELINE = ("nodeadm-config-finished", "prepare-started", "efa-installed", "prepare-finished",
             "nodeadm-run-started", "containerd-started", "kubelet-started", "nodeadm-run-finished",
             "containerd-restarted", "kubelet-restarted")

@@ -80,10 +80,10 @@ def serve(files: Dict[str, Path]) -> Tuple[http.server.ThreadingHTTPServer, str]
 def child(base_url: str, sha256: str, root: str, durable: str, chunk_mib: str) -> None:
     """In a fresh process: one agent fetch; prints its elapsed seconds as JSON."""
     sys.path.insert(0, str(REPO))
-    from agent import download, log
-    from agent.config import EfaSettings
-    from agent.efa import cache
-    from agent.fs import NodeRoot
+    from agent.base import log
+    from agent.base.noderoot import NodeRoot
+    from agent.config.settings import EfaSettings
+    from agent.efa import cache, download
 
     log.setup("json", -1)  # warnings only: keep the output to the result line
 

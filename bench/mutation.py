@@ -57,13 +57,13 @@ CACHE_CASES = tuple(INSTALL + t for t in (
 
 SCOPES: Dict[str, Scope] = {
     "log": Scope(
-        "agent/log.py",
+        "agent/base/log.py",
         _f("redact"),
         ("tests/test_log.py",),
         "secret redaction in log events",
     ),
     "efa-extract": Scope(
-        "agent/safetar.py",
+        "agent/efa/safetar.py",
         _f("extract_tarball", "_member_path", "_inside", "_refuse_unsafe", "_extract_member", "_audit_links"),
         ("tests/test_safetar.py",
          *(INSTALL + t for t in ("install_runs_the_verified_installer",
@@ -71,31 +71,31 @@ SCOPES: Dict[str, Scope] = {
         "safe extraction of the installer tarball",
     ),
     "fs": Scope(
-        "agent/fs.py",
+        "agent/base/fs.py",
         _f("atomic_write", "exchange", "_copy_xattrs", "fsync_dir", "open_lock", "run_lock"),
         ("tests/test_fs.py", "tests/test_cli.py"),
         "atomic writes and the run lock",
     ),
     "config": Scope(
-        "agent/config_parse.py",
+        "agent/config/parse.py",
         _f("parse_yaml", "_is_null", "_suggest", "_type_name", "xǁ_Builderǁ*"),
         ("tests/test_config.py", "tests/test_cli.py"),
         "config validation: one line naming file, line and key; exit 64",
     ),
     "config-rules": Scope(
-        "agent/config_rules.py",
+        "agent/config/rules.py",
         _f("absolute_path", "one_of", "positive", "regex", "url", "unit_names", "condition_type"),
         ("tests/test_config.py", "tests/test_cli.py"),
         "what each configuration value must be (the rules kept with the keys)",
     ),
     "config-load": Scope(
-        "agent/config.py",
+        "agent/config/settings.py",
         _f("load_config", "_only_comments", "parse_config"),
         ("tests/test_config.py", "tests/test_cli.py"),
         "loading the configuration file: missing, unreadable, not UTF-8, only comments",
     ),
     "apply": Scope(
-        "agent/apply.py",
+        "agent/pipeline/apply.py",
         _f("*"),
         ("tests/test_restart_apply.py", "tests/test_cli.py",
          *(SYSTEMD + t for t in ("agent_edit_restarts_both_once_and_second_run_nothing",
@@ -105,20 +105,20 @@ SCOPES: Dict[str, Scope] = {
         "writing planned edits, restarts in order, rollback",
     ),
     "kube-secrets": Scope(
-        "agent/kube_credentials.py",
+        "agent/kube/credentials.py",
         _f("xǁPrivateFilesǁ*", "xǁCredentialSourceǁget", "xǁCredentialSourceǁ_from_token_file",
            "xǁCredentialSourceǁ_from_exec"),
         ("tests/test_kube.py",),
         "credentials: key material in private files, removed; cached, refreshed",
     ),
     "kube-exec": Scope(
-        "agent/kube_exec.py",
+        "agent/kube/exec.py",
         _f("run_plugin", "parse_exec_credential"),
         ("tests/test_kube.py",),
         "the exec plugin: its output never echoed, its ExecCredential checked",
     ),
     "systemd-restart": Scope(
-        "agent/systemd_jobs.py",
+        "agent/systemd/jobs.py",
         _f("restart", "_iterate_until", "_state_after_timeout"),
         ("tests/test_systemd_mock.py",
          *(SYSTEMD + t for t in ("restart_job_done_but_containerd_not_running_is_a_failed_restart",
@@ -134,13 +134,13 @@ SCOPES: Dict[str, Scope] = {
         "checksum verification: the cache, and again before use",
     ),
     "download": Scope(
-        "agent/download.py",
+        "agent/efa/download.py",
         _f("download", "_attempt"),
         ("tests/test_download.py", "tests/test_efa_fetch.py"),
         "the download: the digest compared, nothing kept on failure, resume, bounds",
     ),
     "hashing": Scope(
-        "agent/hashing.py",
+        "agent/efa/hashing.py",
         _f("sha256_of", "xǁPartialǁ*"),
         ("tests/test_download.py", "tests/test_efa_fetch.py", *CACHE_CASES),
         "the SHA-256 of the bytes received and of a cached copy",

@@ -16,7 +16,7 @@ the two, ``--runs`` times each:
 It prints the medians and the ratio agent/systemctl (goal: <= 1.1), then the **verified** restart
 on Debian's real containerd daemon (1.6) under the same kind of systemd: the agent's
 ``RestartUnit -> job done -> active -> CRI plugin ok`` (``SystemdClient.restart`` then
-``serving.wait`` on ``agent.cri``'s probe, as ``run`` does) against ``systemctl restart containerd``
+``serving.wait`` on ``agent.containerd.cri``'s probe, as ``run`` does) against ``systemctl restart containerd``
 followed by polling ``ctr plugins ls`` until the CRI plugin is ``ok``, alternating, medians and
 ratio (goal <= 1.1). Then, for each scenario, how many restarts ``gpu-node-agent run`` performs
 (counted from systemd's own JobRemoved signals) next to the bash userdata it replaces, which
@@ -46,8 +46,10 @@ from systemd_harness import (  # noqa: E402
     wait_for_healthz,
 )
 
-from agent import cri, serving, systemd  # noqa: E402
-from agent.fs import NodeRoot  # noqa: E402
+from agent.base.noderoot import NodeRoot  # noqa: E402
+from agent.containerd import cri  # noqa: E402
+from agent.daemons import serving  # noqa: E402
+from agent.systemd import client as systemd  # noqa: E402
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
@@ -113,8 +115,8 @@ def measure_verified_restart(runs: int) -> Dict[str, Any]:
         sd = boot({CONTAINERD: unit}, REAL_CONTAINERD_FILES, wants=[CONTAINERD], binds=[base])
         try:
             sd.wait_until(CONTAINERD, "active", timeout=30)
-            from agent import containerd
-            from agent.config import ContainerdSettings
+            from agent.config.settings import ContainerdSettings
+            from agent.containerd import config as containerd
 
             probe = cri.probe(NodeRoot(str(root)), containerd.load(NodeRoot(str(root)), ContainerdSettings()))
             assert probe is not None

@@ -5,14 +5,19 @@
 # `check` says healthy; then a nodeadm.d drop-in makes nodeadm-run render the drift again and the
 # agent repairs it with one verified restart of each daemon; last, the boot timeline.
 #
-#   sudo scripts/demo.sh                       # containerd: a fetched 2.x if present, else /usr/bin/containerd
+#   sudo scripts/demo.sh                       # containerd: the fetched 2.x, else /usr/bin/containerd
 #   sudo CONTAINERD=/path/to/containerd scripts/demo.sh
 #
-# Needs root (systemd boots in private namespaces). What each piece is and where its behaviour comes
-# from: scripts/demo_boot.py. Everything happens in a directory under /var/lib, removed at the end,
-# with the systemd instance.
+# Needs root (systemd boots in private namespaces). First `scripts/setup.sh --demo` installs what the
+# demo needs, and only that: the Debian packages of its DEMO_APT_PACKAGES (python3, python3-venv,
+# python3-gi, python3-dbus, gir1.2-glib-2.0, ca-certificates, systemd, dbus, util-linux, bsdutils,
+# debian-archive-keyring), .venv with the locked Python packages of scripts/lock/py311.txt (the
+# agent's libraries and the test tools: the demo runs the tests' systemd harness and loopback API
+# server), and containerd 2.x from Debian's archive into .cache/containerd/ (scripts/fetch-containerd.sh).
+# What each piece is and where its behaviour comes from: scripts/demo_boot.py. The node lives in a
+# directory under /var/lib, removed at the end, with the systemd instance.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "demo: needs root (it boots systemd in private namespaces): sudo $0" >&2; exit 1; fi
-scripts/setup.sh >/dev/null  # the test setup: containerd (1.6; 1.7 and 2.x fetched), systemd tools, the venv
+scripts/setup.sh --demo >/dev/null
 exec .venv/bin/python scripts/demo_boot.py "$@"

@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from tests.conftest import SAMPLES
 from tests.packaging_helpers import built_rpm, install, run, scratch_dir
+from tests.support.paths import SAMPLES
 from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, JobRecorder, free_port
 
 AGENT = "gpu-node-agent.service"
@@ -99,7 +99,7 @@ KNOWN_GOOD_FILES = {
     "/dev/nvidia-uvm": "",
 }
 KNOWN_GOOD_TOOLS = {
-    # the agent's one query (agent/smi.py) as an A10G answers it
+    # the agent's one query (agent/nvidia/smi.py) as an A10G answers it
     "/usr/bin/nvidia-smi": f"0, 00000000:00:1E.0, GPU-3f1e2d4c-5b6a-4798-8a9b-0c1d2e3f4a5b, {DRIVER}, "
                            "0, [N/A], No, No, N/A, N/A\n",
     "/usr/bin/nvidia-ctk": "NVIDIA Container Toolkit CLI version 1.19.0\n"

@@ -1,7 +1,6 @@
 """Shared test fixtures. With GNA_NO_SKIP=1 (CI, scripts/test.sh) a skipped test fails the run."""
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List
 
@@ -12,8 +11,6 @@ if TYPE_CHECKING:
     from tests.kube_helpers import FakeAws
     from tests.kube_server import ApiServer
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO / "tests" / "samples"
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -23,11 +20,6 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     if os.environ.get("GNA_NO_SKIP") == "1" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped tests are failures here (GNA_NO_SKIP=1): {report.longrepr}"
-
-
-def sample(name: str) -> str:
-    """A node file sample from tests/samples (copies of real node files)."""
-    return (SAMPLES / name).read_text()
 
 
 @pytest.fixture
@@ -51,13 +43,6 @@ def node(tmp_path: Path) -> Callable[[Dict[str, str]], Path]:
 def need_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-
-
-def which(tool: str) -> str:
-    path = shutil.which(tool)
-    if not path:
-        pytest.skip(f"{tool} not installed (scripts/setup.sh installs it)")
-    return path
 
 
 @pytest.fixture
@@ -113,7 +98,7 @@ def _fresh_logging() -> None:
     """Each test starts with unconfigured logging: structlog binds the stderr of the test that first
     logged (pytest's capture), which later tests must not write to. The format is ``auto``: JSON
     lines, as pytest's capture is no TTY."""
-    from agent import log
+    from agent.base import log
 
     log.setup()
 
@@ -126,17 +111,19 @@ def units_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     The real thing: tests/test_systemd_restart.py and tests/test_containerd_daemon.py."""
     import time as _time
 
-    from agent import systemd, units
-    from agent.serving import SERVING, Serving
+    from agent.daemons import units
+    from agent.daemons.serving import SERVING, Serving
+    from agent.systemd import client as systemd
+    from agent.systemd import state as systemd_state
 
     since = int((_time.time() + 86400) * 1e6)
 
     def discover(names: Any, **_: Any) -> Any:
-        return systemd.UnitStates("unix:path=/run/dbus/system_bus_socket", tuple(
-            systemd.UnitState(n, "loaded", "active", "running", since, 100 + i) for i, n in enumerate(names)))
+        return systemd_state.UnitStates("unix:path=/run/dbus/system_bus_socket", tuple(
+            systemd_state.UnitState(n, "loaded", "active", "running", since, 100 + i) for i, n in enumerate(names)))
 
     def serving(root: Any, config: Any, containerd_facts: Any, units: Any) -> Any:
-        names = [config.restart.units[0], systemd.kubelet_unit(config.restart.units)]
+        names = [config.restart.units[0], systemd_state.kubelet_unit(config.restart.units)]
         return {}, {n: Serving(SERVING, f"{n}: serving") for n in names}
 
     monkeypatch.setattr(systemd, "discover", discover)

@@ -3,9 +3,10 @@
 from pathlib import Path
 from typing import Dict, Optional
 
-from agent import containerd
-from agent.config import ContainerdSettings
-from agent.fs import NodeRoot
+from agent.base.noderoot import NodeRoot
+from agent.compat.versions import CONTAINERD_VERSION_FILE
+from agent.config.settings import ContainerdSettings
+from agent.containerd import config as containerd
 
 VERSION_TEXT = {
     1: "containerd github.com/containerd/containerd 1.7.27 05044ec0a9a75232cad458027ca83437aae3f4da\n",
@@ -17,7 +18,7 @@ def make_node(base: Path, files: Dict[str, str], daemon_major: Optional[int] = 2
     """A node root under ``base`` with ``files`` (node path -> text) and the containerd version file."""
     base.mkdir(parents=True, exist_ok=True)
     if daemon_major is not None:
-        files = {containerd.CONTAINERD_VERSION_FILE: VERSION_TEXT[daemon_major], **files}
+        files = {CONTAINERD_VERSION_FILE: VERSION_TEXT[daemon_major], **files}
     for node_path, text in files.items():
         p = base / node_path.lstrip("/")
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -56,3 +57,22 @@ def changed_lines(old: str, new: str) -> "tuple[list[str], list[str]]":
             continue
         (removed if line.startswith("-") else added).append(line[1:])
     return removed, added
+
+
+# The golden edits (tests/samples/golden): the file on the node -> what the agent must make of it.
+GOLDEN_CASES = {
+    # name: (the file on the node, what the agent must make of it)
+    "v2, enable_cdi false": ("containerd-v2-nodeadm-nvidia.toml", "golden/v2.value-wrong.toml"),
+    "v2, runtime absent": ("golden/v2.runtime-absent.input.toml", "golden/v2.runtime-absent.toml"),
+    "v3, SystemdCgroup missing": ("containerd-v3-nodeadm-nvidia-no-systemdcgroup.toml",
+                                  "containerd-v3-nodeadm-nvidia.toml"),
+    "v3, runtime absent": ("golden/v3.runtime-absent.input.toml", "golden/v3.runtime-absent.toml"),
+    "merged, three values wrong": ("containerd-v3-nodeadm-merged.toml", "golden/merged.value-wrong.toml"),
+    "merged, runtime absent": ("golden/merged.runtime-absent.input.toml", "golden/merged.runtime-absent.toml"),
+    "migrated, SystemdCgroup missing": ("containerd-v3-migrated.toml", "golden/migrated.value-wrong.toml"),
+    "migrated, runtime absent": ("golden/migrated.runtime-absent.input.toml", "golden/migrated.runtime-absent.toml"),
+    "nvidia-ctk, default runtime and SystemdCgroup missing": ("containerd-conf.d-99-nvidia.toml",
+                                                              "golden/nvidia-ctk.value-wrong.toml"),
+    "nvidia-ctk, runtime absent": ("golden/nvidia-ctk.runtime-absent.input.toml",
+                                   "golden/nvidia-ctk.runtime-absent.toml"),
+}

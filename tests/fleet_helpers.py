@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any, Dict, List, Optional
 
-from agent.timestamps import rfc3339
+from agent.base.timestamps import rfc3339
 from tests.kube_server import ApiServer, new_node
 
 STACK = "k8s 1.35, containerd 2.2.3, toolkit 1.19.0, driver 580.159.03"

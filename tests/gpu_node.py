@@ -69,7 +69,7 @@ def gpu_rows(
     remap: bool = True,
     fabric: Optional[str] = None,
 ) -> List[Dict[str, str]]:
-    """One dict per GPU, field -> the cell nvidia-smi prints for it (agent/smi.py names the fields).
+    """One dict per GPU, field -> the cell nvidia-smi prints for it (agent/nvidia/smi.py names the fields).
 
     ``ecc=False``: a GPU without ECC reporting (``[N/A]``); ``remap=False``: a GPU before row
     remapping (V100, T4: ``[N/A]``, retired pages instead); ``fabric``: ``"Completed"`` on NVSwitch
@@ -100,7 +100,7 @@ def csv_rows(rows: List[Dict[str, str]], fields: Sequence[str]) -> str:
 
 def smi_output(versions: str = DRIVER, gpus: int = 4) -> str:
     """What the agent's query prints on a healthy node (for stand-ins that ignore their arguments)."""
-    from agent import smi
+    from agent.nvidia import smi
 
     return csv_rows(gpu_rows(gpus, versions), smi.FIELDS)
 
@@ -118,7 +118,7 @@ def nvidia_smi(
     for the fields it knows (``known_fields``, default all of ``rows``'), one line per GPU, and refuses
     a query with an unknown field the way nvidia-smi does (``Field "x" is not a valid field to
     query.``, exit 2). ``extra`` is printed after the rows (e.g. a GPU NVML cannot open)."""
-    from agent import smi
+    from agent.nvidia import smi
 
     known = list(known_fields) if known_fields is not None else list(rows[0]) if rows else list(smi.FIELDS)
     lines = ["#!/bin/sh"]
@@ -229,9 +229,9 @@ def nvswitch_side(root: Path, version: str = DRIVER) -> None:
 def known_good_facts() -> "tuple":
     """(DriverFacts, NodeVersions) of the known-good row, for tests whose node cannot run programs
     (pyfakefs): the driver and the version discovery themselves are tested on real files."""
-    from agent import smi
-    from agent.driver import DriverFacts, SmiResult
-    from agent.versions import NodeVersions
+    from agent.compat.versions import NodeVersions
+    from agent.nvidia import smi
+    from agent.nvidia.driver import DriverFacts, SmiResult
 
     devices = tuple(f"/dev/nvidia{i}" for i in range(4))
     driver = DriverFacts(True, DRIVER, None, devices, SmiResult((DRIVER,) * 4, None, table=smi.parse(smi_output())))

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set
 
-from tests.conftest import REPO, SAMPLES, which
+from tests.support.paths import REPO, SAMPLES, which
 
 BUILD_SCRIPT = REPO / "packaging" / "build-rpm.sh"
 REQUIREMENTS = REPO / "packaging" / "bundled-requirements.txt"

@@ -2,7 +2,8 @@
 
 from typing import List, Tuple
 
-from agent.health import CHECK_NAMES, PASS, CheckResult
+from agent.pipeline.health import PASS, CheckResult
+from agent.pipeline.resources import CHECK_NAMES
 
 
 def results(**overrides: Tuple[str, str]) -> List[CheckResult]:

@@ -11,8 +11,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import pytest
 
 from agent import cli
-from tests.conftest import sample
 from tests.gpu_node import gpu_side, write
+from tests.support.paths import sample
 from tests.systemd_harness import BootedSystemd, FakeNodeDaemons, JobRecord, free_port, wait_for_healthz
 
 CONTAINERD = "containerd.service"

@@ -45,8 +45,8 @@ from tests.boot_helpers import (
     probe_unit,
     units_of,
 )
-from tests.conftest import SAMPLES
 from tests.efa_helpers import VERSION, add_rdma_device, installer_script, installer_tarball, sha256
+from tests.support.paths import SAMPLES
 from tests.systemd_harness import BootedSystemd, JobRecord, digest
 
 pytestmark = pytest.mark.root

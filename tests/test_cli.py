@@ -17,17 +17,17 @@ from gi.repository import Gio, GLib  # noqa: F401
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.helpers import set_uid
 
-import agent.allocatable
-import agent.driver  # before the fake filesystem is active, like every module the tests patch
-import agent.fabric
-import agent.gpu
-import agent.kmsg
-import agent.versions
-import agent.xid
+import agent.compat.versions
+import agent.gpu.allocatable
+import agent.gpu.fabric
+import agent.gpu.inventory
+import agent.gpu.kmsg
+import agent.gpu.xid
+import agent.nvidia.driver  # before the fake filesystem is active, like every module the tests patch
 from agent import cli
-from tests.conftest import sample
 from tests.containerd_helpers import VERSION_TEXT
 from tests.gpu_node import known_good_facts
+from tests.support.paths import sample
 
 # The unit checks as on a healthy node: these tests are about files, not systemd (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("units_serving")
@@ -56,8 +56,8 @@ def node(fs: FakeFilesystem, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeFi
     # pyfakefs cannot run nvidia-smi or nvidia-ctk: the GPU driver and component versions are the
     # known-good row's here (test_driver.py and test_compat.py test them on real files).
     driver, versions = known_good_facts()
-    monkeypatch.setattr(agent.driver, "discover", lambda root, **kw: driver)
-    monkeypatch.setattr(agent.versions, "discover", lambda root, *args: versions)
+    monkeypatch.setattr(agent.nvidia.driver, "discover", lambda root, **kw: driver)
+    monkeypatch.setattr(agent.compat.versions, "discover", lambda root, *args: versions)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance metadata either
     fs.create_dir(ROOT)
     yield fs
@@ -155,7 +155,7 @@ def test_atomic_write_keeps_mode(node: FakeFilesystem, capsys: pytest.CaptureFix
 def test_run_does_not_overwrite_a_file_rewritten_while_it_planned(
     node: FakeFilesystem, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agent import plan
+    from agent.pipeline import plan
 
     write(node, {**HEALTHY, CONTAINERD: SAMPLES["containerd-v3-nodeadm-nvidia-no-systemdcgroup.toml"]})
     nodeadm = SAMPLES["containerd-v3-nodeadm-merged.toml"]

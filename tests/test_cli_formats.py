@@ -12,10 +12,10 @@ from typing import List
 import pytest
 
 from agent import cli
-from agent.config import parse_config
-from agent.plan import Plan, Restart, plan_document
-from tests.conftest import REPO, SAMPLES
+from agent.config.load import parse_config
+from agent.pipeline.plan import Plan, Restart, plan_document
 from tests.efa_helpers import converged_node, sha256
+from tests.support.paths import REPO, SAMPLES
 
 # --- --help -----------------------------------------------------------------------------------------
 

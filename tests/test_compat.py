@@ -6,10 +6,10 @@ from typing import Any, Dict
 
 import pytest
 
-from agent import compat
-from agent.compat import KnownGood, Matrix, MatrixError
-from agent.health import PASS, SKIP, WARN
-from agent.versions import NodeVersions
+from agent.compat import matrix as compat
+from agent.compat.matrix import KnownGood, Matrix, MatrixError
+from agent.compat.versions import NodeVersions
+from agent.pipeline.health import PASS, SKIP, WARN
 
 RUNBOOK = dict(kubernetes="1.35.2", containerd="2.2.3", toolkit="1.19.0", driver="580.159.03")
 

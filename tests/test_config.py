@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, config_keys, dump_config, load_config, parse_config
-from agent.errors import ConfigError
+from agent.base.errors import ConfigError
+from agent.config.load import load_config, parse_config
+from agent.config.settings import AgentConfig, config_keys, dump_config
 
 # Every key at its default, as README "Configuration" lists them.
 CONTRACT_EXAMPLE = """\
@@ -152,10 +153,10 @@ def test_the_packaged_config_is_read_without_loading_yaml() -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.paths import REPO
 
     code = (
-        "import sys\nfrom agent.config import parse_config, AgentConfig\n"
+        "import sys\nfrom agent.config.load import parse_config\nfrom agent.config.settings import AgentConfig\n"
         f"c = parse_config(open({str(REPO / 'packaging' / 'config.yaml')!r}).read(), 'config.yaml')\n"
         "assert c.settings() == AgentConfig().settings()\nprint('yaml' in sys.modules)"
     )
@@ -231,12 +232,12 @@ def test_comments_blank_lines_and_document_markers_need_no_yaml_parser(text: str
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.paths import REPO
 
     path = tmp_path / "config.yaml"
     path.write_text(text)
     code = (
-        "import sys\nfrom agent.config import parse_config, AgentConfig\n"
+        "import sys\nfrom agent.config.load import parse_config\nfrom agent.config.settings import AgentConfig\n"
         f"c = parse_config(open({str(path)!r}).read(), 'config.yaml')\n"
         "assert c.settings() == AgentConfig().settings()\nprint('yaml' in sys.modules)"
     )

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config, parse_config
-from agent.config_rules import OUTPUT_DIRS
-from agent.errors import ConfigError
-from agent.fs import MAX_CONFIG_FILE
-from tests.conftest import REPO
+from agent.base.errors import ConfigError
+from agent.base.fs import MAX_CONFIG_FILE
+from agent.config.load import load_config, parse_config
+from agent.config.rules import OUTPUT_DIRS
+from tests.support.paths import REPO
 
 
 def fails(text: str, match: str) -> str:

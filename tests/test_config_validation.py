@@ -10,11 +10,12 @@ from typing import Any, Dict, List, Tuple
 import pytest
 import yaml
 
+from agent.base.errors import ConfigError
 from agent.cli import main
-from agent.config import AgentConfig, config_keys, parse_config
-from agent.config_rules import KUBELET_CONDITIONS, NODE_MONITORING_AGENT_CONDITIONS
-from agent.errors import ConfigError
-from tests.conftest import REPO
+from agent.config.load import parse_config
+from agent.config.rules import KUBELET_CONDITIONS, NODE_MONITORING_AGENT_CONDITIONS
+from agent.config.settings import AgentConfig, config_keys
+from tests.support.paths import REPO
 
 
 def refused(text: str) -> str:
@@ -147,8 +148,8 @@ def test_each_documented_key_is_validated(key: str) -> None:
 def test_each_key_carries_its_rule_in_its_definition() -> None:
     from typing import get_type_hints
 
-    from agent.config import SECTIONS
-    from agent.config_rules import Rule
+    from agent.config.rules import Rule
+    from agent.config.settings import SECTIONS
 
     for section, cls in SECTIONS.items():
         for name, hint in get_type_hints(cls, include_extras=True).items():
@@ -157,8 +158,8 @@ def test_each_key_carries_its_rule_in_its_definition() -> None:
 
 
 def test_every_key_the_validation_names_by_string_is_a_real_key() -> None:
-    from agent import config_parse
-    from agent.config_rules import OUTPUT_DIRS
+    from agent.config import parse as config_parse
+    from agent.config.rules import OUTPUT_DIRS
 
     named = [*OUTPUT_DIRS, *config_parse._MANAGED, *config_parse._OUTPUTS]
     assert set(named) <= set(config_keys()), set(named) - set(config_keys())

@@ -30,11 +30,12 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from agent import containerd_files, cri
-from agent.config import ContainerdSettings
-from agent.fs import NodeRoot
-from tests.conftest import sample
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import ContainerdSettings
+from agent.containerd import cri
+from agent.containerd import files as containerd_files
 from tests.containerd_daemons import Daemon, params
+from tests.support.paths import sample
 from tests.systemd_harness import REAL_CONTAINERD_FILES, BootedSystemd, JobRecord, real_containerd_unit
 from tests.systemd_node import CONTAINERD, KUBELET, SystemdNode
 

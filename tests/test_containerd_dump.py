@@ -14,12 +14,12 @@ from typing import Any, Dict
 import pytest
 import tomlkit
 
-from agent import containerd
-from agent.config import ContainerdSettings
-from agent.fs import NodeRoot
-from tests.conftest import sample
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import ContainerdSettings
+from agent.containerd import config as containerd
 from tests.containerd_daemons import Daemon, params
 from tests.containerd_helpers import apply_all
+from tests.support.paths import sample
 
 KEYS = ("default_runtime_name", "runtime_type", "BinaryName", "SystemdCgroup")
 

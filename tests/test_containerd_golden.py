@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import sample
+from tests.containerd_helpers import GOLDEN_CASES as CASES
 from tests.containerd_helpers import converge, make_node
+from tests.support.paths import sample
 
 CONFIG = "/etc/containerd/config.toml"
 LAYOUTS = {
@@ -21,22 +22,6 @@ LAYOUTS = {
     "merged": "containerd-v3-nodeadm-merged.toml",
     "migrated": "containerd-v3-migrated.toml",
     "nvidia-ctk": "containerd-conf.d-99-nvidia.toml",  # the layout nvidia-ctk writes, loaded as the config
-}
-CASES = {
-    # name: (the file on the node, what the agent must make of it)
-    "v2, enable_cdi false": ("containerd-v2-nodeadm-nvidia.toml", "golden/v2.value-wrong.toml"),
-    "v2, runtime absent": ("golden/v2.runtime-absent.input.toml", "golden/v2.runtime-absent.toml"),
-    "v3, SystemdCgroup missing": ("containerd-v3-nodeadm-nvidia-no-systemdcgroup.toml",
-                                  "containerd-v3-nodeadm-nvidia.toml"),
-    "v3, runtime absent": ("golden/v3.runtime-absent.input.toml", "golden/v3.runtime-absent.toml"),
-    "merged, three values wrong": ("containerd-v3-nodeadm-merged.toml", "golden/merged.value-wrong.toml"),
-    "merged, runtime absent": ("golden/merged.runtime-absent.input.toml", "golden/merged.runtime-absent.toml"),
-    "migrated, SystemdCgroup missing": ("containerd-v3-migrated.toml", "golden/migrated.value-wrong.toml"),
-    "migrated, runtime absent": ("golden/migrated.runtime-absent.input.toml", "golden/migrated.runtime-absent.toml"),
-    "nvidia-ctk, default runtime and SystemdCgroup missing": ("containerd-conf.d-99-nvidia.toml",
-                                                              "golden/nvidia-ctk.value-wrong.toml"),
-    "nvidia-ctk, runtime absent": ("golden/nvidia-ctk.runtime-absent.input.toml",
-                                   "golden/nvidia-ctk.runtime-absent.toml"),
 }
 
 

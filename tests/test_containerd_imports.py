@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import containerd
-from agent.config import ContainerdSettings
-from agent.errors import NodeFileError
-from tests.conftest import sample
+from agent.base.errors import NodeFileError
+from agent.config.settings import ContainerdSettings
+from agent.containerd import config as containerd
 from tests.containerd_helpers import converge, make_node, reconcile
+from tests.support.paths import sample
 
 CONFIG = "/etc/containerd/config.toml"
 DROPIN = "/etc/containerd/conf.d/99-nvidia.toml"

@@ -19,8 +19,8 @@ import tomlkit
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from agent import containerd
-from agent.config import ContainerdSettings
+from agent.config.settings import ContainerdSettings
+from agent.containerd import config as containerd
 from tests.containerd_helpers import make_node
 
 MANAGED = ("enable_cdi", "default_runtime_name", "runtime_type", "BinaryName", "SystemdCgroup")

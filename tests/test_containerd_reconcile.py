@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import containerd
-from agent.config import ContainerdSettings
-from tests.conftest import sample
+from agent.config.settings import ContainerdSettings
+from agent.containerd import config as containerd
 from tests.containerd_helpers import changed_lines, converge, make_node, reconcile
+from tests.support.paths import sample
 
 CONFIG = "/etc/containerd/config.toml"
 V3 = sample("containerd-v3-nodeadm-nvidia.toml")

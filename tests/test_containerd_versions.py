@@ -13,11 +13,12 @@ from typing import Any, Dict, List, Tuple
 import pytest
 import tomlkit
 
-from agent import containerd
-from agent.config import ContainerdSettings
-from agent.fs import NodeRoot
+from agent.base.noderoot import NodeRoot
+from agent.compat.versions import CONTAINERD_VERSION_FILE
+from agent.config.settings import ContainerdSettings
+from agent.containerd import config as containerd
 from tests.containerd_daemons import DAEMONS, Daemon
-from tests.test_containerd_golden import CASES as GOLDEN_CASES
+from tests.containerd_helpers import GOLDEN_CASES
 
 SAMPLES = Path(__file__).parent / "samples"
 CONFIG = "/etc/containerd/config.toml"
@@ -81,7 +82,7 @@ def node(base: Path, daemon: Daemon, name: str) -> Tuple[NodeRoot, Path]:
     config = base / CONFIG.lstrip("/")
     config.parent.mkdir(parents=True)
     config.write_bytes((SAMPLES / name).read_bytes())
-    version = base / containerd.CONTAINERD_VERSION_FILE.lstrip("/")
+    version = base / CONTAINERD_VERSION_FILE.lstrip("/")
     version.parent.mkdir(parents=True)
     version.write_text(daemon.version_text())
     return NodeRoot(str(base)), config

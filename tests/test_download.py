@@ -1,4 +1,4 @@
-"""The downloader alone (agent/download.py), not through the EFA cache: any file, any name, its
+"""The downloader alone (agent/efa/download.py), not through the EFA cache: any file, any name, its
 caller's wording and logger, against a real loopback HTTP server (tests/efa_helpers.py).
 
 The EFA wording, retries, proxies, TLS and hostile servers: tests/test_efa_fetch.py and
@@ -12,8 +12,8 @@ from typing import Iterator, List
 
 import pytest
 
-from agent import download
-from agent.download import DownloadOptions, DownloadPolicy, Wording
+from agent.efa import download
+from agent.efa.download import DownloadOptions, DownloadPolicy, Wording
 from tests.efa_helpers import InstallerServer
 
 BODY = os.urandom(300 * 1024)

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import driver, process, versions
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, WARN
+from agent.base import process
+from agent.base.noderoot import NodeRoot
+from agent.compat import versions
+from agent.nvidia import driver
+from agent.pipeline.health import FAIL, PASS, WARN
 from tests.gpu_node import DRIVER, PROC_VERSION_TEXT, healthy_gpu_node, smi_output, tool, write
 
 SAMPLES = Path(__file__).resolve().parent / "samples"

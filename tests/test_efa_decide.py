@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import efa
+from agent.base.noderoot import NodeRoot
 from agent.cli import main
-from agent.config import EfaSettings
+from agent.config.settings import EfaSettings
+from agent.efa import decision as efa_decision
 from agent.efa import facts as efa_facts
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN
 from tests.efa_helpers import LIBFABRIC, converged_node, efa_node, write_config, write_installed
 
 # The unit checks as on a healthy node: these tests are about files, not systemd (tests/conftest.py).
@@ -21,8 +21,8 @@ SHA = "ab" * 32
 PINNED = EfaSettings(sha256=SHA)  # version 1.48.0, install auto
 
 
-def facts(root: Path, settings: EfaSettings = PINNED) -> efa.EfaFacts:
-    return efa.discover(NodeRoot(str(root)), settings)
+def facts(root: Path, settings: EfaSettings = PINNED) -> efa_facts.EfaFacts:
+    return efa_facts.discover(NodeRoot(str(root)), settings)
 
 
 # --- discovery ----------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def test_cached_tarball_is_noticed(tmp_path: Path) -> None:
 
 
 def decide(root: Path, settings: EfaSettings = PINNED):  # type: ignore[no-untyped-def]
-    return efa.decide(facts(root, settings), settings, NodeRoot(str(root)))
+    return efa_decision.decide(facts(root, settings), settings, NodeRoot(str(root)))
 
 
 def test_not_installed_with_hardware_installs(tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def test_installer_args_that_break_the_node_are_refused(tmp_path: Path, arg: str
     action, problems = decide(root, settings)
     assert not action.install
     assert f"efa.installer_args has {arg}: " in problems[0]
-    result = efa.check(facts(root, settings), settings)
+    result = efa_decision.check(facts(root, settings), settings)
     assert result.status == FAIL and f"efa.installer_args has {arg}" in result.message
 
 
@@ -188,7 +188,7 @@ def test_a_cached_tarball_is_named_in_the_plan(tmp_path: Path) -> None:
 def test_the_url_is_always_pinned() -> None:
     assert efa_facts.installer_url(EfaSettings(base_url="https://mirror.example.com/efa/")) == (
         "https://mirror.example.com/efa/aws-efa-installer-1.48.0.tar.gz")
-    with pytest.raises(efa.EfaError, match="not a pinned version"):
+    with pytest.raises(efa_facts.EfaError, match="not a pinned version"):
         efa_facts.tarball_name("latest")
 
 
@@ -196,7 +196,7 @@ def test_the_url_is_always_pinned() -> None:
 
 
 def test_check_skips_without_hardware(tmp_path: Path) -> None:
-    result = efa.check(facts(efa_node(tmp_path / "n", efa=False)), PINNED)
+    result = efa_decision.check(facts(efa_node(tmp_path / "n", efa=False)), PINNED)
     assert result.status == SKIP
     assert result.message == "no EFA device under /sys/class/infiniband: not applicable"
 
@@ -204,7 +204,7 @@ def test_check_skips_without_hardware(tmp_path: Path) -> None:
 def test_check_passes_at_the_pin(tmp_path: Path) -> None:
     root = efa_node(tmp_path / "n")
     write_installed(root, "1.48.0")
-    result = efa.check(facts(root), PINNED)
+    result = efa_decision.check(facts(root), PINNED)
     assert result.status == PASS
     assert result.message == f"EFA userspace 1.48.0, libfabric {LIBFABRIC} (rdmap0s6)"
     assert result.details["devices"] == ["rdmap0s6"]
@@ -213,23 +213,23 @@ def test_check_passes_at_the_pin(tmp_path: Path) -> None:
 def test_check_fails_when_the_userspace_is_missing_or_another_version(tmp_path: Path) -> None:
     root = efa_node(tmp_path / "n")
     write_installed(root, "1.48.0", fi_info=False)
-    result = efa.check(facts(root), PINNED)
+    result = efa_decision.check(facts(root), PINNED)
     assert result.status == FAIL and "--minimal" in result.message and "run` installs it" in result.message
     write_installed(root, "1.47.0")
-    assert efa.check(facts(root), PINNED).message.startswith("installed 1.47.0, pinned 1.48.0")
+    assert efa_decision.check(facts(root), PINNED).message.startswith("installed 1.47.0, pinned 1.48.0")
 
 
 def test_check_without_sha256_fails_with_the_way_to_get_it(tmp_path: Path) -> None:
-    result = efa.check(facts(efa_node(tmp_path / "n")), EfaSettings())
+    result = efa_decision.check(facts(efa_node(tmp_path / "n")), EfaSettings())
     assert result.status == FAIL and "sha256sum" in result.message
 
 
 def test_check_with_install_never(tmp_path: Path) -> None:
     root = efa_node(tmp_path / "n")
     never = PINNED._replace(install="never")
-    assert efa.check(facts(root), never).status == WARN
+    assert efa_decision.check(facts(root), never).status == WARN
     write_installed(root, "1.38.0")
-    result = efa.check(facts(root), never)
+    result = efa_decision.check(facts(root), never)
     assert result.status == PASS and "not managed" in result.message
 
 
@@ -237,7 +237,7 @@ def test_check_warns_when_fi_info_is_broken(tmp_path: Path) -> None:
     root = efa_node(tmp_path / "n")
     write_installed(root, "1.48.0")
     (root / "opt/amazon/efa/bin/fi_info").write_text("#!/bin/sh\nexit 1\n")
-    assert efa.check(facts(root), PINNED).status == WARN
+    assert efa_decision.check(facts(root), PINNED).status == WARN
 
 
 # --- through the command line ---------------------------------------------------------------------

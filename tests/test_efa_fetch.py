@@ -11,13 +11,13 @@ from typing import Iterator, List
 
 import pytest
 
-from agent import download, efa
+from agent.base.noderoot import NodeRoot
+from agent.base.retry import backoff
 from agent.cli import main
-from agent.config import EfaSettings
-from agent.download import DownloadOptions
-from agent.efa import cache
-from agent.fs import NodeRoot
-from agent.retry import backoff
+from agent.config.settings import EfaSettings
+from agent.efa import cache, download
+from agent.efa import facts as efa_facts
+from agent.efa.download import DownloadOptions
 from tests.efa_helpers import (
     VERSION,
     ConnectProxy,
@@ -380,7 +380,7 @@ def test_interrupted_downloads_are_cleaned_up(root: Path, server: InstallerServe
 
 
 def test_without_sha256_nothing_is_downloaded(root: Path, server: InstallerServer) -> None:
-    with pytest.raises(efa.EfaError, match=r"neither efa\.sha256 nor efa\.gpg_fingerprint is set"):
+    with pytest.raises(efa_facts.EfaError, match=r"neither efa\.sha256 nor efa\.gpg_fingerprint is set"):
         fetch(root, EfaSettings(base_url=server.base_url), Sleeps())
     assert server.gets() == []
 

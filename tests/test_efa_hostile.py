@@ -1,4 +1,4 @@
-"""A hostile download server and killed runs against agent/download.py and agent/efa/install.py: the
+"""A hostile download server and killed runs against agent/efa/download.py and agent/efa/install.py: the
 overall deadline bounds every socket read, the installer dies with the agent, a live one from an
 earlier run is never raced."""
 
@@ -15,11 +15,10 @@ from typing import Iterator
 
 import pytest
 
-from agent import download
-from agent.config import EfaSettings
-from agent.efa import install
-from agent.fs import NodeRoot
-from tests.conftest import REPO
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import EfaSettings
+from agent.efa import download, install
+from tests.support.paths import REPO
 
 
 class TrickleServer:

@@ -14,12 +14,14 @@ from typing import Iterator, List, Optional
 
 import pytest
 
-from agent import download, efa, log, safetar
+from agent.base import log
+from agent.base.noderoot import NodeRoot
 from agent.cli import main
-from agent.config import EfaSettings
-from agent.download import DownloadOptions
-from agent.efa import cache, install
-from agent.fs import NodeRoot
+from agent.config.settings import EfaSettings
+from agent.efa import cache, download, install, safetar
+from agent.efa import decision as efa_decision
+from agent.efa import facts as efa_facts
+from agent.efa.download import DownloadOptions
 from tests.efa_helpers import (
     EXPECTED,
     HOSTILE,
@@ -70,8 +72,9 @@ def seeded_cache(root: Path, data: bytes, version: str = VERSION) -> EfaSettings
     return EfaSettings(version=version, sha256=sha256(data), base_url="http://127.0.0.1:9")
 
 
-def action_for(root: Path, settings: EfaSettings) -> efa.EfaAction:
-    action, problems = efa.decide(efa.discover(NodeRoot(str(root)), settings), settings, NodeRoot(str(root)))
+def action_for(root: Path, settings: EfaSettings) -> efa_decision.EfaAction:
+    node = NodeRoot(str(root))
+    action, problems = efa_decision.decide(efa_facts.discover(node, settings), settings, node)
     assert action.install and not problems
     return action
 

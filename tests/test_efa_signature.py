@@ -13,15 +13,14 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from agent import download
+from agent.base.noderoot import NodeRoot
 from agent.cli import main
-from agent.config import EfaSettings
-from agent.download import DownloadOptions
-from agent.efa import cache
+from agent.config.settings import EfaSettings
+from agent.efa import cache, download
+from agent.efa.download import DownloadOptions
 from agent.efa.signature import SignatureError
-from agent.fs import NodeRoot
-from tests.conftest import which
 from tests.efa_helpers import VERSION, InstallerServer, converged_node, installer_script, installer_tarball, sha256
+from tests.support.paths import which
 
 pytestmark = pytest.mark.usefixtures("units_serving")  # containerd and kubelet as on a healthy node
 TARBALL = f"/aws-efa-installer-{VERSION}.tar.gz"

@@ -13,9 +13,12 @@ from typing import Any, Callable, Dict
 
 import pytest
 
-from agent import cli, driver, fabric, systemd
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN
+from agent import cli
+from agent.base.noderoot import NodeRoot
+from agent.gpu import fabric
+from agent.nvidia import driver
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN
+from agent.systemd import client as systemd
 from tests.gpu_node import DRIVER, gpu_rows, healthy_gpu_node, nvidia_smi, tool, write
 from tests.systemd_harness import BootedSystemd
 

@@ -12,7 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from agent import cli, fleet
+from agent import cli
+from agent.report import fleet
 from tests import fleet_helpers as fh
 from tests.kube_server import ApiServer
 

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 FIND = REPO / "scripts" / "find-python39.sh"
 

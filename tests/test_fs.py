@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import LockBusy, NodeFileError
-from agent.fs import LOCK_PATH, NodeRoot, atomic_write, read_text, run_lock
-from tests.conftest import REPO, sample
+from agent.base.errors import LockBusy, NodeFileError
+from agent.base.fs import LOCK_PATH, atomic_write, read_text, run_lock
+from agent.base.noderoot import NodeRoot
+from tests.support.paths import REPO, sample
 
 
 def test_atomic_write_keeps_mode_and_owner(tmp_path: Path, need_root: None) -> None:
@@ -142,7 +143,7 @@ def test_a_second_run_exits_75_while_the_first_holds_the_lock(tmp_path: Path) ->
     (node / "etc/containerd/config.toml").write_text(sample("containerd-v3-nodeadm-nvidia.toml"))
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from agent.fs import NodeRoot, run_lock\n"
+         "import sys, time; from agent.base.fs import run_lock; from agent.base.noderoot import NodeRoot\n"
          f"with run_lock(NodeRoot({str(node)!r}), 5):\n"
          "    print('locked', flush=True); time.sleep(30)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True,

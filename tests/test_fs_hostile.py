@@ -1,4 +1,4 @@
-"""Hostile and unlucky input against agent/fs.py: --root confinement, bounded reads, the run lock,
+"""Hostile and unlucky input against agent/base/fs.py: --root confinement, bounded reads, the run lock,
 compare-and-swap writes, and writes on read-only or full filesystems (real mounts, as root)."""
 
 import errno
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import fs
-from agent.errors import NodeFileError, NodeFileMissing
-from agent.fs import LOCK_PATH, NodeRoot, atomic_write, read_bytes, read_text, remove_stale_temp_files, run_lock
-from tests.conftest import REPO
+from agent.base import fs
+from agent.base.errors import NodeFileError, NodeFileMissing
+from agent.base.fs import LOCK_PATH, atomic_write, read_bytes, read_text, remove_stale_temp_files, run_lock
+from agent.base.noderoot import NodeRoot
+from tests.support.paths import REPO
 
 
 def tree(tmp_path: Path) -> "tuple[NodeRoot, Path, Path]":
@@ -148,8 +149,8 @@ def test_a_lock_that_is_not_a_regular_file_of_ours_is_refused(tmp_path: Path, ne
 
 def test_a_writer_racing_the_swap_keeps_its_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """nodeadm re-renders the file after the agent compared it: the agent must not overwrite that."""
-    from agent.apply import write_edit
-    from agent.fs import FileEdit
+    from agent.base.fs import FileEdit
+    from agent.pipeline.apply import write_edit
 
     target = tmp_path / "config.toml"
     target.write_text("planned-from\n")
@@ -249,8 +250,8 @@ def in_mount_namespace(script: str) -> subprocess.CompletedProcess:
 WRITE_SCRIPT = """
 import sys
 from pathlib import Path
-from agent.errors import NodeFileError
-from agent.fs import atomic_write
+from agent.base.errors import NodeFileError
+from agent.base.fs import atomic_write
 try:
     atomic_write(Path(sys.argv[1]), b"new\\n")
 except NodeFileError as exc:  # anything else is a traceback, and fails the test
@@ -296,7 +297,7 @@ def test_run_start_removes_temp_files_of_killed_runs(tmp_path: Path) -> None:
 def test_a_node_program_that_is_an_absolute_symlink_runs_from_the_tree(tmp_path: Path) -> None:
     """A mounted image's /usr/bin/nvidia-ctk -> /opt/ctk/nvidia-ctk is the image's program, never the
     build host's (which need not exist, or may be another program)."""
-    from agent import versions
+    from agent.compat import versions
 
     root = tmp_path / "node"
     (root / "opt/ctk").mkdir(parents=True)

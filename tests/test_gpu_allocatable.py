@@ -12,11 +12,15 @@ from typing import Any, Optional
 
 import pytest
 
-from agent import allocatable, cli, driver, gpu
-from agent.config import AgentConfig, parse_config
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN
-from agent.systemd import UnitState, UnitStates
+from agent import cli
+from agent.base.noderoot import NodeRoot
+from agent.config.load import parse_config
+from agent.config.settings import AgentConfig
+from agent.gpu import allocatable
+from agent.kube import node as kube_node
+from agent.nvidia import driver
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN
+from agent.systemd.state import UnitState, UnitStates
 from tests.gpu_node import NODE_NAME, healthy_gpu_node, write
 from tests.kube_helpers import FakeAws, accept_fake_aws_tokens, write_kubeconfig
 from tests.kube_server import ApiServer
@@ -47,8 +51,8 @@ def kubelet(started_ago: Optional[float]) -> UnitStates:
 def evaluate(root: Path, config: AgentConfig = AgentConfig(), *, started_ago: Optional[float] = 30.0,
              efa_devices: int = 0) -> Any:
     node = NodeRoot(str(root))
-    read = allocatable.read_node(node, config)
-    seen = gpu.gpus_seen(driver.discover(node))
+    read = kube_node.read_node(node, config)
+    seen = driver.gpus_seen(driver.discover(node))
     return allocatable.check(read, config, gpus=seen, efa_devices=efa_devices, units=kubelet(started_ago),
                              kubelet_unit="kubelet.service", now=NOW)
 

@@ -14,9 +14,11 @@ from typing import List
 
 import pytest
 
-from agent import cli, driver, kmsg, xid
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN
+from agent import cli
+from agent.base.noderoot import NodeRoot
+from agent.gpu import kmsg, xid
+from agent.nvidia import driver
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN
 from tests.gpu_node import BOOT_KMSG, gpu_rows, healthy_gpu_node, kmsg_record, nvidia_smi, write
 
 # Real XID reports (NVIDIA's catalog and public bug reports): the kernel names the GPU without a function.

@@ -11,10 +11,12 @@ from typing import List
 
 import pytest
 
-from agent import driver, gpu, smi
-from agent.config import AgentConfig, parse_config
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN
+from agent.base.noderoot import NodeRoot
+from agent.config.load import parse_config
+from agent.config.settings import AgentConfig
+from agent.gpu import inventory as gpu
+from agent.nvidia import driver, smi
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN
 from tests.gpu_node import DRIVER, csv_rows, gpu_rows, healthy_gpu_node, nvidia_smi, write
 from tests.imds_server import ImdsServer
 

@@ -4,8 +4,7 @@ from typing import Iterator
 
 import pytest
 
-from agent.config import ImdsSettings
-from agent.imds import (
+from agent.aws.imds import (
     DEFAULT_ENDPOINT,
     IPV6_ENDPOINT,
     TOKEN_REFRESH_MARGIN,
@@ -16,6 +15,7 @@ from agent.imds import (
     disabled_by_env,
     resolve_endpoint,
 )
+from agent.config.settings import ImdsSettings
 from tests.imds_server import ImdsServer
 from tests.kube_helpers import FakeTime
 

@@ -19,9 +19,9 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import pytest
 
-from tests.conftest import REPO, sample
 from tests.gpu_node import healthy_gpu_node
 from tests.packaging_helpers import LIBDIR, built_rpm, install, launcher, python39, run, scratch_dir
+from tests.support.paths import REPO, sample
 from tests.systemd_harness import BootedSystemd
 from tests.systemd_node import CONTAINERD, KUBELET, SystemdNode
 

@@ -10,10 +10,11 @@ from typing import Any, Dict
 import pytest
 import trustme
 
-from agent import log
-from agent.fs import NodeRoot
-from agent.kube import KubeClient
-from agent.kube_errors import (
+from agent.base import log
+from agent.base.noderoot import NodeRoot
+from agent.base.retry import Deadline
+from agent.kube.client import KubeClient
+from agent.kube.errors import (
     ExecPluginError,
     KubeconfigError,
     KubeError,
@@ -21,9 +22,8 @@ from agent.kube_errors import (
     KubeNotFound,
     KubeUnauthorized,
 )
-from agent.kube_http import bypass_proxy
-from agent.kubeconfig import Cluster, Kubeconfig, load_kubeconfig
-from agent.retry import Deadline
+from agent.kube.http import bypass_proxy
+from agent.kube.kubeconfig import Cluster, Kubeconfig, load_kubeconfig
 from tests.kube_helpers import (
     NODE,
     NODE_USER,

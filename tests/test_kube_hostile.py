@@ -1,5 +1,5 @@
-"""Hostile credentials and kubeconfigs against the Kubernetes client (agent/kubeconfig.py,
-agent/kube_credentials.py, agent/kube_exec.py, agent/kube.py): tokens validated on load and never
+"""Hostile credentials and kubeconfigs against the Kubernetes client (agent/kube/kubeconfig.py,
+agent/kube/credentials.py, agent/kube/exec.py, agent/kube/client.py): tokens validated on load and never
 shown, kubeconfig-relative paths confined under --root, bounded YAML, validated node names."""
 
 import json
@@ -9,12 +9,12 @@ from typing import Any, Dict
 
 import pytest
 
-from agent.fs import NodeRoot
-from agent.kube import KubeClient
-from agent.kube_errors import ExecPluginError, KubeconfigError, KubeError
-from agent.kubeconfig import load_kubeconfig
-from agent.retry import Deadline
-from agent.tokens import redact
+from agent.base.noderoot import NodeRoot
+from agent.base.retry import Deadline
+from agent.kube.client import KubeClient
+from agent.kube.errors import ExecPluginError, KubeconfigError, KubeError
+from agent.kube.kubeconfig import load_kubeconfig
+from agent.kube.tokens import redact
 from tests.kube_helpers import NODE, NODE_USER, write_kubeconfig, write_node_file
 from tests.kube_server import ApiServer
 

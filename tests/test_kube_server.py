@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import pytest
 
-from agent import events
+from agent.report import events
 from tests.kube_helpers import NODE, NODE_USER
 from tests.kube_server import MERGE, STRATEGIC, ApiServer, merge_patch, strategic_merge_patch
 

@@ -9,8 +9,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from agent import log
-from tests.conftest import REPO
+from agent.base import log
+from tests.support.paths import REPO
 
 
 @pytest.fixture(autouse=True)

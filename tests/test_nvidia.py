@@ -5,11 +5,11 @@ from typing import Optional
 
 import pytest
 
-from agent import nvidia
-from agent.config import NvidiaRuntimeSettings
-from agent.errors import NodeFileError
-from agent.fs import NodeRoot
-from tests.conftest import sample
+from agent.base.errors import NodeFileError
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import NvidiaRuntimeSettings
+from agent.nvidia import toolkit as nvidia
+from tests.support.paths import sample
 
 PATH = "/etc/nvidia-container-runtime/config.toml"
 DEFAULT = sample("nvidia-container-runtime-default.toml")

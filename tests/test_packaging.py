@@ -12,9 +12,9 @@ from typing import Dict, List
 import pytest
 
 from agent import __version__
-from agent.config import AgentConfig, config_keys, parse_config
-from agent.health import exit_code_for
-from tests.conftest import REPO, which
+from agent.config.load import parse_config
+from agent.config.settings import AgentConfig, config_keys
+from agent.pipeline.health import exit_code_for
 from tests.packaging_helpers import (
     LIBDIR,
     LICENSES,
@@ -36,6 +36,7 @@ from tests.packaging_helpers import (
     with_bytecode,
     with_parents,
 )
+from tests.support.paths import REPO, which
 
 DISTRO_REQUIRES = {"python3", "python3-requests", "python3-pyyaml", "python3-gobject-base", "systemd",
                    "/usr/bin/gpg", "/usr/bin/gpgv"}

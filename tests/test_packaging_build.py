@@ -14,7 +14,6 @@ from typing import Dict, List, Optional
 import pytest
 
 from agent import __version__
-from tests.conftest import REPO, which
 from tests.packaging_helpers import (
     LIBDIR,
     LICENSE_DIR,
@@ -33,6 +32,7 @@ from tests.packaging_helpers import (
     scratch_dir,
     simulated_node,
 )
+from tests.support.paths import REPO, which
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,7 @@ def test_bytecode_is_compiled_for_python_3_9_and_used_as_installed(installed: Pa
     loaded = set(re.findall(rf"^# code object from '?({re.escape(str(libdir))}/\S+?\.pyc)'?$", proc.stderr,
                             re.MULTILINE))
     assert f"{libdir}/agent/__pycache__/cli.cpython-39.pyc" in loaded
-    assert f"{libdir}/agent/__pycache__/checks.cpython-39.pyc" in loaded
+    assert f"{libdir}/agent/pipeline/__pycache__/resources.cpython-39.pyc" in loaded
     assert not re.search(rf"^# code object from '?{re.escape(str(libdir))}/\S+\.py'?$", proc.stderr, re.MULTILINE)
 
 

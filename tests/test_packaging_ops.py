@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional
 import pytest
 import yaml
 
-from agent.health import FAIL, PASS, WARN, CheckResult, report_document
-from tests.conftest import REPO, which
+from agent.pipeline.health import FAIL, PASS, WARN, CheckResult
+from agent.report.document import report_document
 from tests.packaging_helpers import (
     SYSTEM_PYTHON,
     built_rpm,
@@ -19,6 +19,7 @@ from tests.packaging_helpers import (
     run,
     simulated_node,
 )
+from tests.support.paths import REPO, which
 
 PACKAGING = REPO / "packaging"
 SSM_DOCUMENT = PACKAGING / "ssm-gpu-node-agent-check.yaml"

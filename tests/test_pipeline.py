@@ -1,4 +1,4 @@
-"""The resources listed once (agent/pipeline.py): discovery, the plan and the checks iterate one list.
+"""The resources listed once (agent/pipeline/contract.py): discovery, the plan and the checks iterate one list.
 
 A node resource added the way the README says (one module with a ``RESOURCE``, one entry in
 ``RESOURCES``) shows up in ``check``, ``plan`` and ``run``'s restart decision with no other edit;
@@ -10,21 +10,24 @@ import io
 import os
 import socket
 import subprocess
-import sys
-import types
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import pytest
 
-from agent import checks, health, node, pipeline, plan
-from agent.config import AgentConfig
-from agent.fs import FileEdit, NodeRoot, read_text
-from agent.health import FAIL, PASS, CheckResult
-from agent.nvidia import ENVVAR_KNOB
-from agent.pipeline import Discovery, Entry, Planned, Resource, RestartNeed, read_or_error
-from tests.conftest import sample
+from agent.base.fs import FileEdit, read_text
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import AgentConfig
+from agent.nvidia.toolkit import ENVVAR_KNOB
+from agent.pipeline import contract as pipeline
+from agent.pipeline import plan
+from agent.pipeline import resources as node
+from agent.pipeline.contract import Discovery, Planned, Resource, RestartNeed, read_or_error
+from agent.pipeline.health import FAIL, PASS, CheckResult
+from agent.pipeline.resources import Entry
+from agent.report import document as report_doc
 from tests.gpu_node import healthy_gpu_node
+from tests.support.paths import sample
 
 pytestmark = pytest.mark.usefixtures("units_serving")
 
@@ -39,18 +42,19 @@ class RegistryMirror(Resource):
         path = node.root.path(REGISTRY)
         return {"registry": read_or_error(lambda: (path, read_text(path)))}
 
-    def check(self, facts: node.NodeFacts, config: AgentConfig) -> List[CheckResult]:
+    def check(self, facts: pipeline.NodeFacts, config: AgentConfig) -> List[CheckResult]:
         _path, text = facts.get("registry")
         ok = text == WANTED
         return [CheckResult("registry-mirror", PASS if ok else FAIL, "as wanted" if ok else "drifted")]
 
-    def plan(self, facts: node.NodeFacts, config: AgentConfig) -> Planned:
+    def plan(self, facts: pipeline.NodeFacts, config: AgentConfig) -> Planned:
         path, text = facts.get("registry")
         if text == WANTED:
             return Planned()
         return Planned((FileEdit(path, text, WANTED, ("server: the mirror",), "registry-mirror"),))
 
-    def restart_needs(self, facts: node.NodeFacts, edits: Sequence[FileEdit], config: AgentConfig) -> List[RestartNeed]:
+    def restart_needs(self, facts: pipeline.NodeFacts, edits: Sequence[FileEdit],
+                      config: AgentConfig) -> List[RestartNeed]:
         if any(e.path == facts.root.path(REGISTRY) for e in edits):
             return [RestartNeed("the registry mirror changes", from_edit=True)]
         return []
@@ -58,10 +62,7 @@ class RegistryMirror(Resource):
 
 @pytest.fixture
 def with_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = types.ModuleType("registry_mirror")
-    module.RESOURCE = RegistryMirror()  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "registry_mirror", module)
-    monkeypatch.setattr(pipeline, "RESOURCES", (*pipeline.RESOURCES, Entry("registry_mirror")))
+    monkeypatch.setattr(node, "RESOURCES", (*node.RESOURCES, Entry(RegistryMirror())))
 
 
 def converged(root: Path) -> NodeRoot:
@@ -74,9 +75,9 @@ def converged(root: Path) -> NodeRoot:
 def test_a_new_resource_is_one_module_and_one_entry(tmp_path: Path, with_registry: None) -> None:
     root, config = converged(tmp_path / "node"), AgentConfig()
     facts = node.discover(root, config)
-    results = checks.evaluate(facts, config)
+    results = node.evaluate(facts, config)
     assert results[-1] == CheckResult("registry-mirror", FAIL, "drifted")
-    assert health.render_table(results).splitlines()[-2].startswith("registry-mirror        fail    drifted")
+    assert report_doc.render_table(results).splitlines()[-2].startswith("registry-mirror        fail    drifted")
     the_plan = plan.make_plan(facts, config)
     assert [e.path for e in the_plan.edits] == [root.path(REGISTRY)]
     assert [(r.unit, r.reason, r.rollback_on_failure) for r in the_plan.restarts] == [
@@ -89,13 +90,13 @@ def test_a_new_resource_is_one_module_and_one_entry(tmp_path: Path, with_registr
 
 def test_checks_come_in_the_order_of_the_list(tmp_path: Path) -> None:
     root, config = NodeRoot(str(healthy_gpu_node(tmp_path / "node"))), AgentConfig()
-    names = [r.name for r in checks.evaluate(node.discover(root, config), config)]
+    names = [r.name for r in node.evaluate(node.discover(root, config), config)]
     first = ["containerd-config", "containerd-running", "kubelet-running", "nvidia-runtime-config", "nvidia-driver",
-             "compatibility", "efa"]
+             "efa", "compatibility"]
     assert names == first
-    gpu = [r.name for r in checks.evaluate(node.discover(root, config, gpu_health=True), config)]
+    gpu = [r.name for r in node.evaluate(node.discover(root, config, gpu_health=True), config)]
     assert gpu == [*first, "gpu-inventory", "gpu-allocatable", "nvidia-fabricmanager", "gpu-errors"]
-    assert sorted(gpu) == sorted(health.CHECK_NAMES)
+    assert sorted(gpu) == sorted(node.CHECK_NAMES)
 
 
 def test_planning_reads_nothing_from_the_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""The one process runner (agent/process.py): a collected run, and the streaming run the EFA
+"""The one process runner (agent/base/process.py): a collected run, and the streaming run the EFA
 installer uses (its end-to-end cases: tests/test_efa_install.py, tests/test_efa_hostile.py)."""
 
 import os
@@ -8,7 +8,7 @@ from typing import List
 
 import pytest
 
-from agent import process
+from agent.base import process
 
 
 def test_run_says_why_it_cannot_start_and_run_tool_answers_none(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from agent import download, log, progress
-from agent.config import EfaSettings
-from agent.download import DownloadOptions
-from agent.efa import cache, install
-from agent.fs import NodeRoot
+from agent.base import log, progress
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import EfaSettings
+from agent.efa import cache, download, install
+from agent.efa.download import DownloadOptions
 from tests.efa_helpers import VERSION, InstallerServer, installer_script, installer_tarball, sha256
 
 

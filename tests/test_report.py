@@ -10,11 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import kubelet, report
-from agent.config import AgentConfig, ImdsSettings, ReportSettings
-from agent.fs import NodeRoot
-from agent.health import CHECK_NAMES, FAIL, PASS, SKIP, WARN, CheckResult, report_document
-from agent.imds import ImdsClient
+from agent.aws.imds import ImdsClient
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import AgentConfig, ImdsSettings, ReportSettings
+from agent.daemons import kubelet
+from agent.kube import node as kube_node
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline.resources import CHECK_NAMES
+from agent.report import node_content, report
+from agent.report.document import report_document
 from tests.imds_server import ImdsServer
 from tests.kube_helpers import (
     NODE,
@@ -43,12 +47,12 @@ def results(**statuses: str) -> List[CheckResult]:
 
 def test_small_report_is_complete_and_compact() -> None:
     doc = report_document(results(), ["/etc/containerd/config.toml: SystemdCgroup = true"], now=NOW)
-    text = report.compact_report(doc)
+    text = node_content.compact_report(doc)
     parsed = json.loads(text)
     assert text == json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)  # compact
     assert list(parsed) == ["v", "agent", "time", "health", "checks", "actions"]
     assert parsed["v"] == 1 and parsed["time"] == "2026-05-12T10:00:00Z" and parsed["health"] == "healthy"
-    assert json.loads(report.compact_report(doc, since="2026-05-12T09:00:00Z"))["time"] == "2026-05-12T09:00:00Z"
+    assert json.loads(node_content.compact_report(doc, since="2026-05-12T09:00:00Z"))["time"] == "2026-05-12T09:00:00Z"
     assert parsed["checks"][0] == {
         "name": "containerd-config",
         "status": "pass",
@@ -62,20 +66,20 @@ def test_long_messages_are_cut_never_the_structure() -> None:
     rs[5] = CheckResult("efa", FAIL, "é" * 3000)  # multi-byte: the bound is in bytes
     rs[0] = CheckResult("containerd-config", WARN, "x" * 2500)
     doc = report_document(rs, ["a" * 900, "short action"], now=NOW)
-    text = report.compact_report(doc)
-    assert len(text.encode()) <= report.ANNOTATION_LIMIT
+    text = node_content.compact_report(doc)
+    assert len(text.encode()) <= node_content.ANNOTATION_LIMIT
     parsed = json.loads(text)
     assert [c["name"] for c in parsed["checks"]] == list(CHECK_NAMES)
     assert [c["status"] for c in parsed["checks"]] == [r.status for r in rs]
     assert parsed["checks"][1]["message"] == "containerd-running is pass"  # short messages stay whole
     assert parsed["checks"][5]["message"].endswith("\u2026")
     assert parsed["actions"][1] == "short action"
-    assert len(text.encode()) > report.ANNOTATION_LIMIT - 100  # the space is used, not wasted
+    assert len(text.encode()) > node_content.ANNOTATION_LIMIT - 100  # the space is used, not wasted
 
 
 def test_many_actions_fold_into_a_count() -> None:
     doc = report_document(results(), [f"action number {i} with some words" for i in range(400)], now=NOW)
-    parsed = json.loads(report.compact_report(doc))
+    parsed = json.loads(node_content.compact_report(doc))
     assert parsed["actions"][-1].startswith("+") and parsed["actions"][-1].endswith(" more")
     kept = len(parsed["actions"]) - 1
     assert kept + int(parsed["actions"][-1][1:].split()[0]) == 400
@@ -88,7 +92,7 @@ def test_many_actions_fold_into_a_count() -> None:
 )
 def test_report_always_fits(messages: List[str], actions: List[str]) -> None:
     rs = [CheckResult(name, WARN, m) for name, m in zip(CHECK_NAMES, messages)]
-    text = report.compact_report(report_document(rs, actions, now=NOW))
+    text = node_content.compact_report(report_document(rs, actions, now=NOW))
     assert len(text.encode("utf-8")) <= 4096
     parsed = json.loads(text)
     assert [(c["name"], c["status"]) for c in parsed["checks"]] == [(r.name, r.status) for r in rs]
@@ -120,7 +124,7 @@ def test_report_always_fits(messages: List[str], actions: List[str]) -> None:
 def test_condition_status_reason_message(
     statuses: Dict[str, str], status: str, reason: str, message: str
 ) -> None:
-    cond = report.node_condition("GPUNodeAgentReady", results(**statuses), NOW)
+    cond = node_content.node_condition("GPUNodeAgentReady", results(**statuses), NOW)
     assert cond == {
         "type": "GPUNodeAgentReady",
         "status": status,
@@ -133,9 +137,9 @@ def test_condition_status_reason_message(
 
 def test_last_transition_time_kept_while_status_unchanged() -> None:
     before = {"type": "GPUNodeAgentReady", "status": "True", "lastTransitionTime": "2026-05-01T00:00:00Z"}
-    same = report.node_condition("GPUNodeAgentReady", results(efa=WARN), NOW, before)  # degraded: still True
+    same = node_content.node_condition("GPUNodeAgentReady", results(efa=WARN), NOW, before)  # degraded: still True
     assert same["lastTransitionTime"] == "2026-05-01T00:00:00Z"
-    flipped = report.node_condition("GPUNodeAgentReady", results(efa=FAIL), NOW, before)
+    flipped = node_content.node_condition("GPUNodeAgentReady", results(efa=FAIL), NOW, before)
     assert flipped["lastTransitionTime"] == "2026-05-12T10:00:00Z"
 
 
@@ -150,10 +154,10 @@ def test_node_name_order(tmp_path: Path, imds: ImdsServer) -> None:
     root = NodeRoot(str(tmp_path))
     make_imds = lambda: ImdsClient(imds.url, 1.0)  # noqa: E731
     hostname = lambda: "Some-Host"  # noqa: E731
-    assert report.resolve_node_name(root, config(node_name="configured"), imds=make_imds) == report.NodeName(
+    assert kube_node.resolve_node_name(root, config(node_name="configured"), imds=make_imds) == kube_node.NodeName(
         "configured", "report.node_name"
     )
-    assert report.resolve_node_name(root, config(), imds=make_imds, hostname=hostname) == report.NodeName(
+    assert kube_node.resolve_node_name(root, config(), imds=make_imds, hostname=hostname) == kube_node.NodeName(
         "ip-10-0-0-12.us-west-2.compute.internal", "IMDS local-hostname"
     )
     write_node_file(
@@ -161,13 +165,13 @@ def test_node_name_order(tmp_path: Path, imds: ImdsServer) -> None:
         kubelet.KUBELET_ENVIRONMENT,
         'NODEADM_KUBELET_ARGS="--node-ip=10.0.0.12 --hostname-override=GPU-Node-7 --v=2"\n',
     )
-    assert report.resolve_node_name(root, config(), imds=make_imds) == report.NodeName(
+    assert kube_node.resolve_node_name(root, config(), imds=make_imds) == kube_node.NodeName(
         "gpu-node-7", "--hostname-override in /etc/eks/kubelet/environment"
     )
     imds.requests.clear()
     (tmp_path / kubelet.KUBELET_ENVIRONMENT.lstrip("/")).unlink()
     imds.disabled = True
-    assert report.resolve_node_name(root, config(), imds=make_imds, hostname=hostname) == report.NodeName(
+    assert kube_node.resolve_node_name(root, config(), imds=make_imds, hostname=hostname) == kube_node.NodeName(
         "some-host", "hostname"
     )
     assert len(imds.requests) == 1  # 403: no retries
@@ -178,8 +182,8 @@ def test_imds_disabled_by_env_is_not_asked(
 ) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     cfg = AgentConfig(imds=ImdsSettings(endpoint=imds.url))
-    name = report.resolve_node_name(NodeRoot(str(tmp_path)), cfg, hostname=lambda: "h")
-    assert name == report.NodeName("h", "hostname") and imds.requests == []
+    name = kube_node.resolve_node_name(NodeRoot(str(tmp_path)), cfg, hostname=lambda: "h")
+    assert name == kube_node.NodeName("h", "hostname") and imds.requests == []
 
 
 @pytest.mark.parametrize(
@@ -325,7 +329,7 @@ def test_finish_writes_status_file_and_metrics(tmp_path: Path) -> None:
     assert f"gpu_node_agent_last_run_timestamp_seconds {NOW.timestamp():.3f}" in prom
     assert 'gpu_node_agent_restarts_total{unit="containerd.service"} 1' in prom
     assert "gpu_node_agent_report_published" not in prom
-    # the boot timeline's gauge (agent/timeline.py): kernel start, 0 s by definition
+    # the boot timeline's gauge (agent/report/timeline.py): kernel start, 0 s by definition
     assert 'gpu_node_agent_boot_milestone_seconds{milestone="kernel"} 0.000' in prom
     assert prom.count("# TYPE") == 5 and prom.endswith("\n")
     # A second run adds to the counters (since boot: the status file lives in /run).
@@ -398,8 +402,8 @@ def test_status_file_mode(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("prefix", ["Gpu_Agent", "-bad.example.com", "a" * 254, "gpu/agent"])
 def test_annotation_prefix_validated_when_the_config_loads(prefix: str) -> None:
-    from agent.config import parse_config
-    from agent.errors import ConfigError
+    from agent.base.errors import ConfigError
+    from agent.config.load import parse_config
 
     with pytest.raises(ConfigError, match=r"report\.annotation_prefix"):
         parse_config(f"report:\n  annotation_prefix: {prefix!r}\n", "config.yaml")
@@ -409,7 +413,7 @@ def test_a_crash_while_publishing_never_shows_a_credential(node_root: Path, api:
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """A bug's exception text can quote request headers (requests: "Invalid header value b'Bearer ...'")."""
-    from agent import kube
+    from agent.kube import client as kube
 
     secret = "k8s-aws-v1.aHR0cHM6Ly9zdHMuYW1hem9uYXdzLmNvbS9zZWNyZXQtdG9rZW4tdmFsdWU"
 

@@ -11,11 +11,13 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from agent import report
-from agent.config import AgentConfig, ReportSettings
-from agent.fs import NodeRoot
-from agent.health import CHECK_NAMES, PASS, CheckResult, report_document
-from agent.kube import BACKOFF_CAP
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import AgentConfig, ReportSettings
+from agent.kube.client import BACKOFF_CAP
+from agent.pipeline.health import PASS, CheckResult
+from agent.pipeline.resources import CHECK_NAMES
+from agent.report import report
+from agent.report.document import report_document
 from tests.kube_helpers import write_kubeconfig
 from tests.kube_server import ApiServer
 

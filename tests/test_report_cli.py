@@ -12,7 +12,8 @@ from typing import Any, Dict, List
 import pytest
 
 from agent import cli
-from agent.health import CHECK_NAMES, FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline.resources import CHECK_NAMES
 from tests.gpu_node import NODE_NAME, SAMPLES, healthy_gpu_node, write
 from tests.kube_helpers import FakeAws, accept_fake_aws_tokens, write_kubeconfig
 from tests.kube_server import ApiServer
@@ -140,7 +141,7 @@ def test_exit_codes(
     code: int,
     health: str,
 ) -> None:
-    from agent import checks
+    from agent.pipeline import resources as checks
 
     fixed = [CheckResult(n, s, f"{n} {s}") for n, s in zip(CHECK_NAMES, statuses)]
     monkeypatch.setattr(checks, "evaluate", lambda facts, config: fixed)
@@ -288,7 +289,7 @@ def test_run_without_publishing_writes_the_status_file(root: Path, capsys: pytes
 def test_run_counts_restarts_for_the_metrics(
     root: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agent import apply
+    from agent.pipeline import apply
 
     write(
         root,

@@ -7,14 +7,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from agent import events, report
-from agent.config import AgentConfig, ReportSettings
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import AgentConfig, ReportSettings
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.report import events, report
 from tests.kube_helpers import NODE, NODE_USER, FakeTime, write_kubeconfig, write_node_file
 from tests.kube_server import ApiServer
 from tests.report_helpers import results
-from tests.test_restart_apply import CONTAINERD, ScriptedSystemd, failed, plan_for, run
+from tests.support.restarts import CONTAINERD, ScriptedSystemd, failed, plan_for, run
 
 T0 = datetime(2026, 5, 12, 10, 0, 0, tzinfo=timezone.utc)
 EVENTS = "/api/v1/namespaces/default/events"
@@ -145,8 +145,8 @@ def test_events_remembered_in_run(root: Path, api: ApiServer) -> None:
 
 
 def test_a_runs_actions_are_events(root: Path, api: ApiServer, tmp_path: Path) -> None:
-    from agent.apply import ApplyResult
-    from agent.fs import FileEdit
+    from agent.base.fs import FileEdit
+    from agent.pipeline.apply import ApplyResult
 
     config = root / "etc/containerd/config.toml"
     config.parent.mkdir(parents=True)

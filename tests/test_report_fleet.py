@@ -8,11 +8,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from agent import published, report
-from agent.config import AgentConfig, ReportSettings, parse_config
-from agent.errors import ConfigError
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, WARN, CheckResult
+from agent.base.errors import ConfigError
+from agent.base.noderoot import NodeRoot
+from agent.config.load import parse_config
+from agent.config.settings import AgentConfig, ReportSettings
+from agent.pipeline.health import FAIL, PASS, WARN, CheckResult
+from agent.report import published, report
 from tests.kube_helpers import NODE, NODE_USER, FakeTime, write_kubeconfig
 from tests.kube_server import ApiServer
 from tests.report_helpers import results

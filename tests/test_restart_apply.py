@@ -5,57 +5,17 @@ exact; the real-systemd tests (test_systemd_restart.py) prove the same flows end
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from agent import log
-from agent.apply import apply
-from agent.fs import FileEdit
-from agent.health import FAIL, SKIP, WARN
-from agent.plan import NotRestarted, Plan, Restart
-from agent.systemd import BusUnreachable, JobFailed, SystemdError, UnitState
-from agent.systemd_jobs import RestartOutcome
-
-CONTAINERD = "containerd.service"
-KUBELET = "kubelet.service"
-
-
-class ScriptedSystemd:
-    """Stands in for ``SystemdClient``: each restart pops the next scripted result for that unit."""
-
-    def __init__(self, during: Optional[Callable[[], None]] = None, **script: List[Optional[SystemdError]]) -> None:
-        self.script = {k.replace("_", "."): list(v) for k, v in script.items()}
-        self.calls: List[str] = []
-        self.timeouts: List[float] = []
-        self.closed = False
-        self.during = during  # runs inside the first restart (something else changing the node meanwhile)
-
-    def restart(self, unit: str, timeout: float, *, reset_failed: bool = False) -> RestartOutcome:
-        self.calls.append(unit)
-        self.timeouts.append(timeout)
-        if self.during is not None:
-            self.during()
-            self.during = None
-        outcome = self.script.get(unit, [None]).pop(0) if self.script.get(unit) else None
-        if outcome is not None:
-            raise outcome
-        state = UnitState(unit, "loaded", "active", "running", 1, 7)
-        return RestartOutcome(unit, "/job/1", "done", state, state, 0.0123456)
-
-    def __enter__(self) -> "ScriptedSystemd":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.closed = True
-
-
-def failed(unit: str) -> JobFailed:
-    return JobFailed(
-        f"{unit}: restart job finished with result 'failed', expected 'done'; now failed (failed)",
-        unit,
-        "failed",
-    )
+from agent.base import log
+from agent.base.fs import FileEdit
+from agent.pipeline.apply import apply
+from agent.pipeline.health import FAIL, SKIP, WARN
+from agent.pipeline.plan import NotRestarted, Plan
+from agent.systemd.errors import BusUnreachable
+from tests.support.restarts import CONTAINERD, KUBELET, ScriptedSystemd, failed, plan_for, run
 
 
 @pytest.fixture
@@ -63,24 +23,6 @@ def edit(tmp_path: Path) -> FileEdit:
     path = tmp_path / "config.toml"
     path.write_text("old\n")
     return FileEdit(path, "old\n", "new\n", ("SystemdCgroup = true (was not set)",), "containerd")
-
-
-def plan_for(edit: Optional[FileEdit], rollback: bool = True, **kw: Any) -> Plan:
-    restarts = (
-        Restart(CONTAINERD, "this run changes its configuration", rollback_on_failure=rollback),
-        Restart(KUBELET, "after containerd.service"),
-    )
-    return Plan(edits=(edit,) if edit else (), restarts=restarts, **kw)
-
-
-def run(plan: Plan, client: Union[ScriptedSystemd, SystemdError]) -> Any:
-    def connect(timeout: float) -> Any:
-        assert timeout == 7
-        if isinstance(client, SystemdError):
-            raise client
-        return client
-
-    return apply(plan, restart_timeout=7, connect=connect)
 
 
 def test_restarts_in_order_after_the_edit(edit: FileEdit) -> None:

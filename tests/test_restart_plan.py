@@ -7,24 +7,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pytest
 
-from agent import containerd
-from agent.config import AgentConfig, ContainerdSettings, RestartSettings
-from agent.containerd import ContainerdConfigSet
-from agent.fs import FileEdit, NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN
-from agent.node import NodeFacts
-from agent.plan import NotRestarted, Plan, Restart, make_plan, plan_restarts, render_plan
-from agent.systemd import BusUnreachable, SystemdError
-from agent.units import (
-    UnitState,
-    UnitStates,
-    check_containerd_running,
-    check_kubelet_running,
-    kubelet_unit,
-    stale_daemon,
-    units_to_discover,
-)
-from tests.conftest import sample
+from agent.base.fs import FileEdit
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import AgentConfig, ContainerdSettings, RestartSettings
+from agent.containerd import config as containerd
+from agent.containerd.files import ContainerdConfigSet
+from agent.daemons.units import check_containerd_running, check_kubelet_running, stale_daemon
+from agent.pipeline.contract import NodeFacts
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN
+from agent.pipeline.plan import NotRestarted, Plan, Restart, make_plan, plan_restarts, render_plan
+from agent.systemd.errors import BusUnreachable, SystemdError
+from agent.systemd.state import UnitState, UnitStates, kubelet_unit, units_to_discover
+from tests.support.paths import sample
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"

@@ -1,4 +1,4 @@
-"""Safe extraction (agent/safetar.py) of real ``.tar.gz`` files: hostile entries are refused before
+"""Safe extraction (agent/efa/safetar.py) of real ``.tar.gz`` files: hostile entries are refused before
 anything is written outside, limits hold exactly, modes are made safe; with and without the
 interpreter's own tarfile filter.
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import safetar
+from agent.efa import safetar
 from tests.efa_helpers import (
     EXPECTED,
     HARDLINK,

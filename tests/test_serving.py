@@ -12,9 +12,10 @@ from typing import Iterator, List, Tuple, Type
 
 import pytest
 
-from agent import cri, kubelet, serving
-from agent.fs import NodeRoot
-from agent.serving import NOT_SERVING, SERVING, UNKNOWN, Serving
+from agent.base.noderoot import NodeRoot
+from agent.containerd import cri
+from agent.daemons import kubelet, serving
+from agent.daemons.serving import NOT_SERVING, SERVING, UNKNOWN, Serving
 from tests.loopback import LoopbackServer
 
 # ctr pads every column, the last one too: the rows end in blanks (added back below).
@@ -116,8 +117,8 @@ def test_what_the_agent_cannot_ask_is_unknown_and_bounded(short_root: Path) -> N
 
 
 def test_the_socket_is_the_effective_grpc_address(tmp_path: Path) -> None:
-    from agent import containerd
-    from agent.config import ContainerdSettings
+    from agent.config.settings import ContainerdSettings
+    from agent.containerd import config as containerd
 
     node = tmp_path / "node"
     (node / "etc/containerd/conf.d").mkdir(parents=True)

@@ -8,13 +8,15 @@ from typing import Any, Dict, List
 
 import pytest
 
-from agent import cli, prepare, status
-from agent.config import AgentConfig, EfaSettings
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
-from agent.plan import NotRestarted, Plan, Restart
-from tests.conftest import sample
+from agent import cli
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import AgentConfig, EfaSettings
+from agent.pipeline import prepare
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline.plan import NotRestarted, Plan, Restart
+from agent.report import status
 from tests.gpu_node import healthy_gpu_node
+from tests.support.paths import sample
 
 # The unit checks as on a healthy node: these tests are about the pass records (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("units_serving")

@@ -18,9 +18,12 @@ from typing import Callable, Iterator
 
 import pytest
 
-from agent import systemd, units
-from agent.health import WARN
-from tests.conftest import REPO
+from agent.daemons import units
+from agent.pipeline.health import WARN
+from agent.systemd import client as systemd
+from agent.systemd import errors as systemd_errors
+from agent.systemd import state as systemd_state
+from tests.support.paths import REPO
 from tests.systemd_harness import BootedSystemd, _children
 
 UNITS = {
@@ -65,7 +68,7 @@ def bus_daemon_pid(sd: BootedSystemd) -> int:
 @pytest.mark.root
 def test_unit_states_equal_the_pydbus_client(sd: BootedSystemd) -> None:
     found = systemd.discover(NAMES, address=sd.bus_address)
-    assert isinstance(found, systemd.UnitStates), found
+    assert isinstance(found, systemd_state.UnitStates), found
     states = {u.name: (u.load_state, u.active_state, u.sub_state) for u in found.units}
     assert states == {
         "running.service": ("loaded", "active", "running"),
@@ -88,7 +91,7 @@ def test_unit_states_equal_the_pydbus_client(sd: BootedSystemd) -> None:
 
     sd.systemctl("restart", "running.service")
     again = systemd.discover(NAMES, address=sd.bus_address)
-    assert isinstance(again, systemd.UnitStates)
+    assert isinstance(again, systemd_state.UnitStates)
     restarted = again.get("running.service")
     assert restarted is not None and restarted.main_pid != running.main_pid
     assert restarted.invocation_id != running.invocation_id
@@ -99,7 +102,7 @@ def test_unit_states_equal_the_pydbus_client(sd: BootedSystemd) -> None:
 def test_addresses_are_tried_in_order(sd: BootedSystemd, tmp_path: Path) -> None:
     address = f"unix:path={tmp_path}/no-such-bus;{sd.bus_address}"
     found = systemd.discover(["running.service"], address=address)
-    assert isinstance(found, systemd.UnitStates) and found.address == address
+    assert isinstance(found, systemd_state.UnitStates) and found.address == address
     assert found.units == systemd.discover(["running.service"], address=sd.bus_address).units
 
 
@@ -109,10 +112,10 @@ def test_bus_that_accepts_but_never_answers(sd: BootedSystemd) -> None:
         started = time.monotonic()
         found = systemd.discover(["running.service"], address=sd.bus_address, timeout=0.5)
         elapsed = time.monotonic() - started
-    assert isinstance(found, systemd.SystemdTimeout), found
+    assert isinstance(found, systemd_errors.SystemdTimeout), found
     assert str(found) == f"system bus {sd.bus_address}: no answer within 0.5s while connecting"
     assert 0.5 <= elapsed < 2.5
-    assert isinstance(systemd.discover(["running.service"], address=sd.bus_address), systemd.UnitStates)
+    assert isinstance(systemd.discover(["running.service"], address=sd.bus_address), systemd_state.UnitStates)
 
 
 @pytest.mark.root
@@ -122,7 +125,7 @@ def test_systemd_that_does_not_answer(sd: BootedSystemd) -> None:
         started = time.monotonic()
         found = systemd.discover(["running.service", "stopped.service"], address=sd.bus_address, timeout=0.5)
         elapsed = time.monotonic() - started
-    assert isinstance(found, systemd.SystemdTimeout), found
+    assert isinstance(found, systemd_errors.SystemdTimeout), found
     assert str(found) == "running.service: GetUnit: systemd did not answer within 0.5s"
     assert found.unit == "running.service"
     assert 0.5 <= elapsed < 2.5
@@ -135,13 +138,13 @@ def test_systemd_that_does_not_answer(sd: BootedSystemd) -> None:
 def test_no_bus_at_the_address(tmp_path: Path) -> None:
     address = f"unix:path={tmp_path}/no-such-bus"
     found = systemd.discover(["containerd.service"], address=address)
-    assert isinstance(found, systemd.BusUnreachable)
+    assert isinstance(found, systemd_errors.BusUnreachable)
     assert str(found) == f"system bus {address}: Could not connect: No such file or directory"
     check = units.check_containerd_running(found, None, "containerd.service")
     assert (check.status, check.message) == (WARN, f"cannot read containerd.service: system bus {address}: "
                                                    "Could not connect: No such file or directory")
     found = systemd.discover(["containerd.service"], address="tcp:host=127.0.0.1,port=1")
-    assert isinstance(found, systemd.BusUnreachable)
+    assert isinstance(found, systemd_errors.BusUnreachable)
     assert str(found) == "system bus tcp:host=127.0.0.1,port=1: Could not connect to 127.0.0.1: Connection refused"
 
 
@@ -155,7 +158,7 @@ def test_socket_that_never_accepts(tmp_path: Path) -> None:
         started = time.monotonic()
         found = systemd.discover(["containerd.service"], address=f"unix:path={path}", timeout=0.3)
         elapsed = time.monotonic() - started
-    assert isinstance(found, systemd.SystemdTimeout)
+    assert isinstance(found, systemd_errors.SystemdTimeout)
     assert str(found) == f"system bus unix:path={path}: no answer within 0.3s while connecting"
     assert 0.3 <= elapsed < 2
 
@@ -184,7 +187,7 @@ def test_bus_without_systemd_on_an_abstract_address(tmp_path: Path) -> None:
     finally:
         daemon.terminate()
         daemon.wait(10)
-    assert isinstance(found, systemd.BusUnreachable), found
+    assert isinstance(found, systemd_errors.BusUnreachable), found
     assert str(found).startswith(f"system bus unix:abstract={name}: systemd (org.freedesktop.systemd1) is not on "
                                  "it: ")
 
@@ -192,7 +195,7 @@ def test_bus_without_systemd_on_an_abstract_address(tmp_path: Path) -> None:
 def test_without_the_gi_bindings_unit_state_is_unreadable_not_a_crash(tmp_path: Path) -> None:
     code = (
         "import sys\nsys.modules['gi'] = None  # as on an interpreter without python3-gobject-base\n"
-        "from agent import systemd\n"
+        "from agent.systemd import client as systemd\n"
         f"found = systemd.discover(['containerd.service'], address='unix:path={tmp_path}/bus')\n"
         "print(type(found).__name__, found)"
     )

@@ -11,8 +11,12 @@ from typing import Any, Callable, Dict, Iterator
 
 import pytest
 
-from agent import systemd, systemd_jobs, units
-from agent.health import WARN
+from agent.daemons import units
+from agent.pipeline.health import WARN
+from agent.systemd import client as systemd
+from agent.systemd import errors as systemd_errors
+from agent.systemd import jobs as systemd_jobs
+from agent.systemd import state as systemd_state
 
 # Loaded by path into the mock server process (dbusmock "-t <path>").
 TEMPLATE = r'''
@@ -166,7 +170,7 @@ def test_waits_for_its_own_job_not_the_first_signal(mock_systemd: Callable[..., 
 @pytest.mark.parametrize("result", ["canceled", "timeout", "failed", "dependency", "skipped"])
 def test_job_results_other_than_done(mock_systemd: Callable[..., str], result: str) -> None:
     address = mock_systemd(behaviour={"containerd.service": result})
-    with pytest.raises(systemd.JobFailed) as err:
+    with pytest.raises(systemd_errors.JobFailed) as err:
         restart(address)
     assert err.value.result == result
     expected = f"containerd.service: restart job finished with result '{result}', expected 'done'"
@@ -176,7 +180,7 @@ def test_job_results_other_than_done(mock_systemd: Callable[..., str], result: s
 def test_job_done_but_unit_not_active(mock_systemd: Callable[..., str]) -> None:
     address = mock_systemd(behaviour={"containerd.service": "done-but-failed"})
     with pytest.raises(
-        systemd.JobFailed, match=r"job done but the unit is failed \(failed\), expected active"
+        systemd_errors.JobFailed, match=r"job done but the unit is failed \(failed\), expected active"
     ):
         restart(address)
 
@@ -188,7 +192,7 @@ def test_job_done_but_unit_not_active(mock_systemd: Callable[..., str]) -> None:
 ])
 def test_job_done_but_the_unit_did_not_stay_up(mock_systemd: Callable[..., str], active: str, sub: str) -> None:
     address = mock_systemd(behaviour={"containerd.service": f"done-then:{active}:{sub}"})
-    with pytest.raises(systemd.JobFailed) as err:
+    with pytest.raises(systemd_errors.JobFailed) as err:
         restart(address)
     assert err.value.unit == "containerd.service"
     assert f"containerd.service: restart job done but the unit is {active} ({sub})" in str(err.value)
@@ -197,7 +201,7 @@ def test_job_done_but_the_unit_did_not_stay_up(mock_systemd: Callable[..., str],
 def test_job_that_never_finishes_is_bounded(mock_systemd: Callable[..., str]) -> None:
     address = mock_systemd(behaviour={"containerd.service": "never"})
     started = time.monotonic()
-    with pytest.raises(systemd.SystemdTimeout, match=r"did not finish within 0.5s \(job .* still running"):
+    with pytest.raises(systemd_errors.SystemdTimeout, match=r"did not finish within 0.5s \(job .* still running"):
         restart(address, timeout=0.5)
     assert time.monotonic() - started < 3
 
@@ -205,7 +209,7 @@ def test_job_that_never_finishes_is_bounded(mock_systemd: Callable[..., str]) ->
 def test_restart_call_without_an_answer_is_bounded(mock_systemd: Callable[..., str]) -> None:
     address = mock_systemd(behaviour={"containerd.service": "hang"})
     started = time.monotonic()
-    with pytest.raises(systemd.SystemdTimeout, match="RestartUnit: systemd did not answer within"):
+    with pytest.raises(systemd_errors.SystemdTimeout, match="RestartUnit: systemd did not answer within"):
         restart(address, timeout=0.5)
     assert time.monotonic() - started < 2.5
 
@@ -214,7 +218,7 @@ def test_discovery_when_systemd_does_not_answer(mock_systemd: Callable[..., str]
     address = mock_systemd(behaviour={"GetUnit": "hang"})
     started = time.monotonic()
     found = systemd.discover(["containerd.service"], address=address, timeout=0.5)
-    assert isinstance(found, systemd.SystemdTimeout)
+    assert isinstance(found, systemd_errors.SystemdTimeout)
     assert "GetUnit: systemd did not answer within 0.5s" in str(found)
     assert time.monotonic() - started < 2.5
     check = units.check_containerd_running(found, None, "containerd.service")
@@ -224,27 +228,27 @@ def test_discovery_when_systemd_does_not_answer(mock_systemd: Callable[..., str]
 def test_unit_not_loaded_and_permission_denied(mock_systemd: Callable[..., str]) -> None:
     address = mock_systemd(behaviour={"containerd.service": "denied"})
     found = systemd.discover(["containerd.service", "kubelet.service"], address=address)
-    assert isinstance(found, systemd.UnitStates)
+    assert isinstance(found, systemd_state.UnitStates)
     kubelet = found.get("kubelet.service")
     assert kubelet is not None and (kubelet.load_state, kubelet.loaded) == ("not-found", False)
-    with pytest.raises(systemd.UnitNotLoaded, match=r"kubelet.service: cannot restart, the unit is not"):
+    with pytest.raises(systemd_errors.UnitNotLoaded, match=r"kubelet.service: cannot restart, the unit is not"):
         restart(address, "kubelet.service")
-    with pytest.raises(systemd.SystemdError, match="permission denied"):
+    with pytest.raises(systemd_errors.SystemdError, match="permission denied"):
         restart(address)
 
 
 def test_discovery_reads_what_the_mock_holds(mock_systemd: Callable[..., str]) -> None:
     found = systemd.discover(["containerd.service", "kubelet.service"], address=mock_systemd())
-    assert isinstance(found, systemd.UnitStates), found
+    assert isinstance(found, systemd_state.UnitStates), found
     assert found.units == (
-        systemd.UnitState("containerd.service", "loaded", "active", "running", 1_700_000_000_000_000, 100,
+        systemd_state.UnitState("containerd.service", "loaded", "active", "running", 1_700_000_000_000_000, 100,
                           bytes(range(16)).hex()),
-        systemd.UnitState("kubelet.service", "not-found", "inactive", "dead", 0, 0, ""),
+        systemd_state.UnitState("kubelet.service", "not-found", "inactive", "dead", 0, 0, ""),
     )
 
 
 def test_discovery_permission_denied(mock_systemd: Callable[..., str]) -> None:
     found = systemd.discover(["containerd.service"], address=mock_systemd(behaviour={"GetUnit": "denied"}))
-    assert isinstance(found, systemd.SystemdError) and type(found) is systemd.SystemdError
+    assert isinstance(found, systemd_errors.SystemdError) and type(found) is systemd_errors.SystemdError
     assert str(found) == "containerd.service: GetUnit: permission denied (Access denied); the agent must run as root"
     assert found.unit == "containerd.service"

@@ -16,7 +16,7 @@ from typing import Callable, List, Tuple
 
 import pytest
 
-from tests.conftest import REPO, sample
+from tests.support.paths import REPO, sample
 from tests.systemd_harness import BootedSystemd, JobRecord, digest
 from tests.systemd_node import CONTAINERD, KUBELET, SystemdNode
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 
 from agent import cli
-from agent.timestamps import parse_rfc3339, rfc3339
+from agent.base.timestamps import parse_rfc3339, rfc3339
 from tests.boot_helpers import (
     AGENT,
     CONTAINERD,
@@ -238,7 +238,7 @@ def test_late_over_the_budget_and_sent_once_after_a_failed_publish(root: Path, a
 def test_every_milestone_is_documented() -> None:
     import re
 
-    from agent.timeline import MILESTONES
+    from agent.report.timeline import MILESTONES
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "reporting.md").read_text()
     table = text.split("## The boot timeline", 1)[1].split("Derived:", 1)[0]

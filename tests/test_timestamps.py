@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent import timestamps
+from agent.base import timestamps
 
 
 def test_parse_rfc3339() -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import NodeFileError
-from agent.fs import NodeRoot
-from agent.tomlcache import VALUES_CACHE, toml_values
-from agent.tomledit import parse_toml
-from tests.conftest import REPO, sample
+from agent.base.errors import NodeFileError
+from agent.base.noderoot import NodeRoot
+from agent.toml.cache import VALUES_CACHE, toml_values
+from agent.toml.edit import parse_toml
+from tests.support.paths import REPO, sample
 
 TEXT = sample("containerd-v3-nodeadm-nvidia.toml")
 

@@ -1,4 +1,4 @@
-"""The rules a new key or table follows, one by one, on small files (agent.tomledit.edit_value).
+"""The rules a new key or table follows, one by one, on small files (agent.toml.edit.edit_value).
 
 Each test states a file, one edit, and the exact text a careful person would have written.
 """
@@ -7,9 +7,9 @@ from typing import Any, Sequence
 
 import pytest
 
-from agent.errors import NodeFileError
-from agent.tomledit import NotFixable, edit_value, parse_toml
-from agent.tomllayout import Layout
+from agent.base.errors import NodeFileError
+from agent.toml.edit import NotFixable, edit_value, parse_toml
+from agent.toml.layout import Layout
 
 
 def edit(text: str, key: str, value: Any, after: Sequence[str] = ()) -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
-from agent.errors import NodeFileError
-from agent.fs import NodeRoot
-from agent.tomlcache import VALUES_CACHE, toml_values
+from agent.base.errors import NodeFileError
+from agent.base.noderoot import NodeRoot
+from agent.toml.cache import VALUES_CACHE, toml_values
 
 TEXT = 'version = 3\n[plugins]\nmarker = "parsed"\n'
 

@@ -20,8 +20,8 @@ from tests.boot_helpers import (
     PREPARE,
     TIMER,
 )
-from tests.conftest import REPO, which
 from tests.packaging_helpers import built_rpm, install, run, scratch_dir
+from tests.support.paths import REPO, which
 
 UNIT_DIR = INSTALLED_UNIT_DIR
 

@@ -16,8 +16,9 @@ from typing import List
 import pytest
 import yaml
 
-from agent.config import AgentConfig, parse_config
-from tests.conftest import REPO, which
+from agent.config.load import parse_config
+from agent.config.settings import AgentConfig
+from tests.support.paths import REPO, which
 
 USERDATA = REPO / "packaging" / "userdata"
 EXPLICIT = "nodeadm-init-then-agent.mime"

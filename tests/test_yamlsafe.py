@@ -5,7 +5,7 @@ from typing import Optional
 import pytest
 import yaml
 
-from agent.yamlsafe import marked_yaml_error
+from agent.base.yamlsafe import marked_yaml_error
 
 
 def error_of(text: str) -> Exception:
@@ -39,14 +39,15 @@ def test_the_configuration_and_the_kubeconfig_name_the_same_line(reader: str, tm
     text = "apiVersion: v1\nclusters: [\n"
     problem: Optional[str] = None
     if reader == "config":
-        from agent.config import parse_config
-        from agent.errors import ConfigError
+        from agent.base.errors import ConfigError
+        from agent.config.load import parse_config
 
         with pytest.raises(ConfigError) as info:
             parse_config(text, "f.yaml")
         problem = str(info.value)
     else:
-        from agent.kubeconfig import KubeconfigError, _parse_yaml
+        from agent.kube.errors import KubeconfigError
+        from agent.kube.kubeconfig import _parse_yaml
 
         with pytest.raises(KubeconfigError) as kinfo:
             _parse_yaml(text, Path("f.yaml"))

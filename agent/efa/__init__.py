@@ -8,15 +8,12 @@ and/or AWS's signature before anything runs:
 * ``facts``: ``discover`` reads the devices, the installer version file and ``fi_info`` (pure reads);
 * ``decision``: ``decide`` (called by ``plan``) turns facts and settings into an ``EfaAction``,
   ``check`` into a health check; both pure;
-* ``cache``: the pinned tarball in ``efa.cache_dir``, verified once, downloaded (``agent/download.py``)
+* ``cache``: the pinned tarball in ``efa.cache_dir``, verified once, downloaded (``agent/efa/download.py``)
   only when the cache lacks a good copy; ``signature``: AWS's signature, checked with ``gpgv``;
-* ``install``: ``execute`` (called by ``apply``): safe extraction (``agent/safetar.py``), the
-  installer run (``agent/process.py``), the re-check.
+* ``install``: ``execute`` (called by ``apply``): safe extraction (``agent/efa/safetar.py``), the
+  installer run (``agent/base/process.py``), the re-check.
 
-This package's import loads only ``facts`` and ``decision``: what ``check`` and ``plan`` need.
+Importing this package loads nothing: ``check`` and ``plan`` import ``facts`` and ``decision``
+themselves, ``download``, ``hashing`` and ``safetar`` (the verified fetch and the safe extraction) only
+when they install.
 """
-
-from agent.efa.decision import EfaAction, check, decide, missing_pin
-from agent.efa.facts import EfaError, EfaFacts, discover
-
-__all__ = ["EfaAction", "EfaError", "EfaFacts", "check", "decide", "discover", "missing_pin"]

@@ -3,7 +3,7 @@ the cache lacks a good copy.
 
 ``fetch`` (``efa fetch``, at AMI bake) and ``open_verified`` (``execute``, at install) share one
 path: a cached copy is verified once, by ``_open_if_verified`` (SHA-256 and/or AWS's signature,
-``agent/efa/signature.py``); a bad one is removed and downloaded again (``agent/download.py``:
+``agent/efa/signature.py``); a bad one is removed and downloaded again (``agent/efa/download.py``:
 streamed, hashed on the fly, renamed into the cache only when it matches). ``open_verified`` hands
 out the very file object it verified, which is what gets extracted, so a node whose AMI was baked
 with ``efa fetch`` needs no network at boot and a file swapped after verification is never run.
@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import IO, NamedTuple, Optional, Tuple
 
-from agent.config import EfaSettings
-from agent.download import DEFAULT_OPTIONS, ChecksumMismatch, DownloadError, DownloadOptions, Wording, download
+from agent.base.log import get_logger
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import EfaSettings
 from agent.efa.decision import missing_pin, pinned_by
+from agent.efa.download import DEFAULT_OPTIONS, ChecksumMismatch, DownloadError, DownloadOptions, Wording, download
 from agent.efa.facts import EfaError, cache_file, installer_url, tarball_name
-from agent.fs import NodeRoot
-from agent.log import get_logger
 
 log = get_logger("efa")
 
@@ -65,7 +65,7 @@ def verify_pins(f: IO[bytes], path: Path, settings: EfaSettings, root: NodeRoot,
     A signature that does not verify raises ``SignatureError``.
     """
     from agent.efa import signature
-    from agent.hashing import sha256_of
+    from agent.efa.hashing import sha256_of
 
     expected = settings.sha256.lower() if settings.sha256 else None
     if expected is not None:

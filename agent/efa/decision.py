@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import NamedTuple, Tuple
 
-from agent.config import FORBIDDEN_INSTALLER_ARGS, EfaSettings, gpg_fingerprint
+from agent.base.noderoot import NodeRoot
+from agent.config.rules import FORBIDDEN_INSTALLER_ARGS, gpg_fingerprint
+from agent.config.settings import EfaSettings
 from agent.efa.facts import FI_INFO, INFINIBAND_CLASS, EfaFacts, cache_file, installer_url, tarball_name
-from agent.fs import NodeRoot
-from agent.health import FAIL, PASS, SKIP, WARN, CheckResult
+from agent.pipeline.health import FAIL, PASS, SKIP, WARN, CheckResult
 
 
 class EfaAction(NamedTuple):

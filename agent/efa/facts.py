@@ -3,7 +3,7 @@
 * the EFA devices: ``/sys/class/infiniband/*/device/{vendor,device}``, vendor ``0x1d0f``, device
   ``0xefa*``;
 * the installer version file's first line (``/opt/amazon/efa_installed_packages``);
-* whether ``fi_info`` exists and the libfabric version it prints (run through ``agent.process``,
+* whether ``fi_info`` exists and the libfabric version it prints (run through ``agent.base.process``,
   only on nodes that have it).
 
 "Installed at the pin" needs the version line *and* ``fi_info``: the AMI's ``--minimal`` run also
@@ -17,9 +17,10 @@ import re
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Tuple
 
-from agent.config import EfaSettings
-from agent.errors import AgentError, NodeFileError, NodeFileMissing
-from agent.fs import NodeRoot, read_text
+from agent.base.errors import AgentError, NodeFileError, NodeFileMissing
+from agent.base.fs import read_text
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import EfaSettings
 
 VERSION_FILE = "/opt/amazon/efa_installed_packages"
 FI_INFO = "/opt/amazon/efa/bin/fi_info"
@@ -129,7 +130,7 @@ def _installed_version(root: NodeRoot, problems: List[str]) -> Optional[str]:
 
 
 def _libfabric_version(fi_info: Path, problems: List[str]) -> Optional[str]:
-    from agent import process  # only on nodes that have fi_info: `check` stays fast elsewhere
+    from agent.base import process  # only on nodes that have fi_info: `check` stays fast elsewhere
 
     try:
         out = process.run([str(fi_info), "--version"], FI_INFO_TIMEOUT_SECONDS)

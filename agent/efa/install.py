@@ -2,8 +2,8 @@
 -> installer -> re-check.
 
 The tarball comes verified from the cache (``agent/efa/cache.py``), is extracted into a fresh
-directory beside it (``agent/safetar.py``), and ``aws-efa-installer/efa_installer.sh`` runs from
-inside it through ``agent.process.run_streaming``: no shell, bounded time, output streamed to the
+directory beside it (``agent/efa/safetar.py``), and ``aws-efa-installer/efa_installer.sh`` runs from
+inside it through ``agent.base.process.run_streaming``: no shell, bounded time, output streamed to the
 log, a heartbeat while it is silent, dead with the agent (``PR_SET_PDEATHSIG``). What it started
 (yum, rpm) runs on in its process group, whose id is kept in a pid file so that the next run waits
 for it instead of racing it. Afterwards the version file and ``fi_info`` are checked again.
@@ -19,14 +19,15 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
-from agent import process
-from agent.config import EfaSettings
-from agent.download import DEFAULT_OPTIONS, DownloadOptions
+from agent.base import process
+from agent.base.errors import NodeFileError
+from agent.base.fs import read_text
+from agent.base.log import get_logger
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import EfaSettings
 from agent.efa.decision import EfaAction, why_install
+from agent.efa.download import DEFAULT_OPTIONS, DownloadOptions
 from agent.efa.facts import INSTALLER_DIR, INSTALLER_SCRIPT, EfaError, discover
-from agent.errors import NodeFileError
-from agent.fs import NodeRoot, read_text
-from agent.log import get_logger
 
 log = get_logger("efa")
 
@@ -46,7 +47,7 @@ def execute(action: EfaAction, options: DownloadOptions = DEFAULT_OPTIONS) -> st
     import tempfile
 
     from agent.efa import cache
-    from agent.safetar import UnsafeTarball, extract_tarball
+    from agent.efa.safetar import UnsafeTarball, extract_tarball
 
     settings, root = action.settings, action.root
     verified = cache.open_verified(settings, root, options)
@@ -125,7 +126,7 @@ def _last_output(tail: Sequence[str]) -> str:
 
 
 def _write_pid_file(pid_file: Path, pgid: int) -> None:
-    from agent.fs import atomic_write
+    from agent.base.fs import atomic_write
 
     try:
         pid_file.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -171,8 +172,8 @@ def clean_stale(root: NodeRoot, settings: EfaSettings) -> None:
     """Extraction directories and downloads left by killed runs (none while an installer lives)."""
     import shutil
 
-    from agent.download import DEFAULT_POLICY
     from agent.efa.cache import remove_stale_downloads
+    from agent.efa.download import DEFAULT_POLICY
 
     if earlier_installer(root) is not None:
         return

@@ -1,38 +1,40 @@
-"""EFA as a node resource of the pipeline (``agent/pipeline.py``), through ``agent.efa``'s entry points only.
+"""EFA as a node resource of the pipeline (``agent/pipeline/contract.py``), through ``agent.efa``'s entry points only.
 
-``efa``: the EFA devices and the installed userspace (``efa.discover``); the ``efa`` check
-(``efa.check``); the plan's EFA action, install or not and why (``efa.decide``).
+``efa``: the EFA devices and the installed userspace (``efa_facts.discover``); the ``efa`` check
+(``efa_decision.check``); the plan's EFA action, install or not and why (``efa_decision.decide``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, List
 
-from agent.pipeline import Discovery, Planned, Resource
+from agent.pipeline.contract import Discovery, Planned, Resource
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig
-    from agent.health import CheckResult
-    from agent.node import NodeFacts
+    from agent.config.settings import AgentConfig
+    from agent.pipeline.contract import NodeFacts
+    from agent.pipeline.health import CheckResult
 
 
 class Efa(Resource):
-    def discover(self, node: Discovery) -> Dict[str, Any]:
-        from agent import efa
 
-        return {"efa": efa.discover(node.root, node.config.efa)}
+    checks = ("efa",)
+    def discover(self, node: Discovery) -> Dict[str, Any]:
+        from agent.efa import facts as efa_facts
+
+        return {"efa": efa_facts.discover(node.root, node.config.efa)}
 
     def check(self, facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
-        from agent import efa
+        from agent.efa import decision as efa_decision
 
-        return [efa.check(facts.efa, config.efa)] if facts.efa is not None else []
+        return [efa_decision.check(facts.efa, config.efa)] if facts.efa is not None else []
 
     def plan(self, facts: NodeFacts, config: AgentConfig) -> Planned:
-        from agent import efa
+        from agent.efa import decision as efa_decision
 
         if facts.efa is None:  # facts built by hand (tests)
             return Planned()
-        action, problems = efa.decide(facts.efa, config.efa, facts.root)
+        action, problems = efa_decision.decide(facts.efa, config.efa, facts.root)
         return Planned(problems=tuple(problems), efa=action)
 
 

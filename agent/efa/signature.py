@@ -1,7 +1,7 @@
 """Verifying the EFA installer tarball against its pins, before anything is extracted.
 
 Two pins, either or both (``efa.sha256``, ``efa.gpg_fingerprint``); without one the installer
-never runs. The SHA-256 is compared as the bytes stream in (``agent/download.py``), and again
+never runs. The SHA-256 is compared as the bytes stream in (``agent/efa/download.py``), and again
 for a cached copy (``agent/efa/cache.py``). The signature is AWS's
 own: each ``aws-efa-installer-<v>.tar.gz`` has a detached ``.tar.gz.sig`` beside it, made with the
 key published as ``aws-efa-installer.key`` on the same host. A fetched key proves nothing by
@@ -16,7 +16,7 @@ itself, so:
    ``VALIDSIG`` by a key whose primary fingerprint is the pin. An expired or revoked key, or a bad
    signature, is refused.
 
-gpg and gpgv are AL2023's gnupg2-minimal (Debian: gpg, gpgv), run through ``agent.process``: without
+gpg and gpgv are AL2023's gnupg2-minimal (Debian: gpg, gpgv), run through ``agent.base.process``: without
 a shell and bounded in time.
 """
 
@@ -29,9 +29,10 @@ import tempfile
 from pathlib import Path
 from typing import IO, List, Optional, Tuple
 
-from agent.config import EfaSettings, gpg_fingerprint
-from agent.errors import AgentError
-from agent.process import ToolOutput, run_tool
+from agent.base.errors import AgentError
+from agent.base.process import ToolOutput, run_tool
+from agent.config.rules import gpg_fingerprint
+from agent.config.settings import EfaSettings
 
 GPG = "/usr/bin/gpg"
 GPGV = "/usr/bin/gpgv"

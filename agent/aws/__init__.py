@@ -1,0 +1,1 @@
+"""EC2: the instance metadata service, IMDSv2 (``imds``)."""

@@ -1,0 +1,196 @@
+"""Reporting: check results -> the Node's annotations and condition, the status file, the metrics file.
+
+What the cluster sees (README "What the cluster sees", docs/reporting.md):
+* annotations ``<prefix>/health`` (``healthy|degraded|unhealthy``) and ``<prefix>/report`` (compact
+  JSON, at most 4 KiB: messages are shortened, the structure never), set with a JSON merge patch;
+* the condition (``report.condition``, default ``GPUNodeAgentReady``): ``True`` when healthy or
+  degraded, ``False`` when unhealthy, set with a *strategic* merge patch on ``nodes/{name}/status``
+  so kubelet's own conditions stay; ``lastTransitionTime`` is kept while the status is unchanged;
+* only what changed is written (``agent/report/published.py``): an unchanged heartbeat sends nothing, and
+  ``lastHeartbeatTime`` is refreshed every ``report.heartbeat_minutes``;
+* Events of the run's actions and of check transitions (``agent/report/events.py``).
+
+On the node: the status file (the report with details, and how publishing went) and, when
+configured, a Prometheus textfile, both written atomically. Publishing (``agent/report/publish.py``)
+failures are reported, never raised: ``run`` has already changed the node, and a report cannot undo
+that.
+
+The node name: ``agent/kube/node.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from agent.base.errors import NodeFileError
+from agent.base.fs import atomic_write, read_text
+from agent.base.log import get_logger
+from agent.base.noderoot import NodeRoot
+from agent.config.settings import AgentConfig
+from agent.pipeline.health import DEGRADED, FAIL, HEALTHY, PASS, SKIP, UNHEALTHY, WARN, CheckResult, overall_health
+from agent.report.document import ordered, report_document
+from agent.report.publish import PublishResult, publish
+
+log = get_logger("report")
+
+
+# --- local state ---------------------------------------------------------------------------------
+
+
+class ReportOutcome(NamedTuple):
+    document: Dict[str, Any]  # what the status file holds
+    published: Optional[PublishResult]  # None: publishing not asked for
+    problems: Tuple[str, ...] = ()  # local files that could not be written
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and (self.published is None or self.published.ok)
+
+
+def _previous_restarts(path: Any) -> Dict[str, int]:
+    try:
+        doc = json.loads(read_text(path))
+        counts = doc.get("restarts_total", {}) if isinstance(doc, dict) else {}
+        return {str(k): int(v) for k, v in counts.items() if isinstance(v, int) and v >= 0}
+    except (NodeFileError, ValueError, AttributeError):
+        return {}
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(
+    results: Sequence[CheckResult],
+    now: datetime,
+    restarts_total: Mapping[str, int],
+    published: Optional[PublishResult],
+    boot_timeline: Optional[Mapping[str, Any]] = None,
+) -> str:
+    """Prometheus text exposition for the node_exporter textfile collector."""
+    from agent.report.timeline import metrics_lines
+
+    health = overall_health(results)
+    lines: List[str] = [
+        "# HELP gpu_node_agent_health Node health from the agent's last report (1 for the current state).",
+        "# TYPE gpu_node_agent_health gauge",
+    ]
+    lines += [f'gpu_node_agent_health{{health="{h}"}} {int(h == health)}'
+              for h in (HEALTHY, DEGRADED, UNHEALTHY)]
+    lines += [
+        "# HELP gpu_node_agent_check Health check status from the last report (1 for the current status).",
+        "# TYPE gpu_node_agent_check gauge",
+    ]
+    for r in ordered(results):
+        for status in (PASS, WARN, FAIL, SKIP):
+            labels = f'check="{_label(r.name)}",status="{status}"'
+            lines.append(f"gpu_node_agent_check{{{labels}}} {int(r.status == status)}")
+    lines += [
+        "# HELP gpu_node_agent_last_run_timestamp_seconds When the agent last reported (Unix time).",
+        "# TYPE gpu_node_agent_last_run_timestamp_seconds gauge",
+        f"gpu_node_agent_last_run_timestamp_seconds {now.timestamp():.3f}",
+        "# HELP gpu_node_agent_restarts_total Units the agent restarted since boot.",
+        "# TYPE gpu_node_agent_restarts_total counter",
+    ]
+    lines += [f'gpu_node_agent_restarts_total{{unit="{_label(u)}"}} {n}'
+              for u, n in sorted(restarts_total.items())]
+    if published is not None:
+        lines += [
+            "# HELP gpu_node_agent_report_published Whether the last report reached the API server.",
+            "# TYPE gpu_node_agent_report_published gauge",
+            f"gpu_node_agent_report_published {int(published.ok)}",
+        ]
+    lines += metrics_lines(boot_timeline)
+    return "\n".join(lines) + "\n"
+
+
+def _status_bytes(document: Mapping[str, Any]) -> bytes:
+    order = ("v", "agent", "time", "health", "gpu_ready_seconds", "checks", "actions", "publish", "restarts_total",
+             "timeline", "passes")
+    ordered_doc = {k: document[k] for k in order if k in document}
+    return (json.dumps(ordered_doc, indent=2) + "\n").encode()
+
+
+def _write(root: NodeRoot, node_path: str, data: bytes) -> Optional[str]:
+    path = root.path(node_path)
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        atomic_write(path, data)
+    except NodeFileError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{path}: cannot write: {exc.strerror or exc}"
+    return None
+
+
+def finish(
+    root: NodeRoot,
+    config: AgentConfig,
+    results: Sequence[CheckResult],
+    actions: Optional[Sequence[str]] = None,
+    *,
+    publish_report: bool,
+    restarts: Optional[Mapping[str, int]] = None,
+    now: Optional[datetime] = None,
+    publisher: Optional[Callable[..., PublishResult]] = None,
+    events: Sequence[Any] = (),
+    node: Optional[Mapping[str, Any]] = None,
+    early: Optional[Any] = None,
+) -> ReportOutcome:
+    """The end of every ``run`` (and of ``check --report``): publish when asked, then always write
+    the status file (and the metrics file when configured). ``actions``: what a ``run`` did (None
+    for ``check --report``, which keeps the actions the last run published on the Node).
+    ``restarts``: units restarted by this run and how often; the status file keeps the running
+    totals since boot for the counter. ``events``: ``events.EventSpec`` of this run's actions.
+    ``node``: the Node as a check of this report read it (see ``publish``). ``early``: systemd's
+    timestamps as a ``run`` saw them before its restarts (``timeline.observe_systemd``)."""
+    now = now or datetime.now(timezone.utc)
+    document = report_document(results, actions or (), now=now)
+    status_path = config.report.status_file
+    totals = _previous_restarts(root.path(status_path))
+    for unit, count in (restarts or {}).items():
+        totals[unit] = totals.get(unit, 0) + int(count)
+    from agent.report import status, timeline  # the boot passes' records and the timeline outlive every report
+
+    carried = status.carried(root.path(status_path))
+    boot = timeline.update(status.boot_id(root), config, results, document["health"], actions or (),
+                           carried.get("timeline"), totals, node=node, early=early)
+    if boot.get("time_to_gpu_ready_seconds") is not None:
+        document["gpu_ready_seconds"] = boot["time_to_gpu_ready_seconds"]
+    local = {**document, "restarts_total": totals, **carried, "timeline": boot}
+    published = None
+    if publish_report:
+        # The node's own view first: publishing may take up to report.timeout_seconds.
+        _write(root, status_path, _status_bytes({**local, "publish": {"attempted": True, "ok": None}}))
+        ready = timeline.announcement(boot, config.report.gpu_ready_budget_seconds)
+        published = (publisher or publish)(root, config, results, document, now=now,
+                                           events=[ready, *events] if ready else events,
+                                           keep_actions=actions is None, node=node)
+        timeline.announced(boot, ready, published.events if published.ok else None)
+    document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
+    problems: List[str] = []
+    err = _write(root, status_path, _status_bytes(document))
+    if err:
+        problems.append(err)
+    if config.report.metrics_file:
+        err = _write(root, config.report.metrics_file,
+                     metrics_text(results, now, totals, published, boot).encode())
+        if err:
+            problems.append(err)
+    for problem in problems:
+        log.error("report file not written", error=problem)
+    return ReportOutcome(document, published, tuple(problems))
+
+
+def summary_line(outcome: ReportOutcome) -> str:
+    """One line for the terminal about where the report went."""
+    parts = []
+    p = outcome.published
+    if p is not None and p.ok:
+        parts.append(f"published: node {p.node} ({p.node_source})" + ("" if p.wrote else ", unchanged: nothing sent"))
+    elif p is not None:
+        parts.append(f"not published: {p.error}")
+    parts.extend(f"not written: {problem}" for problem in outcome.problems)
+    return "\n".join(parts) + "\n" if parts else ""
