@@ -12,8 +12,9 @@
 # demo needs, and only that: the Debian packages of its DEMO_APT_PACKAGES (python3, python3-venv,
 # python3-gi, python3-dbus, gir1.2-glib-2.0, ca-certificates, systemd, dbus, util-linux, bsdutils,
 # debian-archive-keyring), .venv with the locked Python packages of scripts/lock/py311.txt (the
-# agent's libraries, the test, lint and type-check tools: the demo runs the tests' systemd harness and loopback API
-# server), and containerd 2.x from Debian's archive into .cache/containerd/ (scripts/fetch-containerd.sh).
+# agent's libraries, the test, lint and type-check tools: the demo runs the tests' systemd harness
+# and loopback API server), and containerd 2.x from Debian's archive into .cache/containerd/
+# (scripts/fetch-containerd.sh 2). Nothing else: no Python 3.9, no containerd 1.6 or 1.7, no compiler.
 # What each piece is and where its behaviour comes from: scripts/demo_boot.py. The node lives in a
 # directory under /var/lib, removed at the end, with the systemd instance.
 set -euo pipefail
