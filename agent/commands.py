@@ -1,4 +1,4 @@
-"""The command handlers: what `run`, `prepare`, `check`, `plan`, `status`, `efa fetch` and `config` do
+"""The command handlers: what `run`, `prepare`, `check`, `plan`, `status`, `fleet`, `efa fetch` and `config` do
 with their parsed options (``agent/cli.py`` parses them and turns errors into exit codes). Each
 handler imports only what its command uses, so `check` stays fast.
 """
@@ -226,6 +226,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         the_plan = plan.make_plan(pipeline.discover(root, config), config)
         for problem in the_plan.problems:
             log.warning("not fixed", problem=problem)
+        from agent.report import timeline  # the daemons' first starts, before a restart replaces them
+
+        early = timeline.observe_systemd() if the_plan.restarts else None
         result = apply.apply(the_plan, restart_timeout=config.restart.timeout_seconds)
         facts = pipeline.discover(root, config, gpu_health=True, imds=True)
         results = pipeline.evaluate(facts, config)
@@ -244,7 +247,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
                             restarts=restarts, events=events.from_apply(root, result), node=node_object(facts),
-                            **_pass_of(args))
+                            early=early, **_pass_of(args))
     _print(report.summary_line(outcome))
     pipeline.reported(facts, outcome.published is None or outcome.published.ok)
     if not outcome.ok:
@@ -298,6 +301,30 @@ def cmd_status(args: argparse.Namespace) -> int:
             view = status.summary({}, status.boot_id(root), disabled=True)
     _print(report_doc.render_json(view) if args.format == "json" else status.render_table(view))
     return status.exit_code(view)
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """Read-only, from a workstation: the kubeconfig is the operator's, not under --root."""
+    from agent.base.errors import UsageError
+    from agent.base.noderoot import NodeRoot
+    from agent.base.retry import Deadline
+    from agent.kube.client import KubeClient
+    from agent.kube.kubeconfig import load_kubeconfig
+    from agent.report import fleet
+
+    if os.path.realpath(args.root) != "/":
+        raise UsageError("fleet: --root does not apply: it reads your own kubeconfig (--kubeconfig)")
+    kubeconfig = load_kubeconfig(NodeRoot("/"), fleet.kubeconfig_path(args.kubeconfig, os.environ), args.context)
+    with KubeClient(kubeconfig) as client:
+        view = fleet.collect(client, Deadline(fleet.LIST_TIMEOUT), prefix=args.annotation_prefix,
+                             condition=args.condition, stale_seconds=args.stale_minutes * 60).as_dict()
+    if args.format == "json":
+        import json
+
+        _print(json.dumps(view, indent=2) + "\n")
+    else:
+        _print(fleet.render_table(view))
+    return 0
 
 
 def _clean_after_killed_runs(root: NodeRoot, config: AgentConfig) -> None:

@@ -95,7 +95,10 @@ def exported_names(tmp_path: Path, capsys: pytest.CaptureFixture) -> Set[str]:
     """Every metric name the agent writes (a report with restarts and a failed publish has them all)."""
     names = set(samples(node_metrics(tmp_path, capsys)))
     doc = {**report_document([CheckResult(n, PASS, "ok") for n in CHECK_NAMES]), "restarts_total": {"a": 1},
-           "publish": {"attempted": True, "ok": False}}
+           "publish": {"attempted": True, "ok": False},
+           # a boot that reached GPU-ready (agent/report/timeline.py)
+           "timeline": {"milestones": {"kernel": {"seconds": 0.0}, "gpu-ready": {"seconds": 95.2}},
+                        "time_to_gpu_ready_seconds": 95.2, "agent_share_seconds": 0.4}}
     return names | set(samples(metrics.render(doc)))
 
 

@@ -331,7 +331,9 @@ def test_finish_writes_status_file_and_metrics(tmp_path: Path) -> None:
     assert f"gpu_node_agent_last_run_timestamp_seconds {NOW.timestamp():.3f}" in prom
     assert 'gpu_node_agent_restarts_total{unit="containerd.service"} 1' in prom
     assert "gpu_node_agent_report_published" not in prom
-    assert prom.count("# TYPE") == 7 and prom.endswith("\n")  # the families: docs/metrics.md
+    # the boot timeline's gauge (agent/report/timeline.py): kernel start, 0 s by definition
+    assert 'gpu_node_agent_boot_milestone_seconds{milestone="kernel"} 0.000' in prom
+    assert prom.count("# TYPE") == 8 and prom.endswith("\n")  # the families: docs/metrics.md
     # A second run adds to the counters (since boot: the status file lives in /run).
     report.finish(root, cfg, results(), publish_report=False, restarts={"containerd.service": 1}, now=NOW)
     prom = (tmp_path / "var/lib/node_exporter/textfile_collector/gpu_node_agent.prom").read_text()
@@ -364,7 +366,8 @@ def test_finish_records_publishing_outcome(tmp_path: Path) -> None:
     (during,) = seen_while_publishing  # the status file is there before the API server answers
     assert during["health"] == "healthy" and during["publish"] == {"attempted": True, "ok": None}
     status = json.loads((tmp_path / "run/gpu-node-agent/status.json").read_text())
-    assert list(status) == ["v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total"]
+    assert list(status) == ["v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total",
+                            "timeline"]
     assert status["publish"]["ok"] is False and "403" in status["publish"]["error"]
     assert "gpu_node_agent_report_published 0" in (tmp_path / "m/agent.prom").read_text()
     assert report.summary_line(out) == "not published: GET /api/v1/nodes/x: 403 Forbidden: no\n"

@@ -30,7 +30,7 @@ VERSION_LABELS = ("agent", "kubernetes", "containerd", "toolkit", "driver")
 UNKNOWN = "unknown"
 
 # "module:function" of every metric source, in the order of the file.
-SOURCES: Tuple[str, ...] = ("agent.report.metrics:core_families",)
+SOURCES: Tuple[str, ...] = ("agent.report.metrics:core_families", "agent.report.timeline:metric_families")
 
 Labels = Mapping[str, str]
 

@@ -46,6 +46,8 @@ def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT, *
     actions = [str(a) for a in document.get("actions", [])]
     head = {"v": document["v"], "agent": document["agent"], "time": since or document["time"],
             "health": document["health"]}
+    if document.get("gpu_ready_seconds") is not None:  # the boot's time to GPU-ready (agent/report/timeline.py)
+        head["gpu_ready_seconds"] = document["gpu_ready_seconds"]
     longest = max([len(c["message"]) for c in checks] + [len(a) for a in actions] + [0])
 
     def render(cap: Optional[int], kept: int) -> bytes:

@@ -60,7 +60,8 @@ def _previous_restarts(path: Any) -> Dict[str, int]:
 
 
 def _status_bytes(document: Mapping[str, Any]) -> bytes:
-    order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total", "pass", "passes")
+    order = ("v", "agent", "time", "health", "gpu_ready_seconds", "checks", "actions", "publish", "restarts_total",
+             "pass", "timeline", "passes")
     ordered_doc = {k: document[k] for k in order if k in document}
     return (json.dumps(ordered_doc, indent=2) + "\n").encode()
 
@@ -91,22 +92,29 @@ def finish(
     node: Optional[Mapping[str, Any]] = None,
     pass_name: Optional[str] = None,
     started: Optional[float] = None,
+    early: Optional[Any] = None,
 ) -> ReportOutcome:
     """The end of every ``run`` (and of ``check --report``): publish when asked, then always write
     the status file (and the metrics file when configured). ``actions``: what a ``run`` did (None
     for ``check --report``, which keeps the actions the last run published on the Node).
     ``restarts``: units restarted by this run and how often; the status file keeps the running
     totals since boot for the counter. ``events``: ``events.EventSpec`` of this run's actions.
-    ``node``: the Node as a check of this report read it (see ``publish``)."""
+    ``node``: the Node as a check of this report read it (see ``publish``). ``early``: systemd's
+    timestamps as a ``run`` saw them before its restarts (``timeline.observe_systemd``)."""
     now = now or datetime.now(timezone.utc)
     document = report_document(results, actions or (), now=now)
     status_path = config.report.status_file
     totals = _previous_restarts(root.path(status_path))
     for unit, count in (restarts or {}).items():
         totals[unit] = totals.get(unit, 0) + int(count)
-    from agent.report import status  # the boot passes' records (agent/status.py) outlive every report
+    from agent.report import status, timeline  # the boot passes' records and the timeline outlive every report
 
-    local = {**document, "restarts_total": totals, **status.carried(root.path(status_path))}
+    carried = status.carried(root.path(status_path))
+    boot = timeline.update(status.boot_id(root), config, results, document["health"], actions or (),
+                           carried.get("timeline"), totals, node=node, early=early)
+    if boot.get("time_to_gpu_ready_seconds") is not None:
+        document["gpu_ready_seconds"] = boot["time_to_gpu_ready_seconds"]
+    local = {**document, "restarts_total": totals, **carried, "timeline": boot}
     if pass_name is not None:  # how long the pass making this report took so far (the metrics)
         took = time.monotonic() - started if started is not None else 0.0
         local["pass"] = {"name": pass_name, "duration_seconds": round(took, 3)}
@@ -114,8 +122,11 @@ def finish(
     if publish_report:
         # The node's own view first: publishing may take up to report.timeout_seconds.
         _write(root, status_path, _status_bytes({**local, "publish": {"attempted": True, "ok": None}}))
-        published = (publisher or publish)(root, config, results, document, now=now, events=events,
+        ready = timeline.announcement(boot, config.report.gpu_ready_budget_seconds)
+        published = (publisher or publish)(root, config, results, document, now=now,
+                                           events=[ready, *events] if ready else events,
                                            keep_actions=actions is None, node=node)
+        timeline.announced(boot, ready, published.events if published.ok else None)
     document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
     problems: List[str] = []
     err = _write(root, status_path, _status_bytes(document))
