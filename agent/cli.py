@@ -72,6 +72,8 @@ def _seconds(text: str) -> float:
 def _add_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="a table, one line per check, or the report document as JSON (default: table)")
+    p.add_argument("--pretty", action="store_true",
+                   help="with --format json: indented JSON (default: one compact line, for SSM and scripts)")
     p.add_argument("--report", action="store_true", help="also publish the node annotation and condition")
 
 
@@ -87,10 +89,29 @@ def _add_status(p: argparse.ArgumentParser) -> None:
                         "exit 1")
 
 
+def _add_fleet(p: argparse.ArgumentParser) -> None:
+    from agent.report.fleet import DEFAULT_STALE_MINUTES
+
+    p.add_argument("--kubeconfig", metavar="PATH", help="your kubeconfig (default: $KUBECONFIG's first file, "
+                                                       "else ~/.kube/config)")
+    p.add_argument("--context", metavar="NAME", help="the kubeconfig context (default: its current-context)")
+    p.add_argument("--stale-minutes", type=_seconds, default=DEFAULT_STALE_MINUTES, metavar="M",
+                   help="a report whose condition heartbeat is older is stale (default "
+                        f"{DEFAULT_STALE_MINUTES:g})")
+    p.add_argument("--annotation-prefix", default="gpu-node-agent", metavar="PREFIX",
+                   help="the agents' report.annotation_prefix (default: gpu-node-agent)")
+    p.add_argument("--condition", default="GPUNodeAgentReady", metavar="TYPE",
+                   help="the agents' report.condition (default: GPUNodeAgentReady)")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="tables, or one JSON object (default: table)")
+
+
 def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="unified diffs with a reason per change, or JSON: per file its path, diff and reasons; "
                         "the restarts and why; the EFA action (default: text)")
+    p.add_argument("--detailed-exitcode", action="store_true",
+                   help="exit 2 when run would change something, 0 when nothing (as terraform plan does)")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -177,6 +198,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+def kubectl_plugin(argv: Optional[Sequence[str]] = None) -> int:
+    """``kubectl-gpu_node_agent``: ``kubectl gpu-node-agent [fleet] ...`` runs this CLI; without a
+    command, ``fleet`` (the command that belongs on a workstation)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if command_in(argv) not in COMMANDS and not {"-h", "--help", "--version"} & set(argv):
+        argv = ["fleet", *argv]
+    return main(argv)
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{PROG} {_version()}\n")
     sys.stdout.flush()
@@ -191,6 +221,8 @@ COMMANDS: Dict[str, Tuple[Callable[[argparse.Namespace], int], str, Optional[Cal
     "status": (commands.cmd_status, "the boot passes and the last report, from the status file", _add_status),
     "plan": (commands.cmd_plan, "show what run would change and why; changes nothing", _add_plan),
     "check": (commands.cmd_check, "evaluate every health check", _add_check),
+    "fleet": (commands.cmd_fleet, "every Node's health, versions and time to GPU-ready, from your "
+                                  "workstation; read-only", _add_fleet),
     "efa": (commands.cmd_efa_help, "EFA userspace installer", _add_efa),
     "config": (commands.cmd_config_help, "validate or show the agent configuration", _add_config),
     "version": (cmd_version, "print the agent version", None),
@@ -215,10 +247,13 @@ EXIT_CODES: Dict[str, Tuple[Tuple[str, str], ...]] = {
                ("1", "unhealthy, a pass of this boot failed, no report, an unreadable status file, or --wait "
                      "timed out"),
                ("2", "degraded: warnings only"), _USAGE_64),
-    "plan": (("0", "a plan was made, whether or not it changes anything"),
-             ("1", "the node has a problem the agent will not fix (e.g. an unreadable file)"), _USAGE_64),
+    "plan": (("0", "a plan was made (with --detailed-exitcode: and run would change nothing)"),
+             ("1", "the node has a problem the agent will not fix (e.g. an unreadable file)"),
+             ("2", "with --detailed-exitcode: run would change something (a file, a restart, EFA)"), _USAGE_64),
     "check": (("0", "healthy"), ("1", "unhealthy; with --report also: the report was not published"),
               ("2", "degraded: warnings only"), _USAGE_64),
+    "fleet": (("0", "listed"), ("1", "the kubeconfig or the API server failed (one line says which)"),
+              ("64", "bad usage (e.g. --root, which does not apply)")),
     "efa": (("0", "success"), ("1", "the action failed"), _USAGE_64),
     "efa fetch": (("0", "the pinned installer is in the cache, verified"),
                   ("1", "nothing pinned, or the download or its verification failed (nothing kept)"), _USAGE_64),
@@ -241,6 +276,10 @@ DESCRIPTIONS: Dict[str, str] = {
             "which units would restart and why, and the EFA action.",
     "check": "Evaluate every health check and print them; changes nothing on the node (with --report, "
              "also publishes the node annotation and condition).",
+    "fleet": "From an operator's workstation with your own kubeconfig, read-only: every Node's agent report "
+             "at a glance. Nodes grouped by health and the condition's reason, the agent and stack versions in "
+             "use, time to GPU-ready p50/p90/max per instance type and per known-good AMI row, stale reports. "
+             "Lists Nodes in pages (limit/continue, resourceVersion=0). Also: kubectl gpu-node-agent fleet.",
     "efa fetch": "Download the pinned aws-efa-installer into efa.cache_dir and verify it (efa.sha256, "
                  "efa.gpg_fingerprint), whatever efa.install says: for an AMI bake, so nodes need no network.",
     "config validate": "Validate a configuration file (default: --config) merged with the drop-ins of the "

@@ -21,7 +21,9 @@ differs() {  # VENV LOCK: "name locked -> newest" for each locked package whose 
 import re, sys, importlib.metadata as md
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
 locked = dict((norm(n), v) for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", open(sys.argv[1]).read(), re.M))
-found = {norm(d.metadata["Name"]): d.version for d in md.distributions()}
+found = {}
+for d in md.distributions():  # in sys.path order: the venv's own before the system's
+    found.setdefault(norm(d.metadata["Name"]), d.version)
 rows = [f"  {n} {v} -> {found.get(n, 'not installed')}" for n, v in sorted(locked.items()) if found.get(n) != v]
 print("\n".join(rows) if rows else "  (none)")
 PY

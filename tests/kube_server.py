@@ -24,12 +24,19 @@ exactly where the agent depends on it (and has its own tests in test_kube_server
   ``involvedObject`` with a kind and name, and for a cluster-scoped object (empty
   ``involvedObject.namespace``) the namespace ``default``. A node may create and patch Events, never
   get, list or delete them (the ``system:node`` role: ``events: create, update, patch``): 403;
+* a ``GET`` may carry ``resourceVersion=0`` (served from the watch cache by the real server; here the
+  same object), recorded apart from the path (``Recorded.query``);
+* ``GET /api/v1/nodes`` lists Nodes in name order, as kube-apiserver pages a list: ``limit`` and
+  an opaque ``continue`` token (``metadata.continue``, ``remainingItemCount``), ``continue``
+  together with ``resourceVersion`` is 400; ``resourceVersion=0`` is served as the watch cache
+  does, which (before the cache could page) ignored ``limit``: ``rv0_pages=False`` shows that;
 * every Node has a ``metadata.uid``; every request is recorded with its arrival time and its size
   on the wire (request line, headers and body; status line, headers and body of the answer).
 
 Every response to an error is a ``Status`` object like the real server's.
 """
 
+import base64
 import copy
 import json
 import random
@@ -37,6 +44,7 @@ import re
 import ssl
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -243,6 +251,7 @@ class Recorded:
     at: float = 0.0  # time.monotonic() when it arrived
     bytes_in: int = 0  # the request as sent: request line, headers, body
     bytes_out: int = 0  # the answer: status line, headers, body
+    query: Dict[str, str] = field(default_factory=dict)  # the query parameters (path is without them)
 
 
 @dataclass
@@ -275,6 +284,7 @@ class ApiServer(LoopbackServer):
         self.storm_: Optional[Storm] = None
         self.requests: List[Recorded] = []
         self.lock = threading.Lock()
+        self.rv0_pages = True  # False: resourceVersion=0 answers the whole list, as an older watch cache
 
     # -- setup --
 
@@ -324,7 +334,8 @@ class ApiServer(LoopbackServer):
     # -- request handling (called from the handler threads) --
 
     def handle(
-        self, method: str, path: str, headers: Any, body: bytes, peer_cn: Optional[str]
+        self, method: str, path: str, headers: Any, body: bytes, peer_cn: Optional[str],
+        query: Optional[Dict[str, str]] = None,
     ) -> Tuple[int, Dict[str, str], Any]:
         user, auth_error = self._authenticate(headers.get("Authorization"), peer_cn)
         if auth_error:
@@ -344,6 +355,8 @@ class ApiServer(LoopbackServer):
                 )
         if path.startswith("/api/v1/namespaces/"):
             return self._events(method, path, headers, body, user)
+        if method == "GET" and path == "/api/v1/nodes":
+            return self._list_nodes(query or {}, user)
         m = re.fullmatch(r"/api/v1/nodes/([^/]+)(/status)?", path)
         if not m:
             return 404, {}, _status(404, "NotFound", "the server could not find the requested resource")
@@ -404,6 +417,32 @@ class ApiServer(LoopbackServer):
                 updated["metadata"]["resourceVersion"] = str(int(node["metadata"]["resourceVersion"]) + 1)
                 self.nodes[name] = updated
             return 200, {}, copy.deepcopy(self.nodes[name])
+
+    def _list_nodes(self, query: Dict[str, str], user: str) -> Tuple[int, Dict[str, str], Any]:
+        if user != "admin" and not user.startswith("system:node:"):
+            return 403, {}, _status(403, "Forbidden", f'nodes is forbidden: User "{user}" cannot list resource '
+                                    '"nodes" in API group "" at the cluster scope')
+        token, version = query.get("continue"), query.get("resourceVersion")
+        if token and version:
+            return 400, {}, _status(400, "BadRequest", "specifying resource version is not allowed when using "
+                                    "continue")
+        try:
+            limit = int(query.get("limit") or 0)
+            after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"] if token else None
+        except (ValueError, KeyError, TypeError):
+            return 400, {}, _status(400, "BadRequest", "invalid limit or continue token")
+        if version == "0" and not self.rv0_pages:
+            limit = 0
+        with self.lock:  # the Node objects themselves: a patch replaces them, never changes them in place
+            names = sorted(n for n in self.nodes if after is None or n > after)
+            chosen = names[:limit] if limit > 0 else names
+            items = [self.nodes[n] for n in chosen]
+            rv = str(max([int(n["metadata"]["resourceVersion"]) for n in self.nodes.values()] + [1]))
+        meta: Dict[str, Any] = {"resourceVersion": rv}
+        if len(chosen) < len(names):
+            meta["continue"] = base64.urlsafe_b64encode(json.dumps({"after": chosen[-1]}).encode()).decode()
+            meta["remainingItemCount"] = len(names) - len(chosen)
+        return 200, {}, {"kind": "NodeList", "apiVersion": "v1", "metadata": meta, "items": items}
 
     def _events(
         self, method: str, path: str, headers: Any, body: bytes, user: str
@@ -515,7 +554,9 @@ class _Handler(BaseHTTPRequestHandler):
             for key, value in rdn:
                 if key == "commonName":
                     peer_cn = value
-        status, headers, payload = self.api.handle(self.command, self.path, self.headers, body, peer_cn)
+        path, _, raw_query = self.path.partition("?")
+        query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True))
+        status, headers, payload = self.api.handle(self.command, path, self.headers, body, peer_cn, query)
         try:
             parsed_body: Any = json.loads(body) if body else None
         except ValueError:
@@ -530,8 +571,8 @@ class _Handler(BaseHTTPRequestHandler):
         head = sum(len(h) for h in getattr(self, "_headers_buffer", []))  # not sent yet
         self.api.requests.append(  # before the answer: a client that has it finds its request here
             Recorded(
-                self.command, self.path, peer_cn, self.headers.get("Content-Type"), parsed_body, status, auth,
-                at, len(self.requestline) + 2 + len(str(self.headers)) + len(body), head + 2 + len(data),
+                self.command, path, peer_cn, self.headers.get("Content-Type"), parsed_body, status, auth,
+                at, len(self.requestline) + 2 + len(str(self.headers)) + len(body), head + 2 + len(data), query,
             )
         )
         self.end_headers()

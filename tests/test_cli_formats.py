@@ -185,3 +185,56 @@ def test_config_show_json_loads_back_to_the_same_configuration(tmp_path: Path,
     assert document["efa"]["install"] == "never" and document["restart"]["units"] == ["containerd.service"]
     assert document["report"]["condition"] == "GPUNodeAgentReady"  # defaults included
     assert parse_config(shown, "shown.json").settings() == parse_config(config.read_text(), "c").settings()
+
+
+# --- output that fits SSM and scripts ------------------------------------------------------------------
+
+
+def test_check_json_is_one_compact_line_and_pretty_indents(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    from tests.gpu_node import healthy_gpu_node
+
+    root = healthy_gpu_node(tmp_path / "node", gpus=8, instance_type="p5.48xlarge")
+    cli.main(["--root", str(root), "check", "--format", "json"])
+    compact = capsys.readouterr().out
+    cli.main(["--root", str(root), "check", "--format", "json", "--pretty"])
+    pretty = capsys.readouterr().out
+    assert compact.count("\n") == 1 and compact == json.dumps(json.loads(compact), separators=(",", ":")) + "\n"
+    assert pretty.count("\n") > 50 and pretty.startswith('{\n  "v": 1,')
+    a, b = json.loads(compact), json.loads(pretty)
+    a.pop("time"), b.pop("time")
+    assert a == b
+    assert len(compact) < len(pretty) * 0.8
+
+
+def test_table_messages_are_cut_to_120_columns_without_a_terminal_and_whole_in_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.gpu_node import healthy_gpu_node
+
+    root = healthy_gpu_node(tmp_path / "node", instance_type="")  # a long "instance type unknown" message
+    cli.main(["--root", str(root), "check"])
+    table = capsys.readouterr().out
+    cli.main(["--root", str(root), "check", "--format", "json"])
+    whole = {c["name"]: c["message"] for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert len(whole["gpu-inventory"]) > 120
+    assert max(len(line) for line in table.splitlines()) <= 120
+    (row,) = [line for line in table.splitlines() if line.startswith("gpu-inventory")]
+    assert len(row) == 120 and row.endswith("...") and whole["gpu-inventory"].startswith(row.split("  ")[-1][:-3])
+
+
+def test_table_width_follows_the_terminal() -> None:
+    from agent.pipeline.health import CheckResult
+    from agent.report.document import render_table
+
+    text = render_table([CheckResult("gpu-errors", "warn", "x" * 300)], ["a" * 300], columns=80)
+    assert [len(line) for line in text.splitlines()] == [len("CHECK       STATUS  MESSAGE"), 80, 80,
+                                                         len("health: degraded")]
+
+
+def test_plan_detailed_exitcode(drifted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--root", str(drifted), "plan"]) == 0
+    assert cli.main(["--root", str(drifted), "plan", "--detailed-exitcode"]) == 2
+    assert cli.main(["--root", str(drifted), "plan", "--format", "json", "--detailed-exitcode"]) == 2
+    converged = converged_node(tmp_path / "converged", hardware=False)
+    assert cli.main(["--root", str(converged), "plan", "--detailed-exitcode"]) == 0
+    capsys.readouterr()

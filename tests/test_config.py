@@ -45,6 +45,7 @@ report:
   metrics_file: null              # e.g. /var/lib/node_exporter/textfile_collector/gpu_node_agent.prom
   timeout_seconds: 30
   heartbeat_minutes: 30           # refresh the condition's lastHeartbeatTime at most this often (0: every report)
+  gpu_ready_budget_seconds: 600   # over this, the GPU-ready Event is GPUReadyLate
 imds:
   endpoint: null                  # default http://169.254.169.254; honours AWS_EC2_METADATA_SERVICE_ENDPOINT
   timeout_seconds: 2

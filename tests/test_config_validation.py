@@ -110,6 +110,7 @@ BAD_VALUES: Dict[str, Tuple[Any, str]] = {
     "report.metrics_file": ("x.prom", "must be an absolute path"),
     "report.timeout_seconds": (0, "must be greater than 0"),
     "report.heartbeat_minutes": (-1, "must be 0 or more"),
+    "report.gpu_ready_budget_seconds": (0, "must be greater than 0"),
     "imds.endpoint": ("169.254.169.254", "must be an http:// or https:// URL"),
     "imds.timeout_seconds": (-2, "must be greater than 0"),
     "gpu.instance_type": ("P5.48XLarge", "must be an EC2 instance type"),

@@ -197,3 +197,20 @@ def test_plain_check_reads_the_node_and_its_instance_type_label(root: Path, api:
         "the Node's node.kubernetes.io/instance-type label"
     assert (root / "run/gpu-node-agent/instance-type").read_text() == "p5.48xlarge\n"
     assert [c.method for c in api.calls()] == ["GET"]
+
+
+def test_plain_check_takes_the_node_name_from_the_hostname_not_imds_and_says_so(
+        root: Path, api: ApiServer, imds: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+    write(root, "/etc/eks/kubelet/environment", "NODEADM_KUBELET_ARGS=--node-ip=10.0.0.12\n")
+    cli.main(["--root", str(root), "check", "--format", "json"])
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    alloc = checks["gpu-allocatable"]
+    host = socket.gethostname().strip().lower()
+    assert alloc["details"]["node_source"] == "hostname" and alloc["details"]["node"] == host
+    assert alloc["status"] == WARN and alloc["message"].endswith(
+        "(node name from the hostname; set report.node_name if that is not the Node's)")
+    assert imds.requests == []

@@ -44,7 +44,7 @@ EXPECTED = {
     48: (FAIL, "GPU 2 (00000000:75:00.0): XID 48 Double Bit ECC Error (reset the GPU or reboot the node)",
          "GPUDoubleBitECCError"),
     63: (PASS, "no XID event that needs action since boot (5 kernel log records), no ECC or row-remapping problem "
-         "on 8 GPUs; 1 to ignore (details.ignored)", "NoGpuErrors"),
+         "on 8 GPUs; 1 to ignore (details.ignored)", "NoGPUErrors"),
     79: (FAIL, "GPU 4 (00000000:97:00.0): XID 79 GPU has fallen off the bus (reboot the node; replace the GPU if it "
          "recurs)", "GPUFellOffBus"),
     94: (WARN, "GPU 5 (00000000:A8:00.0): XID 94 Contained memory error (usually the workload's fault)",
@@ -76,7 +76,7 @@ def test_a_clean_boot(root: Path) -> None:
     r = gpu_errors(root)
     assert r.status == PASS
     assert r.message == "no XID events since boot (4 kernel log records), no ECC or row-remapping problem on 8 GPUs"
-    assert r.details["event_reason"] == "NoGpuErrors"
+    assert r.details["event_reason"] == "NoGPUErrors"
 
 
 @pytest.mark.parametrize("number", sorted(XID_LINES))

@@ -115,7 +115,7 @@ def test_eight_of_eight_on_a_p5(p5: Path) -> None:
     assert r.status == PASS
     assert r.message == "8 GPUs visible to nvidia-smi, as expected (p5.48xlarge has 8)"
     assert r.details["instance_type_source"] == "/run/gpu-node-agent/instance-type"
-    assert r.details["event_reason"] == "GpusPresent"
+    assert r.details["event_reason"] == "GPUsPresent"
 
 
 def test_seven_of_eight_fails_naming_the_missing_gpu(p5: Path) -> None:
@@ -135,10 +135,12 @@ def test_unknown_instance_type_skips_the_comparison_and_says_so(tmp_path: Path) 
     assert r.message == "4 GPUs visible to nvidia-smi; not compared: x9.metal is not in the agent's instance data"
 
 
-def test_no_instance_type_at_all_in_plain_check(tmp_path: Path) -> None:
+def test_no_instance_type_at_all_in_plain_check_is_a_warning(tmp_path: Path) -> None:
     root = healthy_gpu_node(tmp_path / "node", instance_type="")
     r = inventory(root)
-    assert r.status == PASS and "not compared: instance type unknown (not configured, not cached" in r.message
+    assert r.status == WARN and r.details["event_reason"] == "InstanceTypeUnknown"
+    assert "not compared: instance type unknown (not configured, not in /sys/devices/virtual/dmi/id/product_name, " \
+        "not cached" in r.message
 
 
 def test_configured_type_and_count(tmp_path: Path) -> None:
@@ -249,3 +251,48 @@ def test_instance_data_names_its_source_and_covers_the_families() -> None:
     nvswitch: List[str] = sorted(n for n, s in data["types"].items() if s["nvswitch"])
     assert nvswitch == ["p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge", "p5e.48xlarge", "p5en.48xlarge",
                         "p6-b200.48xlarge"]
+
+
+# --- the instance type from the node itself: DMI --------------------------------------------------
+
+
+def test_p5_showing_7_gpus_fails_in_plain_check_from_the_dmi_name_alone(
+        tmp_path: Path, imds: ImdsServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """No gpu.instance_type, no cache, no Node label, IMDS reachable: the DMI product name says p5.48xlarge
+    and plain ``check`` compares against it, asking no metadata service (not even for the node name)."""
+    from agent import cli
+
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+    root = healthy_gpu_node(tmp_path / "node", gpus=7, instance_type=None)
+    write(root, gpu.DMI_PRODUCT_NAME, "p5.48xlarge\n")
+    write(root, "/etc/eks/kubelet/environment", "NODEADM_KUBELET_ARGS=--node-ip=10.0.0.12\n")  # no override
+    assert cli.main(["--root", str(root), "check", "--format", "json"]) == 1
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    inventory_check = checks["gpu-inventory"]
+    assert (inventory_check["status"], inventory_check["details"]["event_reason"]) == (FAIL, "GPUMissing")
+    assert inventory_check["message"].startswith("7 of 8 GPUs visible: 1 missing (p5.48xlarge has 8)")
+    assert inventory_check["details"]["instance_type_source"] == gpu.DMI_PRODUCT_NAME
+    assert imds.requests == []
+    assert not (root / "run/gpu-node-agent/instance-type").exists()
+
+
+@pytest.mark.parametrize("product, found", [("p5.48xlarge", "p5.48xlarge"), ("HVM domU", None),
+                                            ("x9.metal", None), ("", None)])
+def test_the_dmi_name_counts_only_when_it_is_a_known_type(tmp_path: Path, product: str, found: str) -> None:
+    root = healthy_gpu_node(tmp_path / "node", gpus=8, instance_type=None)
+    write(root, gpu.DMI_PRODUCT_NAME, product + "\n")
+    facts = gpu.discover_instance(NodeRoot(str(root)), AgentConfig())
+    assert facts.instance_type == found
+    if found:
+        assert facts.source == gpu.DMI_PRODUCT_NAME
+
+
+def test_the_order_configuration_then_dmi_then_cache(tmp_path: Path) -> None:
+    root = healthy_gpu_node(tmp_path / "node", gpus=8, instance_type="g5.12xlarge")  # the cache
+    write(root, gpu.DMI_PRODUCT_NAME, "p5.48xlarge\n")
+    assert gpu.discover_instance(NodeRoot(str(root)), AgentConfig()).source == gpu.DMI_PRODUCT_NAME
+    configured = parse_config("gpu:\n  instance_type: p4d.24xlarge\n", "c")
+    assert gpu.discover_instance(NodeRoot(str(root)), configured).instance_type == "p4d.24xlarge"
+    (root / gpu.DMI_PRODUCT_NAME.lstrip("/")).unlink()
+    assert gpu.discover_instance(NodeRoot(str(root)), AgentConfig()).source == gpu.CACHE

@@ -12,6 +12,7 @@ pydbus on AL2023's PyGObject), restarting the containerd and kubelet stand-ins
 (tests/systemd_harness.py).
 """
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -248,9 +249,11 @@ def test_without_pygobject_the_unit_checks_say_which_package_to_install(
 ) -> None:
     without_gi = site_dir(tmp_path / "no-gi", [name for name in (*AL2023_DISTRIBUTIONS, *UNPINNED)
                                                if name not in ("PyGObject", "pycairo")])
-    proc = agent(node, "check", site=without_gi)
+    proc = agent(node, "check", "--format", "json", site=without_gi)  # whole messages (the table cuts them)
     assert proc.returncode == 1, proc.stderr  # the drifted containerd config fails; the unit checks warn
-    for unit in (CONTAINERD, KUBELET):
-        assert re.search(rf"^\S+-running\s+warn\s+cannot read {unit}: .*cannot load the D-Bus client "
-                         r"\(gi: ModuleNotFoundError\); install python3-gobject-base$", proc.stdout, re.MULTILINE)
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    for unit, name in ((CONTAINERD, "containerd-running"), (KUBELET, "kubelet-running")):
+        assert checks[name]["status"] == "warn"
+        assert re.fullmatch(rf"cannot read {unit}: .*cannot load the D-Bus client \(gi: ModuleNotFoundError\); "
+                            r"install python3-gobject-base", checks[name]["message"])
     assert "Traceback" not in proc.stderr

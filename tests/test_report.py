@@ -110,13 +110,15 @@ def test_report_always_fits(messages: List[str], actions: List[str]) -> None:
 @pytest.mark.parametrize(
     "statuses, status, reason, message",
     [
-        ({}, "True", "AllChecksPassed", f"{len(CHECK_NAMES)} checks passed"),
-        ({"efa": SKIP}, "True", "AllChecksPassed", f"{len(CHECK_NAMES) - 1} checks passed, 1 skipped"),
-        ({"compatibility": WARN, "efa": WARN}, "True", "ChecksWarned", "efa: efa is warn"),
+        ({}, "True", "GPUNodeReady", f"{len(CHECK_NAMES)} checks passed"),
+        ({"efa": SKIP}, "True", "GPUNodeReady", f"{len(CHECK_NAMES) - 1} checks passed, 1 skipped"),
+        ({"compatibility": WARN, "efa": WARN}, "True", "EFAWarning", "efa: efa is warn"),
+        ({"efa": WARN, "gpu_allocatable": WARN}, "False", "GPUAllocatableWarning",
+         "gpu-allocatable: gpu-allocatable is warn"),
         (
             {"compatibility": WARN, "nvidia_driver": FAIL, "efa": FAIL},
             "False",
-            "CheckFailed",
+            "NVIDIADriverFailed",
             "nvidia-driver: nvidia-driver is fail",
         ),
     ],
@@ -238,7 +240,7 @@ def test_publish_sets_annotations_and_condition_keeping_kubelet_conditions(
     assert json.loads(annotations["gpu-node-agent/report"])["checks"][5]["status"] == "warn"
     types = [c["type"] for c in api.nodes[NODE]["status"]["conditions"]]
     assert types == ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready", "GPUNodeAgentReady"]
-    assert agent_condition(api)["reason"] == "ChecksWarned"
+    assert agent_condition(api)["reason"] == "EFAWarning"
     assert [(r.method, r.path, r.content_type) for r in api.requests] == [
         ("GET", f"/api/v1/nodes/{NODE}", None),
         ("PATCH", f"/api/v1/nodes/{NODE}", "application/merge-patch+json"),
@@ -329,7 +331,9 @@ def test_finish_writes_status_file_and_metrics(tmp_path: Path) -> None:
     assert f"gpu_node_agent_last_run_timestamp_seconds {NOW.timestamp():.3f}" in prom
     assert 'gpu_node_agent_restarts_total{unit="containerd.service"} 1' in prom
     assert "gpu_node_agent_report_published" not in prom
-    assert prom.count("# TYPE") == 4 and prom.endswith("\n")
+    # the boot timeline's gauge (agent/report/timeline.py): kernel start, 0 s by definition
+    assert 'gpu_node_agent_boot_milestone_seconds{milestone="kernel"} 0.000' in prom
+    assert prom.count("# TYPE") == 8 and prom.endswith("\n")  # the families: docs/metrics.md
     # A second run adds to the counters (since boot: the status file lives in /run).
     report.finish(root, cfg, results(), publish_report=False, restarts={"containerd.service": 1}, now=NOW)
     prom = (tmp_path / "var/lib/node_exporter/textfile_collector/gpu_node_agent.prom").read_text()
@@ -362,7 +366,8 @@ def test_finish_records_publishing_outcome(tmp_path: Path) -> None:
     (during,) = seen_while_publishing  # the status file is there before the API server answers
     assert during["health"] == "healthy" and during["publish"] == {"attempted": True, "ok": None}
     status = json.loads((tmp_path / "run/gpu-node-agent/status.json").read_text())
-    assert list(status) == ["v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total"]
+    assert list(status) == ["v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total",
+                            "timeline"]
     assert status["publish"]["ok"] is False and "403" in status["publish"]["error"]
     assert "gpu_node_agent_report_published 0" in (tmp_path / "m/agent.prom").read_text()
     assert report.summary_line(out) == "not published: GET /api/v1/nodes/x: 403 Forbidden: no\n"
@@ -375,7 +380,10 @@ def test_unwritable_status_file_is_a_problem_not_a_crash(tmp_path: Path) -> None
 
 
 def test_metrics_label_escaping() -> None:
-    text = report.metrics_text([CheckResult('we"ird\\name', PASS, "")], NOW, {"a\nb": 1}, None)
+    from agent.report import metrics
+
+    document = {**report_document([CheckResult('we"ird\\name', PASS, "")], now=NOW), "restarts_total": {"a\nb": 1}}
+    text = metrics.render(document)
     assert 'check="we\\"ird\\\\name"' in text and 'unit="a\\nb"' in text
 
 

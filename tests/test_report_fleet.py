@@ -109,7 +109,7 @@ def test_each_kind_of_change_is_written_once(root: Path, api: ApiServer) -> None
     degraded = results(efa=(WARN, "EFA userspace 1.47.0 installed, 1.48.0 pinned"))
     assert node.beat(degraded, next(at)) == [META, STATUS]
     assert node.beat(degraded, next(at)) == []
-    assert node.annotations()[HEALTH] == "degraded" and node.condition()["reason"] == "ChecksWarned"  # type: ignore[index]
+    assert node.annotations()[HEALTH] == "degraded" and node.condition()["reason"] == "EFAWarning"  # type: ignore[index]
 
     # a message of a passing check: the annotation only (the condition's summary is the same)
     back = results()

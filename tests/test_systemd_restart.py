@@ -7,12 +7,13 @@ the jobs it ran (``JobRemoved`` results, in order), ``ActiveEnterTimestamp``, ``
 daemons' own start log (which config each start loaded).
 """
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import pytest
 
@@ -117,6 +118,12 @@ def test_converged_node_restarts_nothing(gpu_node: GpuNode) -> None:
 # --- 2. stale daemon (pre-#2705 nodeadm) ----------------------------------------------------------
 
 
+def messages(node: GpuNode) -> Dict[str, str]:
+    """Each check's whole message (the table cuts them to 120 columns), from ``check --format json``."""
+    _, out, _ = node.agent("check", "--format", "json")
+    return {c["name"]: c["message"] for c in json.loads(out)["checks"]}
+
+
 def test_stale_containerd_restarts_containerd_then_kubelet_once(gpu_node: GpuNode) -> None:
     gpu_node.write_node(HEALTHY).boot()
     before = {u: gpu_node.props(u) for u in (CONTAINERD, KUBELET)}
@@ -124,7 +131,8 @@ def test_stale_containerd_restarts_containerd_then_kubelet_once(gpu_node: GpuNod
 
     code, out, err = gpu_node.agent("check")
     assert code == 2, out + err  # degraded: the daemon runs an older configuration
-    assert "containerd-running     warn" in out and "runs an older configuration" in out
+    assert "containerd-running     warn" in out and "runs an older configuration" in messages(gpu_node)[
+        "containerd-running"]
     code, out, _ = gpu_node.agent("plan")
     assert "restart containerd.service: containerd.service has run since" in out
     assert "/etc/containerd/config.toml changed at" in out
@@ -424,7 +432,7 @@ def test_kubelet_active_but_not_healthy_fails_check_and_restart(gpu_node: GpuNod
     line = next(ln for ln in out.splitlines() if ln.startswith("kubelet-running"))
     assert line.split()[1] == "fail"
     url = f"http://127.0.0.1:{gpu_node.healthz_port}/healthz"
-    assert f"but kubelet healthz {url}: HTTP 500 '[-]syncloop failed'" in line
+    assert f"but kubelet healthz {url}: HTTP 500 '[-]syncloop failed'" in messages(gpu_node)["kubelet-running"]
 
     gpu_node.make_stale()
     code, out, jobs = gpu_node.run_recording()
@@ -442,7 +450,8 @@ def test_containerd_that_cannot_be_asked_warns_and_is_not_healthy(gpu_node: GpuN
 
     assert code == 2, out
     line = next(ln for ln in out.splitlines() if ln.startswith("containerd-running"))
-    assert line.split()[1] == "warn" and line.endswith("but cannot ask containerd: /usr/bin/ctr not found")
+    assert line.split()[1] == "warn"
+    assert messages(gpu_node)["containerd-running"].endswith("but cannot ask containerd: /usr/bin/ctr not found")
     assert "health: degraded" in out
 
 

@@ -205,23 +205,28 @@ def check(versions: NodeVersions, matrix: Optional[Matrix] = None, unknown: str 
     }
     if len(missing) == len(COMPONENTS):
         return CheckResult(CHECK, SKIP, "no component versions found on this node "
-                           f"({versions.notes.get('kubernetes', 'kubelet version unknown')})", details)
+                           f"({versions.notes.get('kubernetes', 'kubelet version unknown')})",
+                           {**details, "event_reason": "NoVersions"})
     best = closest(found, matrix.rows)
     if best is None:
-        return CheckResult(CHECK, unknown, f"{_shown(found)}: the compatibility matrix has no rows", details)
+        return CheckResult(CHECK, unknown, f"{_shown(found)}: the compatibility matrix has no rows",
+                           {**details, "event_reason": "UntestedVersions"})
     details["closest"] = {n: best.row.get(n) for n in (*FIELDS, "source")}
     details["differs"] = [list(d) for d in best.differs]
     if best.differs:
         setting = "" if unknown == WARN else f" (compatibility.unknown: {unknown})"
         return CheckResult(CHECK, unknown, f"untested combination{setting}: closest known-good row "
-                           f"{best.row.label()} differs in {best.describe_differences()}", details)
+                           f"{best.row.label()} differs in {best.describe_differences()}",
+                           {**details, "event_reason": "UntestedVersions"})
     details["matching"] = [r.label() for r in matrix.rows if not compare(found, r).differs]
     if missing:
         why = "; ".join(f"{LABELS[n]} unknown ({versions.notes.get(n, 'not found')})" for n in missing)
-        return CheckResult(CHECK, WARN, f"{why}; the rest matches known-good {best.row.label()}", details)
+        return CheckResult(CHECK, WARN, f"{why}; the rest matches known-good {best.row.label()}",
+                           {**details, "event_reason": "VersionsUnknown"})
     # Named by the row's AMI release: the node's own release is not recorded (details.unknown).
+    details["matched"] = best.row.ami_release
     return CheckResult(CHECK, PASS, f"{_shown(found)}: known-good row {best.row.label()} "
-                       f"({re.split('[,:]', best.row.source)[0]})", details)
+                       f"({re.split('[,:]', best.row.source)[0]})", {**details, "event_reason": "KnownGoodVersions"})
 
 
 class Compatibility(Resource):

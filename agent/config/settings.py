@@ -79,6 +79,8 @@ class ReportSettings(NamedTuple):
     timeout_seconds: Annotated[float, Rule(positive)] = 30.0
     # refresh the condition's lastHeartbeatTime at most this often
     heartbeat_minutes: Annotated[float, Rule(not_negative)] = 30.0
+    # time to GPU-ready over this: the Event is GPUReadyLate (Warning) instead of GPUReady; null: no budget
+    gpu_ready_budget_seconds: Annotated[Optional[float], Rule(positive)] = 600.0
 
 
 class ImdsSettings(NamedTuple):

@@ -13,10 +13,16 @@ Expected: GPUs seen (``agent.nvidia.driver.gpus_seen``) x ``gpu.resource_per_gpu
 EFA devices present (``agent.efa``) of ``gpu.efa_resource_name``, when there is EFA hardware.
 ``gpu.allocatable: false`` turns the check off (``skip``).
 
-The Node is read (one GET, with the kubelet's credentials through ``agent.kube.client``) whenever a
-kubeconfig exists: in ``run``, ``check --report`` and plain ``check`` alike. No kubeconfig (the node
-has not joined a cluster, e.g. an AMI bake) or ``report.publish: false``: ``skip``, no API call. A
-kubeconfig that does not work: ``warn`` with why.
+The Node is read (one GET with ``resourceVersion=0``, from the API server's cache, with the
+kubelet's credentials through ``agent.kube``) whenever a kubeconfig exists: in ``run`` and plain
+``check`` every time; in ``check --report`` (the heartbeat timer) at most once per
+``report.heartbeat_minutes``: the allocatable and instance-type label of the last read
+(``agent.kube.node.READ_CACHE``) are reused while they are younger than that, for the same node and
+API server, and the last report's ``gpu-allocatable`` passed (``passed_last``). A heartbeat reads
+afresh when that check did not pass (the device plugin has not advertised the GPUs yet on a booting
+node, or they went missing, or the Node was unreadable): the condition turns ``True`` at the first
+heartbeat that sees them. No kubeconfig (the node has not joined a cluster, e.g. an AMI bake) or
+``report.publish: false``: ``skip``, no API call. A kubeconfig that does not work: ``warn`` with why.
 """
 
 from __future__ import annotations
@@ -35,6 +41,22 @@ if TYPE_CHECKING:
     from agent.pipeline.contract import NodeFacts
 
 CHECK = "gpu-allocatable"
+
+
+def passed_last(root: Any, config: AgentConfig) -> bool:
+    """Whether ``gpu-allocatable`` passed in the last report (the status file): then a heartbeat may
+    reuse the last Node read."""
+    import json
+
+    from agent.base.errors import AgentError
+    from agent.base.fs import read_text
+
+    try:
+        last = json.loads(read_text(root.path(config.report.status_file)))
+        return any(isinstance(c, dict) and c.get("name") == CHECK and c.get("status") == PASS
+                   for c in last.get("checks", []))
+    except (AgentError, ValueError, AttributeError):
+        return False
 
 
 def _quantity(value: Any) -> Optional[int]:
@@ -81,12 +103,13 @@ def check(
         return CheckResult(CHECK, SKIP, read.skipped, {"event_reason": "AllocatableNotChecked"})
     if read.problem or read.node is None:
         return CheckResult(CHECK, WARN, f"cannot read the Node's allocatable: {read.problem}",
-                           {"node": read.name, "event_reason": "NodeUnreadable"})
+                           {"node": read.name, "node_source": read.name_source, "event_reason": "NodeUnreadable"})
     alloc = read.allocatable
     age = _kubelet_age(units, kubelet_unit, time.time() if now is None else now)
     grace = settings.allocatable_grace_seconds
     within = age is not None and age < grace
-    details: Dict[str, Any] = {"node": read.name, "kubelet_started_seconds_ago": None if age is None else round(age),
+    details: Dict[str, Any] = {"node": read.name, "node_source": read.name_source, "reused": read.reused,
+                               "kubelet_started_seconds_ago": None if age is None else round(age),
                                "grace_seconds": grace, "resources": {}}
     wanted: List[Tuple[str, Optional[int], str]] = []
     if gpus is not None:

@@ -47,6 +47,8 @@ STATE = "/run/gpu-node-agent/gpu-errors.json"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 KEEP_EVENTS = 256  # events kept in the state file (the newest)
 HELD = "held"  # a thresholded XID that has not repeated enough yet
+OTHER = "other"  # an XID the catalog does not list
+CLASSES = (FATAL, RESET, APPLICATION, IGNORE, OTHER)  # the counts since boot, by the catalog's class
 _XID_RE = r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2})(?:\.\d)?\): (\d+)(?:, (.*))?"
 _STATUS = {FATAL: FAIL, RESET: FAIL, APPLICATION: WARN, HELD: WARN, IGNORE: PASS}
 _ACTION = {FATAL: "reboot the node; replace the GPU if it recurs", RESET: "reset the GPU or reboot the node",
@@ -69,6 +71,12 @@ class XidFacts(NamedTuple):
     new_events: Tuple[XidEvent, ...]  # after the last reported sequence
     last_seq: Optional[int]
     read: kmsg.KmsgRead
+    counts: Mapping[str, int] = {}  # XID events since boot by class (fatal, reset, application, other)
+
+
+def xid_class(xid: int) -> str:
+    """``fatal``, ``reset``, ``application`` or ``other`` (not in the table)."""
+    return XIDS[xid][0] if xid in XIDS else OTHER
 
 
 def parse_event(record: kmsg.Record) -> Optional[XidEvent]:
@@ -93,7 +101,7 @@ def _load_state(root: NodeRoot, boot_id: Optional[str]) -> Dict[str, Any]:
             return state
     except (NodeFileError, ValueError, TypeError):
         pass
-    return {"boot_id": boot_id, "events": [], "last_seq": None, "reported_seq": None}
+    return {"boot_id": boot_id, "events": [], "last_seq": None, "reported_seq": None, "counts": {}}
 
 
 def _save_state(root: NodeRoot, state: Dict[str, Any]) -> None:
@@ -114,14 +122,29 @@ def discover(root: NodeRoot) -> XidFacts:
     last_known = state.get("last_seq")
     if last_known is not None and read.last_seq is not None and read.last_seq < last_known:
         known, last_known, state["reported_seq"] = [], None, None  # the log started over: not this boot's state
+        state["counts"] = {}
     fresh = [e for r in read.records for e in [parse_event(r)] if e and (last_known is None or e.seq > last_known)]
     events = known + fresh
     last_seq = read.last_seq if read.last_seq is not None else last_known
+    # Counted apart from the events kept (the newest KEEP_EVENTS), so the counts never go down.
+    counts = _counts(state, known)
+    for e in fresh:
+        counts[xid_class(e.xid)] += 1
     if fresh:  # written only when there is something new to keep: most checks write nothing
-        _save_state(root, {**state, "boot_id": boot_id, "events": events, "last_seq": last_seq})
+        _save_state(root, {**state, "boot_id": boot_id, "events": events, "last_seq": last_seq, "counts": counts})
     reported = state.get("reported_seq")
     new = tuple(e for e in events if reported is None or e.seq > reported)
-    return XidFacts(tuple(events), new, last_seq, read)
+    return XidFacts(tuple(events), new, last_seq, read, counts)
+
+
+def _counts(state: Mapping[str, Any], known: Sequence[XidEvent]) -> Dict[str, int]:
+    saved = state.get("counts")
+    if isinstance(saved, dict) and all(isinstance(saved.get(c, 0), int) for c in CLASSES):
+        return {c: int(saved.get(c, 0)) for c in CLASSES}
+    counts = dict.fromkeys(CLASSES, 0)  # a state file without counts: count what it kept
+    for e in known:
+        counts[xid_class(e.xid)] += 1
+    return counts
 
 
 def acknowledge(root: NodeRoot, facts: Optional[XidFacts]) -> None:
@@ -221,6 +244,7 @@ def check(facts: Optional[XidFacts], rows: Optional[Sequence[Any]], *, gpu_node:
     details: Dict[str, Any] = {
         "xid_events": [e.as_dict() for e in facts.events[-20:]] if facts else [],
         "xid_events_total": len(facts.events) if facts else 0,
+        "xid_classes": dict(facts.counts) if facts and facts.counts else dict.fromkeys(CLASSES, 0),
         "new_events": [e.as_dict() for e in facts.new_events[-20:]] if facts else [],
         "kmsg": {"last_seq": facts.last_seq, "records": read.total, "unreadable": read.unreadable,
                  "truncated": read.truncated, "problem": read.problem} if facts and read else None,
@@ -246,7 +270,7 @@ def check(facts: Optional[XidFacts], rows: Optional[Sequence[Any]], *, gpu_node:
     problem = read.problem if read is not None else None
     no_log = problem is not None and problem.endswith("does not exist")  # an image or a container, no kernel
     if not gpu_node:  # and no XID in the log either
-        return CheckResult(CHECK, SKIP, "no NVIDIA GPU on this node", {**details, "event_reason": "NoGpus"})
+        return CheckResult(CHECK, SKIP, "no NVIDIA GPU on this node", {**details, "event_reason": "NoGPUs"})
     notes = []
     if no_log:
         notes.append(f"no kernel log to read ({problem})")
@@ -257,9 +281,9 @@ def check(facts: Optional[XidFacts], rows: Optional[Sequence[Any]], *, gpu_node:
     if rows is None:
         notes.append("ECC and row remapping not read (nvidia-smi did not answer)")
     if (problem and not no_log) or rows is None:
-        details["event_reason"] = "GpuErrorsUnknown"
+        details["event_reason"] = "GPUErrorsUnknown"
         return CheckResult(CHECK, WARN, "; ".join(notes), details)
-    details["event_reason"] = "NoGpuErrors"
+    details["event_reason"] = "NoGPUErrors"
     what = "no XID event that needs action" if ignored else "no XID events"
     base = (f"{what} since boot ({read.total} kernel log records)" if read is not None and not no_log else what)
     ecc = f", no ECC or row-remapping problem on {len(rows)} GPUs" if rows else ""

@@ -62,12 +62,14 @@ def resources(*, gpu_health: bool) -> Iterator[Resource]:
     return (entry.resource for entry in RESOURCES if gpu_health or not entry.gpu_health)
 
 
-def discover(root: NodeRoot, config: AgentConfig, *, gpu_health: bool = False, imds: bool = False) -> NodeFacts:
+def discover(root: NodeRoot, config: AgentConfig, *, gpu_health: bool = False, imds: bool = False,
+             heartbeat: bool = False) -> NodeFacts:
     """``gpu_health``: also what the GPU readiness checks need (the Node's allocatable, the instance
-    type, NVSwitch, the kernel log); ``imds``: the instance type may come from IMDS."""
+    type, NVSwitch, the kernel log); ``imds``: the instance type may come from IMDS; ``heartbeat``:
+    ``check --report``, which may reuse a recent Node read (``agent/gpu/allocatable.py``)."""
     found: Dict[str, Any] = {}
     for resource in resources(gpu_health=gpu_health):
-        found.update(resource.discover(Discovery(root, config, found, gpu_health, imds)))
+        found.update(resource.discover(Discovery(root, config, found, gpu_health, imds, heartbeat)))
     return NodeFacts(root, gpu_health=gpu_health, **found)
 
 

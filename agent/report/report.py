@@ -21,6 +21,7 @@ The node name: ``agent/kube/node.py``.
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -29,8 +30,8 @@ from agent.base.fs import atomic_write, read_text
 from agent.base.log import get_logger
 from agent.base.noderoot import NodeRoot
 from agent.config.settings import AgentConfig
-from agent.pipeline.health import DEGRADED, FAIL, HEALTHY, PASS, SKIP, UNHEALTHY, WARN, CheckResult, overall_health
-from agent.report.document import ordered, report_document
+from agent.pipeline.health import CheckResult
+from agent.report.document import report_document
 from agent.report.publish import PublishResult, publish
 
 log = get_logger("report")
@@ -58,52 +59,9 @@ def _previous_restarts(path: Any) -> Dict[str, int]:
         return {}
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def metrics_text(
-    results: Sequence[CheckResult],
-    now: datetime,
-    restarts_total: Mapping[str, int],
-    published: Optional[PublishResult],
-) -> str:
-    """Prometheus text exposition for the node_exporter textfile collector."""
-    health = overall_health(results)
-    lines: List[str] = [
-        "# HELP gpu_node_agent_health Node health from the agent's last report (1 for the current state).",
-        "# TYPE gpu_node_agent_health gauge",
-    ]
-    lines += [f'gpu_node_agent_health{{health="{h}"}} {int(h == health)}'
-              for h in (HEALTHY, DEGRADED, UNHEALTHY)]
-    lines += [
-        "# HELP gpu_node_agent_check Health check status from the last report (1 for the current status).",
-        "# TYPE gpu_node_agent_check gauge",
-    ]
-    for r in ordered(results):
-        for status in (PASS, WARN, FAIL, SKIP):
-            labels = f'check="{_label(r.name)}",status="{status}"'
-            lines.append(f"gpu_node_agent_check{{{labels}}} {int(r.status == status)}")
-    lines += [
-        "# HELP gpu_node_agent_last_run_timestamp_seconds When the agent last reported (Unix time).",
-        "# TYPE gpu_node_agent_last_run_timestamp_seconds gauge",
-        f"gpu_node_agent_last_run_timestamp_seconds {now.timestamp():.3f}",
-        "# HELP gpu_node_agent_restarts_total Units the agent restarted since boot.",
-        "# TYPE gpu_node_agent_restarts_total counter",
-    ]
-    lines += [f'gpu_node_agent_restarts_total{{unit="{_label(u)}"}} {n}'
-              for u, n in sorted(restarts_total.items())]
-    if published is not None:
-        lines += [
-            "# HELP gpu_node_agent_report_published Whether the last report reached the API server.",
-            "# TYPE gpu_node_agent_report_published gauge",
-            f"gpu_node_agent_report_published {int(published.ok)}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 def _status_bytes(document: Mapping[str, Any]) -> bytes:
-    order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total", "passes")
+    order = ("v", "agent", "time", "health", "gpu_ready_seconds", "checks", "actions", "publish", "restarts_total",
+             "pass", "timeline", "passes")
     ordered_doc = {k: document[k] for k in order if k in document}
     return (json.dumps(ordered_doc, indent=2) + "\n").encode()
 
@@ -132,35 +90,52 @@ def finish(
     publisher: Optional[Callable[..., PublishResult]] = None,
     events: Sequence[Any] = (),
     node: Optional[Mapping[str, Any]] = None,
+    pass_name: Optional[str] = None,
+    started: Optional[float] = None,
+    early: Optional[Any] = None,
 ) -> ReportOutcome:
     """The end of every ``run`` (and of ``check --report``): publish when asked, then always write
     the status file (and the metrics file when configured). ``actions``: what a ``run`` did (None
     for ``check --report``, which keeps the actions the last run published on the Node).
     ``restarts``: units restarted by this run and how often; the status file keeps the running
     totals since boot for the counter. ``events``: ``events.EventSpec`` of this run's actions.
-    ``node``: the Node as a check of this report read it (see ``publish``)."""
+    ``node``: the Node as a check of this report read it (see ``publish``). ``early``: systemd's
+    timestamps as a ``run`` saw them before its restarts (``timeline.observe_systemd``)."""
     now = now or datetime.now(timezone.utc)
     document = report_document(results, actions or (), now=now)
     status_path = config.report.status_file
     totals = _previous_restarts(root.path(status_path))
     for unit, count in (restarts or {}).items():
         totals[unit] = totals.get(unit, 0) + int(count)
-    from agent.report import status  # the boot passes' records (agent/status.py) outlive every report
+    from agent.report import status, timeline  # the boot passes' records and the timeline outlive every report
 
-    local = {**document, "restarts_total": totals, **status.carried(root.path(status_path))}
+    carried = status.carried(root.path(status_path))
+    boot = timeline.update(status.boot_id(root), config, results, document["health"], actions or (),
+                           carried.get("timeline"), totals, node=node, early=early)
+    if boot.get("time_to_gpu_ready_seconds") is not None:
+        document["gpu_ready_seconds"] = boot["time_to_gpu_ready_seconds"]
+    local = {**document, "restarts_total": totals, **carried, "timeline": boot}
+    if pass_name is not None:  # how long the pass making this report took so far (the metrics)
+        took = time.monotonic() - started if started is not None else 0.0
+        local["pass"] = {"name": pass_name, "duration_seconds": round(took, 3)}
     published = None
     if publish_report:
         # The node's own view first: publishing may take up to report.timeout_seconds.
         _write(root, status_path, _status_bytes({**local, "publish": {"attempted": True, "ok": None}}))
-        published = (publisher or publish)(root, config, results, document, now=now, events=events,
+        ready = timeline.announcement(boot, config.report.gpu_ready_budget_seconds)
+        published = (publisher or publish)(root, config, results, document, now=now,
+                                           events=[ready, *events] if ready else events,
                                            keep_actions=actions is None, node=node)
+        timeline.announced(boot, ready, published.events if published.ok else None)
     document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
     problems: List[str] = []
     err = _write(root, status_path, _status_bytes(document))
     if err:
         problems.append(err)
     if config.report.metrics_file:
-        err = _write(root, config.report.metrics_file, metrics_text(results, now, totals, published).encode())
+        from agent.report import metrics
+
+        err = _write(root, config.report.metrics_file, metrics.render(document).encode())
         if err:
             problems.append(err)
     for problem in problems:

@@ -133,9 +133,9 @@ def _read_document(path: Path) -> Dict[str, Any]:
 
 
 def carried(path: Path) -> Dict[str, Any]:
-    """``{"passes": ...}`` of the current status file, for a report that replaces the file."""
-    passes = _read_document(path).get("passes")
-    return {"passes": passes} if passes else {}
+    """``{"passes": ..., "timeline": ...}`` of the current status file, for a report that replaces the file."""
+    doc = _read_document(path)
+    return {key: doc[key] for key in ("passes", "timeline") if isinstance(doc.get(key), dict) and doc[key]}
 
 
 # --- reading: `gpu-node-agent status` --------------------------------------------------------------
@@ -192,6 +192,8 @@ def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bo
         state = "running"
     else:
         state = "not started"
+    timeline = doc.get("timeline")  # agent/report/timeline.py: this boot's only
+    this_boot = isinstance(timeline, dict) and (current_boot is None or timeline.get("boot_id") == current_boot)
     return {
         "status": state,
         "boot_id": current_boot,
@@ -199,6 +201,7 @@ def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bo
         "last_report": doc.get("time"),
         "running": running._asdict() if running is not None and state == "running" else None,
         "passes": passes,
+        "timeline": timeline if this_boot else None,
     }
 
 
@@ -245,7 +248,9 @@ def render_table(view: Mapping[str, Any]) -> str:
     lines.extend("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
     for name, p in view["passes"].items():
         lines.extend(f"{name}: {action}" for action in p.get("actions") or [])
-    return "\n".join(lines) + "\n"
+    from agent.report.timeline import render_table as render_timeline
+
+    return "\n".join(lines) + "\n" + render_timeline(view.get("timeline"))
 
 
 def lock_holder(root: NodeRoot) -> Optional[Holder]:
