@@ -3,7 +3,7 @@
 
     sudo .venv/bin/python bench/boot_time.py [--runs 5] [--json]
 
-Builds the RPM and boots it the way tests/test_boot.py does (tests/boot_helpers.py: the installed
+Builds the RPM and boots it the way tests/boot/test_boot.py does (tests/support/boot_helpers.py: the installed
 unit files, nodeadm/cloud-init/driver-load stand-ins shaped like AL2023's units, containerd/kubelet
 stand-ins; root only), ``--runs`` times per scenario, and reports medians of:
 
@@ -38,7 +38,7 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.boot_helpers import (  # noqa: E402
+from tests.support.boot_helpers import (  # noqa: E402
     AGENT,
     CONTAINERD,
     DRIFTED,
@@ -50,8 +50,8 @@ from tests.boot_helpers import (  # noqa: E402
     BootedNode,
     PackagedAgent,
 )
-from tests.efa_helpers import VERSION, add_rdma_device, installer_script, installer_tarball, sha256  # noqa: E402
-from tests.systemd_harness import boot  # noqa: E402
+from tests.support.efa_helpers import VERSION, add_rdma_device, installer_script, installer_tarball, sha256  # noqa: E402
+from tests.support.systemd_harness import boot  # noqa: E402
 
 # The boot timeline's milestones shown per scenario (seconds since systemd's start: the harness's
 # systemd runs in a container, so it has no kernel timestamp; agent/report/timeline.py).

@@ -3,8 +3,8 @@
 
     .venv/bin/python bench/fleet_view.py [--nodes 10000] [--runs 3]
 
-The API server (tests/kube_server.py, TLS on loopback) runs in this process with the fleet of
-tests/fleet_helpers.py (every Node as kubelet registers it, plus the agent's annotations and
+The API server (tests/support/kube_server.py, TLS on loopback) runs in this process with the fleet of
+tests/support/fleet_helpers.py (every Node as kubelet registers it, plus the agent's annotations and
 condition: about 2.3 KB of JSON each); the fleet command runs as its own process (the installed
 console script, as an operator runs it), so its peak RSS (``wait4``'s ``ru_maxrss``) is the
 command's alone. Reported: the median wall time, the peak RSS, the requests and bytes sent by the
@@ -25,8 +25,8 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests import fleet_helpers  # noqa: E402
-from tests.kube_server import ApiServer  # noqa: E402
+from tests.support import fleet_helpers  # noqa: E402
+from tests.support.kube_server import ApiServer  # noqa: E402
 
 CLI = REPO / ".venv" / "bin" / "gpu-node-agent"
 

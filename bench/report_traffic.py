@@ -3,7 +3,7 @@
     .venv/bin/python bench/report_traffic.py [--before REV] [--images N]
 
 Runs the real command line (`python -m agent check --report`, as the timer does) on a simulated
-healthy GPU node (tests/gpu_node.py) against the loopback HTTPS API server (tests/kube_server.py),
+healthy GPU node (tests/support/gpu_node.py) against the loopback HTTPS API server (tests/support/kube_server.py),
 whose Node is made as large as a GPU node's (`status.images`, capacity, node info), and counts the
 requests and their bytes on the wire (request line, headers and body each way; TLS framing not
 counted). Scenarios, in order on the same node:
@@ -35,9 +35,9 @@ from typing import Dict, List, Tuple
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.gpu_node import NODE_NAME, healthy_gpu_node, write  # noqa: E402
-from tests.kube_helpers import FAKE_AWS, sample_kubeconfig, write_node_file  # noqa: E402
-from tests.kube_server import ApiServer  # noqa: E402
+from tests.support.gpu_node import NODE_NAME, healthy_gpu_node, write  # noqa: E402
+from tests.support.kube_helpers import FAKE_AWS, sample_kubeconfig, write_node_file  # noqa: E402
+from tests.support.kube_server import ApiServer  # noqa: E402
 
 BEFORE = "2dab651"  # the last commit before Node reads with resourceVersion=0, spaced by heartbeat_minutes
 TIMER_MINUTES = 6.0  # gpu-node-agent-check.timer: every 5 min plus RandomizedDelaySec=2min (mean 1)

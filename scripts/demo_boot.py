@@ -3,16 +3,16 @@
 
 What runs, and where its behaviour comes from:
 
-* systemd: the host's own, booted as PID 1 of private namespaces (tests/systemd_harness.py);
+* systemd: the host's own, booted as PID 1 of private namespaces (tests/support/systemd_harness.py);
 * containerd: a real daemon (``--containerd``; default: a 2.x one fetched by
   scripts/fetch-containerd.sh when present, else Debian's /usr/bin/containerd), with a private root,
   state and socket; the agent asks it through the real ``ctr``;
 * nodeadm-config and nodeadm-run: stand-ins doing what nodeadm's two boot phases do as far as the
-  agent can tell (tests/boot_helpers.py ``NODEADM_SCRIPT``, after amazon-eks-ami's
+  agent can tell (tests/support/boot_helpers.py ``NODEADM_SCRIPT``, after amazon-eks-ami's
   ``cmd/nodeadm/init``): render /etc/containerd/config.toml; re-render when a ``nodeadm.d``
   drop-in changed the config; restart containerd then kubelet over D-Bus and wait for them;
-* kubelet: a stand-in that serves ``/healthz`` like kubelet (tests/systemd_harness.py), and a
-  loopback Kubernetes API server (tests/kube_server.py) where the Node registers when kubelet
+* kubelet: a stand-in that serves ``/healthz`` like kubelet (tests/support/systemd_harness.py), and a
+  loopback Kubernetes API server (tests/support/kube_server.py) where the Node registers when kubelet
   starts and the device plugin advertises its GPU a second later;
 * the agent: this checkout's, run by the shipped unit files (systemd/) with ``--root`` in a drop-in.
 
@@ -36,11 +36,11 @@ from typing import Any, Dict, List, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.boot_helpers import NODEADM_CACHE, NODEADM_CONFIG_UNIT, NODEADM_D, NODEADM_RUN_UNIT, NODEADM_SCRIPT  # noqa: E402
-from tests.gpu_node import CONTAINERD_VERSION_TEXT, NODE_NAME, gpu_side, write  # noqa: E402
-from tests.kube_helpers import write_kubeconfig  # noqa: E402
-from tests.kube_server import ApiServer  # noqa: E402
-from tests.systemd_harness import (  # noqa: E402
+from tests.support.boot_helpers import NODEADM_CACHE, NODEADM_CONFIG_UNIT, NODEADM_D, NODEADM_RUN_UNIT, NODEADM_SCRIPT  # noqa: E402
+from tests.support.gpu_node import CONTAINERD_VERSION_TEXT, NODE_NAME, gpu_side, write  # noqa: E402
+from tests.support.kube_helpers import write_kubeconfig  # noqa: E402
+from tests.support.kube_server import ApiServer  # noqa: E402
+from tests.support.systemd_harness import (  # noqa: E402
     REAL_CONTAINERD_FILES,
     BootedSystemd,
     FakeNodeDaemons,

@@ -11,10 +11,10 @@ PY39=$(scripts/find-python39.sh)
 quiet=(-q --disable-pip-version-check)
 rm -rf .venv-newest .venv39-newest
 /usr/bin/python3 -m venv --system-site-packages .venv-newest
-.venv-newest/bin/pip install "${quiet[@]}" --upgrade -e '.[dev]'
+.venv-newest/bin/pip install "${quiet[@]}" --upgrade --upgrade-strategy eager -e '.[dev]'
 "$PY39" -m venv .venv39-newest
 # PyGObject is not the agent's dependency on PyPI (AL2023 provides it); 3.51+ needs girepository-2.0.
-.venv39-newest/bin/pip install "${quiet[@]}" --upgrade -e '.[test]' 'PyGObject<3.51'
+.venv39-newest/bin/pip install "${quiet[@]}" --upgrade --upgrade-strategy eager -e '.[test]' 'PyGObject<3.51'
 
 differs() {  # VENV LOCK: "name locked -> newest" for each locked package whose version differs
   "$1/bin/python" - "$2" <<'PY'
