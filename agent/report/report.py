@@ -15,6 +15,10 @@ configured, a Prometheus textfile, both written atomically. Publishing (``agent/
 failures are reported, never raised: ``run`` has already changed the node, and a report cannot undo
 that.
 
+``finish`` builds the report and sends it through the sinks listed in ``agent/report/sinks/``
+(``SINKS``; the interface: ``agent/report/sink.py``): the cluster sinks when publishing is asked
+for, then the others with how publishing went.
+
 The node name: ``agent/kube/node.py``.
 """
 
@@ -26,13 +30,16 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from agent.base.errors import NodeFileError
-from agent.base.fs import atomic_write, read_text
+from agent.base.fs import read_text
 from agent.base.log import get_logger
 from agent.base.noderoot import NodeRoot
 from agent.config.settings import AgentConfig
 from agent.pipeline.health import CheckResult
+from agent.report import sinks
 from agent.report.document import report_document
 from agent.report.publish import PublishResult, publish
+from agent.report.sink import Delivery
+from agent.report.sinks import status_file
 
 log = get_logger("report")
 
@@ -43,7 +50,7 @@ log = get_logger("report")
 class ReportOutcome(NamedTuple):
     document: Dict[str, Any]  # what the status file holds
     published: Optional[PublishResult]  # None: publishing not asked for
-    problems: Tuple[str, ...] = ()  # local files that could not be written
+    problems: Tuple[str, ...] = ()  # the sinks after publishing that could not send (files not written)
 
     @property
     def ok(self) -> bool:
@@ -57,25 +64,6 @@ def _previous_restarts(path: Any) -> Dict[str, int]:
         return {str(k): int(v) for k, v in counts.items() if isinstance(v, int) and v >= 0}
     except (NodeFileError, ValueError, AttributeError):
         return {}
-
-
-def _status_bytes(document: Mapping[str, Any]) -> bytes:
-    order = ("v", "agent", "time", "health", "gpu_ready_seconds", "checks", "actions", "publish", "restarts_total",
-             "pass", "timeline", "passes")
-    ordered_doc = {k: document[k] for k in order if k in document}
-    return (json.dumps(ordered_doc, indent=2) + "\n").encode()
-
-
-def _write(root: NodeRoot, node_path: str, data: bytes) -> Optional[str]:
-    path = root.path(node_path)
-    try:
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        atomic_write(path, data)
-    except NodeFileError as exc:
-        return str(exc)
-    except OSError as exc:
-        return f"{path}: cannot write: {exc.strerror or exc}"
-    return None
 
 
 def finish(
@@ -119,9 +107,9 @@ def finish(
         took = time.monotonic() - started if started is not None else 0.0
         local["pass"] = {"name": pass_name, "duration_seconds": round(took, 3)}
     published = None
-    if publish_report:
+    if publish_report:  # the cluster sinks
         # The node's own view first: publishing may take up to report.timeout_seconds.
-        _write(root, status_path, _status_bytes({**local, "publish": {"attempted": True, "ok": None}}))
+        status_file.write(root, status_path, {**local, "publish": {"attempted": True, "ok": None}})
         ready = timeline.announcement(boot, config.report.gpu_ready_budget_seconds)
         published = (publisher or publish)(root, config, results, document, now=now,
                                            events=[ready, *events] if ready else events,
@@ -129,15 +117,12 @@ def finish(
         timeline.announced(boot, ready, published.events if published.ok else None)
     document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
     problems: List[str] = []
-    err = _write(root, status_path, _status_bytes(document))
-    if err:
-        problems.append(err)
-    if config.report.metrics_file:
-        from agent.report import metrics
-
-        err = _write(root, config.report.metrics_file, metrics.render(document).encode())
-        if err:
-            problems.append(err)
+    delivery = Delivery(root, config, results, document, now, events, node, actions is None)
+    for sink in sinks.SINKS:  # the others: the status file, the metrics file
+        if not sink.cluster:
+            problem = sink.send(delivery).problem
+            if problem:
+                problems.append(problem)
     for problem in problems:
         log.error("report file not written", error=problem)
     return ReportOutcome(document, published, tuple(problems))
