@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List
 import pytest
 
 if TYPE_CHECKING:
+    from tests.support.boot_helpers import BootedNode, PackagedAgent
     from tests.support.imds_server import ImdsServer
     from tests.support.kube_helpers import FakeAws
     from tests.support.kube_server import ApiServer
+    from tests.support.systemd_harness import BootedSystemd
 
 
 
@@ -128,3 +130,23 @@ def units_serving(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(systemd, "discover", discover)
     monkeypatch.setattr(units, "_serving", serving)
+
+
+@pytest.fixture(scope="session")
+def packaged() -> "PackagedAgent":
+    """The RPM's payload, built once per session and installed in a scratch tree (tests/support/boot_helpers.py)."""
+    from tests.support.boot_helpers import PackagedAgent
+
+    return PackagedAgent.build_and_install()
+
+
+@pytest.fixture
+def booted_node(packaged: "PackagedAgent", boot_systemd: Callable[..., "BootedSystemd"]) -> Iterator["BootedNode"]:
+    """A node whose agent is the installed package, its units under a real systemd (tests/boot/)."""
+    from tests.support.boot_helpers import BootedNode
+
+    node = BootedNode(packaged, boot_systemd)
+    try:
+        yield node
+    finally:
+        node.cleanup()

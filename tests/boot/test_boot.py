@@ -13,7 +13,7 @@ start loaded); and the bytes of the node's files.
 import json
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -47,7 +47,7 @@ from tests.support.boot_helpers import (
 )
 from tests.support.efa_helpers import VERSION, add_rdma_device, installer_script, installer_tarball, sha256
 from tests.support.paths import SAMPLES
-from tests.support.systemd_harness import BootedSystemd, JobRecord, digest
+from tests.support.systemd_harness import JobRecord, digest
 
 pytestmark = pytest.mark.root
 
@@ -73,18 +73,9 @@ NODE_UNITS = (NODEADM_CONFIG, PREPARE, CONTAINERD, KUBELET, NODEADM_RUN, AGENT, 
 CONTRACT_CHECKS = {"containerd-config", "containerd-running", "kubelet-running", "nvidia-runtime-config"}
 
 
-@pytest.fixture(scope="session")
-def packaged() -> PackagedAgent:
-    return PackagedAgent.build_and_install()
-
-
 @pytest.fixture
-def node(packaged: PackagedAgent, boot_systemd: Callable[..., BootedSystemd]) -> Iterator[BootedNode]:
-    booted = BootedNode(packaged, boot_systemd)
-    try:
-        yield booted
-    finally:
-        booted.cleanup()
+def node(booted_node: BootedNode) -> BootedNode:
+    return booted_node  # the name these tests use (conftest.py's booted_node)
 
 
 def sample_bytes(name: str) -> bytes:

@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -28,12 +28,10 @@ from tests.support.boot_helpers import (
     NODEADM_RUN,
     PREPARE,
     BootedNode,
-    PackagedAgent,
 )
 from tests.support.gpu_node import NODE_NAME, healthy_gpu_node, write
 from tests.support.kube_helpers import FakeAws, accept_fake_aws_tokens, write_kubeconfig
 from tests.support.kube_server import ApiServer
-from tests.support.systemd_harness import BootedSystemd
 
 # --- from a real systemd boot (root) ---------------------------------------------------------------
 
@@ -55,18 +53,9 @@ NOT_ON_THIS_NODE = ("kernel", "fabricmanager-started", "efa-installed", "node-re
                     "gpus-advertised", "gpu-ready")  # a container, no NVSwitch, EFA or cluster
 
 
-@pytest.fixture(scope="module")
-def packaged() -> PackagedAgent:
-    return PackagedAgent.build_and_install()
-
-
 @pytest.fixture
-def booted(packaged: PackagedAgent, boot_systemd: Callable[..., BootedSystemd]) -> Iterator[BootedNode]:
-    node = BootedNode(packaged, boot_systemd)
-    try:
-        yield node
-    finally:
-        node.cleanup()
+def booted(booted_node: BootedNode) -> BootedNode:
+    return booted_node  # conftest.py's booted_node
 
 
 def timeline_of(node: BootedNode) -> Dict[str, Any]:
