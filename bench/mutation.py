@@ -145,6 +145,53 @@ SCOPES: Dict[str, Scope] = {
         ("tests/efa/test_download.py", "tests/efa/test_efa_fetch.py", *CACHE_CASES),
         "the SHA-256 of the bytes received and of a cached copy",
     ),
+    "cri": Scope(
+        "agent/containerd/cri.py",
+        _f("parse_plugins", "parse_error", "xǁCriProbeǁread", "probe"),
+        ("tests/daemons/test_serving.py", "tests/base/test_node_reads_hostile.py"),
+        "containerd's CRI plugins in the daemon's own words (1.x and 2.x plugin lists)",
+    ),
+    "xid": Scope(
+        "agent/gpu/xid.py",
+        _f("_load_state", "discover", "acknowledge"),
+        ("tests/gpu/test_gpu_errors.py",),
+        "XID state: this boot's only, reported once",
+    ),
+    "fabric": Scope(
+        "agent/gpu/fabric.py",
+        _f("discover", "fabricmanager_version"),
+        ("tests/base/test_node_reads_hostile.py",
+         *("tests/gpu/test_fabricmanager.py::test_" + t for t in (
+             "not_installed_fails", "a_p5_whose_driver_lists_no_nvswitch_still_needs_its_fabric_manager",
+             "another_version_than_the_driver_fails"))),
+        "whether a node needs the fabric manager, and its version",
+    ),
+    "noderoot": Scope(
+        "agent/base/noderoot.py",
+        _f("confined", "xǁNodeRootǁpath", "xǁNodeRootǁsupplied", "xǁNodeRootǁ_parts", "xǁNodeRootǁ_walk",
+           "xǁNodeRootǁnode_path"),
+        ("tests/base/test_fs_hostile.py", "tests/base/test_node_reads_hostile.py"),
+        "--root confinement: symlinks and '..' resolved inside the tree",
+    ),
+    "efa-signature": Scope(
+        "agent/efa/signature.py",
+        _f("verify_signature"),
+        ("tests/efa/test_efa_signature.py",),
+        "the installer's signature: GOODSIG and VALIDSIG by the pinned primary key",
+    ),
+    "tokens": Scope(
+        "agent/kube/tokens.py",
+        _f("checked_token", "redact"),
+        ("tests/kube/test_kube_hostile.py",),
+        "bearer tokens checked before they are sent, credentials masked in error texts",
+    ),
+    "yamlsafe": Scope(
+        "agent/base/yamlsafe.py",
+        _f("yaml_too_big", "load_budgeted"),
+        ("tests/base/test_yamlsafe.py", "tests/config/test_config_hostile.py", "tests/kube/test_kube_hostile.py",
+         "tests/base/test_node_reads_hostile.py"),
+        "the YAML node budget (aliases and keys counted) before anything is built",
+    ),
 }
 
 

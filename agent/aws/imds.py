@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from agent.base.errors import AgentError
 from agent.base.log import get_logger
-from agent.base.retry import backoff
+from agent.base.retry import Deadline, backoff
 from agent.config.settings import ImdsSettings
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ TOKEN_REFRESH_MARGIN = 60.0
 ATTEMPTS = 3
 BACKOFF_BASE = 0.1  # seconds before the first retry, doubling
 BACKOFF_CAP = 1.0
+MAX_ANSWER_BYTES = 64 << 10  # metadata items and tokens are short
 
 log = get_logger("imds")
 
@@ -114,7 +115,9 @@ class ImdsClient:
         if self._session is None:
             import requests
 
-            session = requests.Session()
+            from agent.base import httpread
+
+            session = httpread.mount(requests.Session())
             session.trust_env = False  # no proxy, no .netrc: IMDS is link-local
             self._session = session
         return self._session
@@ -172,12 +175,16 @@ class ImdsClient:
             self._backoff(attempt)
 
     def _call(self, method: str, url: str, headers: Mapping[str, str]) -> Optional[requests.Response]:
+        """One answer within ``timeout`` (all of it: a trickling endpoint is cut), at most
+        ``MAX_ANSWER_BYTES``; None when there is none."""
         import requests
 
+        from agent.base import httpread
+
         try:
-            return self.session.request(method, url, headers=dict(headers), timeout=self.timeout,
-                                        allow_redirects=False)
-        except requests.RequestException as exc:
+            return httpread.read(self.session, method, url, Deadline(self.timeout, self.clock),
+                                 max_bytes=MAX_ANSWER_BYTES, headers=dict(headers), allow_redirects=False)
+        except (requests.RequestException, httpread.AnswerRefused) as exc:
             log.debug("imds request failed", method=method, url=url, error=type(exc).__name__)
             return None
 

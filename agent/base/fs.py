@@ -186,8 +186,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, expected: Option
     file gets ``mode``. A symlink is never written through. With ``expected`` this is a
     compare-and-swap: the new file is exchanged in (``renameat2(RENAME_EXCHANGE)``) and the file it
     replaced must be byte-identical to ``expected``, else the two are swapped back and nothing is
-    changed ("changed while the agent was writing"); where the exchange is not supported it falls
-    back to compare, then rename. Every failure (read-only or full filesystem included) is one
+    changed ("changed while the agent was writing"; ``_give_back`` says why no third writer's file
+    can be lost in between); where the exchange is not supported it falls back to compare, then
+    rename (a writer between the two is not detected there). For a moment between the exchange and
+    the swap back, readers can see the refused new content. Every failure (read-only or full filesystem included) is one
     ``NodeFileError`` line; the temp file is removed and the original is untouched.
     """
     tmp: Optional[str] = None
@@ -217,6 +219,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, expected: Option
             else:
                 os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
+            ours = os.fstat(f.fileno())
         if expected is None:
             os.rename(tmp, path)
             tmp = None
@@ -226,7 +229,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, expected: Option
             except OSError:
                 replaced = None
             if replaced != expected:
-                exchange(Path(tmp), path)  # put the other writer's file back
+                _give_back(Path(tmp), path, ours)
                 if replaced is None:
                     raise NodeFileError(path, "cannot read back the file it replaced; nothing written")
                 raise NodeFileError(path, "changed while the agent was writing; the other writer's "
@@ -245,6 +248,32 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, expected: Option
                 os.unlink(tmp)
 
 
+MAX_GIVE_BACK = 100  # swaps; each extra one needs yet another writer within microseconds
+
+
+def _give_back(held: Path, path: Path, ours: os.stat_result) -> None:
+    """Undo a compare-and-swap that found another writer's file: ``held`` has that file, ``path``
+    has ours, unless yet another writer replaced ours meanwhile.
+
+    Swap back and look at what comes out: if it is our file (same inode), the other writer's file
+    is back in place and nothing was lost. If it is not, a newer writer replaced ours after the
+    exchange, and the swap just put the older file over the newer one: the newer one is what we hold
+    now, so swap again, until what comes out is what we put in. No write that landed is ever lost:
+    each swap hands back the newest file, and the loop ends as soon as no writer came in between
+    (a plain swap-back would throw away a file written between the exchange and the swap-back).
+    """
+    put_in = ours
+    for _ in range(MAX_GIVE_BACK):
+        before = os.lstat(held)  # what we are about to put in
+        if not exchange(held, path):
+            raise OSError(errno.EOPNOTSUPP, "cannot exchange the file back", str(path))
+        out = os.lstat(held)
+        if (out.st_dev, out.st_ino) == (put_in.st_dev, put_in.st_ino):
+            return
+        put_in = before
+    raise OSError(errno.EBUSY, "other writers keep replacing the file", str(path))
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable (best effort: some filesystems refuse)."""
     try:
@@ -259,22 +288,25 @@ def fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
-def open_lock(lock_path: Path) -> int:
-    """Open (creating) the run lock: never through a symlink, only a regular file owned by root."""
+def open_lock(lock_path: Path, what: str = "the run lock") -> int:
+    """Open (creating) a lock file (``what``: the run lock, the status file's): never through a
+    symlink, only a regular file owned by root that no other name links to."""
     try:
         lock_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
                      | os.O_NOCTTY, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise NodeFileError(lock_path, "the run lock is a symlink; refusing to open it") from None
-        raise NodeFileError(lock_path, f"cannot open the run lock: {exc.strerror or exc}") from None
+            raise NodeFileError(lock_path, f"{what} is a symlink; refusing to open it") from None
+        raise NodeFileError(lock_path, f"cannot open {what}: {exc.strerror or exc}") from None
     st = os.fstat(fd)
     problem = None
     if not stat.S_ISREG(st.st_mode):
-        problem = f"the run lock is {_kind(st.st_mode)}, expected a regular file"
+        problem = f"{what} is {_kind(st.st_mode)}, expected a regular file"
     elif st.st_uid != os.geteuid():
-        problem = f"the run lock is owned by uid {st.st_uid}, expected {os.geteuid()} (root)"
+        problem = f"{what} is owned by uid {st.st_uid}, expected {os.geteuid()} (root)"
+    elif st.st_nlink != 1:  # a hard link to another file (config.toml): writing the pid would truncate it
+        problem = f"{what} has {st.st_nlink} links, it is another file's name too"
     if problem:
         os.close(fd)
         raise NodeFileError(lock_path, f"{problem}; refusing to use it")
@@ -310,6 +342,29 @@ def run_lock(
                 sleep(0.1)
         with lockholder.recorded(fd):  # the holder's pid and command, for whoever finds the lock taken
             yield lock_path
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def file_lock(lock_path: Path, what: str, wait_seconds: float = 10.0) -> Iterator[None]:
+    """Hold ``lock_path`` for one short read-merge-write (the status file), waiting at most
+    ``wait_seconds`` for another holder (they hold it for milliseconds, never across a restart or a
+    request, unlike the run lock)."""
+    fd = open_lock(lock_path, what)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise NodeFileError(lock_path, f"cannot lock: {exc.strerror}") from None
+                if time.monotonic() >= deadline:
+                    raise NodeFileError(lock_path, f"{what} is still held after {wait_seconds:g}s") from None
+                time.sleep(0.01)
+        yield
     finally:
         os.close(fd)
 

@@ -61,6 +61,17 @@ class NodeRoot:
             base, last = self._walk([*dirs, ".."]), ""
         return Path(base, last) if last else Path(base)
 
+    def supplied(self, value: str, what: str) -> Path:
+        """``path(value)`` for a path the node itself supplies (a daemon's config value or flag):
+        anything but an absolute path that stays under the root is one ``NodeFileError`` line
+        naming ``what`` (``[grpc] address in /etc/containerd/config.toml``), for its check alone."""
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise NodeFileError(what, f"{shorten(value)} is not an absolute path; not used")
+        try:
+            return self.path(value)
+        except NodeFileError as exc:  # climbs above the root, NUL, a symlink loop
+            raise NodeFileError(what, f"{shorten(value)}: {exc.problem}") from None
+
     def resolve(self, node_path: str) -> Path:
         """``node_path`` with every symlink, the last one included, followed inside the tree."""
         parts = self._parts(node_path)

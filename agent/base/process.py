@@ -2,7 +2,8 @@
 
 * ``run_tool`` (and ``run``, which raises ``OSError`` instead of answering None): for facts and
   small jobs (``nvidia-smi``, ``nvidia-ctk``, ``ctr``, ``fi_info``, ``gpgv``, a kubeconfig's exec
-  plugin). Output is collected, each stream cut at 64 KiB.
+  plugin). Output is collected, each stream cut at 64 KiB as it arrives (the rest is read and
+  dropped: a program that floods its output costs the agent no memory).
 * ``run_streaming``: for long work whose output is news (the EFA installer): each line is handed to
   ``on_line`` as it arrives, the last lines are kept for an error message, a heartbeat logs the
   elapsed time while the program is silent (``agent/base/progress.py``); on timeout its group gets
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    import subprocess
 
 TOOL_TIMEOUT_SECONDS = 5.0
 OUTPUT_LIMIT = 64 * 1024  # what a collected stream may hold before it is cut (version commands print a few lines)
@@ -70,28 +74,77 @@ def run(
         env=dict(env) if env is not None else None,
         start_new_session=True,
     )
+    code: Optional[int] = None
     try:
-        out, err = proc.communicate(stdin_text.encode() if stdin_text is not None else None, timeout=timeout)
-        code: Optional[int] = proc.returncode
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            out, err = proc.communicate(timeout=1.0)
-        except subprocess.TimeoutExpired:  # a grandchild escaped the group and holds the pipes
-            proc.kill()
-            out, err = b"", b""
-        code = None
+        out, err, finished = _collect(proc, stdin_text.encode() if stdin_text is not None else b"",
+                                      time.monotonic() + timeout)
+        if finished:
+            code = proc.returncode
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None or code is None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the program and whatever it started
+            if proc.poll() is None:
+                proc.kill()
             proc.wait()
-    return ToolOutput(
-        tuple(argv),
-        code,
-        out[:OUTPUT_LIMIT].decode("utf-8", "replace"),
-        err[:OUTPUT_LIMIT].decode("utf-8", "replace"),
-    )
+    return ToolOutput(tuple(argv), code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
+def _collect(proc: subprocess.Popen[bytes], stdin_data: bytes, deadline: float) -> Tuple[bytes, bytes, bool]:
+    """A running program's stdout and stderr, each cut at ``OUTPUT_LIMIT`` *while* it runs (what comes
+    after the limit is read and dropped, so a flood never grows the agent's memory and the program
+    never blocks on a full pipe); ``stdin_data`` is written meanwhile. Returns both streams and
+    whether the program exited (and closed its pipes) before ``deadline``."""
+    import errno
+    import selectors
+    import subprocess
+
+    assert proc.stdout is not None and proc.stderr is not None
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    kept = {out_fd: bytearray(), err_fd: bytearray()}
+    in_fd = proc.stdin.fileno() if proc.stdin is not None else None
+    with selectors.DefaultSelector() as sel:
+        for fd in kept:
+            sel.register(fd, selectors.EVENT_READ)
+        if proc.stdin is not None and in_fd is not None:
+            if stdin_data:
+                os.set_blocking(in_fd, False)
+                sel.register(in_fd, selectors.EVENT_WRITE)
+            else:
+                proc.stdin.close()
+        sent = 0
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return bytes(kept[out_fd]), bytes(kept[err_fd]), False
+            for key, _ in sel.select(left):
+                if key.fd == in_fd:
+                    try:
+                        sent += os.write(key.fd, stdin_data[sent:sent + 65536])
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:  # the program closed its stdin: it needs no more
+                        if exc.errno != errno.EPIPE:
+                            raise
+                        sent = len(stdin_data)
+                    if sent >= len(stdin_data):
+                        sel.unregister(key.fd)
+                        assert proc.stdin is not None
+                        proc.stdin.close()
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                buf = kept[key.fd]
+                if len(buf) < OUTPUT_LIMIT:
+                    buf += chunk[:OUTPUT_LIMIT - len(buf)]
+    out, err = bytes(kept[out_fd]), bytes(kept[err_fd])
+    try:
+        proc.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:  # it closed its output but runs on
+        return out, err, False
+    return out, err, True
 
 
 def run_tool(

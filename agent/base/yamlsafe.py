@@ -77,3 +77,32 @@ def yaml_too_big(node: Any, limit: int) -> Optional[str]:
                 stack.append(k)
                 stack.append(v)
     return None
+
+
+class YamlRefused(Exception):
+    """A YAML document that cannot be read: its one-line reason, naming the source."""
+
+
+def load_budgeted(text: str, source: object, limit: int) -> Any:
+    """``yaml.safe_load`` of ``text`` with at most ``limit`` nodes once aliases are expanded (keys
+    counted too): every YAML the agent reads from the node goes through here (or through the
+    configuration's own loader, which keeps the nodes for its messages). ``YamlRefused`` otherwise."""
+    import yaml
+
+    from agent.base.text import shorten
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problem = yaml_too_big(node, limit)
+        if problem:
+            raise YamlRefused(f"{source}: {problem}")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise YamlRefused(marked_yaml_error(exc, source, text)) from None
+    except CONSTRUCTOR_ERRORS as exc:  # ``!!float abc``, ``!!timestamp x``: PyYAML's own constructors
+        raise YamlRefused(f"{source}: invalid YAML: {shorten(constructor_problem(exc))}") from None
+    finally:
+        loader.dispose()

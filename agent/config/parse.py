@@ -213,6 +213,19 @@ def _no_rule(value: Any) -> Optional[str]:
     return None
 
 
+# The agent's own small state files (the modules that keep them name the same paths; a test holds
+# both lists together): no output may overwrite them. The settings sit below those modules.
+OWN_STATE_FILES = {
+    "the agent's GPU error state": "/run/gpu-node-agent/gpu-errors.json",  # agent/gpu/xid.py
+    "the agent's record of what it published": "/run/gpu-node-agent/published.json",  # agent/report/published.py
+    "the agent's Event state": "/run/gpu-node-agent/events.json",  # agent/report/events.py
+    "the EFA installer's pid file": "/run/gpu-node-agent/efa-installer.pid",  # agent/efa/install.py
+    "the agent's instance-type cache": "/run/gpu-node-agent/instance-type",  # agent/gpu/inventory.py
+    "the fabric manager version cache": "/run/gpu-node-agent/fabricmanager-version.json",  # agent/gpu/fabric.py
+    "the status file's lock": "/run/gpu-node-agent/status.lock",  # agent/report/status.py
+}
+
+
 def _check_outputs(config: AgentConfig, builder: _Builder) -> None:
     """A status, metrics or cache path may not be (or hold) a file the agent reads or manages."""
     from agent.toml.cache import VALUES_CACHE
@@ -225,6 +238,7 @@ def _check_outputs(config: AgentConfig, builder: _Builder) -> None:
     inputs = {k: value(k) for k in _MANAGED}
     inputs["the run lock"] = "/run/gpu-node-agent/lock"
     inputs["the agent's state"] = VALUES_CACHE
+    inputs.update(OWN_STATE_FILES)
     inputs["the agent's configuration"] = DEFAULT_CONFIG_PATH
     seen: Dict[str, str] = {}
     for out in _OUTPUTS:

@@ -50,6 +50,8 @@ def positive(value: Any) -> Optional[str]:
 
 
 def not_negative(value: Any) -> Optional[str]:
+    if not math.isfinite(value):  # .nan compares false with everything: a nan heartbeat never fires
+        return f"must be a finite number, got {value!r}"
     if value < 0:
         return f"must be 0 or more, got {value!r}"
     return None
@@ -174,6 +176,23 @@ def _output_path(value: str, key: str) -> Optional[str]:
     if key == "report.metrics_file" and not value.endswith(".prom"):
         return f"must end in .prom (what the node_exporter textfile collector reads), got {shorten(value)}"
     return None
+
+
+def resolved_output(root: Any, node_path: str, key: str) -> Any:
+    """Where the output ``key`` names really is, its directories' symlinks followed inside the tree
+    (``NodeRoot.resolve``); a ``NodeFileError`` when that is outside its documented directories (a
+    symlinked directory must not turn the status file into containerd's config.toml). The check of
+    the configured value is lexical; this one is done right before each write."""
+    import posixpath
+
+    from agent.base.errors import NodeFileError
+
+    parent, name = posixpath.split(node_path)
+    real = posixpath.join(root.node_path(root.resolve(parent or "/")), name)
+    if _output_path(real, key) is not None:
+        raise NodeFileError(root.path(node_path), f"resolves to {real}, outside {' or '.join(OUTPUT_DIRS[key])} "
+                            f"where {key} must be; not written")
+    return root.path(node_path)
 
 
 def output_path(key: str, *, optional: bool = False) -> Validator:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING, Any, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
+from agent.base.errors import NodeFileError
 from agent.base.noderoot import NodeRoot
 from agent.base.text import clip
-from agent.daemons.serving import NOT_SERVING, SERVING, UNKNOWN, Serving
+from agent.daemons.serving import NOT_SERVING, SERVING, UNKNOWN, Serving, Unprobed
 
 if TYPE_CHECKING:
     from agent.containerd.files import ContainerdConfigSet
@@ -50,12 +51,17 @@ class PluginStatus(NamedTuple):
 
 def socket_address(config_set: ContainerdConfigSet) -> str:
     """The effective ``[grpc] address``: the last loaded file that sets it wins."""
-    address = DEFAULT_SOCKET
+    return _address(config_set)[0]
+
+
+def _address(config_set: ContainerdConfigSet) -> Tuple[str, str]:
+    """The effective ``[grpc] address`` and where it comes from, for messages."""
+    address, source = DEFAULT_SOCKET, "containerd's default"
     for f in config_set.files:
         grpc = f.data.get("grpc")
         if isinstance(grpc, Mapping) and isinstance(grpc.get("address"), str) and grpc["address"]:
-            address = grpc["address"]
-    return address
+            address, source = grpc["address"], f"[grpc] address in {f.node_path}"
+    return address, source
 
 
 def parse_plugins(text: str) -> Tuple[PluginStatus, ...]:
@@ -133,10 +139,15 @@ class CriProbe(NamedTuple):
         return Serving(NOT_SERVING, f"CRI plugin {bad.name}: {clip(reason, 300)}", final=True, details=details)
 
 
-def probe(root: NodeRoot, config_set: Optional[ContainerdConfigSet]) -> Optional[CriProbe]:
-    """The probe for this node's containerd (None without a readable config: nothing to ask about)."""
+def probe(root: NodeRoot, config_set: Optional[ContainerdConfigSet]) -> Union[CriProbe, Unprobed, None]:
+    """The probe for this node's containerd (None without a readable config: nothing to ask about;
+    ``Unprobed`` when its ``[grpc] address`` is not an absolute path under the root)."""
     if config_set is None:
         return None
-    address = socket_address(config_set)
+    address, source = _address(config_set)
+    try:
+        socket = root.supplied(address, source)
+    except NodeFileError as exc:
+        return Unprobed(f"cannot ask containerd: {exc}", what="containerd's CRI plugins")
     major = config_set.daemon.major if config_set.daemon.major in CRI_PLUGINS else 2
-    return CriProbe(str(root.executable(CTR)), str(root.path(address)), address, CRI_PLUGINS[major])
+    return CriProbe(str(root.executable(CTR)), str(socket), address, CRI_PLUGINS[major])

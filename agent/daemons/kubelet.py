@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 from agent.base.errors import NodeFileError, NodeFileMissing
 from agent.base.fs import read_text
 from agent.base.noderoot import NodeRoot
-from agent.daemons.serving import NOT_SERVING, SERVING, UNKNOWN, Serving
+from agent.daemons.serving import NOT_SERVING, SERVING, Serving, Unprobed
 
 KUBELET_ENVIRONMENT = "/etc/eks/kubelet/environment"
 KUBELET_ARGS_VARIABLE = "NODEADM_KUBELET_ARGS"
@@ -28,6 +28,7 @@ DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 10248
 PROBE_TIMEOUT = 2.0
 _ANSWER_LIMIT = 1024
+MAX_CONFIG_NODES = 10_000  # YAML nodes, aliases counted each time they are used (a real one has ~100)
 
 
 def kubelet_flag(environment: str, flag: str) -> Optional[str]:
@@ -66,82 +67,93 @@ class HealthzProbe(NamedTuple):
         return f"http://{host}:{self.port}/healthz"
 
     def read(self, timeout: float = PROBE_TIMEOUT) -> Serving:
-        import http.client  # stdlib, no proxy handling at all: loopback only
+        """One answer within ``timeout``, all of it (``agent/base/httpread.py``: a trickling endpoint is cut)."""
+        import http.client  # stdlib, no proxy handling at all: loopback only (and no requests for `check`)
+
+        from agent.base import httpread
+        from agent.base.retry import Deadline
 
         details = {"url": self.url, "source": self.source}
+        deadline = Deadline(timeout)
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
-            conn.request("GET", "/healthz")
-            response = conn.getresponse()
-            body = response.read(_ANSWER_LIMIT).decode("utf-8", "replace").strip()
+            with httpread.Watch(deadline) as watch:
+                watch.add(conn)
+                try:
+                    conn.request("GET", "/healthz")
+                    response = conn.getresponse()
+                    body = httpread.read_capped(response.read, _ANSWER_LIMIT, deadline)
+                    if watch.fired:  # the cut looked like the end of the body
+                        raise httpread.TooLate(timeout)
+                except (OSError, http.client.HTTPException):
+                    if watch.fired:
+                        raise httpread.TooLate(timeout) from None
+                    raise
+            text = body.decode("utf-8", "replace").strip()
+        except httpread.AnswerRefused as exc:
+            return Serving(NOT_SERVING, f"kubelet healthz {self.url}: {exc}", details=details)
         except (OSError, http.client.HTTPException) as exc:
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             return Serving(NOT_SERVING, f"kubelet healthz {self.url}: no answer: {why}", details=details)
         finally:
             conn.close()
-        if response.status == 200 and body == "ok":
+        if response.status == 200 and text == "ok":
             return Serving(SERVING, f"kubelet healthz {self.url}: ok", details=details)
-        shown = body.splitlines()[0][:200] if body else ""
+        shown = text.splitlines()[0][:200] if text else ""
         return Serving(NOT_SERVING, f"kubelet healthz {self.url}: HTTP {response.status} {shown!r}",
                        details={**details, "status": response.status})
 
 
-class Unprobed(NamedTuple):
-    """kubelet's healthz cannot be asked (unreadable config, endpoint off or not on loopback)."""
-
-    reason: str
-    off: bool = False  # healthzPort: 0, a deliberate choice
-
-    @property
-    def what(self) -> str:
-        return "kubelet's healthz"
-
-    def read(self, timeout: float = PROBE_TIMEOUT) -> Serving:
-        return Serving(UNKNOWN, self.reason, final=True)
-
-
 def _config_files(root: NodeRoot) -> Tuple[List[str], str]:
-    """kubelet's config file and its drop-ins (node paths), and where the list came from."""
+    """kubelet's config file and its drop-ins (node paths), and where the list came from; a flag
+    that is not an absolute path under the root is a ``NodeFileError`` naming it."""
     try:
         environment: Optional[str] = read_text(root.path(KUBELET_ENVIRONMENT))
     except NodeFileError:
         environment = None
-    main = (kubelet_flag(environment, "--config") if environment else None) or DEFAULT_CONFIG
-    source = f"--config in {KUBELET_ENVIRONMENT}" if environment and kubelet_flag(environment, "--config") \
-        else DEFAULT_CONFIG
+    flag = kubelet_flag(environment, "--config") if environment else None
+    main = flag or DEFAULT_CONFIG
+    source = f"--config in {KUBELET_ENVIRONMENT}" if flag else DEFAULT_CONFIG
+    root.supplied(main, f"{KUBELET_ENVIRONMENT}: --config")
     files = [main]
     config_dir = kubelet_flag(environment, "--config-dir") if environment else None
     if config_dir:
+        where = root.supplied(config_dir, f"{KUBELET_ENVIRONMENT}: --config-dir")
         try:
-            names = sorted(n for n in os.listdir(root.path(config_dir)) if n.endswith(".conf"))
+            names = sorted(n for n in os.listdir(where) if n.endswith(".conf"))
         except OSError:
             names = []
         files.extend(f"{config_dir.rstrip('/')}/{n}" for n in names)
     return files, source
 
 
-def _parse(text: str) -> Any:
+def _parse(text: str, node_path: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
-        import yaml  # a KubeletConfiguration may be YAML; nodeadm writes JSON
+    except ValueError:  # a KubeletConfiguration may be YAML; nodeadm writes JSON
+        from agent.base.yamlsafe import load_budgeted
 
-        return yaml.safe_load(text)
+        return load_budgeted(text, node_path, MAX_CONFIG_NODES)
 
 
 def probe(root: NodeRoot) -> Any:
     """A ``HealthzProbe`` for this node's kubelet, or an ``Unprobed`` saying why there is none."""
-    files, source = _config_files(root)
+    from agent.base.yamlsafe import YamlRefused
+
+    try:
+        files, source = _config_files(root)
+    except NodeFileError as exc:
+        return Unprobed(f"cannot find kubelet's healthz: {exc}")
     settings: Dict[str, Any] = {}
     for node_path in files:
         try:
-            data = _parse(read_text(root.path(node_path)))
+            data = _parse(read_text(root.path(node_path)), node_path)
         except NodeFileMissing:
             continue  # no config file: kubelet's defaults
         except NodeFileError as exc:
             return Unprobed(f"cannot find kubelet's healthz: {exc}")
-        except Exception as exc:  # yaml's errors: the file is not JSON or YAML
-            return Unprobed(f"cannot find kubelet's healthz: {node_path}: not JSON or YAML ({type(exc).__name__})")
+        except YamlRefused as exc:  # not JSON, and not YAML either (or an alias bomb)
+            return Unprobed(f"cannot find kubelet's healthz: {exc}")
         if isinstance(data, Mapping):
             settings.update({k: data[k] for k in ("healthzBindAddress", "healthzPort") if k in data})
     host = settings.get("healthzBindAddress", DEFAULT_ADDRESS) or DEFAULT_ADDRESS

@@ -41,6 +41,18 @@ class ServingProbe(Protocol):
     def read(self, timeout: float) -> Serving: ...
 
 
+class Unprobed(NamedTuple):
+    """A daemon the agent cannot ask (unreadable config, a bad socket path, the endpoint off or not on
+    loopback): every reading is ``UNKNOWN`` with ``reason``, final."""
+
+    reason: str
+    off: bool = False  # e.g. kubelet's ``healthzPort: 0``, a deliberate choice
+    what: str = "kubelet's healthz"
+
+    def read(self, timeout: float = 0.0) -> Serving:
+        return Serving(UNKNOWN, self.reason, final=True)
+
+
 def wait(
     probe: ServingProbe,
     deadline: float,

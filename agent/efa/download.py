@@ -21,8 +21,9 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Optional, cast
+from typing import Any, Callable, NamedTuple, Optional, cast
 
+from agent.base import httpread
 from agent.base.errors import AgentError
 from agent.base.fs import fsync_dir
 from agent.base.log import Logger, get_logger
@@ -148,7 +149,7 @@ def download(
 
             shown = progress.Transfer(url, lambda: partial.total, clock=clock)
             partial.progress = shown.update
-            with contextlib.closing(partial), requests.Session() as session:
+            with contextlib.closing(partial), httpread.mount(requests.Session()) as session:
                 attempt = 0
                 while True:
                     attempt += 1
@@ -227,10 +228,7 @@ def _attempt(
     wording: Wording,
     log: Logger,
 ) -> None:
-    import http.client
-
     import requests
-    import urllib3
 
     # identity: the stored bytes must be the published bytes (and Range offsets mean those bytes)
     headers = {"Accept-Encoding": "identity"}
@@ -238,14 +236,19 @@ def _attempt(
         headers["Range"] = f"bytes={partial.written}-"
         if partial.validator:
             headers["If-Range"] = partial.validator
-    clock = deadline.clock
-    left = deadline.remaining()
-    if left <= 0:
+    if deadline.remaining() <= 0:
         raise DownloadError(f"{url}: download took longer than {policy.total_seconds:g}s "
                             f"({partial.written} bytes received)")
+    late = DownloadError(f"{url}: download took longer than {policy.total_seconds:g}s ({wording.deadline})")
+    # The deadline bounds the connection, the status line and the headers too: at the deadline the
+    # connection is cut, whatever phase the request is in (agent/base/httpread.py).
     try:
-        response = session.get(url, stream=True, headers=headers, allow_redirects=True,
-                               timeout=(min(policy.connect_timeout, left), min(policy.read_timeout, left)))
+        with httpread.response(session, "GET", url, deadline, connect_timeout=policy.connect_timeout,
+                               read_timeout=policy.read_timeout, headers=headers, allow_redirects=True
+                               ) as response:
+            _receive(response, url, partial, policy, directory, deadline, wording, log, late)
+    except httpread.TooLate:
+        raise late from None
     except requests.exceptions.SSLError as exc:
         # Not transient; SSLError is a ConnectionError, so it is caught first.
         raise DownloadError(f"{url}: TLS verification failed: {_one_line(exc)} "
@@ -254,100 +257,67 @@ def _attempt(
         raise _Retryable(_one_line(exc)) from None
     except requests.exceptions.RequestException as exc:
         raise DownloadError(f"{url}: {_one_line(exc)}") from None
-    try:
-        status = response.status_code
-        if status >= 500 or status == 429:
-            raise _Retryable(f"HTTP {status} {response.reason}")
-        if status == 416:
+
+
+def _receive(response: Any, url: str, partial: Partial, policy: DownloadPolicy, directory: Path,
+             deadline: Deadline, wording: Wording, log: Logger, late: DownloadError) -> None:
+    """Check the answer's status and headers, then stream its body into ``partial``."""
+    import http.client
+
+    import urllib3
+
+    clock = deadline.clock
+    status = response.status_code
+    if status >= 500 or status == 429:
+        raise _Retryable(f"HTTP {status} {response.reason}")
+    if status == 416:
+        partial.restart()
+        raise _Retryable("HTTP 416: the server refused the resume range; starting over")
+    if status == 206 and partial.written:
+        match = re.fullmatch(_CONTENT_RANGE, response.headers.get("Content-Range", "").strip())
+        if not match or int(match.group(1)) != partial.written:
             partial.restart()
-            raise _Retryable("HTTP 416: the server refused the resume range; starting over")
-        if status == 206 and partial.written:
-            match = re.fullmatch(_CONTENT_RANGE, response.headers.get("Content-Range", "").strip())
-            if not match or int(match.group(1)) != partial.written:
-                partial.restart()
-                raise _Retryable(f"unexpected Content-Range {response.headers.get('Content-Range')!r}; "
-                                 "starting over")
-            log.info("resuming download", url=url, offset=partial.written)
-        elif status == 200:
-            if partial.written:
-                log.info("server does not resume; downloading from the start", url=url)
-                partial.restart()
-            etag = response.headers.get("ETag", "")
-            partial.validator = etag if etag and not etag.startswith("W/") else (
-                response.headers.get("Last-Modified") or None)
-        else:
-            hint = wording.not_found_hint if status == 404 else ""
-            raise DownloadError(f"{url}: HTTP {status} {response.reason}{hint}")
-        length_header = response.headers.get("Content-Length")
-        remaining = int(length_header) if length_header and length_header.isdigit() else None
-        expected_total = partial.written + remaining if remaining is not None else None
-        partial.total = expected_total
-        if expected_total is not None:
-            if expected_total > policy.max_bytes:
-                raise DownloadError(f"{url}: {expected_total} bytes is more than the {policy.max_bytes} "
-                                    f"{wording.kind} can be")
-            _check_free_space(directory, remaining or 0)
-        # The body length is counted here, the same on urllib3 1.x (which never enforces
-        # Content-Length) and 2.x (which raises on a short body and loses that read's bytes).
-        response.raw.enforce_content_length = False
-        readinto = _body_reader(response)
-        late = DownloadError(f"{url}: download took longer than {policy.total_seconds:g}s "
-                             f"({wording.deadline})")
-        try:
-            with _deadline_watch(response, deadline.remaining()):
-                while partial.receive(readinto):
-                    if partial.written > policy.max_bytes:
-                        raise DownloadError(f"{url}: more than {policy.max_bytes} bytes; "
-                                            f"not {wording.kind}")
-                    if clock() > deadline.expires:
-                        raise late
-        except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError) as exc:
-            # reset, timeout, TLS error, broken chunked encoding: what was received is kept
+            raise _Retryable(f"unexpected Content-Range {response.headers.get('Content-Range')!r}; "
+                             "starting over")
+        log.info("resuming download", url=url, offset=partial.written)
+    elif status == 200:
+        if partial.written:
+            log.info("server does not resume; downloading from the start", url=url)
+            partial.restart()
+        etag = response.headers.get("ETag", "")
+        partial.validator = etag if etag and not etag.startswith("W/") else (
+            response.headers.get("Last-Modified") or None)
+    else:
+        hint = wording.not_found_hint if status == 404 else ""
+        raise DownloadError(f"{url}: HTTP {status} {response.reason}{hint}")
+    length_header = response.headers.get("Content-Length")
+    remaining = int(length_header) if length_header and length_header.isdigit() else None
+    expected_total = partial.written + remaining if remaining is not None else None
+    partial.total = expected_total
+    if expected_total is not None:
+        if expected_total > policy.max_bytes:
+            raise DownloadError(f"{url}: {expected_total} bytes is more than the {policy.max_bytes} "
+                                f"{wording.kind} can be")
+        _check_free_space(directory, remaining or 0)
+    # The body length is counted here, the same on urllib3 1.x (which never enforces
+    # Content-Length) and 2.x (which raises on a short body and loses that read's bytes).
+    response.raw.enforce_content_length = False
+    readinto = _body_reader(response)
+    try:  # the connection is cut at the deadline (httpread.Watch): no read outlives it
+        while partial.receive(readinto):
+            if partial.written > policy.max_bytes:
+                raise DownloadError(f"{url}: more than {policy.max_bytes} bytes; not {wording.kind}")
             if clock() > deadline.expires:
-                raise late from None
-            raise _Retryable(f"{_one_line(exc)} ({partial.written} bytes kept)") from None
+                raise late
+    except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError) as exc:
+        # reset, timeout, TLS error, broken chunked encoding: what was received is kept
         if clock() > deadline.expires:
-            raise late
-        if expected_total is not None and partial.written < expected_total:
-            raise _Retryable(f"connection closed after {partial.written} of {expected_total} bytes")
-    finally:
-        response.close()
-
-
-@contextlib.contextmanager
-def _deadline_watch(response: Any, seconds: float) -> Iterator[None]:
-    """Bound every socket read by the download's overall deadline, not just by the read timeout
-    (which a server trickling one byte at a time never trips): at the deadline the connection is
-    shut down, so a read waiting to fill its buffer returns at once."""
-    import socket
-    import threading
-
-    sock = _socket_of(response)
-    if sock is None:
-        yield
-        return
-
-    def cut() -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-    timer = threading.Timer(max(0.0, seconds), cut)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-
-
-def _socket_of(response: Any) -> Any:
-    """The socket under a streamed requests response (urllib3 1.25 and 2.x), or None."""
-    connection = getattr(response.raw, "_connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is None:  # http.client's file object: BufferedReader -> SocketIO -> socket
-        raw = getattr(getattr(getattr(response.raw, "_fp", None), "fp", None), "raw", None)
-        sock = getattr(raw, "_sock", None)
-    return sock if callable(getattr(sock, "shutdown", None)) else None
+            raise late from None
+        raise _Retryable(f"{_one_line(exc)} ({partial.written} bytes kept)") from None
+    if clock() > deadline.expires:
+        raise late
+    if expected_total is not None and partial.written < expected_total:
+        raise _Retryable(f"connection closed after {partial.written} of {expected_total} bytes")
 
 
 def _check_free_space(directory: Path, needed: int) -> None:

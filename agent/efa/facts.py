@@ -23,6 +23,7 @@ from agent.base.noderoot import NodeRoot
 from agent.config.settings import EfaSettings
 
 VERSION_FILE = "/opt/amazon/efa_installed_packages"
+SYSFS_LIMIT = 4096  # a sysfs attribute is at most a page
 FI_INFO = "/opt/amazon/efa/bin/fi_info"
 INFINIBAND_CLASS = "/sys/class/infiniband"
 EFA_VENDOR_ID = "0x1d0f"  # Amazon
@@ -100,12 +101,13 @@ def _efa_devices(root: NodeRoot, problems: List[str]) -> Tuple[str, ...]:
     found = []
     for entry in entries:
         try:
-            vendor = (entry / "device" / "vendor").read_text().strip().lower()
-            device = (entry / "device" / "device").read_text().strip().lower()
-        except FileNotFoundError:
+            # bounded, non-blocking reads: a FIFO or device here cannot hang or flood the agent
+            vendor = read_text(entry / "device" / "vendor", limit=SYSFS_LIMIT).strip().lower()
+            device = read_text(entry / "device" / "device", limit=SYSFS_LIMIT).strip().lower()
+        except NodeFileMissing:
             continue  # not a PCI-backed RDMA device
-        except OSError as exc:
-            problems.append(f"{entry}/device: {exc.strerror or exc}")
+        except NodeFileError as exc:
+            problems.append(str(exc))
             continue
         if vendor == EFA_VENDOR_ID and device.startswith(EFA_DEVICE_PREFIX):
             found.append(entry.name)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from agent.base.errors import NodeFileError
-from agent.base.fs import atomic_write
+from agent.base.fs import atomic_write, read_text
 from agent.base.noderoot import NodeRoot
 from agent.base.process import run_tool
 from agent.pipeline.contract import Discovery, Resource
@@ -47,6 +47,7 @@ DEV_DIR = "/dev"
 FABRICMANAGER = "/usr/bin/nv-fabricmanager"
 VERSION_TIMEOUT = 5.0
 VERSION_CACHE = "/run/gpu-node-agent/fabricmanager-version.json"
+MAX_CACHE_BYTES = 4096
 _VERSION_RE = r"\b(\d+\.\d+(?:\.\d+)?)\b"
 
 
@@ -76,8 +77,9 @@ def fabricmanager_version(root: NodeRoot, timeout: float = VERSION_TIMEOUT) -> T
         return None, f"{FABRICMANAGER} not found"
     identity = [st.st_ino, st.st_size, st.st_mtime_ns]
     cache = root.path(VERSION_CACHE)
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        kept = json.loads(cache.read_text())
+    with contextlib.suppress(NodeFileError, ValueError, TypeError, KeyError):
+        # the agent's own small file: bounded, never a FIFO or device, never through a symlink
+        kept = json.loads(read_text(cache, limit=MAX_CACHE_BYTES, allow_symlink=False))
         if kept["binary"] == identity and isinstance(kept["version"], str):
             return kept["version"], f"{FABRICMANAGER} --version"
     version, note = _run_version(binary, timeout)

@@ -25,6 +25,7 @@ from typing import List, NamedTuple, Optional, Tuple
 KMSG = "/dev/kmsg"
 MAX_BYTES = 16 * 1024 * 1024  # far above the largest ring buffer (CONFIG_LOG_BUF_SHIFT 25: 32 MiB is rare)
 MAX_RECORDS = 200_000
+MAX_LINE = 64 * 1024  # a record is at most 1 KiB of text plus its dictionary
 _CHUNK = 8192  # larger than a record can be (the kernel caps one at 1 KiB of text plus its dictionary)
 
 
@@ -49,9 +50,14 @@ def _header(line: bytes) -> Optional[Tuple[int, int, bytes]]:
     if not sep:
         return None
     fields = head.split(b",")
-    if len(fields) < 4 or not fields[1].isdigit() or not fields[2].isdigit() or not fields[0].isdigit():
+    if len(fields) < 4 or not all(_number(f) for f in fields[:3]):
         return None
     return int(fields[1]), int(fields[2]), message
+
+
+def _number(field: bytes) -> bool:
+    """A decimal the kernel can write (u64: at most 20 digits); 5000 digits would not even convert."""
+    return field.isdigit() and len(field) <= 20
 
 
 def _seq(line: Optional[bytes]) -> Optional[int]:
@@ -72,6 +78,7 @@ def read(path: Path, match: bytes, *, max_bytes: int = MAX_BYTES, max_records: i
     read_bytes = 0
     truncated = False
     pending = b""
+    overlong = False
     skips = 0
     try:
         while not truncated:
@@ -99,6 +106,12 @@ def read(path: Path, match: bytes, *, max_bytes: int = MAX_BYTES, max_records: i
                 data, pending = pending + data, b""
             lines = data.split(b"\n")
             pending = lines.pop()
+            if overlong and lines:  # the rest of a record too long to be the kernel's: dropped
+                lines.pop(0)
+                unreadable += 1
+                overlong = False
+            if len(pending) > MAX_LINE:  # never re-copied: a log without newlines stays linear
+                pending, overlong = b"", True
             for line in lines:
                 if line[:1] in b" \t":  # empty, or a continuation (dictionary) line
                     continue

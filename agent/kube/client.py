@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 from urllib.parse import quote
 
 from agent import __version__
+from agent.base import httpread
 from agent.base.log import get_logger
 from agent.base.retry import Deadline, backoff, honour_retry_after, parse_retry_after
 from agent.base.text import clip
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
     import requests
 
 EXEC_TIMEOUT_SECONDS = 20.0
-REQUEST_TIMEOUT_SECONDS = 10.0
+REQUEST_TIMEOUT_SECONDS = 10.0  # one answer, all of it
+MAX_ANSWER_BYTES = 16 << 20  # a Node with its images list is far smaller
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 8.0
 MERGE_PATCH = "application/merge-patch+json"
@@ -157,11 +159,21 @@ class KubeClient:
             if data is not None:
                 headers["Content-Type"] = content_type or "application/json"
             retry_after: Optional[float] = None
+            # One answer within request_timeout (and the overall deadline): status line, headers and
+            # body, however slowly the server sends them; at most MAX_ANSWER_BYTES of body.
+            answer_deadline = Deadline(min(self.request_timeout, deadline.remaining()), self.clock)
             try:
-                resp = self.session.request(
-                    method, url, data=data, headers=headers, cert=credential.cert, allow_redirects=False,
-                    timeout=max(0.05, min(self.request_timeout, deadline.remaining())),
-                )
+                resp = httpread.read(self.session, method, url, answer_deadline, max_bytes=MAX_ANSWER_BYTES,
+                                     data=data, headers=headers, cert=credential.cert, allow_redirects=False)
+            except httpread.TooLate:
+                last = (f"{self.config.cluster.server} sent no complete answer within "
+                        f"{answer_deadline.seconds:.3g}s")
+                log.debug("api request failed", request=what, error="too late")
+            except httpread.CutShort as exc:
+                last = f"{self.config.cluster.server}: {exc}"
+                log.debug("api request failed", request=what, error="cut short")
+            except httpread.TooLarge:
+                raise KubeError(f"{what}: the answer is larger than {MAX_ANSWER_BYTES >> 20} MiB; not read") from None
             except requests.exceptions.SSLError as exc:
                 if verification_failure(exc):  # a wrong CA or name does not heal with retries
                     raise KubeError(f"{what}: TLS with {self.config.cluster.server} failed (its certificate "
@@ -179,7 +191,7 @@ class KubeClient:
                 status = resp.status_code
                 if 200 <= status < 300:
                     return json_body(resp, what)
-                message = api_message(resp)
+                message = api_message(resp, [credential.token or ""])
                 if status == 401:
                     if not refreshed and credential.refreshable:
                         refreshed = refresh_now = True

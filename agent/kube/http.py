@@ -12,9 +12,10 @@ loopback server. Error texts pass through ``redact`` (``agent/kube/tokens.py``).
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
+from agent.base.text import clip
 from agent.kube.errors import KubeError
 from agent.kube.kubeconfig import Cluster
 from agent.kube.tokens import redact
@@ -28,7 +29,9 @@ def new_session(cluster: Cluster, env: Mapping[str, str], verify: Any) -> reques
     proxy ``proxies`` picks."""
     import requests
 
-    session = requests.Session()
+    from agent.base import httpread
+
+    session = httpread.mount(requests.Session())
     # No .netrc, no REQUESTS_CA_BUNDLE: the kubeconfig alone says whom to trust and who we are.
     session.trust_env = False
     session.verify = verify
@@ -118,16 +121,27 @@ def json_body(resp: requests.Response, what: str) -> Dict[str, Any]:
     return doc
 
 
-def api_message(resp: requests.Response) -> str:
-    """The message of the API server's ``Status`` object, else the start of the body."""
+def api_message(resp: requests.Response, secrets: Sequence[str] = ()) -> str:
+    """The message of the API server's ``Status`` object, else the start of the body; credentials
+    masked (``redact``, and each of ``secrets`` wherever it appears): a server or proxy may quote
+    the request's ``Authorization`` header, and this text goes to stdout, the status file, the
+    Node's annotation and Events."""
+    text = _api_text(resp)
+    for secret in secrets:
+        if secret and secret.strip():
+            text = text.replace(secret, "<redacted>")
+    return clip(redact(text), 300)  # cut after masking: a cut token would no longer be recognised
+
+
+def _api_text(resp: requests.Response) -> str:
     try:
         doc = resp.json()
         if isinstance(doc, Mapping) and isinstance(doc.get("message"), str):
-            return str(doc["message"])[:300]
+            return str(doc["message"])
     except ValueError:
         pass
     text = (resp.text or "").strip().splitlines()
-    return text[0][:200] if text else (resp.reason or "")
+    return text[0] if text else (resp.reason or "")
 
 
 def short_error(exc: BaseException) -> str:

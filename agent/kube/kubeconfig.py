@@ -229,23 +229,9 @@ def confined_node_path(root: NodeRoot, node_path: str, what: str) -> Path:
 
 
 def _parse_yaml(text: str, path: Path) -> Any:
-    import yaml
+    from agent.base.yamlsafe import YamlRefused, load_budgeted
 
-    from agent.base.text import shorten
-    from agent.base.yamlsafe import CONSTRUCTOR_ERRORS, constructor_problem, marked_yaml_error, yaml_too_big
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        problem = yaml_too_big(node, MAX_KUBECONFIG_NODES)
-        if problem:
-            raise KubeconfigError(f"{path}: {problem}")
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise KubeconfigError(marked_yaml_error(exc, path, text)) from None
-    except CONSTRUCTOR_ERRORS as exc:  # ``!!float abc``, ``!!timestamp x``: PyYAML's own constructors
-        raise KubeconfigError(f"{path}: invalid YAML: {shorten(constructor_problem(exc))}") from None
-    finally:
-        loader.dispose()
+        return load_budgeted(text, path, MAX_KUBECONFIG_NODES)
+    except YamlRefused as exc:
+        raise KubeconfigError(str(exc)) from None

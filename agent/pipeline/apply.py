@@ -18,13 +18,16 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 from agent.base.errors import AgentError, NodeFileError
 from agent.base.fs import FileEdit, atomic_write, read_text
 from agent.base.log import get_logger
+from agent.base.text import clip
 from agent.pipeline.health import FAIL, WARN
 from agent.pipeline.plan import Plan, Restart
 
 if TYPE_CHECKING:
+    from agent.daemons.serving import Serving
     from agent.systemd.client import SystemdClient
 
 log = get_logger("apply")
+BEFORE_PROBE_SECONDS = 5.0  # asking containerd before a restart that loads this run's edit
 
 
 @dataclass
@@ -47,11 +50,14 @@ def write_edit(edit: FileEdit) -> None:
 
 
 def rollback(edits: List[FileEdit]) -> List[str]:
-    """Put back the previous contents of files this run wrote; returns failures (empty: all restored)."""
+    """Put back the previous contents of files this run wrote; returns failures (empty: all restored).
+
+    Compare-and-swap: only a file that still holds what this run wrote is rolled back; a newer
+    version from another writer (nodeadm, an operator) is kept and the failure says so."""
     failures = []
     for edit in reversed(edits):
         try:
-            atomic_write(edit.path, edit.old_text.encode("utf-8"))
+            atomic_write(edit.path, edit.old_text.encode("utf-8"), expected=edit.new_text.encode("utf-8"))
             log.warning("rolled back", path=str(edit.path))
         except NodeFileError as exc:
             failures.append(str(exc))
@@ -99,6 +105,11 @@ def restart_units(
     If containerd does not come back active after a restart that loads this run's own edit, the
     edited files get their previous contents back and containerd is restarted again: the agent
     never leaves containerd down because of its own change. That is still a failure (exit 1).
+    Unless the error is the one containerd already had before the restart (the same plugin with the
+    same message, asked just before it): then the edit did not cause it and rolling it back would not
+    cure it, so the edit is kept and the run fails with containerd's reason. The units after it are
+    not restarted, and their pending restart names the state that blocked them (not active, or
+    active but not serving).
     """
     from agent.systemd import client as systemd
     from agent.systemd import errors as systemd_errors
@@ -129,17 +140,49 @@ def restart_units(
                 result.failures.append(f"{restart.unit}: not restarted: {blocked}")
                 result.pending[restart.unit] = (FAIL, f"restart pending: {restart.reason}; {blocked}")
                 continue
-            if _restart(client, restart, timeout, result):
+            if restart.only_for_edits and not result.written:  # every edit failed: nothing new to load
+                why = "not restarted: this run's configuration change was not written"
+                result.failures.append(f"{restart.unit}: {why}")
+                result.pending[restart.unit] = (FAIL, f"restart pending: {restart.reason}; {why}")
+                blocked = f"{restart.unit} was not restarted"
                 continue
-            if restart.rollback_on_failure and _roll_back(client, restart, timeout, result):
+            before = _serving_before(restart)
+            ok, answer = _restart(client, restart, timeout, result)
+            if ok:
+                continue
+            if answer is not None and _same_error(before, answer):
+                # containerd had this very error before the edit: rolling back would not cure it
+                result.failures.append(
+                    f"{restart.unit}: {answer.message} is the error containerd already had before this run's "
+                    "change (same plugin, same message); the change is kept, not rolled back")
+                log.error("restart into an earlier error", unit=restart.unit, error=answer.message)
+            elif restart.rollback_on_failure and _roll_back(client, restart, timeout, result):
                 continue
             if restart is plan.restarts[0]:
-                blocked = f"{restart.unit} is not active"
+                blocked = (f"{restart.unit} is not active" if answer is None
+                           else f"{restart.unit} is active but does not serve ({clip(answer.message, 200)})")
+
+
+def _serving_before(restart: Restart) -> Optional[Serving]:
+    """What the daemon says before a restart that loads this run's edit: its error, if it already has
+    one, is not the edit's doing (containerd reads its configuration only at start)."""
+    from agent.daemons.serving import NOT_SERVING
+
+    if not restart.rollback_on_failure or restart.probe is None:
+        return None
+    answer = restart.probe.read(BEFORE_PROBE_SECONDS)
+    return answer if answer.state == NOT_SERVING else None
+
+
+def _same_error(before: Optional[Serving], after: Serving) -> bool:
+    """The same plugin with the same message: the error was there before the restart."""
+    return before is not None and after.state == before.state and after.message == before.message
 
 
 def _restart(client: SystemdClient, restart: Restart, timeout: float, result: ApplyResult, *,
-             reset_failed: bool = False) -> bool:
-    """Restart one unit and wait until it serves (its probe says so), all within ``timeout``."""
+             reset_failed: bool = False) -> Tuple[bool, Optional[Serving]]:
+    """Restart one unit and wait until it serves (its probe says so), all within ``timeout``: whether
+    it does, and the daemon's last answer (None when systemd's restart itself failed)."""
     import time
 
     from agent.daemons import serving
@@ -151,13 +194,13 @@ def _restart(client: SystemdClient, restart: Restart, timeout: float, result: Ap
     except SystemdError as exc:
         log.error("restart failed", unit=restart.unit, error=str(exc))
         result.failures.append(str(exc))
-        return False
+        return False, None
     answer = serving.wait(restart.probe, deadline) if restart.probe is not None else None
     if answer is not None and not answer.ok and not (answer.state == serving.UNKNOWN and answer.final):
         problem = f"{restart.unit}: restarted and active, but {answer.message}"
         log.error("restart failed", unit=restart.unit, error=problem)
         result.failures.append(problem)
-        return False
+        return False, answer
     result.restarted.append(restart.unit)
     result.actions.append(f"restarted {restart.unit}: {restart.reason}")
     if answer is not None and not answer.ok:  # the agent cannot ask (e.g. no ctr): systemd's word only
@@ -165,7 +208,7 @@ def _restart(client: SystemdClient, restart: Restart, timeout: float, result: Ap
         log.warning("restart not confirmed", unit=restart.unit, reason=answer.message)
     log.info("restarted", unit=restart.unit, pid=outcome.after.main_pid, seconds=round(outcome.seconds, 3),
              serving=answer.message if answer is not None else None)
-    return True
+    return True, answer
 
 
 def _roll_back(client: SystemdClient, restart: Restart, timeout: float, result: ApplyResult) -> bool:
@@ -182,7 +225,7 @@ def _roll_back(client: SystemdClient, restart: Restart, timeout: float, result: 
         return False
     again = restart._replace(reason="with the previous configuration restored")
     # ResetFailedUnit first: the failed restart counts against systemd's start-rate limit.
-    if not _restart(client, again, timeout, result, reset_failed=True):
+    if not _restart(client, again, timeout, result, reset_failed=True)[0]:
         return False
     result.failures.append(
         f"{restart.unit} did not come back serving with this run's configuration change; the previous "

@@ -33,6 +33,9 @@ class Restart(NamedTuple):
     # How to ask the daemon whether it serves after the restart (containerd's CRI plugins, kubelet's
     # healthz); the restart is done only when it does.
     probe: Optional[ServingProbe] = None
+    # Every reason is this run's own edit: when no edit gets written (full disk), there is nothing new
+    # to load and the restart is not done.
+    only_for_edits: bool = False
 
 
 class NotRestarted(NamedTuple):
@@ -133,7 +136,9 @@ def decide_restarts(
         return (), (NotRestarted(containerd_unit, why, SKIP),)
     probes = probes or {}
     rollback = any(need.from_edit for need in needs)
-    restarts = [Restart(containerd_unit, reason, rollback_on_failure=rollback, probe=probes.get(containerd_unit))]
+    only_for_edits = settings.policy != "always" and all(need.from_edit for need in needs)
+    restarts = [Restart(containerd_unit, reason, rollback_on_failure=rollback, probe=probes.get(containerd_unit),
+                        only_for_edits=only_for_edits)]
     skipped: List[NotRestarted] = []
     for unit in followers:
         follower = units.get(unit)

@@ -24,13 +24,10 @@ The node name: ``agent/kube/node.py``.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from agent.base.errors import NodeFileError
-from agent.base.fs import read_text
 from agent.base.log import get_logger
 from agent.base.noderoot import NodeRoot
 from agent.config.settings import AgentConfig
@@ -55,15 +52,6 @@ class ReportOutcome(NamedTuple):
     @property
     def ok(self) -> bool:
         return not self.problems and (self.published is None or self.published.ok)
-
-
-def _previous_restarts(path: Any) -> Dict[str, int]:
-    try:
-        doc = json.loads(read_text(path))
-        counts = doc.get("restarts_total", {}) if isinstance(doc, dict) else {}
-        return {str(k): int(v) for k, v in counts.items() if isinstance(v, int) and v >= 0}
-    except (NodeFileError, ValueError, AttributeError):
-        return {}
 
 
 def finish(
@@ -92,23 +80,24 @@ def finish(
     now = now or datetime.now(timezone.utc)
     document = report_document(results, actions or (), now=now)
     status_path = config.report.status_file
-    totals = _previous_restarts(root.path(status_path))
-    for unit, count in (restarts or {}).items():
-        totals[unit] = totals.get(unit, 0) + int(count)
     from agent.report import status, timeline  # the boot passes' records and the timeline outlive every report
 
     carried = status.carried(root.path(status_path))
+    totals = status.restarts_of(carried)  # as the file holds them now; the final write adds under its lock
+    for unit, count in (restarts or {}).items():
+        totals[unit] = totals.get(unit, 0) + int(count)
     boot = timeline.update(status.boot_id(root), config, results, document["health"], actions or (),
                            carried.get("timeline"), totals, node=node, early=early)
     if boot.get("time_to_gpu_ready_seconds") is not None:
         document["gpu_ready_seconds"] = boot["time_to_gpu_ready_seconds"]
-    local = {**document, "restarts_total": totals, **carried, "timeline": boot}
+    local = {**document, "timeline": boot}
     if pass_name is not None:  # how long the pass making this report took so far (the metrics)
         took = time.monotonic() - started if started is not None else 0.0
         local["pass"] = {"name": pass_name, "duration_seconds": round(took, 3)}
     published = None
     if publish_report:  # the cluster sinks
-        # The node's own view first: publishing may take up to report.timeout_seconds.
+        # The node's own view first: publishing may take up to report.timeout_seconds. Its restart
+        # counts are added by the final write only.
         status_file.write(root, status_path, {**local, "publish": {"attempted": True, "ok": None}})
         ready = timeline.announcement(boot, config.report.gpu_ready_budget_seconds)
         published = (publisher or publish)(root, config, results, document, now=now,
@@ -117,12 +106,15 @@ def finish(
         timeline.announced(boot, ready, published.events if published.ok else None)
     document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
     problems: List[str] = []
-    delivery = Delivery(root, config, results, document, now, events, node, actions is None)
+    delivery = Delivery(root, config, results, document, now, events, node, actions is None, restarts=restarts or {})
     for sink in sinks.SINKS:  # the others: the status file, the metrics file
         if not sink.cluster:
-            problem = sink.send(delivery).problem
-            if problem:
-                problems.append(problem)
+            outcome = sink.send(delivery)
+            if outcome.problem:
+                problems.append(outcome.problem)
+            if outcome.record:  # the document as that sink wrote it (the status file's)
+                delivery = delivery._replace(document=outcome.record)
+    document = dict(delivery.document)
     for problem in problems:
         log.error("report file not written", error=problem)
     return ReportOutcome(document, published, tuple(problems))

@@ -119,11 +119,14 @@ class Delivery(NamedTuple):
     node: Optional[Mapping[str, Any]] = None  # the Node as a check of this report read it
     keep_actions: bool = False  # ``check --report``: keep the actions the last run published
     cluster: Optional[ClusterSession] = None  # only for the cluster sinks
+    restarts: Mapping[str, int] = {}  # units this run restarted, and how often (the status file adds them up)
 
 
 class SinkOutcome(NamedTuple):
     problem: Optional[str] = None  # why the report did not go out through this sink (one line)
-    record: Optional[Dict[str, Any]] = None  # a cluster sink: the fields of ``PublishResult`` it sets
+    # a cluster sink: the fields of ``PublishResult`` it sets; any other: the document as it wrote it,
+    # which the sinks after it get (the status file's, with the totals and pass records it holds)
+    record: Optional[Dict[str, Any]] = None
 
 
 class Sink(Protocol):
@@ -134,10 +137,17 @@ class Sink(Protocol):
         """Send the report; never raises (a failure is the outcome's ``problem``)."""
 
 
-def write_node_file(root: NodeRoot, node_path: str, data: bytes) -> Optional[str]:
-    """Write a report file atomically (its directory made when missing); the problem, or None."""
+def write_node_file(root: NodeRoot, node_path: str, data: bytes, key: Optional[str] = None) -> Optional[str]:
+    """Write a report file atomically (its directory made when missing); the problem, or None.
+    ``key``: the output setting that names it (``report.metrics_file``): where the file really is,
+    its directories' symlinks followed, must be where that setting may point
+    (``agent.config.rules.resolved_output``); checked right before the write."""
+    from agent.config.rules import resolved_output
+
     path = root.path(node_path)
     try:
+        if key is not None:
+            path = resolved_output(root, node_path, key)
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         atomic_write(path, data)
     except NodeFileError as exc:

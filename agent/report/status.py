@@ -10,8 +10,10 @@ Each pass of the agent records itself under ``passes`` in ``report.status_file``
 A record is ``{"started", "finished", "duration_seconds", "health", "exit_code", "actions",
 "boot_id", "unit"}`` (``unit``: the systemd unit the pass ran in, e.g. ``cloud-final.service`` for
 user data; the ``run`` record also has ``unit_done``: gpu-node-agent.service's run of this boot has
-finished, in this record or an earlier one of the same boot). Every write keeps the other passes'
-records (read, merge, atomic replace); the report itself (``report.finish``) carries them over too.
+finished, in this record or an earlier one of the same boot). Every writer (each pass's record and
+each report, ``report.finish``) reads, merges its part and atomically replaces the file as one step
+under the status file's own lock (``update``): passes that overlap (a heartbeat during a ``run``)
+never lose each other's records or restart counters.
 ``boot_id`` is the kernel's ``/proc/sys/kernel/random/boot_id`` (under ``--root``): it tells this
 boot's records from those an earlier boot left in a status file kept on disk.
 """
@@ -23,16 +25,17 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from agent.base.errors import AgentError, NodeFileError, NodeFileMissing
-from agent.base.fs import LOCK_PATH, atomic_write, read_text
+from agent.base.fs import LOCK_PATH, atomic_write, file_lock, read_text
 from agent.base.lockholder import Holder, holder
 from agent.base.noderoot import NodeRoot
 from agent.base.timestamps import rfc3339
 
 PASSES = ("prepare", "run", "check")
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+STATUS_LOCK = "/run/gpu-node-agent/status.lock"  # see update()
 AGENT_UNIT = "gpu-node-agent.service"
 DISABLED = "/etc/gpu-node-agent/disabled"  # the units' ConditionPathExists=! switch
 DEFAULT_WAIT_TIMEOUT = 1800.0  # nodeadm, then an EFA install (efa.timeout_seconds 1200) and restarts
@@ -99,24 +102,49 @@ class PassRecord:
     def finish(self, status_file: str, health: Optional[str], exit_code: int,
                actions: Sequence[str] = ()) -> Optional[str]:
         """Record the pass; returns a one-line problem when the file cannot be written (never raises)."""
-        path = self.root.path(status_file)
-        document = _read_document(path)
-        passes = dict(document.get("passes") or {})
         record = self.as_dict(health, exit_code, actions)
-        if self.name == "run":
-            earlier = passes.get("run")
-            record["unit_done"] = self.unit == AGENT_UNIT or bool(
-                isinstance(earlier, dict) and earlier.get("boot_id") == self.boot_id and earlier.get("unit_done"))
-        passes[self.name] = record
-        document["passes"] = {name: passes[name] for name in PASSES if name in passes}
-        try:
+
+        def add_record(document: Dict[str, Any]) -> Dict[str, Any]:
+            passes = dict(document.get("passes") or {})
+            if self.name == "run":
+                earlier = passes.get("run")
+                record["unit_done"] = self.unit == AGENT_UNIT or bool(
+                    isinstance(earlier, dict) and earlier.get("boot_id") == self.boot_id
+                    and earlier.get("unit_done"))
+            passes[self.name] = record
+            return {**document, "passes": {name: passes[name] for name in PASSES if name in passes}}
+
+        return update(self.root, status_file, add_record, lambda doc: json.dumps(doc, indent=2) + "\n")[0]
+
+
+def update(root: NodeRoot, status_file: str, change: Callable[[Dict[str, Any]], Dict[str, Any]],
+           render: Callable[[Dict[str, Any]], str]) -> Tuple[Optional[str], Dict[str, Any]]:
+    """Read, change and replace the status file as one step: ``change`` gets the current document
+    (``{}`` when unreadable) and returns the new one, which ``render`` turns into the file's text.
+    Returns a one-line problem (None: written) and the document as ``change`` made it; never raises.
+
+    Every writer of the status file (each pass's record, each report, from ``prepare``, ``run`` and
+    the ``check --report`` heartbeat, which can overlap) goes through here, under a lock of its own
+    (``STATUS_LOCK``, held for the milliseconds of the read and the write, never across a restart or
+    a request: the run lock cannot serve, a heartbeat must not wait minutes for a run). Each writer
+    merges its part into what the file holds at that moment, so none loses another's (a pass record,
+    a restart counter); the replace is atomic, so a reader never sees half of it.
+    """
+    from agent.config.rules import resolved_output
+
+    path = root.path(status_file)
+    document: Dict[str, Any] = {}
+    try:
+        path = resolved_output(root, status_file, "report.status_file")
+        with file_lock(root.path(STATUS_LOCK), "the status file's lock"):
+            document = change(_read_document(path))
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            atomic_write(path, (json.dumps(document, indent=2) + "\n").encode())
-        except NodeFileError as exc:
-            return str(exc)
-        except OSError as exc:
-            return f"{path}: cannot write: {exc.strerror or exc}"
-        return None
+            atomic_write(path, render(document).encode())
+    except NodeFileError as exc:  # the file itself, or its lock (then named after the file)
+        return (str(exc) if exc.path == str(path) else f"{path}: not written: {exc}"), document
+    except OSError as exc:
+        return f"{path}: cannot write: {exc.strerror or exc}", document
+    return None, document
 
 
 def _read_document(path: Path) -> Dict[str, Any]:
@@ -132,10 +160,20 @@ def _read_document(path: Path) -> Dict[str, Any]:
     return doc
 
 
+def restarts_of(doc: Mapping[str, Any]) -> Dict[str, int]:
+    """The restart counters since boot a status file document holds (none when unreadable)."""
+    counts = doc.get("restarts_total")
+    if not isinstance(counts, Mapping):
+        return {}
+    return {str(k): int(v) for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+
+
 def carried(path: Path) -> Dict[str, Any]:
-    """``{"passes": ..., "timeline": ...}`` of the current status file, for a report that replaces the file."""
+    """``{"passes", "timeline", "restarts_total"}`` of the current status file, as a report starts (its
+    final write merges again under the file's lock: ``update``)."""
     doc = _read_document(path)
-    return {key: doc[key] for key in ("passes", "timeline") if isinstance(doc.get(key), dict) and doc[key]}
+    keys = ("passes", "timeline", "restarts_total")
+    return {key: doc[key] for key in keys if isinstance(doc.get(key), dict) and doc[key]}
 
 
 # --- reading: `gpu-node-agent status` --------------------------------------------------------------
@@ -161,7 +199,32 @@ def load(path: Path) -> Dict[str, Any]:
     passes = doc.get("passes", {})
     if not isinstance(passes, dict) or not all(isinstance(p, dict) for p in passes.values()):
         raise StatusFileError(f"{path}: corrupt status file: 'passes' is not an object of pass records")
+    problem = _wrong_type(doc, _DOCUMENT_TYPES, "") or next(
+        (p for name, record in passes.items() if (p := _wrong_type(record, _RECORD_TYPES, f"passes.{name}."))), None)
+    if problem:
+        raise StatusFileError(f"{path}: corrupt status file: {problem}")
     return doc
+
+
+_STR, _NUMBER = (str, type(None)), (int, float, type(None))
+# What ``status`` reads, and what each may be (the agent writes these; anything else is corrupt).
+_DOCUMENT_TYPES = {"health": _STR, "time": _STR}
+_RECORD_TYPES = {"started": _STR, "finished": _STR, "health": _STR, "boot_id": _STR, "unit": _STR,
+                 "duration_seconds": _NUMBER, "exit_code": (int, type(None)), "actions": (list,),
+                 "unit_done": (bool,)}
+
+
+def _wrong_type(doc: Mapping[str, Any], types: Mapping[str, Tuple[type, ...]], prefix: str) -> Optional[str]:
+    for key, allowed in types.items():
+        if key not in doc:
+            continue
+        value = doc[key]
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if ok and key == "actions":
+            ok = all(isinstance(a, str) for a in value)
+        if not ok:
+            return f"'{prefix}{key}' is {type(value).__name__}, not what the agent writes there"
+    return None
 
 
 def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bool,

@@ -310,3 +310,108 @@ def test_a_node_program_that_is_an_absolute_symlink_runs_from_the_tree(tmp_path:
     assert node.executable("/usr/bin/nvidia-ctk") == root / "opt/ctk/nvidia-ctk"
     assert versions.toolkit_version(node) == ("9.8.7", "/usr/bin/nvidia-ctk --version")
     assert fs.NodeRoot("/").executable("/usr/bin/nvidia-ctk") == Path("/usr/bin/nvidia-ctk")
+
+
+def test_a_write_landing_between_the_exchange_and_the_swap_back_is_not_lost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three writers: the agent's compare-and-swap finds nodeadm's file (not the one it planned
+    from) and swaps it back; a third write lands between the exchange and the swap back. The newest
+    file must be the one left in place, and none of the agent's."""
+    target = tmp_path / "config.toml"
+    target.write_text("nodeadm's render\n")
+    real_exchange = fs.exchange
+    calls = []
+
+    def exchange_then_a_third_writer(a: Path, b: Path) -> bool:
+        done = real_exchange(a, b)
+        calls.append((a, b))
+        if len(calls) == 1:
+            rival = tmp_path / "operator.tmp"
+            rival.write_text("operator's fix\n")
+            os.rename(rival, target)
+        return done
+
+    monkeypatch.setattr(fs, "exchange", exchange_then_a_third_writer)
+    with pytest.raises(NodeFileError, match="changed while the agent was writing"):
+        atomic_write(target, b"agent's edit\n", expected=b"planned-from\n")
+    assert target.read_text() == "operator's fix\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+def test_a_continuous_racer_always_ends_with_its_last_write(tmp_path: Path) -> None:
+    target = tmp_path / "config.toml"
+    stop = threading.Event()
+    wrong = []
+    for _ in range(40):
+        target.write_text("old\n")
+        last = [""]
+
+        def racer(last: list = last) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                rival = tmp_path / f"rival-{n}"
+                rival.write_text(f"rival {n}\n")
+                os.rename(rival, target)
+                last[0] = f"rival {n}\n"
+
+        thread = threading.Thread(target=racer)
+        thread.start()
+        try:
+            with pytest.raises(NodeFileError):
+                atomic_write(target, b"new\n", expected=b"not what is there\n")
+        finally:
+            stop.set()
+            thread.join()
+            stop.clear()
+        if target.read_text() != (last[0] or "old\n"):
+            wrong.append((target.read_text(), last[0]))
+    assert not wrong
+
+
+def test_a_lock_hard_linked_to_another_file_is_refused_and_that_file_kept(tmp_path: Path) -> None:
+    node, root, _ = tree(tmp_path)
+    config = root / "etc/containerd/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('version = 3\n')
+    lock = root / LOCK_PATH.lstrip("/")
+    lock.parent.mkdir(parents=True)
+    os.link(config, lock)
+    with pytest.raises(NodeFileError, match="the run lock has 2 links, it is another file's name too"):
+        with run_lock(node, 0):
+            pass
+    assert config.read_text() == 'version = 3\n'
+
+
+def test_a_rollback_keeps_another_writers_newer_file(tmp_path: Path) -> None:
+    from agent.base.fs import FileEdit
+    from agent.pipeline.apply import rollback
+
+    target = tmp_path / "config.toml"
+    edit = FileEdit(target, "before\n", "agent's edit\n", ("why",), "containerd")
+    target.write_text("nodeadm's newer render\n")
+    problems = rollback([edit])
+    assert target.read_text() == "nodeadm's newer render\n"
+    assert len(problems) == 1 and "changed while the agent was writing" in problems[0]
+    target.write_text("agent's edit\n")
+    assert rollback([edit]) == [] and target.read_text() == "before\n"
+
+
+def test_a_sibling_directory_sharing_the_roots_name_prefix_is_not_inside_it(tmp_path: Path) -> None:
+    """With --root .../node, a path in .../node-config is the host's own: its symlink is followed as
+    the host follows it, never re-read inside the node's tree."""
+    from agent.base.noderoot import confined
+
+    NodeRoot(str(tmp_path / "node"))
+    (tmp_path / "node/etc").mkdir(parents=True)
+    (tmp_path / "node/etc/target").write_text("the node's\n")
+    sibling = tmp_path / "node-config"
+    sibling.mkdir()
+    (sibling / "target").write_text("the host's\n")
+    link = sibling / "link"
+    link.symlink_to(sibling / "target")
+    assert confined(link) == link
+    assert read_text(link) == "the host's\n"
+    inside = tmp_path / "node/etc/link"
+    inside.symlink_to("/etc/target")
+    assert read_text(inside) == "the node's\n"

@@ -59,3 +59,36 @@ def test_streaming_that_cannot_start_raises(tmp_path: Path) -> None:
     script.write_text("#!/bin/sh\necho hi\n")
     with pytest.raises(PermissionError):
         process.run_streaming([str(script)], 5)
+
+
+def test_a_flood_of_output_never_grows_the_agents_memory(tmp_path: Path) -> None:
+    """A node program that writes 300 MB (a hostile or broken ``ctr``): the runner keeps 64 KiB of
+    each stream as it arrives, so under a 160 MB address-space limit it still answers."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (160 << 20, 160 << 20))\n"
+        "from agent.base import process\n"
+        "out = process.run(['/bin/sh', '-c', 'head -c 300000000 /dev/zero; head -c 300000000 /dev/zero >&2'], 60)\n"
+        "print(out.returncode, len(out.stdout), len(out.stderr))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", str(process.OUTPUT_LIMIT), str(process.OUTPUT_LIMIT)]
+
+
+def test_a_program_that_keeps_flooding_is_killed_at_its_timeout(tmp_path: Path) -> None:
+    started = time.monotonic()
+    out = process.run(["/bin/sh", "-c", "cat /dev/zero"], 1.0)
+    assert out.returncode is None and len(out.stdout) == process.OUTPUT_LIMIT
+    assert time.monotonic() - started < 5
+    assert out.problem(1.0) == "sh did not finish within 1s"
+
+
+def test_stdin_text_larger_than_a_pipe_is_written_while_the_output_is_read(tmp_path: Path) -> None:
+    data = "x" * 300000 + "\n"
+    out = process.run(["/bin/cat"], 10, stdin_text=data)
+    assert out.ok and out.stdout == data[:process.OUTPUT_LIMIT]

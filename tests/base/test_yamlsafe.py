@@ -115,3 +115,42 @@ def test_the_kubeconfig_says_a_tab_is_the_problem_the_same_way(tmp_path: object)
     with pytest.raises(KubeconfigError) as info:
         _parse_yaml(text, Path("/var/lib/kubelet/kubeconfig"))
     assert str(info.value) == f"/var/lib/kubelet/kubeconfig:4: invalid YAML: {TAB_IN_INDENTATION}"
+
+
+def test_mapping_keys_count_in_the_node_budget() -> None:
+    """An alias bomb in complex mapping keys (``? *i : 1``): tiny values, enormous keys."""
+    import time
+
+    from agent.base.yamlsafe import YamlRefused, load_budgeted, yaml_too_big
+
+    lines = ["? &a [x, x, x, x, x, x, x, x, x, x]", ": 0"]
+    for n, (prev, name) in enumerate(zip("abcdefg", "bcdefgh")):
+        lines += [f"? &{name} [" + ", ".join([f"*{prev}"] * 10) + "]", f": {n + 1}"]
+    text = "\n".join(lines) + "\n"
+    node = yaml.SafeLoader(text).get_single_node()
+    assert yaml_too_big(node, 10_000) is not None
+    started = time.monotonic()
+    with pytest.raises(YamlRefused, match="config.yaml: too many YAML nodes"):
+        load_budgeted(text, "config.yaml", 10_000)
+    assert time.monotonic() - started < 2
+
+
+def test_the_node_budget_is_exact_and_says_why() -> None:
+    from agent.base.yamlsafe import yaml_too_big
+
+    node = yaml.SafeLoader("[a, b, c]\n").get_single_node()  # 4 nodes: the sequence and its 3 items
+    assert yaml_too_big(node, 4) is None
+    assert yaml_too_big(node, 3) == ("too many YAML nodes (more than 3, aliases counted each time they are used); "
+                                     "refusing to read it")
+
+
+def test_the_budgeted_loader_names_the_source_of_every_error() -> None:
+    from agent.base.yamlsafe import YamlRefused, load_budgeted
+
+    with pytest.raises(YamlRefused) as info:
+        load_budgeted("a: 1\nb: \x07\n", "/etc/kubernetes/kubelet/config.json", 100)
+    assert str(info.value).startswith("/etc/kubernetes/kubelet/config.json:2: invalid YAML: unacceptable character")
+    with pytest.raises(YamlRefused) as info:
+        load_budgeted("port: !!float abc\n", "kubelet.yaml", 100)
+    assert str(info.value) == 'kubelet.yaml: invalid YAML: "could not convert string to float: \'abc\'"'
+    assert load_budgeted("a: [1, 2]\n", "x", 100) == {"a": [1, 2]}

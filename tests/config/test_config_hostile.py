@@ -57,6 +57,13 @@ def test_timeouts_are_finite_and_positive(key: str, value: str, problem: str) ->
     fails(f"{section}:\n  {name}: {value}\n", f"config.yaml:2: {key}: {problem}")
 
 
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", ".NaN"])
+@pytest.mark.parametrize("key", ["report.heartbeat_minutes", "gpu.allocatable_grace_seconds"])
+def test_durations_that_may_be_zero_are_finite_too(key: str, value: str) -> None:
+    section, name = key.split(".")
+    fails(f"{section}:\n  {name}: {value}\n", f"config.yaml:2: {key}: must be a finite number, got ")
+
+
 @pytest.mark.parametrize("key", ["containerd.config_path", "nvidia_runtime.config_path", "report.kubeconfig",
                                  "containerd.binary_name"])
 def test_node_paths_may_not_contain_dotdot(key: str) -> None:
@@ -161,3 +168,21 @@ def test_lock_wait_must_be_finite_and_not_negative(tmp_path: Path, value: str) -
 ])
 def test_a_value_yaml_cannot_construct_is_one_line_not_a_traceback(text: str, match: str) -> None:
     fails(text, match)
+
+
+@pytest.mark.parametrize("state", ["gpu-errors.json", "published.json", "events.json", "efa-installer.pid",
+                                   "instance-type", "fabricmanager-version.json", "status.lock"])
+def test_an_output_may_not_be_one_of_the_agents_own_state_files(state: str) -> None:
+    fails(f"report:\n  status_file: /run/gpu-node-agent/{state}\n",
+          f"config.yaml:2: report.status_file: /run/gpu-node-agent/{state} is (or holds) the ")
+
+
+def test_the_settings_know_every_state_file_of_the_agent() -> None:
+    from agent.config.parse import OWN_STATE_FILES
+    from agent.efa import install
+    from agent.gpu import fabric, inventory, xid
+    from agent.report import events, published, status
+
+    assert sorted(OWN_STATE_FILES.values()) == sorted([
+        xid.STATE, published.STATE_FILE, events.STATE_FILE, install.INSTALLER_PID_FILE, inventory.CACHE,
+        fabric.VERSION_CACHE, status.STATUS_LOCK])

@@ -99,6 +99,18 @@ def test_containerd_2_needs_the_runtime_and_images_plugins_too(short_root: Path)
                                                            "the daemon")
 
 
+def test_containerd_2_images_plugin_in_error_is_not_serving(short_root: Path) -> None:
+    rows = PLUGINS_LS.replace("error", "ok   ") + "\n".join(f"{row:<96}" for row in (
+        "io.containerd.cri.v1                  runtime                  linux/amd64    ok",
+        "io.containerd.cri.v1                  images                   -              error")) + "\n"
+    fake_ctr(short_root, f'case "$*" in *-d*) echo "Error:"; echo "  Message: bad registry config";; '
+                         f'*) cat <<"E"\n{rows}E\n;; esac\n')
+    with listening_socket(short_root / "run/containerd/containerd.sock"):
+        answer = probe_for(short_root, 2).read()
+    assert (answer.state, answer.message) == (NOT_SERVING, "CRI plugin io.containerd.cri.v1 images: error: bad "
+                                                           "registry config")
+
+
 def test_what_the_agent_cannot_ask_is_unknown_and_bounded(short_root: Path) -> None:
     probe = probe_for(short_root)
     answer = probe.read()
@@ -191,7 +203,7 @@ def test_healthz_address_from_the_kubelet_config_and_its_drop_ins(tmp_path: Path
     assert kubelet.probe(NodeRoot(str(node))).read().message == (
         "kubelet's healthz listens on 10.0.0.1, not on loopback; not probed")
     write_kubelet(node, '{"healthzPort": "10248"')
-    assert "not JSON or YAML" in kubelet.probe(NodeRoot(str(node))).read().message
+    assert "config.json:2: invalid YAML" in kubelet.probe(NodeRoot(str(node))).read().message
 
 
 def test_healthz_answers(healthz: Healthz) -> None:
@@ -257,3 +269,67 @@ def test_wait_is_bounded_by_the_deadline() -> None:
     answer = serving.wait(probe, 1.0, clock=clock, sleep=clock.sleep)
     assert answer.state == UNKNOWN and answer.message == "no socket (still so after waiting for a scripted daemon)"
     assert clock.now == pytest.approx(1.0)
+
+
+def test_every_cri_answer_in_full(short_root: Path) -> None:
+    """What each reading says, to the word, with the details the check and the report carry."""
+    base = {"socket": "/run/containerd/containerd.sock", "plugins": ["io.containerd.grpc.v1 cri"]}
+    probe = probe_for(short_root)
+    assert probe.read() == Serving(UNKNOWN, "cannot ask containerd: /usr/bin/ctr not found", True, base)
+    fake_ctr(short_root, "exit 0\n")
+    assert probe.read() == Serving(UNKNOWN, "cannot ask containerd: /run/containerd/containerd.sock: No such file "
+                                   "or directory", False, base)
+    sock = short_root / "run/containerd/containerd.sock"
+    sock.parent.mkdir(parents=True)
+    sock.write_text("")
+    assert probe.read() == Serving(UNKNOWN, "cannot ask containerd: /run/containerd/containerd.sock is not a "
+                                   "socket", True, base)
+    sock.unlink()
+    with listening_socket(sock):
+        (short_root / "usr/bin/ctr").write_text("not a program\n")  # executable bit set, no interpreter line
+        assert probe.read() == Serving(UNKNOWN, "cannot ask containerd: /usr/bin/ctr cannot be executed", True, base)
+        fake_ctr(short_root, "echo 'ctr: connection refused' >&2; exit 1\n")
+        assert probe.read() == Serving(UNKNOWN, "cannot ask containerd: ctr exited with 1: ctr: connection "
+                                       "refused", False, base)
+        fake_ctr(short_root, f'cat <<"E"\n{PLUGINS_LS.replace("error", "ok   ")}E\n')
+        assert probe.read() == Serving(SERVING, "CRI plugin io.containerd.grpc.v1 cri: ok", False,
+                                       {**base, "plugins": {"io.containerd.grpc.v1 cri": "ok"}})
+        rows = PLUGINS_LS.replace("error", "ok   ") + "\n".join(f"{row:<96}" for row in (
+            "io.containerd.cri.v1                  runtime                  linux/amd64    ok",
+            "io.containerd.cri.v1                  images                   -              ok")) + "\n"
+        fake_ctr(short_root, f'cat <<"E"\n{rows}E\n')
+        two = probe_for(short_root, 2).read()
+        assert two.message == ("CRI plugins io.containerd.grpc.v1 cri, io.containerd.cri.v1 runtime, "
+                               "io.containerd.cri.v1 images: ok")
+        # the detail is asked for the plugin in error only, by type and id
+        fake_ctr(short_root, f'case "$*" in *"-d type==io.containerd.grpc.v1,id==cri"*) cat <<"E"\n{PLUGINS_LS_D}E\n'
+                             f';; *-d*) exit 3;; *) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
+        reason = "error: invalid plugin config: `mirrors` cannot be set when `config_path` is provided"
+        assert probe.read() == Serving(NOT_SERVING, f"CRI plugin io.containerd.grpc.v1 cri: {reason}", True,
+                                       {**base, "plugins": {"io.containerd.grpc.v1 cri": "error"}, "reason": reason})
+        fake_ctr(short_root, f'case "$*" in *-d*) exit 3;; *) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
+        assert probe.read().message == "CRI plugin io.containerd.grpc.v1 cri: error"  # no detail: the status only
+        long = "x" * 400
+        fake_ctr(short_root, f'case "$*" in *-d*) printf "Error:\\n  Message: {long}\\n";; '
+                             f'*) cat <<"E"\n{PLUGINS_LS}E\n;; esac\n')
+        assert probe.read().message == "CRI plugin io.containerd.grpc.v1 cri: " + f"error: {long}"[:297] + "..."
+
+
+def test_ctr_rows_need_three_columns_and_the_error_its_section() -> None:
+    assert cri.parse_plugins("io.containerd.grpc.v1 cri ok\nshort row\n") == (
+        cri.PluginStatus("io.containerd.grpc.v1", "cri", "ok"),)
+    assert cri.parse_error("Message: not under Error\nError:\n  Message: the reason\n") == "the reason"
+
+
+def test_a_daemon_of_an_unknown_major_is_asked_for_the_2x_plugins(tmp_path: Path) -> None:
+    from agent.config.settings import ContainerdSettings
+    from agent.containerd import files
+
+    node = tmp_path / "node"
+    (node / "etc/containerd").mkdir(parents=True)
+    (node / "etc/containerd/config.toml").write_text("version = 3\n")
+    config_set = files.load(NodeRoot(str(node)), ContainerdSettings())
+    for major, plugins in ((1, cri.CRI_PLUGINS[1]), (2, cri.CRI_PLUGINS[2]), (3, cri.CRI_PLUGINS[2])):
+        daemon = config_set.daemon._replace(major=major)
+        probe = cri.probe(NodeRoot(str(node)), config_set._replace(daemon=daemon))
+        assert isinstance(probe, cri.CriProbe) and probe.plugins == plugins, major

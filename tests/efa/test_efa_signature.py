@@ -202,3 +202,25 @@ def test_signed_install_end_to_end(tmp_path: Path, root: Path, tarball: bytes, r
         assert main([*base, "run"]) == 0
     assert f"action: EFA userspace {VERSION} installed" in capsys.readouterr().out
     assert len(runs.read_text().splitlines()) == 1
+
+
+def test_a_signature_by_a_signing_subkey_of_the_pinned_key_is_good(
+    root: Path, tarball: bytes, tmp_path: Path
+) -> None:
+    """AWS may sign with a subkey: the pin is the primary key's fingerprint, which VALIDSIG gives in
+    its last field (its first field is the subkey's)."""
+    with tempfile.TemporaryDirectory(prefix="gna-gpg-") as tmp:
+        signer = Signer(Path(tmp) / "aws", "aws")
+        try:
+            signer.gpg("--passphrase", "", "--quick-add-key", signer.fingerprint, "ed25519", "sign", "never")
+            colons = signer.gpg("--with-colons", "--list-keys").stdout.decode().splitlines()
+            fprs = [line.split(":")[9] for line in colons if line.startswith("fpr:")]
+            subkey = fprs[-1]
+            assert subkey != signer.fingerprint
+            signature = signer.gpg("--detach-sign", "--local-user", subkey + "!", "--output", "-",
+                                   stdin=tarball).stdout
+            with serve(InstallerServer(), tarball, signature, signer.public_key()) as server:
+                settings = EfaSettings(base_url=server.base_url, gpg_fingerprint=signer.fingerprint)
+                assert fetch(root, settings).read_bytes() == tarball
+        finally:
+            signer.close()

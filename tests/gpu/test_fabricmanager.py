@@ -76,6 +76,19 @@ def test_not_installed_fails(p5: Path, sd: BootedSystemd) -> None:
     assert "nvidia-fabricmanager-absent.service is not loaded (not-found)" in r.message
 
 
+def test_a_p5_whose_driver_lists_no_nvswitch_still_needs_its_fabric_manager(p5: Path, sd: BootedSystemd) -> None:
+    """The instance type says NVSwitch even when the driver shows none (its NVSwitch module not
+    loaded): a missing fabric manager fails, it is not skipped."""
+    import shutil
+
+    shutil.rmtree(p5 / "proc/driver/nvidia-nvswitch")
+    for dev in (p5 / "dev").glob("nvidia-nvswitch*"):
+        dev.unlink()
+    r = judge(p5, sd, "nvidia-fabricmanager-absent.service")
+    assert r.status == FAIL and r.details["event_reason"] == "FabricManagerMissing"
+    assert r.details["switches"] == [] and "p5.48xlarge has NVSwitch (instance data)" in r.details["nvswitch"]
+
+
 def test_another_version_than_the_driver_fails(p5: Path, sd: BootedSystemd) -> None:
     tool(p5, "/usr/bin/nv-fabricmanager", "Fabric Manager version is : 580.95.05\n")
     r = judge(p5, sd)

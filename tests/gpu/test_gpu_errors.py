@@ -241,6 +241,18 @@ def test_a_new_boot_starts_over(root: Path) -> None:
     assert xid.discover(node).events == ()
 
 
+def test_a_new_boot_with_higher_sequence_numbers_starts_over_too(root: Path) -> None:
+    """The new boot's kernel log happens to number its records above the old state's last one: only
+    the boot id tells the old boot's XID 79 from this boot's."""
+    node = NodeRoot(str(root))
+    log_with(root, XID_LINES[79], start=1000)
+    assert [e.xid for e in xid.discover(node).events] == [79]
+    write(root, "/proc/sys/kernel/random/boot_id", "00000000-1111-2222-3333-444444444444\n")
+    write(root, "/dev/kmsg", kmsg_record(60_000, 1_000_000, "systemd[1]: Started session-1.scope."))
+    facts = xid.discover(node)
+    assert facts.events == () and facts.new_events == ()
+
+
 def test_run_and_check_report_acknowledge_check_does_not(root: Path, capsys: pytest.CaptureFixture) -> None:
     log_with(root, XID_LINES[13])
     write(root, "/etc/gpu-node-agent/config.yaml", "report:\n  publish: false\nrestart:\n  policy: never\n")

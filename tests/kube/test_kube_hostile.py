@@ -66,6 +66,15 @@ def test_one_trailing_newline_is_dropped_as_kubectl_does(root: Path, api: ApiSer
     assert api.requests[-1].authorization == f"Bearer {SECRET}"
 
 
+def test_a_whitespace_only_token_is_refused_never_sent() -> None:
+    from agent.kube.tokens import checked_token
+
+    for blank in ("    ", " ", "   \n"):
+        with pytest.raises(KubeconfigError, match="^token: is empty$"):
+            checked_token(blank, "token", KubeconfigError)
+    assert checked_token(" x ", "token", KubeconfigError) == " x "
+
+
 @pytest.mark.parametrize("kind", sorted(BAD_TOKENS))
 def test_a_bad_kubeconfig_token_is_refused_on_load_without_its_value(root: Path, api: ApiServer, kind: str) -> None:
     node = kubeconfig(root, api, {"token": BAD_TOKENS[kind]})
@@ -195,3 +204,21 @@ def test_a_bad_node_name_is_never_sent(root: Path, api: ApiServer, name: str) ->
         with pytest.raises(KubeError, match="is not a DNS subdomain"):
             client.get_node(name, Deadline(5))
     assert not api.requests
+
+
+def test_a_token_is_checked_to_the_exact_character_and_length() -> None:
+    """The bounds of what a bearer token may hold, with the exact one-line messages."""
+    from agent.kube.tokens import MAX_TOKEN, checked_token
+
+    def refused(token: str) -> str:
+        with pytest.raises(KubeconfigError) as info:
+            checked_token(token, "token", KubeconfigError)
+        return str(info.value)
+
+    assert checked_token("ab~" + "x" * (MAX_TOKEN - 3), "token", KubeconfigError).startswith("ab~")  # '~' and the limit
+    assert refused("x" * (MAX_TOKEN + 1)) == (f"token: is {MAX_TOKEN + 1} characters long, more than {MAX_TOKEN}; "
+                                              "refusing to send it (the value is not shown)")
+    assert refused("ab\x7fc") == ("token: contains the control character U+007F at position 3; refusing to send it "
+                                  "(the value is not shown)")
+    assert refused("a\x80c") == ("token: contains a non-ASCII character at position 2; refusing to send it "
+                                 "(the value is not shown)")

@@ -13,7 +13,7 @@ from agent.base import log
 from agent.base.fs import FileEdit
 from agent.pipeline.apply import apply
 from agent.pipeline.health import FAIL, SKIP, WARN
-from agent.pipeline.plan import NotRestarted, Plan
+from agent.pipeline.plan import NotRestarted, Plan, Restart
 from agent.systemd.errors import BusUnreachable
 from tests.support.restarts import CONTAINERD, KUBELET, ScriptedSystemd, failed, plan_for, run
 
@@ -230,3 +230,58 @@ def test_bus_gone_is_in_the_journal(edit: FileEdit, journal: Callable[[], List[D
     run(plan_for(None), BusUnreachable("system bus unix:path=/x: Could not connect"))
     assert_events(journal(), [{"component": "apply", "error": "system bus unix:path=/x: Could not connect",
                                "event": "cannot reach systemd", "level": "error"}])
+
+
+def test_an_edit_that_cannot_be_written_restarts_nothing(edit: FileEdit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk (ENOSPC, which GPU nodes hit; atomic_write's own error for it is tested on a real
+    full tmpfs in test_fs_hostile.py): the restarts that were only for this edit are not done."""
+    from agent.base.errors import NodeFileError
+    from agent.pipeline import apply as apply_module
+
+    def disk_full(path: Path, data: bytes, **kw: Any) -> None:
+        raise NodeFileError(path, "cannot write: No space left on device")
+
+    monkeypatch.setattr(apply_module, "atomic_write", disk_full)
+    client = ScriptedSystemd()
+    restarts = (Restart(CONTAINERD, "this run changes its configuration", rollback_on_failure=True,
+                        only_for_edits=True), Restart(KUBELET, "after containerd.service"))
+    result = run(Plan(edits=(edit,), restarts=restarts), client)
+    assert client.calls == [] and result.restarted == []
+    assert result.failures == [
+        f"{edit.path}: cannot write: No space left on device",
+        "containerd.service: not restarted: this run's configuration change was not written",
+        "kubelet.service: not restarted: containerd.service was not restarted",
+    ]
+    assert result.pending[CONTAINERD][0] == FAIL and edit.path.read_text() == "old\n"
+
+
+def test_a_restart_with_a_reason_besides_the_edit_still_happens_when_the_edit_fails(
+        edit: FileEdit, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.base.errors import NodeFileError
+    from agent.pipeline import apply as apply_module
+
+    def disk_full(path: Path, data: bytes, **kw: Any) -> None:
+        raise NodeFileError(path, "cannot write: No space left on device")
+
+    monkeypatch.setattr(apply_module, "atomic_write", disk_full)
+    client = ScriptedSystemd()
+    result = run(plan_for(edit), client)  # e.g. restart.policy always, or a daemon older than its config
+    assert client.calls == [CONTAINERD, KUBELET] and len(result.failures) == 1
+
+
+def test_the_plan_marks_a_restart_that_is_only_for_edits() -> None:
+    from agent.config.settings import RestartSettings
+    from agent.pipeline.contract import RestartNeed
+    from agent.pipeline.plan import decide_restarts
+    from agent.systemd.state import UnitState, UnitStates
+
+    units = UnitStates("bus", (UnitState(CONTAINERD, "loaded", "active", "running", 1, 7),
+                               UnitState(KUBELET, "loaded", "active", "running", 2, 8)))
+    edit_only = (RestartNeed("this run changes its configuration", from_edit=True),)
+    (first, _), _ = decide_restarts(edit_only, units, RestartSettings())
+    assert first.only_for_edits
+    (first, _), _ = decide_restarts((*edit_only, RestartNeed("the daemon is older than its configuration")),
+                                  units, RestartSettings())
+    assert not first.only_for_edits
+    (first, _), _ = decide_restarts(edit_only, units, RestartSettings(policy="always"))
+    assert not first.only_for_edits

@@ -356,7 +356,7 @@ def test_finish_records_publishing_outcome(tmp_path: Path) -> None:
 
     out = report.finish(
         NodeRoot(str(tmp_path)),
-        config(metrics_file="/m/agent.prom"),
+        config(metrics_file="/var/lib/node_exporter/agent.prom"),
         results(),
         publish_report=True,
         publisher=publisher,
@@ -369,7 +369,7 @@ def test_finish_records_publishing_outcome(tmp_path: Path) -> None:
     assert list(status) == ["v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total",
                             "timeline"]
     assert status["publish"]["ok"] is False and "403" in status["publish"]["error"]
-    assert "gpu_node_agent_report_published 0" in (tmp_path / "m/agent.prom").read_text()
+    assert "gpu_node_agent_report_published 0" in (tmp_path / "var/lib/node_exporter/agent.prom").read_text()
     assert report.summary_line(out) == "not published: GET /api/v1/nodes/x: 403 Forbidden: no\n"
 
 
@@ -430,3 +430,70 @@ def test_a_crash_while_publishing_never_shows_a_credential(node_root: Path, api:
     assert not out.ok and out.error is not None and out.error.startswith("internal error while publishing: ValueError")
     captured = capsys.readouterr()
     assert secret not in out.error and secret not in captured.out + captured.err
+
+
+def test_a_heartbeat_overlapping_a_run_loses_neither_its_pass_nor_its_restarts(tmp_path: Path) -> None:
+    """A `check --report` heartbeat starts publishing; meanwhile a `run` restarts containerd and
+    records its pass; then the heartbeat writes its final report. Every writer merges under the
+    status file's lock, so the run's pass record and its restart stay counted."""
+    from agent.report.status import PassRecord
+
+    root = NodeRoot(str(tmp_path))
+    report.finish(root, config(), results(), publish_report=False, restarts={"containerd.service": 2}, now=NOW)
+    PassRecord(root, "prepare").finish("/run/gpu-node-agent/status.json", "healthy", 0)
+
+    def publisher_while_a_run_finishes(*args: Any, **kw: Any) -> report.PublishResult:
+        report.finish(root, config(), results(), ["restarted containerd.service"], publish_report=False,
+                      restarts={"containerd.service": 1}, now=NOW)
+        PassRecord(root, "run").finish("/run/gpu-node-agent/status.json", "healthy", 0, ["restarted"])
+        return report.PublishResult(True, NODE, "hostname", True, None)
+
+    out = report.finish(root, config(), results(), publish_report=True, publisher=publisher_while_a_run_finishes,
+                        now=NOW)
+    status = json.loads((tmp_path / "run/gpu-node-agent/status.json").read_text())
+    assert status["restarts_total"] == {"containerd.service": 3}
+    assert sorted(status["passes"]) == ["prepare", "run"] and status["passes"]["run"]["actions"] == ["restarted"]
+    assert out.document["restarts_total"] == {"containerd.service": 3}
+
+
+def test_every_status_file_writer_takes_the_status_lock(tmp_path: Path) -> None:
+    """While another process holds the status file's lock, a report waits for it."""
+    import fcntl
+    import threading
+
+    from agent.report.status import STATUS_LOCK
+
+    lock = tmp_path / STATUS_LOCK.lstrip("/")
+    lock.parent.mkdir(parents=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (report.finish(NodeRoot(str(tmp_path)), config(), results(),
+                                                            publish_report=False, now=NOW), done.set()))
+    thread.start()
+    try:
+        assert not done.wait(0.5)
+        assert not (tmp_path / "run/gpu-node-agent/status.json").exists()
+    finally:
+        os.close(fd)
+    assert done.wait(5)
+    thread.join()
+    assert (tmp_path / "run/gpu-node-agent/status.json").exists()
+
+
+@pytest.mark.parametrize("key", ["status_file", "metrics_file"])
+def test_an_output_through_a_symlinked_directory_never_lands_outside_its_directories(
+        tmp_path: Path, key: str) -> None:
+    """The configured path is inside /var/lib/gpu-node-agent (lexically valid), but that directory is
+    a symlink to /etc/containerd: the report must not replace containerd's config.toml."""
+    config_toml = write_node_file(tmp_path, "/etc/containerd/config.toml", "version = 3\n")
+    (tmp_path / "var/lib").mkdir(parents=True)
+    (tmp_path / "var/lib/gpu-node-agent").symlink_to("/etc/containerd")
+    name = "config.toml" if key == "status_file" else "config.prom"
+    if key == "metrics_file":
+        (tmp_path / "etc/containerd/config.prom").write_text("# node_exporter's\n")
+    out = report.finish(NodeRoot(str(tmp_path)), config(**{key: f"/var/lib/gpu-node-agent/{name}"}), results(),
+                        publish_report=False, now=NOW)
+    assert config_toml.read_text() == "version = 3\n"
+    assert not out.ok
+    assert any(f"resolves to /etc/containerd/{name}, outside" in p for p in out.problems), out.problems

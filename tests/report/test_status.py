@@ -175,6 +175,11 @@ def test_status_tells_an_earlier_boots_records(root: Path, capsys: pytest.Captur
     ("{not json", "corrupt status file: not JSON at line 1"),
     ('["a list"]', "corrupt status file: expected a JSON object"),
     ('{"passes": []}', "corrupt status file: 'passes' is not an object of pass records"),
+    ('{"health": {"a": 1}}', "corrupt status file: 'health' is dict, not what the agent writes there"),
+    ('{"passes": {"run": {"actions": 5}}}', "corrupt status file: 'passes.run.actions' is int"),
+    ('{"passes": {"run": {"actions": [1]}}}', "corrupt status file: 'passes.run.actions' is list"),
+    ('{"passes": {"check": {"duration_seconds": "1s"}}}', "'passes.check.duration_seconds' is str"),
+    ('{"passes": {"run": {"exit_code": true}}}', "'passes.run.exit_code' is bool"),
 ])
 def test_status_without_a_usable_file_says_so_in_one_line(
     root: Path, capsys: pytest.CaptureFixture[str], content: Any, message: str

@@ -16,7 +16,8 @@ class MetricsFileSink:
             return SinkOutcome()
         from agent.report import metrics
 
-        return SinkOutcome(write_node_file(delivery.root, path, metrics.render(delivery.document).encode()))
+        return SinkOutcome(write_node_file(delivery.root, path, metrics.render(delivery.document).encode(),
+                                           "report.metrics_file"))
 
 
 SINK = MetricsFileSink()
