@@ -52,6 +52,8 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
 def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lock-wait", type=_seconds, default=DEFAULT_LOCK_WAIT, metavar="SECONDS",
                    help=f"how long to wait for another run to finish (default {DEFAULT_LOCK_WAIT:g})")
+    p.add_argument("--force", action="store_true",
+                   help="run even on a node disabled with /etc/gpu-node-agent/disabled (a hand run)")
 
 
 def _seconds(text: str) -> float:
@@ -70,6 +72,8 @@ def _seconds(text: str) -> float:
 def _add_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="a table, one line per check, or the report document as JSON (default: table)")
+    p.add_argument("--pretty", action="store_true",
+                   help="with --format json: indented JSON (default: one compact line, for SSM and scripts)")
     p.add_argument("--report", action="store_true", help="also publish the node annotation and condition")
 
 
@@ -80,14 +84,34 @@ def _add_status(p: argparse.ArgumentParser) -> None:
                    help="a table of the boot passes, or the status document as JSON (default: table)")
     p.add_argument("--wait", action="store_true",
                    help="block until gpu-node-agent.service's run of this boot has finished")
-    p.add_argument("--timeout", type=_seconds, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
-                   help=f"with --wait: give up after SECONDS (default {DEFAULT_WAIT_TIMEOUT:g}), exit 1")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help=f"with --wait (alone, exit 64): give up after SECONDS (default {DEFAULT_WAIT_TIMEOUT:g}), "
+                        "exit 1")
+
+
+def _add_fleet(p: argparse.ArgumentParser) -> None:
+    from agent.report.fleet import DEFAULT_STALE_MINUTES
+
+    p.add_argument("--kubeconfig", metavar="PATH", help="your kubeconfig (default: $KUBECONFIG's first file, "
+                                                       "else ~/.kube/config)")
+    p.add_argument("--context", metavar="NAME", help="the kubeconfig context (default: its current-context)")
+    p.add_argument("--stale-minutes", type=_seconds, default=DEFAULT_STALE_MINUTES, metavar="M",
+                   help="a report whose condition heartbeat is older is stale (default "
+                        f"{DEFAULT_STALE_MINUTES:g})")
+    p.add_argument("--annotation-prefix", default="gpu-node-agent", metavar="PREFIX",
+                   help="the agents' report.annotation_prefix (default: gpu-node-agent)")
+    p.add_argument("--condition", default="GPUNodeAgentReady", metavar="TYPE",
+                   help="the agents' report.condition (default: GPUNodeAgentReady)")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="tables, or one JSON object (default: table)")
 
 
 def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="unified diffs with a reason per change, or JSON: per file its path, diff and reasons; "
                         "the restarts and why; the EFA action (default: text)")
+    p.add_argument("--detailed-exitcode", action="store_true",
+                   help="exit 2 when run would change something, 0 when nothing (as terraform plan does)")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -101,6 +125,9 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     show.add_argument("--format", choices=("yaml", "json"), default="yaml",
                       help="YAML with the source as a comment, or JSON (sections only); both load back "
                            "as a configuration file (default: yaml)")
+    show.add_argument("--origins", action="store_true",
+                      help="say which file set each value (YAML: a comment per value, 'default' for the rest; "
+                           "JSON: {\"config\", \"origins\"})")
     show.set_defaults(handler=commands.cmd_config_show)
 
 
@@ -171,6 +198,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+def kubectl_plugin(argv: Optional[Sequence[str]] = None) -> int:
+    """``kubectl-gpu_node_agent``: ``kubectl gpu-node-agent [fleet] ...`` runs this CLI; without a
+    command, ``fleet`` (the command that belongs on a workstation)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if command_in(argv) not in COMMANDS and not {"-h", "--help", "--version"} & set(argv):
+        argv = ["fleet", *argv]
+    return main(argv)
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{PROG} {_version()}\n")
     sys.stdout.flush()
@@ -185,6 +221,8 @@ COMMANDS: Dict[str, Tuple[Callable[[argparse.Namespace], int], str, Optional[Cal
     "status": (commands.cmd_status, "the boot passes and the last report, from the status file", _add_status),
     "plan": (commands.cmd_plan, "show what run would change and why; changes nothing", _add_plan),
     "check": (commands.cmd_check, "evaluate every health check", _add_check),
+    "fleet": (commands.cmd_fleet, "every Node's health, versions and time to GPU-ready, from your "
+                                  "workstation; read-only", _add_fleet),
     "efa": (commands.cmd_efa_help, "EFA userspace installer", _add_efa),
     "config": (commands.cmd_config_help, "validate or show the agent configuration", _add_config),
     "version": (cmd_version, "print the agent version", None),
@@ -197,21 +235,25 @@ _USAGE_64 = ("64", "bad usage, or an invalid configuration file (file:line:key o
 EXIT_CODES: Dict[str, Tuple[Tuple[str, str], ...]] = {
     "*": (("0", "healthy / success"), ("1", "unhealthy, or an action failed"), ("2", "degraded: warnings only"),
           _USAGE_64, ("75", "another run holds the lock")),
-    "run": (("0", "healthy after the run"),
+    "run": (("0", "healthy after the run, or the node is disabled (nothing done)"),
             ("1", "unhealthy, an action failed (edit, restart, EFA install), or the report was not published"),
             ("2", "degraded: warnings only"), _USAGE_64,
             ("75", "another run held /run/gpu-node-agent/lock for longer than --lock-wait")),
-    "prepare": (("0", "healthy after the pass"), ("1", "unhealthy, or an action failed (edit, EFA install)"),
+    "prepare": (("0", "healthy after the pass, or the node is disabled (nothing done)"),
+                ("1", "unhealthy, or an action failed (edit, EFA install)"),
                 ("2", "degraded: warnings only"), _USAGE_64,
                 ("75", "another run held /run/gpu-node-agent/lock for longer than --lock-wait")),
-    "status": (("0", "healthy (or the agent is disabled)"), ("1", "unhealthy, a pass of this boot failed, no "
-                                                              "report, an unreadable status file, or --wait "
-                                                              "timed out"),
+    "status": (("0", "healthy (or the agent is disabled and has no report)"),
+               ("1", "unhealthy, a pass of this boot failed, no report, an unreadable status file, or --wait "
+                     "timed out"),
                ("2", "degraded: warnings only"), _USAGE_64),
-    "plan": (("0", "a plan was made, whether or not it changes anything"),
-             ("1", "the node has a problem the agent will not fix (e.g. an unreadable file)"), _USAGE_64),
+    "plan": (("0", "a plan was made (with --detailed-exitcode: and run would change nothing)"),
+             ("1", "the node has a problem the agent will not fix (e.g. an unreadable file)"),
+             ("2", "with --detailed-exitcode: run would change something (a file, a restart, EFA)"), _USAGE_64),
     "check": (("0", "healthy"), ("1", "unhealthy; with --report also: the report was not published"),
               ("2", "degraded: warnings only"), _USAGE_64),
+    "fleet": (("0", "listed"), ("1", "the kubeconfig or the API server failed (one line says which)"),
+              ("64", "bad usage (e.g. --root, which does not apply)")),
     "efa": (("0", "success"), ("1", "the action failed"), _USAGE_64),
     "efa fetch": (("0", "the pinned installer is in the cache, verified"),
                   ("1", "nothing pinned, or the download or its verification failed (nothing kept)"), _USAGE_64),
@@ -228,15 +270,22 @@ DESCRIPTIONS: Dict[str, str] = {
                "(and the EFA userspace with efa.before_kubelet), no restarts, no publishing; the result goes "
                "to the status file.",
     "status": "The boot passes (prepare, run, check heartbeat) and the last report, from the status file: "
-              "when, how long, health, actions, exit code. --wait blocks until this boot's run has finished.",
+              "when, how long, health, actions, exit code; the pass running now, by pid and command. --wait "
+              "blocks until this boot's run has finished.",
     "plan": "Show what run would do, changing nothing: a unified diff per file with a reason per change, "
             "which units would restart and why, and the EFA action.",
     "check": "Evaluate every health check and print them; changes nothing on the node (with --report, "
              "also publishes the node annotation and condition).",
+    "fleet": "From an operator's workstation with your own kubeconfig, read-only: every Node's agent report "
+             "at a glance. Nodes grouped by health and the condition's reason, the agent and stack versions in "
+             "use, time to GPU-ready p50/p90/max per instance type and per known-good AMI row, stale reports. "
+             "Lists Nodes in pages (limit/continue, resourceVersion=0). Also: kubectl gpu-node-agent fleet.",
     "efa fetch": "Download the pinned aws-efa-installer into efa.cache_dir and verify it (efa.sha256, "
                  "efa.gpg_fingerprint), whatever efa.install says: for an AMI bake, so nodes need no network.",
-    "config validate": "Validate a configuration file (default: --config) as every command loads it.",
-    "config show": "Print the effective configuration, defaults included.",
+    "config validate": "Validate a configuration file (default: --config) merged with the drop-ins of the "
+                       "config.d/ beside it, as every command loads it; a bad key is named with its file.",
+    "config show": "Print the effective configuration (config.yaml, then config.d/*.yaml in lexical order), "
+                   "defaults included; --origins says which file set each value.",
 }
 
 

@@ -1,4 +1,4 @@
-"""The command handlers: what `run`, `prepare`, `check`, `plan`, `status`, `efa fetch` and `config` do
+"""The command handlers: what `run`, `prepare`, `check`, `plan`, `status`, `fleet`, `efa fetch` and `config` do
 with their parsed options (``agent/cli.py`` parses them and turns errors into exit codes). Each
 handler imports only what its command uses, so `check` stays fast.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 if TYPE_CHECKING:
     from agent.base.noderoot import NodeRoot
@@ -28,10 +28,33 @@ def _root(args: argparse.Namespace) -> NodeRoot:
 
 
 def _config(args: argparse.Namespace, path: Optional[str] = None) -> AgentConfig:
+    """The base file (``--config``, else the default under ``--root``) with the drop-ins of the
+    ``config.d/`` beside it, merged (``agent/config/layers.py``)."""
     from agent.config.load import load_config
-    from agent.config.settings import DEFAULT_CONFIG_PATH
+    from agent.config.settings import DEFAULT_CONFIG_PATH, DEFAULT_DROP_IN_DIR
 
-    return load_config(path or args.config, default_path=_root(args).path(DEFAULT_CONFIG_PATH))
+    root = _root(args)
+    explicit = path or args.config
+    return load_config(explicit, default_path=root.path(DEFAULT_CONFIG_PATH),
+                       drop_in_dir=None if explicit else root.path(DEFAULT_DROP_IN_DIR))
+
+
+def _disabled(args: argparse.Namespace) -> bool:
+    """``/etc/gpu-node-agent/disabled`` exists under --root: the node opted out (the units skip)."""
+    from agent.report.status import DISABLED
+
+    return _root(args).path(DISABLED).exists()
+
+
+def _skip_disabled(args: argparse.Namespace, command: str) -> bool:
+    """``run``/``prepare`` on a disabled node: one line, nothing done (``--force`` runs anyway)."""
+    if getattr(args, "force", False) or not _disabled(args):
+        return False
+    from agent.report.status import DISABLED
+
+    _print(f"gpu-node-agent {command}: the agent is disabled on this node ({DISABLED} exists): nothing done; "
+           "--force runs it anyway\n")
+    return True
 
 
 def _start_pass(args: argparse.Namespace, name: str) -> None:
@@ -68,6 +91,12 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
+def _pass_of(args: argparse.Namespace) -> Dict[str, Any]:
+    """The pass making a report, for the metrics' durations (``report.finish``)."""
+    record = getattr(args, "pass_record", None)
+    return {"pass_name": record.name, "started": record.t0} if record is not None else {}
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -78,8 +107,12 @@ def cmd_config_help(args: argparse.Namespace) -> int:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
+    from agent.compat import matrix as compat
+
     config = _config(args, args.path)
-    _print(f"{config.source}: valid\n")
+    matrix = compat.with_drop_ins(compat.load_matrix(), _root(args))  # the operator's known-good rows too
+    files = [*config.files, *matrix.source.split(", ")[1:]]
+    _print(f"{', '.join(files) or config.source}: valid\n")
     return 0
 
 
@@ -90,9 +123,10 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     if args.format == "json":
         import json
 
-        _print(json.dumps(config.to_dict(), indent=2) + "\n")
+        shown = {"config": config.to_dict(), "origins": config.origins} if args.origins else config.to_dict()
+        _print(json.dumps(shown, indent=2) + "\n")
     else:
-        _print(dump_config(config))
+        _print(dump_config(config, origins=args.origins))
     return 0
 
 
@@ -130,7 +164,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         _start_pass(args, "check")
     config = _config(args)
     root = _root(args)
-    facts = pipeline.discover(root, config, gpu_health=True, imds=args.report)
+    facts = pipeline.discover(root, config, gpu_health=True, imds=args.report, heartbeat=args.report)
     results = pipeline.evaluate(facts, config)
     document = report_doc.report_document(results)
     outcome = None
@@ -139,15 +173,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         # report.publish: false (AMI bake, no cluster yet) means the status file and metrics only
         outcome = report.finish(root, config, results, publish_report=config.report.publish,
-                                node=node_object(facts))
+                                node=node_object(facts), **_pass_of(args))
         document = outcome.document
         pipeline.reported(facts, outcome.published is None or outcome.published.ok)
+    disabled = _disabled(args)
     if args.format == "json":
-        _print(report_doc.render_json(document))
+        _print(report_doc.render_json({**document, "disabled": True} if disabled else document, pretty=args.pretty))
     else:
-        _print(report_doc.render_table(results, color=sys.stdout.isatty()))
+        _print(report_doc.render_table(results, color=sys.stdout.isatty(),
+                                       columns=report_doc.output_width(sys.stdout)))
         if outcome is not None:
             _print(report.summary_line(outcome))
+        if disabled:
+            from agent.report.status import DISABLED
+
+            _print(f"note: the agent is disabled on this node ({DISABLED}): run and prepare do nothing\n")
     code = 1 if outcome is not None and not outcome.ok else health.exit_code_for(document["health"])
     if outcome is not None:
         finish_pass(args, config, document["health"], code, document.get("actions", []))
@@ -162,7 +202,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     root = _root(args)
     the_plan = plan.make_plan(pipeline.discover(root, config), config)
     _print(plan.render_plan_json(the_plan) if args.format == "json" else plan.render_plan(the_plan))
-    return 1 if the_plan.problems else 0
+    if the_plan.problems:
+        return 1
+    return 2 if args.detailed_exitcode and not the_plan.changes_nothing else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -174,6 +216,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.report import document as report_doc
 
     log = get_logger("run")
+    if _skip_disabled(args, "run"):
+        return 0
     _start_pass(args, "run")
     config = _config(args)
     root = _root(args)
@@ -182,6 +226,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         the_plan = plan.make_plan(pipeline.discover(root, config), config)
         for problem in the_plan.problems:
             log.warning("not fixed", problem=problem)
+        from agent.report import timeline  # the daemons' first starts, before a restart replaces them
+
+        early = timeline.observe_systemd() if the_plan.restarts else None
         result = apply.apply(the_plan, restart_timeout=config.restart.timeout_seconds)
         facts = pipeline.discover(root, config, gpu_health=True, imds=True)
         results = pipeline.evaluate(facts, config)
@@ -199,7 +246,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.report import events
 
     outcome = report.finish(root, config, results, actions, publish_report=config.report.publish,
-                            restarts=restarts, events=events.from_apply(root, result), node=node_object(facts))
+                            restarts=restarts, events=events.from_apply(root, result), node=node_object(facts),
+                            early=early, **_pass_of(args))
     _print(report.summary_line(outcome))
     pipeline.reported(facts, outcome.published is None or outcome.published.ok)
     if not outcome.ok:
@@ -215,6 +263,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from agent.report import document as report_doc
     from agent.report import report
 
+    if _skip_disabled(args, "prepare"):
+        return 0
     _start_pass(args, "prepare")
     config = _config(args)
     root = _root(args)
@@ -223,7 +273,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     state = health.overall_health(result.results)
     code = 1 if result.failed else health.exit_code_for(state)
     # The Node object may not exist yet: the status file (and metrics) only, never the cluster.
-    outcome = report.finish(root, config, result.results, result.actions, publish_report=False)
+    outcome = report.finish(root, config, result.results, result.actions, publish_report=False, **_pass_of(args))
     _print(report.summary_line(outcome))
     if not outcome.ok:
         code = 1
@@ -233,24 +283,52 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from agent.base.errors import UsageError
     from agent.report import document as report_doc
     from agent.report import status
 
+    if args.timeout is not None and not args.wait:
+        raise UsageError("status: --timeout applies only with --wait")
     config = _config(args)
     root = _root(args)
     path = root.path(config.report.status_file)
     if args.wait:
-        view = status.wait_for_run(root, path, args.timeout)
+        view = status.wait_for_run(root, path, status.DEFAULT_WAIT_TIMEOUT if args.timeout is None else args.timeout)
     else:
         disabled = root.path(status.DISABLED).exists()
         try:
-            view = status.summary(status.load(path), status.boot_id(root), disabled=disabled)
+            view = status.summary(status.load(path), status.boot_id(root), disabled=disabled,
+                                  running=status.lock_holder(root))
         except status.StatusFileError:
             if not disabled:
                 raise
             view = status.summary({}, status.boot_id(root), disabled=True)
     _print(report_doc.render_json(view) if args.format == "json" else status.render_table(view))
     return status.exit_code(view)
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """Read-only, from a workstation: the kubeconfig is the operator's, not under --root."""
+    from agent.base.errors import UsageError
+    from agent.base.noderoot import NodeRoot
+    from agent.base.retry import Deadline
+    from agent.kube.client import KubeClient
+    from agent.kube.kubeconfig import load_kubeconfig
+    from agent.report import fleet
+
+    if os.path.realpath(args.root) != "/":
+        raise UsageError("fleet: --root does not apply: it reads your own kubeconfig (--kubeconfig)")
+    kubeconfig = load_kubeconfig(NodeRoot("/"), fleet.kubeconfig_path(args.kubeconfig, os.environ), args.context)
+    with KubeClient(kubeconfig) as client:
+        view = fleet.collect(client, Deadline(fleet.LIST_TIMEOUT), prefix=args.annotation_prefix,
+                             condition=args.condition, stale_seconds=args.stale_minutes * 60).as_dict()
+    if args.format == "json":
+        import json
+
+        _print(json.dumps(view, indent=2) + "\n")
+    else:
+        _print(fleet.render_table(view))
+    return 0
 
 
 def _clean_after_killed_runs(root: NodeRoot, config: AgentConfig) -> None:

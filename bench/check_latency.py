@@ -4,8 +4,8 @@ readiness checks add to it.
     .venv/bin/python bench/check_latency.py [--runs N]
     .venv/bin/python bench/check_latency.py --before REF [--runs N] [--kmsg-records N]
 
-Default: builds the node (tests/gpu_node.py), starts the loopback HTTPS API server
-(tests/kube_server.py) with a fake `aws` exec plugin on PATH, and times the real command line with
+Default: builds the node (tests/support/gpu_node.py), starts the loopback HTTPS API server
+(tests/support/kube_server.py) with a fake `aws` exec plugin on PATH, and times the real command line with
 hyperfine: `check`, `check --format json`, `check --report` (exec plugin, GET node, merge patch,
 strategic merge patch, status file).
 
@@ -32,9 +32,9 @@ from typing import Dict, List, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from tests.gpu_node import BOOT_KMSG, NODE_NAME, healthy_gpu_node, kmsg_record, write  # noqa: E402
-from tests.kube_helpers import FAKE_AWS, sample_kubeconfig, write_node_file  # noqa: E402
-from tests.kube_server import ApiServer  # noqa: E402
+from tests.support.gpu_node import BOOT_KMSG, NODE_NAME, healthy_gpu_node, kmsg_record, write  # noqa: E402
+from tests.support.kube_helpers import FAKE_AWS, sample_kubeconfig, write_node_file  # noqa: E402
+from tests.support.kube_server import ApiServer  # noqa: E402
 
 GOAL_MS = 20.0
 

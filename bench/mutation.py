@@ -48,8 +48,8 @@ def _f(*names: str) -> Tuple[str, ...]:
     return tuple(n if "ǁ" in n else f"x_{n}" for n in names)
 
 
-SYSTEMD = "tests/test_systemd_restart.py::test_"  # real systemd: a few end-to-end cases, each boots one
-INSTALL = "tests/test_efa_install.py::test_"
+SYSTEMD = "tests/systemd/test_systemd_restart.py::test_"  # real systemd: a few end-to-end cases, each boots one
+INSTALL = "tests/efa/test_efa_install.py::test_"
 CACHE_CASES = tuple(INSTALL + t for t in (
     "install_runs_the_verified_installer", "a_tampered_cache_is_never_executed",
     "a_cache_matching_the_pin_only_in_its_first_8_hex_digits_is_never_executed",
@@ -59,13 +59,13 @@ SCOPES: Dict[str, Scope] = {
     "log": Scope(
         "agent/base/log.py",
         _f("redact"),
-        ("tests/test_log.py",),
+        ("tests/base/test_log.py",),
         "secret redaction in log events",
     ),
     "efa-extract": Scope(
         "agent/efa/safetar.py",
         _f("extract_tarball", "_member_path", "_inside", "_refuse_unsafe", "_extract_member", "_audit_links"),
-        ("tests/test_safetar.py",
+        ("tests/efa/test_safetar.py",
          *(INSTALL + t for t in ("install_runs_the_verified_installer",
                                  "a_hostile_tarball_matching_the_pin_is_never_executed"))),
         "safe extraction of the installer tarball",
@@ -73,31 +73,31 @@ SCOPES: Dict[str, Scope] = {
     "fs": Scope(
         "agent/base/fs.py",
         _f("atomic_write", "exchange", "_copy_xattrs", "fsync_dir", "open_lock", "run_lock"),
-        ("tests/test_fs.py", "tests/test_cli.py"),
+        ("tests/base/test_fs.py", "tests/cli/test_cli.py"),
         "atomic writes and the run lock",
     ),
     "config": Scope(
         "agent/config/parse.py",
         _f("parse_yaml", "_is_null", "_suggest", "_type_name", "xǁ_Builderǁ*"),
-        ("tests/test_config.py", "tests/test_cli.py"),
+        ("tests/config/test_config.py", "tests/cli/test_cli.py"),
         "config validation: one line naming file, line and key; exit 64",
     ),
     "config-rules": Scope(
         "agent/config/rules.py",
         _f("absolute_path", "one_of", "positive", "regex", "url", "unit_names", "condition_type"),
-        ("tests/test_config.py", "tests/test_cli.py"),
+        ("tests/config/test_config.py", "tests/cli/test_cli.py"),
         "what each configuration value must be (the rules kept with the keys)",
     ),
     "config-load": Scope(
         "agent/config/settings.py",
         _f("load_config", "_only_comments", "parse_config"),
-        ("tests/test_config.py", "tests/test_cli.py"),
+        ("tests/config/test_config.py", "tests/cli/test_cli.py"),
         "loading the configuration file: missing, unreadable, not UTF-8, only comments",
     ),
     "apply": Scope(
         "agent/pipeline/apply.py",
         _f("*"),
-        ("tests/test_restart_apply.py", "tests/test_cli.py",
+        ("tests/pipeline/test_restart_apply.py", "tests/cli/test_cli.py",
          *(SYSTEMD + t for t in ("agent_edit_restarts_both_once_and_second_run_nothing",
                                  "containerd_failing_with_new_config_is_rolled_back",
                                  "no_bus_reconciles_files_and_reports_restart_pending")),
@@ -108,19 +108,19 @@ SCOPES: Dict[str, Scope] = {
         "agent/kube/credentials.py",
         _f("xǁPrivateFilesǁ*", "xǁCredentialSourceǁget", "xǁCredentialSourceǁ_from_token_file",
            "xǁCredentialSourceǁ_from_exec"),
-        ("tests/test_kube.py",),
+        ("tests/kube/test_kube.py",),
         "credentials: key material in private files, removed; cached, refreshed",
     ),
     "kube-exec": Scope(
         "agent/kube/exec.py",
         _f("run_plugin", "parse_exec_credential"),
-        ("tests/test_kube.py",),
+        ("tests/kube/test_kube.py",),
         "the exec plugin: its output never echoed, its ExecCredential checked",
     ),
     "systemd-restart": Scope(
         "agent/systemd/jobs.py",
         _f("restart", "_iterate_until", "_state_after_timeout"),
-        ("tests/test_systemd_mock.py",
+        ("tests/systemd/test_systemd_mock.py",
          *(SYSTEMD + t for t in ("restart_job_done_but_containerd_not_running_is_a_failed_restart",
                                  "restart_that_never_becomes_ready_is_bounded_by_timeout",
                                  "containerd_failing_with_new_config_is_rolled_back",
@@ -130,38 +130,38 @@ SCOPES: Dict[str, Scope] = {
     "efa-checksum": Scope(
         "agent/efa/cache.py",
         _f("require_pin", "verify_pins", "fetch", "open_verified", "_cached", "download_pinned", "_open_if_verified"),
-        ("tests/test_efa_fetch.py", *CACHE_CASES),
+        ("tests/efa/test_efa_fetch.py", *CACHE_CASES),
         "checksum verification: the cache, and again before use",
     ),
     "download": Scope(
         "agent/efa/download.py",
         _f("download", "_attempt"),
-        ("tests/test_download.py", "tests/test_efa_fetch.py"),
+        ("tests/efa/test_download.py", "tests/efa/test_efa_fetch.py"),
         "the download: the digest compared, nothing kept on failure, resume, bounds",
     ),
     "hashing": Scope(
         "agent/efa/hashing.py",
         _f("sha256_of", "xǁPartialǁ*"),
-        ("tests/test_download.py", "tests/test_efa_fetch.py", *CACHE_CASES),
+        ("tests/efa/test_download.py", "tests/efa/test_efa_fetch.py", *CACHE_CASES),
         "the SHA-256 of the bytes received and of a cached copy",
     ),
     "cri": Scope(
         "agent/containerd/cri.py",
         _f("parse_plugins", "parse_error", "xǁCriProbeǁread", "probe"),
-        ("tests/test_serving.py", "tests/test_node_reads_hostile.py"),
+        ("tests/daemons/test_serving.py", "tests/base/test_node_reads_hostile.py"),
         "containerd's CRI plugins in the daemon's own words (1.x and 2.x plugin lists)",
     ),
     "xid": Scope(
         "agent/gpu/xid.py",
         _f("_load_state", "discover", "acknowledge"),
-        ("tests/test_gpu_errors.py",),
+        ("tests/gpu/test_gpu_errors.py",),
         "XID state: this boot's only, reported once",
     ),
     "fabric": Scope(
         "agent/gpu/fabric.py",
         _f("discover", "fabricmanager_version"),
-        ("tests/test_node_reads_hostile.py",
-         *("tests/test_fabricmanager.py::test_" + t for t in (
+        ("tests/base/test_node_reads_hostile.py",
+         *("tests/gpu/test_fabricmanager.py::test_" + t for t in (
              "not_installed_fails", "a_p5_whose_driver_lists_no_nvswitch_still_needs_its_fabric_manager",
              "another_version_than_the_driver_fails"))),
         "whether a node needs the fabric manager, and its version",
@@ -170,26 +170,26 @@ SCOPES: Dict[str, Scope] = {
         "agent/base/noderoot.py",
         _f("confined", "xǁNodeRootǁpath", "xǁNodeRootǁsupplied", "xǁNodeRootǁ_parts", "xǁNodeRootǁ_walk",
            "xǁNodeRootǁnode_path"),
-        ("tests/test_fs_hostile.py", "tests/test_node_reads_hostile.py"),
+        ("tests/base/test_fs_hostile.py", "tests/base/test_node_reads_hostile.py"),
         "--root confinement: symlinks and '..' resolved inside the tree",
     ),
     "efa-signature": Scope(
         "agent/efa/signature.py",
         _f("verify_signature"),
-        ("tests/test_efa_signature.py",),
+        ("tests/efa/test_efa_signature.py",),
         "the installer's signature: GOODSIG and VALIDSIG by the pinned primary key",
     ),
     "tokens": Scope(
         "agent/kube/tokens.py",
         _f("checked_token", "redact"),
-        ("tests/test_kube_hostile.py",),
+        ("tests/kube/test_kube_hostile.py",),
         "bearer tokens checked before they are sent, credentials masked in error texts",
     ),
     "yamlsafe": Scope(
         "agent/base/yamlsafe.py",
         _f("yaml_too_big", "load_budgeted"),
-        ("tests/test_yamlsafe.py", "tests/test_config_hostile.py", "tests/test_kube_hostile.py",
-         "tests/test_node_reads_hostile.py"),
+        ("tests/base/test_yamlsafe.py", "tests/config/test_config_hostile.py", "tests/kube/test_kube_hostile.py",
+         "tests/base/test_node_reads_hostile.py"),
         "the YAML node budget (aliases and keys counted) before anything is built",
     ),
 }

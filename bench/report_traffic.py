@@ -3,16 +3,18 @@
     .venv/bin/python bench/report_traffic.py [--before REV] [--images N]
 
 Runs the real command line (`python -m agent check --report`, as the timer does) on a simulated
-healthy GPU node (tests/gpu_node.py) against the loopback HTTPS API server (tests/kube_server.py),
+healthy GPU node (tests/support/gpu_node.py) against the loopback HTTPS API server (tests/support/kube_server.py),
 whose Node is made as large as a GPU node's (`status.images`, capacity, node info), and counts the
 requests and their bytes on the wire (request line, headers and body each way; TLS framing not
 counted). Scenarios, in order on the same node:
 
+* plain check (an operator over SSM: reads the Node for gpu-allocatable, writes nothing);
 * boot report: the first report, with no memory in /run (one GET, then the writes);
 * unchanged heartbeat (three of them);
 * one change (the toolkit config switched to `mode = "cdi"`: a warning);
 * heartbeat refresh (the remembered `lastHeartbeatTime` moved `heartbeat_minutes` back);
-* the same unchanged heartbeat with the agent before publish-on-change (`--before`, a git revision).
+* a plain check, a first report and three unchanged heartbeats with the agent at `--before` (a git
+  revision: before cached, spaced Node reads).
 
 Then the fleet figures for 1,000 / 5,000 / 20,000 nodes next to kubelet's own Node traffic.
 Measurements, not assertions. Goal: an unchanged heartbeat writes nothing; at most one Node write
@@ -33,11 +35,11 @@ from typing import Dict, List, Tuple
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.gpu_node import NODE_NAME, healthy_gpu_node, write  # noqa: E402
-from tests.kube_helpers import FAKE_AWS, sample_kubeconfig, write_node_file  # noqa: E402
-from tests.kube_server import ApiServer  # noqa: E402
+from tests.support.gpu_node import NODE_NAME, healthy_gpu_node, write  # noqa: E402
+from tests.support.kube_helpers import FAKE_AWS, sample_kubeconfig, write_node_file  # noqa: E402
+from tests.support.kube_server import ApiServer  # noqa: E402
 
-BEFORE = "e9f2faa"  # the last commit before publish on change
+BEFORE = "2dab651"  # the last commit before Node reads with resourceVersion=0, spaced by heartbeat_minutes
 TIMER_MINUTES = 6.0  # gpu-node-agent-check.timer: every 5 min plus RandomizedDelaySec=2min (mean 1)
 HEARTBEAT_MINUTES = 30.0  # report.heartbeat_minutes default
 FLEETS = (1000, 5000, 20000)
@@ -80,6 +82,8 @@ class Traffic:
         node = [r for r in reqs if "/events" not in r.path]
         return {
             "GET": sum(1 for r in node if r.method == "GET"),
+            "cached GET": sum(1 for r in node if r.method == "GET"
+                              and getattr(r, "query", {}).get("resourceVersion") == "0"),
             "Node writes": sum(1 for r in node if r.method in ("PATCH", "PUT")),
             "Events": sum(1 for r in reqs if "/events" in r.path),
             "bytes": sum(r.bytes_in + r.bytes_out for r in reqs),
@@ -106,7 +110,7 @@ def main() -> int:
     args = parser.parse_args()
     rows: List[Tuple[str, Dict[str, int]]] = []
     with tempfile.TemporaryDirectory(prefix="gna-bench-") as tmp:
-        root = healthy_gpu_node(Path(tmp) / "node")
+        root = healthy_gpu_node(Path(tmp) / "node", gpus=8, instance_type="p5.48xlarge")  # as the Node says
         api = ApiServer().start()
         try:
             fatten(api.add_node(NODE_NAME), args.images)
@@ -122,17 +126,21 @@ def main() -> int:
             (bin_dir / "aws").chmod(0o755)
             env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_AWS_STATE=str(state))
 
-            def check_report(cwd: Path = REPO) -> None:
-                subprocess.run([sys.executable, "-m", "agent", "--root", str(root), "-q", "check", "--report"],
+            def check_report(cwd: Path = REPO, *, report: bool = True) -> None:
+                subprocess.run([sys.executable, "-m", "agent", "--root", str(root), "-q", "check",
+                                *(["--report"] if report else [])],
                                env=env, cwd=cwd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
             traffic = Traffic(api)
+            check_report(report=False)
+            rows.append(("plain check", traffic.since_mark()))
             check_report()
             rows.append(("boot report (no memory: one GET)", traffic.since_mark()))
             for _ in range(3):
                 check_report()
             unchanged = traffic.since_mark()
-            rows.append(("unchanged heartbeat (each of 3)", {k: v // 3 for k, v in unchanged.items()}))
+            unchanged_each = {k: v // 3 for k, v in unchanged.items()}
+            rows.append(("unchanged heartbeat (each of 3)", unchanged_each))
             toolkit = root / "etc/nvidia-container-runtime/config.toml"
             write(root, "/etc/nvidia-container-runtime/config.toml",
                   toolkit.read_text().replace('mode = "auto"', 'mode = "cdi"'))
@@ -143,39 +151,54 @@ def main() -> int:
             old = datetime.now(timezone.utc) - timedelta(minutes=HEARTBEAT_MINUTES)
             memory["condition"]["lastHeartbeatTime"] = old.strftime("%Y-%m-%dT%H:%M:%SZ")
             memory_path.write_text(json.dumps(memory))
+            for cond in api.nodes[NODE_NAME]["status"]["conditions"]:  # as the Node has it too
+                if cond["type"] == memory["condition"]["type"]:
+                    cond["lastHeartbeatTime"] = memory["condition"]["lastHeartbeatTime"]
+            read_path = root / "run/gpu-node-agent/node-read.json"  # the last Node read is as old
+            last_read = json.loads(read_path.read_text())
+            last_read["read_at"] -= HEARTBEAT_MINUTES * 60
+            read_path.write_text(json.dumps(last_read))
             check_report()
             refresh = traffic.since_mark()
             rows.append((f"heartbeat refresh (every {HEARTBEAT_MINUTES:g} min)", refresh))
             before = extract(args.before, Path(tmp) / "before")
+            (root / "run/gpu-node-agent/published.json").unlink()
+            (root / "run/gpu-node-agent/node-read.json").unlink(missing_ok=True)
+            check_report(cwd=before, report=False)
+            rows.append((f"plain check, agent at {args.before}", traffic.since_mark()))
+            check_report(cwd=before)
+            rows.append((f"boot report, agent at {args.before}", traffic.since_mark()))
             for _ in range(3):
                 check_report(cwd=before)
             old_rows = traffic.since_mark()
             old_beat = {k: v // 3 for k, v in old_rows.items()}
-            rows.append((f"unchanged heartbeat, agent at {args.before}", old_beat))
+            rows.append((f"unchanged heartbeat, agent at {args.before} (each of 3)", old_beat))
         finally:
             api.stop()
 
     print(f"Node object: {node_bytes / 1024:.1f} KiB ({args.images} images)\n")
-    print("| report | GETs | Node writes | Events | bytes |")
+    print("| report | Node GETs (with resourceVersion=0) | Node writes | Events | bytes |")
     print("|---|---|---|---|---|")
     for name, r in rows:
-        print(f"| {name} | {r['GET']} | {r['Node writes']} | {r['Events']} | {r['bytes']:,} |")
+        print(f"| {name} | {r['GET']} ({r['cached GET']}) | {r['Node writes']} | {r['Events']} | {r['bytes']:,} |")
 
     timer = TIMER_MINUTES * 60
     beat = HEARTBEAT_MINUTES * 60
     print(f"\nPer fleet, steady state (nothing changes; timer every {TIMER_MINUTES:g} min on average, "
           f"heartbeat_minutes {HEARTBEAT_MINUTES:g}):\n")
-    print("| nodes | agent now: Node writes/s | GETs/s | bytes/s | agent before: Node writes/s | GETs/s | "
-          "bytes/s | kubelet: Node writes/s | Node GETs/s | Lease writes/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| nodes | agent now: Node writes/s | GETs/s | bytes/s | agent before: Node GETs/s | their bytes/s | "
+          "kubelet: Node writes/s | Node GETs/s | Lease writes/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    beats = beat / timer  # timer runs per heartbeat period: all unchanged but the refresh
+
+    def rate(n: int, quiet: Dict[str, int], key: str) -> float:
+        return n * ((beats - 1) * quiet[key] + refresh[key]) / beat
+
     for n in FLEETS:
-        now_w = n * refresh["Node writes"] / beat
-        now_g = n * refresh["GET"] / beat
-        now_b = n * refresh["bytes"] / beat
-        old_w = n * old_beat["Node writes"] / timer
-        old_g = n * old_beat["GET"] / timer
+        now_w, now_g, now_b = (rate(n, unchanged_each, k) for k in ("Node writes", "GET", "bytes"))
+        old_g = n * old_beat["GET"] / timer  # the writes did not change (publish on change): the reads did
         old_b = n * old_beat["bytes"] / timer
-        print(f"| {n:,} | {now_w:.1f} | {now_g:.1f} | {now_b / 1e6:.2f} MB | {old_w:.1f} | {old_g:.1f} | "
+        print(f"| {n:,} | {now_w:.1f} | {now_g:.1f} | {now_b / 1e6:.2f} MB | {old_g:.1f} | "
               f"{old_b / 1e6:.2f} MB | {n / KUBELET_STATUS_SECONDS:.1f} | {n / KUBELET_GET_SECONDS:.0f} | "
               f"{n / KUBELET_LEASE_SECONDS:.0f} |")
     ok = unchanged["Node writes"] == 0 and unchanged["GET"] == 0 and refresh["Node writes"] <= 1

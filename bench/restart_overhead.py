@@ -3,7 +3,7 @@
 
     sudo .venv/bin/python bench/restart_overhead.py [--runs 30] [--json]
 
-Boots a real systemd in private namespaces (tests/systemd_harness.py; root only) with a containerd
+Boots a real systemd in private namespaces (tests/support/systemd_harness.py; root only) with a containerd
 stand-in (``Type=notify``, like containerd: the start job ends at READY=1) and measures, alternating
 the two, ``--runs`` times each:
 
@@ -34,9 +34,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
-from systemd_harness import (  # noqa: E402
+from agent.base.noderoot import NodeRoot  # noqa: E402
+from agent.containerd import cri  # noqa: E402
+from agent.daemons import serving  # noqa: E402
+from agent.systemd import client as systemd  # noqa: E402
+from tests.support.systemd_harness import (  # noqa: E402
     REAL_CONTAINERD_FILES,
     BootedSystemd,
     FakeNodeDaemons,
@@ -45,11 +49,6 @@ from systemd_harness import (  # noqa: E402
     real_containerd_unit,
     wait_for_healthz,
 )
-
-from agent.base.noderoot import NodeRoot  # noqa: E402
-from agent.containerd import cri  # noqa: E402
-from agent.daemons import serving  # noqa: E402
-from agent.systemd import client as systemd  # noqa: E402
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"

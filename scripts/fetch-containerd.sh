@@ -9,6 +9,8 @@
 # and the package's hash; the machine's apt sources, lists, cache and installed packages stay as they
 # are. Idempotent: a version already extracted is only checked (its binaries run and say their version).
 # Needs no root. Exit 1 with one line when a pin is no longer served or a binary does not run.
+#   scripts/fetch-containerd.sh            every pin
+#   scripts/fetch-containerd.sh 2 [1.7]    only the pins of these series (2: every 2.x)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSIONS=scripts/containerd-versions.txt
@@ -21,6 +23,17 @@ die() { echo "fetch-containerd: $*" >&2; exit 1; }
 # series suite version, one per line
 mapfile -t PINS < <(grep -Ev '^[[:space:]]*(#|$)' "$VERSIONS")
 ((${#PINS[@]})) || die "$VERSIONS: no pins"
+if (($#)); then
+  chosen=()
+  for pin in "${PINS[@]}"; do
+    read -r series _ <<<"$pin"
+    for want in "$@"; do
+      case "$series" in "$want" | "$want".*) chosen+=("$pin"); break;; esac
+    done
+  done
+  ((${#chosen[@]})) || die "$VERSIONS: no pin of series $*"
+  PINS=("${chosen[@]}")
+fi
 
 # The upstream release of a Debian version: 1.7.24~ds1-6+deb13u1 -> 1.7.24, 2.1.9+ds1-5 -> 2.1.9
 # (containerd prints 1.7.24~ds1 and 2.1.9+unknown).

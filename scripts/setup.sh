@@ -6,24 +6,33 @@
 # The venvs hold exactly the locked versions of scripts/lock/ (hash-checked): the bundled libraries at
 # the RPM's pins, AL2023's distribution libraries in .venv39, the test and lint tools; scripts/lock.sh
 # refreshes the locks. A release on PyPI never changes what is installed here.
-#   --demo   only what scripts/demo.sh needs (DEMO_APT_PACKAGES below and .venv)
+#   --demo   only what scripts/demo.sh needs: DEMO_APT_PACKAGES below, .venv (the same lock: the
+#            demo runs the tests' systemd harness and loopback API server) and the containerd 2.x
+#            daemon (scripts/fetch-containerd.sh 2); no .venv39, no 1.7 daemon, no build tools
 # Idempotent: a second run only checks. Needs root (or sudo) for the Debian packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 demo=no
 [ "${1:-}" = --demo ] && demo=yes
 
-# What the demo needs: Python with PyGObject (pydbus), venv.
-DEMO_APT_PACKAGES=(python3 python3-venv python3-gi gir1.2-glib-2.0 ca-certificates)
-# What the tests need besides: real systemd and D-Bus in private namespaces; rpmbuild; Debian 12's
-# containerd 1.6 (and apt/dpkg-deb for 1.7 and 2.x, scripts/fetch-containerd.sh); gpg for the EFA
-# signature; shellcheck and jq; what PyGObject, pycairo and dbus-python need to build for Python 3.9.
+# What the demo needs: Python with PyGObject (pydbus) and dbus-python (the lock takes Debian's, so
+# nothing builds), venv; a real systemd and D-Bus booted in private namespaces (systemd, dbus;
+# unshare, nsenter and mount from util-linux, script from bsdutils); Debian's archive key, which
+# scripts/fetch-containerd.sh verifies the 2.x daemon's package with.
+DEMO_APT_PACKAGES=(
+  python3 python3-venv python3-gi python3-dbus gir1.2-glib-2.0 ca-certificates
+  systemd dbus util-linux bsdutils debian-archive-keyring
+)
+# What the tests need besides: rpmbuild; Debian 12's containerd 1.6 (the 1.7 daemon comes from
+# scripts/fetch-containerd.sh too); gpg for the EFA signature; shellcheck and jq; iproute2; what
+# PyGObject, pycairo and dbus-python need to build for Python 3.9.
 TEST_APT_PACKAGES=(
-  python3-dev python3-dbus libgirepository1.0-dev libcairo2-dev libdbus-1-dev libglib2.0-dev pkg-config gcc make
-  systemd dbus util-linux bsdutils iproute2
+  python3-dev libgirepository1.0-dev libcairo2-dev libdbus-1-dev libglib2.0-dev pkg-config gcc make
+  iproute2
   rpm containerd curl openssl
   python3-yaml python3-requests shellcheck jq
-  gpg gpg-agent gpgconf gpgv debian-archive-keyring
+  gpg gpg-agent gpgconf gpgv
+  prometheus  # promtool: the metrics file and packaging/prometheus/ rules are tested with it
 )
 # Benchmarks only (bench/README.md), not the tests: hyperfine.
 APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}")
@@ -56,16 +65,12 @@ install_locked() {  # VENV LOCK
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
+install_locked .venv scripts/lock/py311.txt
 if [ "$demo" = yes ]; then
-  # The demo needs only the agent's own libraries, at the RPM's pins.
-  if ! .venv/bin/python -c 'import agent, tomlkit, structlog, pydbus, yaml, requests' 2>/dev/null; then
-    .venv/bin/pip install "${pip_quiet[@]}" --require-hashes -r scripts/lock/py311.txt
-    .venv/bin/pip install "${pip_quiet[@]}" --no-deps --no-build-isolation -e .
-  fi
-  echo "setup: ok (.venv: $(.venv/bin/python -V 2>&1))"
+  scripts/fetch-containerd.sh 2  # the daemon the demo boots: the 2.x of the known-good AMI rows
+  echo "setup: ok (.venv: $(.venv/bin/python -V 2>&1); containerd 2.x in .cache/containerd/)"
   exit 0
 fi
-install_locked .venv scripts/lock/py311.txt
 
 # containerd 1.7 (trixie) and 2.x (forky) for the real-daemon tests, from Debian's archive through a
 # private apt configuration, extracted into .cache/containerd/ (scripts/containerd-versions.txt).

@@ -11,17 +11,19 @@ PY39=$(scripts/find-python39.sh)
 quiet=(-q --disable-pip-version-check)
 rm -rf .venv-newest .venv39-newest
 /usr/bin/python3 -m venv --system-site-packages .venv-newest
-.venv-newest/bin/pip install "${quiet[@]}" --upgrade -e '.[dev]'
+.venv-newest/bin/pip install "${quiet[@]}" --upgrade --upgrade-strategy eager -e '.[dev]'
 "$PY39" -m venv .venv39-newest
 # PyGObject is not the agent's dependency on PyPI (AL2023 provides it); 3.51+ needs girepository-2.0.
-.venv39-newest/bin/pip install "${quiet[@]}" --upgrade -e '.[test]' 'PyGObject<3.51'
+.venv39-newest/bin/pip install "${quiet[@]}" --upgrade --upgrade-strategy eager -e '.[test]' 'PyGObject<3.51'
 
 differs() {  # VENV LOCK: "name locked -> newest" for each locked package whose version differs
   "$1/bin/python" - "$2" <<'PY'
 import re, sys, importlib.metadata as md
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
 locked = dict((norm(n), v) for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", open(sys.argv[1]).read(), re.M))
-found = {norm(d.metadata["Name"]): d.version for d in md.distributions()}
+found = {}
+for d in md.distributions():  # in sys.path order: the venv's own before the system's
+    found.setdefault(norm(d.metadata["Name"]), d.version)
 rows = [f"  {n} {v} -> {found.get(n, 'not installed')}" for n, v in sorted(locked.items()) if found.get(n) != v]
 print("\n".join(rows) if rows else "  (none)")
 PY

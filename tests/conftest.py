@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List
 import pytest
 
 if TYPE_CHECKING:
-    from tests.imds_server import ImdsServer
-    from tests.kube_helpers import FakeAws
-    from tests.kube_server import ApiServer
+    from tests.support.boot_helpers import BootedNode, PackagedAgent
+    from tests.support.imds_server import ImdsServer
+    from tests.support.kube_helpers import FakeAws
+    from tests.support.kube_server import ApiServer
+    from tests.support.systemd_harness import BootedSystemd
 
 
 
@@ -47,8 +49,8 @@ def need_root() -> None:
 
 @pytest.fixture
 def boot_systemd(need_root: None) -> Iterator[Callable[..., Any]]:
-    """Boot real systemd instances (tests/systemd_harness.py ``boot``); all are powered off afterwards."""
-    from tests.systemd_harness import boot
+    """Boot real systemd instances (tests/support/systemd_harness.py ``boot``); all are powered off afterwards."""
+    from tests.support.systemd_harness import boot
 
     booted: List[Any] = []
 
@@ -64,12 +66,12 @@ def boot_systemd(need_root: None) -> Iterator[Callable[..., Any]]:
 
 @pytest.fixture
 def api() -> Iterator["ApiServer"]:
-    """The loopback HTTPS Kubernetes API server (tests/kube_server.py) holding this node's Node
-    (tests/kube_helpers.py ``NODE``), stopped afterwards. It knows no token until the test adds one
+    """The loopback HTTPS Kubernetes API server (tests/support/kube_server.py) holding this node's Node
+    (tests/support/kube_helpers.py ``NODE``), stopped afterwards. It knows no token until the test adds one
     (``api.add_token``; a module that always needs the same ones overrides this fixture with its own
     ``api(api)`` that adds them)."""
-    from tests.kube_helpers import NODE
-    from tests.kube_server import ApiServer
+    from tests.support.kube_helpers import NODE
+    from tests.support.kube_server import ApiServer
 
     with ApiServer() as server:
         server.add_node(NODE)
@@ -78,8 +80,8 @@ def api() -> Iterator["ApiServer"]:
 
 @pytest.fixture
 def imds() -> Iterator["ImdsServer"]:
-    """The loopback IMDSv2 server (tests/imds_server.py) with the instance's metadata, stopped afterwards."""
-    from tests.imds_server import ImdsServer
+    """The loopback IMDSv2 server (tests/support/imds_server.py) with the instance's metadata, stopped afterwards."""
+    from tests.support.imds_server import ImdsServer
 
     with ImdsServer() as server:
         yield server
@@ -87,8 +89,8 @@ def imds() -> Iterator["ImdsServer"]:
 
 @pytest.fixture
 def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> "FakeAws":
-    """The fake ``aws eks get-token`` exec plugin first on PATH (tests/kube_helpers.py)."""
-    from tests.kube_helpers import install_fake_aws
+    """The fake ``aws eks get-token`` exec plugin first on PATH (tests/support/kube_helpers.py)."""
+    from tests.support.kube_helpers import install_fake_aws
 
     return install_fake_aws(tmp_path, monkeypatch)
 
@@ -108,7 +110,7 @@ def units_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     """containerd and kubelet active (since tomorrow: never older than their files) and serving,
     as systemd and the daemons report them on a healthy node. For tests of other parts that run
     without a system bus (pyfakefs, no systemd); without it the unit checks warn ("cannot read").
-    The real thing: tests/test_systemd_restart.py and tests/test_containerd_daemon.py."""
+    The real thing: tests/systemd/test_systemd_restart.py and tests/containerd/test_containerd_daemon.py."""
     import time as _time
 
     from agent.daemons import units
@@ -128,3 +130,23 @@ def units_serving(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(systemd, "discover", discover)
     monkeypatch.setattr(units, "_serving", serving)
+
+
+@pytest.fixture(scope="session")
+def packaged() -> "PackagedAgent":
+    """The RPM's payload, built once per session and installed in a scratch tree (tests/support/boot_helpers.py)."""
+    from tests.support.boot_helpers import PackagedAgent
+
+    return PackagedAgent.build_and_install()
+
+
+@pytest.fixture
+def booted_node(packaged: "PackagedAgent", boot_systemd: Callable[..., "BootedSystemd"]) -> Iterator["BootedNode"]:
+    """A node whose agent is the installed package, its units under a real systemd (tests/boot/)."""
+    from tests.support.boot_helpers import BootedNode
+
+    node = BootedNode(packaged, boot_systemd)
+    try:
+        yield node
+    finally:
+        node.cleanup()

@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
+from agent.base import lockholder
 from agent.base.errors import LockBusy, NodeFileError, NodeFileMissing
 from agent.base.noderoot import NodeRoot, confined
 
@@ -333,17 +334,14 @@ def run_lock(
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise NodeFileError(lock_path, f"cannot lock: {exc.strerror}") from None
                 if clock() >= deadline:
+                    held = lockholder.holder_of(fd)
                     raise LockBusy(
                         f"{lock_path}: another gpu-node-agent run holds the lock "
-                        f"(waited {wait_seconds:g}s)"
+                        f"({held.describe() + '; ' if held else ''}waited {wait_seconds:g}s)"
                     ) from None
                 sleep(0.1)
-        try:  # the holder's pid, for whoever finds the lock taken; informational only
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass
-        yield lock_path
+        with lockholder.recorded(fd):  # the holder's pid and command, for whoever finds the lock taken
+            yield lock_path
     finally:
         os.close(fd)
 

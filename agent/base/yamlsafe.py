@@ -29,7 +29,8 @@ def marked_yaml_error(exc: Exception, source: object, text: str, *, column: bool
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         where = (f":{mark.line + 1}:{mark.column + 1}" if column else f":{mark.line + 1}") if mark else ""
-        return f"{source}{where}: invalid YAML: {exc.problem or exc.context}"
+        problem = exc.problem or exc.context
+        return f"{source}{where}: invalid YAML: {_tab_problem(problem, text, mark) or problem}"
     position = getattr(exc, "position", None)
     character = getattr(exc, "character", None)
     if isinstance(position, int):
@@ -42,6 +43,20 @@ def marked_yaml_error(exc: Exception, source: object, text: str, *, column: bool
 
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return f"{source}: invalid YAML: {shorten(first)}"
+
+
+def _tab_problem(problem: Optional[str], text: str, mark: Any) -> Optional[str]:
+    """A tab where PyYAML stopped, in words: PyYAML says "found character '\\t' that cannot start any
+    token" (libyaml: "... that cannot start any token", "found a tab character that violates indentation")."""
+    if not problem or not ("tab" in problem or "cannot start any token" in problem) or mark is None:
+        return None
+    lines = text.split("\n")
+    line = lines[mark.line] if 0 <= mark.line < len(lines) else ""
+    if line[mark.column:mark.column + 1] != "\t":
+        return None
+    if not line[:mark.column].strip(" \t"):
+        return "a tab in the indentation: tabs are not allowed in YAML indentation, use spaces"
+    return "a tab between tokens: YAML (as PyYAML reads it) needs spaces here"
 
 
 def yaml_too_big(node: Any, limit: int) -> Optional[str]:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Dict, NoReturn, Optional, Tuple, Union, get_type_hints
+from typing import Any, Dict, List, NoReturn, Optional, Tuple, Union, get_type_hints
 
 from agent.base.errors import ConfigError
 from agent.base.text import shorten
 from agent.base.yamlsafe import CONSTRUCTOR_ERRORS, constructor_problem
 from agent.config.rules import Rule
-from agent.config.settings import DEFAULT_CONFIG_PATH, SECTIONS, AgentConfig
+from agent.config.settings import CHECKS, DEFAULT_CONFIG_PATH, MAPPING_SECTIONS, SECTIONS, AgentConfig
 
 MAX_CONFIG_NODES = 10_000  # YAML nodes, aliases counted each time they are used (an alias bomb)
 # Files the agent reads or manages, and the outputs that may never be one of them (nor hold one)
@@ -22,37 +22,71 @@ _MANAGED = ("containerd.config_path", "nvidia_runtime.config_path", "report.kube
 _OUTPUTS = ("report.status_file", "report.metrics_file", "efa.cache_dir")
 
 
-def parse_yaml(text: str, source: str) -> AgentConfig:
+def parse_yaml(layers: List[Tuple[str, str]], source: str, files: Tuple[str, ...] = ()) -> AgentConfig:
+    """``layers``: (text, file), each merged over the ones before it (``agent/config/layers.py``)."""
     import yaml  # only paid for when a configuration file sets something
 
     from agent.base.yamlsafe import marked_yaml_error, yaml_too_big
+    from agent.config.layers import Merged, merge_layer
 
     loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    loader = loader_cls(text)
+    loaders: List[Any] = []
+    merged = Merged()
+    texts = dict((name, text) for text, name in layers)
+    builder: Optional[_Builder] = None
+    current = source
     try:
-        root = loader.get_single_node()
-    except yaml.YAMLError as exc:
-        raise ConfigError(marked_yaml_error(exc, source, text, column=True)) from None
-    builder = _Builder(source, loader)
-    try:
-        if root is None or _is_null(root):
-            return AgentConfig(source=source)
-        problem = yaml_too_big(root, MAX_CONFIG_NODES)
-        if problem:
-            raise ConfigError(f"{source}:{root.start_mark.line + 1}: {problem}")
-        sections = builder.mapping(root, "")
+        for text, name in layers:
+            current = name
+            loader = loader_cls(text)
+            loaders.append(loader)
+            try:
+                root = loader.get_single_node()
+            except yaml.YAMLError as exc:
+                raise ConfigError(marked_yaml_error(exc, name, text, column=True)) from None
+            builder = _Builder(name, loader, merged.where)
+            if root is None or _is_null(root):
+                continue
+            problem = yaml_too_big(root, MAX_CONFIG_NODES)
+            if problem:
+                raise ConfigError(f"{name}:{root.start_mark.line + 1}: {problem}")
+            merge_layer(merged, root, name, builder)
+        if builder is None:
+            return AgentConfig(source=source, files=files)
         kwargs: Dict[str, Any] = {}
-        for key, (key_node, value_node) in sections.items():
+        for key, entry in merged.sections.items():
+            current = merged.where[id(entry.key)]
             if key not in SECTIONS:
-                builder.fail(key_node, key, f"unknown section{_suggest(key, SECTIONS)}")
-            kwargs[key] = builder.section(SECTIONS[key], value_node, key)
-        config = AgentConfig(source=source, **kwargs)
+                builder.fail(entry.key, key, f"unknown section{_suggest(key, SECTIONS)}")
+            if key in MAPPING_SECTIONS:
+                kwargs[key] = builder.mapping_section(key, entry)
+            else:
+                kwargs[key] = builder.section(SECTIONS[key], entry.children or {}, key)
+        config = AgentConfig(source=source, files=files, origins=dict(merged.origins), **kwargs)
         _check_outputs(config, builder)
         return config
     except yaml.YAMLError as exc:  # a value PyYAML cannot construct (an unknown tag), as the kubeconfig does
-        raise ConfigError(marked_yaml_error(exc, source, text, column=True)) from None
+        name = getattr(exc, "gna_source", current)
+        raise ConfigError(marked_yaml_error(exc, name, texts.get(name, ""), column=True)) from None
     finally:
-        loader.dispose()
+        for loader in loaders:
+            loader.dispose()
+
+
+def check_name_problem(name: str) -> Optional[str]:
+    """Why ``checks.<name>`` is not a check (with a suggestion), or None."""
+    if name in CHECKS:
+        return None
+    close = difflib.get_close_matches(name, CHECKS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; the checks are {', '.join(CHECKS)}"
+    return f"unknown check{hint}"
+
+
+def xid_problem(name: str) -> Optional[str]:
+    """Why ``xid.<name>`` is not an XID number, or None."""
+    if name.isdigit() and 0 < int(name) < 1000:
+        return None
+    return f"expected an XID number (1 to 999), got {name!r}"
 
 
 def _is_null(node: Any) -> bool:
@@ -72,22 +106,32 @@ def _type_name(value: Any) -> str:
 
 
 class _Builder:
-    def __init__(self, source: str, loader: Any) -> None:
+    def __init__(self, source: str, loader: Any, where: Optional[Dict[int, str]] = None) -> None:
         self.source = source
         self.loader = loader
+        self.where: Dict[int, str] = where if where is not None else {}  # id(node) -> its file
         self.nodes: Dict[str, Any] = {}  # section.key -> its YAML key node, for later cross-key checks
 
     def fail(self, node: Any, key: str, problem: str) -> NoReturn:
         line = node.start_mark.line + 1
-        raise ConfigError(f"{self.source}:{line}: {key}: {problem}")
+        raise ConfigError(f"{self.where.get(id(node), self.source)}:{line}: {key}: {problem}")
+
+    def construct(self, node: Any) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except Exception as exc:
+            exc.gna_source = self.where.get(id(node), self.source)  # type: ignore[attr-defined]
+            raise
 
     def mapping(self, node: Any, key: str) -> Dict[str, Tuple[Any, Any]]:
         if node.id != "mapping":
             self.fail(node, key or "(top level)", "expected a mapping of keys to values")
         out: Dict[str, Tuple[Any, Any]] = {}
         for key_node, value_node in node.value:
-            name = self.loader.construct_object(key_node, deep=True)
+            name = self.construct(key_node)
             dotted = f"{key}.{name}" if key else str(name)
+            if key == "xid" and isinstance(name, int) and not isinstance(name, bool):
+                name = str(name)  # XIDs are numbers; kept as their digits until validated
             if not isinstance(name, str):
                 self.fail(key_node, dotted, "keys must be strings")
             if name in out:
@@ -95,24 +139,36 @@ class _Builder:
             out[name] = (key_node, value_node)
         return out
 
-    def section(self, cls: Any, node: Any, section: str) -> Any:
-        if _is_null(node):
-            return cls()
-        items = self.mapping(node, section)
+    def section(self, cls: Any, items: Dict[str, Any], section: str) -> Any:
         hints = get_type_hints(cls, include_extras=True)  # each key's type, and its Rule (agent/config/settings.py)
         kwargs: Dict[str, Any] = {}
-        for name, (key_node, value_node) in items.items():
+        for name, entry in items.items():
             dotted = f"{section}.{name}"
-            if name not in cls._fields:
-                self.fail(key_node, dotted, f"unknown key{_suggest(name, cls._fields)}")
-            self.nodes[dotted] = key_node
+            field = f"{name}_" if f"{name}_" in cls._fields else name  # ``class`` is ``class_``
+            if field not in cls._fields or field.startswith("_"):
+                self.fail(entry.key, dotted, f"unknown key{_suggest(name, [f.rstrip('_') for f in cls._fields])}")
+            self.nodes[dotted] = entry.key
             try:
-                value = self.loader.construct_object(value_node, deep=True)
+                value = self.construct(entry.value)
             except CONSTRUCTOR_ERRORS as exc:  # PyYAML's own constructors: ``!!float abc``, ``!!int x``
-                problem = constructor_problem(exc, value_node.tag)
-                self.fail(value_node, dotted, f"invalid YAML value: {shorten(problem)}")
-            kwargs[name] = self.value(hints[name], value, value_node, dotted)
+                problem = constructor_problem(exc, entry.value.tag)
+                self.fail(entry.value, dotted, f"invalid YAML value: {shorten(problem)}")
+            kwargs[field] = self.value(hints[field], value, entry.value, dotted)
         return cls(**kwargs)
+
+    def mapping_section(self, section: str, entry: Any) -> Dict[Any, Any]:
+        """``checks`` (by check name) and ``xid`` (by XID number): each entry a section of its own."""
+        out: Dict[Any, Any] = {}
+        for name, item in entry.children.items():
+            dotted = f"{section}.{name}"
+            problem = check_name_problem(name) if section == "checks" else xid_problem(name)
+            if problem:
+                self.fail(item.key, dotted, problem)
+            if item.children is None:
+                self.fail(item.value, dotted, "expected a mapping of keys to values")
+            key = int(name) if section == "xid" else name
+            out[key] = self.section(SECTIONS[section], item.children, dotted)
+        return out
 
     def value(self, hint: Any, value: Any, node: Any, dotted: str) -> Any:
         rule = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Rule)), Rule(_no_rule))

@@ -10,7 +10,7 @@ settings (annotation keys, unit names, checksums, paths).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from agent.config.rules import (
     DNS_SUBDOMAIN,
@@ -29,6 +29,7 @@ from agent.config.rules import (
 )
 
 DEFAULT_CONFIG_PATH = "/etc/gpu-node-agent/config.yaml"
+DEFAULT_DROP_IN_DIR = "/etc/gpu-node-agent/config.d"
 _RESOURCE_NAME = r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
 _UNIT_NAME = r"[A-Za-z0-9:_.\\@-]+\.service"
 
@@ -78,6 +79,8 @@ class ReportSettings(NamedTuple):
     timeout_seconds: Annotated[float, Rule(positive)] = 30.0
     # refresh the condition's lastHeartbeatTime at most this often
     heartbeat_minutes: Annotated[float, Rule(not_negative)] = 30.0
+    # time to GPU-ready over this: the Event is GPUReadyLate (Warning) instead of GPUReady; null: no budget
+    gpu_ready_budget_seconds: Annotated[Optional[float], Rule(positive)] = 600.0
 
 
 class ImdsSettings(NamedTuple):
@@ -104,6 +107,37 @@ class GpuSettings(NamedTuple):
                                                   "nvidia-fabricmanager.service"))] = "nvidia-fabricmanager.service"
 
 
+# --- operator policy: per-check switches (agent/pipeline/policy.py), the compatibility verdict, the XID catalog ---
+
+
+class CheckPolicy(NamedTuple):
+    """``checks.<name>``: one check's switch and severity cap."""
+
+    enabled: bool = True  # false: the check is ``skip``, "disabled by configuration"
+    max_status: Annotated[str, Rule(one_of("warn", "fail"))] = "fail"  # warn: never fails
+
+
+# The checks ``checks.<name>`` may name, in the order ``check`` shows them. The same names as the
+# resources' own (``agent/pipeline/resources.py``'s ``CHECK_NAMES``; tests/test_policy.py holds them
+# equal): the settings sit below the resources, so they cannot ask them.
+CHECKS: Tuple[str, ...] = (
+    "containerd-config", "containerd-running", "kubelet-running", "nvidia-runtime-config", "nvidia-driver", "efa",
+    "compatibility", "gpu-inventory", "gpu-allocatable", "nvidia-fabricmanager", "gpu-errors",
+)
+
+
+class CompatibilitySettings(NamedTuple):
+    unknown: Annotated[str, Rule(one_of("pass", "warn", "fail"))] = "warn"  # a combination no row lists
+
+
+class XidPolicy(NamedTuple):
+    """``xid.<number>``: the XID's class (``class`` in YAML) and how often it must repeat before it counts."""
+
+    class_: Annotated[Optional[str], Rule(one_of("fatal", "reset", "application", "ignore"))] = None
+    repeat: Annotated[int, Rule(positive)] = 1  # events on one GPU ...
+    window_minutes: Annotated[float, Rule(positive)] = 60.0  # ... within this many minutes
+
+
 class AgentConfig(NamedTuple):
     containerd: ContainerdSettings = ContainerdSettings()
     nvidia_runtime: NvidiaRuntimeSettings = NvidiaRuntimeSettings()
@@ -112,17 +146,28 @@ class AgentConfig(NamedTuple):
     report: ReportSettings = ReportSettings()
     imds: ImdsSettings = ImdsSettings()
     gpu: GpuSettings = GpuSettings()
-    source: str = "<defaults>"  # the file it came from
+    checks: Mapping[str, CheckPolicy] = {}  # by check name; never mutated
+    compatibility: CompatibilitySettings = CompatibilitySettings()
+    xid: Mapping[int, XidPolicy] = {}  # by XID; never mutated
+    source: str = "<defaults>"  # the base file it came from
+    files: Tuple[str, ...] = ()  # every file merged, in order: the base, then config.d/*.yaml
+    origins: Mapping[str, str] = {}  # section.key -> the file that set it (the rest are defaults)
 
     def settings(self) -> Tuple[Any, ...]:
         """The sections alone, for comparing configurations regardless of where they came from."""
-        return tuple(self[:-1])
+        return tuple(getattr(self, name) for name in SECTIONS)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {
-            name: {k: list(v) if isinstance(v, tuple) else v for k, v in section._asdict().items()}
-            for name, section in zip(self._fields, self.settings())
-        }
+        return {name: _plain(section) for name, section in zip(SECTIONS, self.settings())}
+
+
+def _plain(value: Any) -> Any:
+    """Settings as YAML/JSON values: tuples as lists, ``class_`` as ``class``, mapping sections by key."""
+    if hasattr(value, "_asdict"):
+        return {k.rstrip("_"): _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return list(value) if isinstance(value, tuple) else value
 
 
 SECTIONS: Dict[str, Any] = {
@@ -133,17 +178,46 @@ SECTIONS: Dict[str, Any] = {
     "report": ReportSettings,
     "imds": ImdsSettings,
     "gpu": GpuSettings,
+    "checks": CheckPolicy,  # a mapping: check name -> CheckPolicy
+    "compatibility": CompatibilitySettings,
+    "xid": XidPolicy,  # a mapping: XID -> XidPolicy
 }
+MAPPING_SECTIONS = ("checks", "xid")  # keyed by check name / XID, each value a section of its own
+DROP_IN_DIR = "config.d"  # beside the base file: *.yaml merged over it in lexical order
 
 
-def dump_config(config: AgentConfig) -> str:
+def dump_config(config: AgentConfig, *, origins: bool = False) -> str:
+    """YAML that loads back as a configuration file; with ``origins``, each value followed by a comment
+    naming the file that set it (``# default`` for the rest)."""
     import yaml
 
-    header = f"# effective configuration (source: {config.source})\n"
-    body: str = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
-    return header + body
+    header = f"# effective configuration (source: {', '.join(config.files) or config.source})\n"
+    if not origins:
+        return header + yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+    lines = [header.rstrip("\n")]
+
+    def emit(value: Dict[str, Any], path: str, indent: str) -> None:
+        for key, v in value.items():
+            dotted = f"{path}.{key}" if path else str(key)
+            if isinstance(v, dict) and v:
+                lines.append(f"{indent}{yaml.safe_dump({key: None}).split(':')[0]}:")
+                emit(v, dotted, indent + "  ")
+            else:
+                text = yaml.safe_dump({key: v}, default_flow_style=True, width=1 << 16).strip()[1:-1]
+                lines.append(f"{indent}{text}  # {config.origins.get(dotted, 'default')}")
+
+    emit(config.to_dict(), "", "")
+    return "\n".join(lines) + "\n"
 
 
 def config_keys() -> List[str]:
-    """Every valid ``section.key``, for documentation and tests."""
-    return [f"{section}.{name}" for section, cls in SECTIONS.items() for name in cls._fields]
+    """Every valid ``section.key`` of the fixed sections, for documentation and tests."""
+    return [f"{section}.{name}" for section, cls in SECTIONS.items() if section not in MAPPING_SECTIONS
+            for name in cls._fields]
+
+
+def mapping_keys() -> List[str]:
+    """The keys of the mapping sections: ``checks.<name>.enabled``, ``xid.<number>.class``, ..."""
+    entry = {"checks": "<name>", "xid": "<number>"}
+    return [f"{section}.{entry[section]}.{name.rstrip('_')}" for section in MAPPING_SECTIONS
+            for name in SECTIONS[section]._fields]

@@ -5,16 +5,24 @@ multiplies it by its replicas; MIG's "mixed" strategy renames it, e.g. ``nvidia.
 the EFA device plugin ``vpc.amazonaws.com/efa``, one per EFA device. Both appear some time after
 kubelet registers the Node: within ``gpu.allocatable_grace_seconds`` of kubelet's start (its unit's
 ``ActiveEnterTimestamp``) a missing or short resource is ``warn`` ("not yet advertised"), later
-``fail``.
+``fail``. More than expected is ``warn``; its hint follows ``gpu-inventory``: GPUs missing (fewer seen
+than the instance type has) means a count advertised before they fell off, none missing means
+time-slicing or MIG (``gpu.resource_per_gpu``).
 
 Expected: GPUs seen (``agent.nvidia.driver.gpus_seen``) x ``gpu.resource_per_gpu`` of ``gpu.resource_name``;
 EFA devices present (``agent.efa``) of ``gpu.efa_resource_name``, when there is EFA hardware.
 ``gpu.allocatable: false`` turns the check off (``skip``).
 
-The Node is read (one GET, with the kubelet's credentials through ``agent.kube.client``) whenever a
-kubeconfig exists: in ``run``, ``check --report`` and plain ``check`` alike. No kubeconfig (the node
-has not joined a cluster, e.g. an AMI bake) or ``report.publish: false``: ``skip``, no API call. A
-kubeconfig that does not work: ``warn`` with why.
+The Node is read (one GET with ``resourceVersion=0``, from the API server's cache, with the
+kubelet's credentials through ``agent.kube``) whenever a kubeconfig exists: in ``run`` and plain
+``check`` every time; in ``check --report`` (the heartbeat timer) at most once per
+``report.heartbeat_minutes``: the allocatable and instance-type label of the last read
+(``agent.kube.node.READ_CACHE``) are reused while they are younger than that, for the same node and
+API server, and the last report's ``gpu-allocatable`` passed (``passed_last``). A heartbeat reads
+afresh when that check did not pass (the device plugin has not advertised the GPUs yet on a booting
+node, or they went missing, or the Node was unreadable): the condition turns ``True`` at the first
+heartbeat that sees them. No kubeconfig (the node has not joined a cluster, e.g. an AMI bake) or
+``report.publish: false``: ``skip``, no API call. A kubeconfig that does not work: ``warn`` with why.
 """
 
 from __future__ import annotations
@@ -35,6 +43,22 @@ if TYPE_CHECKING:
 CHECK = "gpu-allocatable"
 
 
+def passed_last(root: Any, config: AgentConfig) -> bool:
+    """Whether ``gpu-allocatable`` passed in the last report (the status file): then a heartbeat may
+    reuse the last Node read."""
+    import json
+
+    from agent.base.errors import AgentError
+    from agent.base.fs import read_text
+
+    try:
+        last = json.loads(read_text(root.path(config.report.status_file)))
+        return any(isinstance(c, dict) and c.get("name") == CHECK and c.get("status") == PASS
+                   for c in last.get("checks", []))
+    except (AgentError, ValueError, AttributeError):
+        return False
+
+
 def _quantity(value: Any) -> Optional[int]:
     text = str(value).strip()
     return int(text) if text.isdigit() else None
@@ -46,6 +70,21 @@ def _kubelet_age(units: Union[UnitStates, SystemdError, None], unit: str, now: f
     return now - since if since is not None else None
 
 
+def _more_hint(gpus: Optional[int], gpus_expected: Optional[int]) -> str:
+    """Why the GPU resource is above the GPUs seen: time-slicing or MIG only when none is missing.
+
+    A GPU that fell off the bus (``gpu-inventory``: fewer seen than the instance type has) stays in
+    the count the device plugin advertised until it notices; time-slicing does not explain that.
+    """
+    if gpus is not None and gpus_expected is not None and gpus < gpus_expected:
+        missing = gpus_expected - gpus
+        return (f": advertised before {missing} GPU{'' if missing == 1 else 's'} fell off "
+                f"(gpu-inventory: {gpus} of {gpus_expected} visible)")
+    if gpus_expected is None:
+        return " (time-slicing or MIG: set gpu.resource_per_gpu; or GPUs that fell off since: see gpu-inventory)"
+    return " (time-slicing or MIG? set gpu.resource_per_gpu)"
+
+
 def check(
     read: Optional[NodeRead],
     config: AgentConfig,
@@ -55,6 +94,7 @@ def check(
     units: Union[UnitStates, SystemdError, None],
     kubelet_unit: str,
     now: Optional[float] = None,
+    gpus_expected: Optional[int] = None,
 ) -> CheckResult:
     settings = config.gpu
     if read is None:
@@ -63,12 +103,13 @@ def check(
         return CheckResult(CHECK, SKIP, read.skipped, {"event_reason": "AllocatableNotChecked"})
     if read.problem or read.node is None:
         return CheckResult(CHECK, WARN, f"cannot read the Node's allocatable: {read.problem}",
-                           {"node": read.name, "event_reason": "NodeUnreadable"})
+                           {"node": read.name, "node_source": read.name_source, "event_reason": "NodeUnreadable"})
     alloc = read.allocatable
     age = _kubelet_age(units, kubelet_unit, time.time() if now is None else now)
     grace = settings.allocatable_grace_seconds
     within = age is not None and age < grace
-    details: Dict[str, Any] = {"node": read.name, "kubelet_started_seconds_ago": None if age is None else round(age),
+    details: Dict[str, Any] = {"node": read.name, "node_source": read.name_source, "reused": read.reused,
+                               "kubelet_started_seconds_ago": None if age is None else round(age),
                                "grace_seconds": grace, "resources": {}}
     wanted: List[Tuple[str, Optional[int], str]] = []
     if gpus is not None:
@@ -96,7 +137,7 @@ def check(
             else:
                 short.append(f"{resource}: {have} allocatable, expected {expected} ({what})")
         elif (have or 0) > expected:
-            hint = " (time-slicing or MIG? set gpu.resource_per_gpu)" if resource == settings.resource_name else ""
+            hint = _more_hint(gpus, gpus_expected) if resource == settings.resource_name else ""
             odd.append(f"{resource}: {have} allocatable, more than {expected} ({what}){hint}")
         else:
             good.append(f"{resource}: {have or 0} = {what}")
@@ -123,8 +164,10 @@ class Allocatable(Resource):
         from agent.systemd.state import kubelet_unit
 
         efa_devices = len(facts.efa.devices) if facts.efa is not None else 0
+        expected = facts.instance.expected if facts.instance is not None else None
         return [check(facts.kube_node, config, gpus=gpus_seen(facts.driver), efa_devices=efa_devices,
-                      units=facts.units, kubelet_unit=kubelet_unit(config.restart.units))]
+                      units=facts.units, kubelet_unit=kubelet_unit(config.restart.units),
+                      gpus_expected=expected)]
 
 
 RESOURCE = Allocatable()

@@ -5,11 +5,16 @@ computing specifications; its source is named in the file), or ``gpu.expected_co
 instance type comes from, in this order:
 
 1. ``gpu.instance_type`` (configuration);
-2. ``/run/gpu-node-agent/instance-type``, which an earlier lookup left (gone at boot, like the type
+2. the DMI product name, ``/sys/devices/virtual/dmi/id/product_name``, when it names an instance
+   type the agent knows (every Nitro instance says its type there; no network);
+3. ``/run/gpu-node-agent/instance-type``, which an earlier lookup left (gone at boot, like the type
    could change only across a stop and start);
-3. the Node's ``node.kubernetes.io/instance-type`` label, when ``gpu-allocatable`` read the Node;
-4. IMDS ``instance-type``, only in ``run`` and ``check --report`` (plain ``check`` asks no metadata
+4. the Node's ``node.kubernetes.io/instance-type`` label, when ``gpu-allocatable`` read the Node;
+5. IMDS ``instance-type``, only in ``run`` and ``check --report`` (plain ``check`` asks no metadata
    service: over SSM it must answer from the node alone).
+
+When none of them gives the type (and ``gpu.expected_count`` is not set), ``gpu-inventory`` is
+``warn`` (``InstanceTypeUnknown``): the GPUs are not proven.
 
 Seen: the rows of the one ``nvidia-smi`` query (``agent.nvidia.driver``, ``agent.nvidia.smi``); without
 ``nvidia-smi``, the ``/dev/nvidiaN`` device nodes. A GPU NVML cannot open ("Unable to determine
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
 CHECK = "gpu-inventory"
 DATA = Path(__file__).resolve().parent.parent / "data" / "instance_types.json"
 CACHE = "/run/gpu-node-agent/instance-type"
+DMI_PRODUCT_NAME = "/sys/devices/virtual/dmi/id/product_name"
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 _TYPE_RE = r"[a-z0-9]+(-[a-z0-9]+)*\.[a-z0-9]+"
 
@@ -68,6 +74,16 @@ def _cached(root: NodeRoot) -> Optional[str]:
     except NodeFileError:
         return None
     return text if re.fullmatch(_TYPE_RE, text) else None
+
+
+def _from_dmi(root: NodeRoot) -> Optional[str]:
+    """The DMI product name when it is an instance type of the agent's data (Xen and bare metal
+    before Nitro say other things there, e.g. ``HVM domU``)."""
+    try:
+        text = read_text(root.path(DMI_PRODUCT_NAME)).strip()
+    except NodeFileError:
+        return None
+    return text if re.fullmatch(_TYPE_RE, text) and text in instance_types()["types"] else None
 
 
 def _remember(root: NodeRoot, instance_type: str) -> None:
@@ -103,6 +119,8 @@ def discover_instance(root: NodeRoot, config: AgentConfig, *, node_label: Option
     instance_type: Optional[str] = settings.instance_type
     source = "gpu.instance_type"
     if instance_type is None:
+        instance_type, source = _from_dmi(root), DMI_PRODUCT_NAME
+    if instance_type is None:
         instance_type, source = _cached(root), CACHE
     if instance_type is None and node_label and re.fullmatch(_TYPE_RE, node_label):
         instance_type, source = node_label, f"the Node's {INSTANCE_TYPE_LABEL} label"
@@ -112,7 +130,7 @@ def discover_instance(root: NodeRoot, config: AgentConfig, *, node_label: Option
         if instance_type is not None:
             _remember(root, instance_type)
     elif instance_type is None:
-        source = "not configured, not cached, not on the Node; `run` asks IMDS"
+        source = f"not configured, not in {DMI_PRODUCT_NAME}, not cached, not on the Node; `run` asks IMDS"
     spec = instance_types()["types"].get(instance_type) if instance_type else None
     if settings.expected_count is not None:
         return InstanceFacts(instance_type, source, spec, settings.expected_count, "gpu.expected_count")
@@ -135,7 +153,7 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
                                "expected": instance.expected, "expected_source": instance.expected_source}
     if instance.spec is not None and instance.spec.get("vendor", "nvidia") != "nvidia":
         return CheckResult(CHECK, SKIP, f"{instance.instance_type} has {instance.spec.get('model')} GPUs, "
-                           "not NVIDIA: not counted", {**details, "event_reason": "NotNvidia"})
+                           "not NVIDIA: not counted", {**details, "event_reason": "NotNVIDIA"})
     smi = driver.smi if driver is not None else None
     table = smi.table if smi is not None else None
     unreachable = list(table.unreachable) if table is not None else []
@@ -150,11 +168,11 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
         if not expected:
             return CheckResult(CHECK, SKIP, "no NVIDIA driver, nvidia-smi or GPU device node: not a GPU node "
                                f"as far as the agent sees ({instance.expected_source})",
-                               {**details, "event_reason": "NoGpus"})
+                               {**details, "event_reason": "NoGPUs"})
         seen = 0
     if seen is None:
         why = smi.problem if smi is not None and smi.problem else "nvidia-smi gave no table"
-        return CheckResult(CHECK, WARN, f"GPUs not counted: {why}", {**details, "event_reason": "GpuInventoryUnknown"})
+        return CheckResult(CHECK, WARN, f"GPUs not counted: {why}", {**details, "event_reason": "GPUInventoryUnknown"})
     counted = f"{_plural(seen)} visible" + (" to nvidia-smi" if smi is not None else " (device nodes; no nvidia-smi)")
     lost = "".join(f"; {bus}: {why}" for bus, why in unreachable[:3])
     lost += f"; nvidia-smi output not understood: {malformed[0]}" if malformed else ""
@@ -168,20 +186,26 @@ def check(driver: Optional[DriverFacts], instance: InstanceFacts) -> CheckResult
                            {**details, "event_reason": "GPUMissing"})
     if expected is not None and seen > expected:
         return CheckResult(CHECK, WARN, f"{counted}, more than expected ({instance.expected_source})",
-                           {**details, "event_reason": "GpuCountUnexpected"})
+                           {**details, "event_reason": "GPUCountUnexpected"})
     if malformed:
         return CheckResult(CHECK, WARN, f"{counted}; nvidia-smi output not understood: {malformed[0]}",
-                           {**details, "event_reason": "GpuInventoryUnreadable"})
+                           {**details, "event_reason": "GPUInventoryUnreadable"})
+    if expected is None and instance.instance_type is None:
+        return CheckResult(CHECK, WARN, f"{counted}; not compared: {instance.expected_source}",
+                           {**details, "event_reason": "InstanceTypeUnknown"})
     if expected is None:
         return CheckResult(CHECK, PASS, f"{counted}; not compared: {instance.expected_source}",
-                           {**details, "event_reason": "GpuCountNotCompared"})
+                           {**details, "event_reason": "GPUCountNotCompared"})
     return CheckResult(CHECK, PASS, f"{counted}, as expected ({instance.expected_source})",
-                       {**details, "event_reason": "GpusPresent"})
+                       {**details, "event_reason": "GPUsPresent"})
 
 
 def node_object(facts: NodeFacts) -> Optional[Mapping[str, Any]]:
-    """The Node as this resource just read it (``kube_node``): the report needs no GET of its own."""
-    return facts.kube_node.node if facts.kube_node is not None else None
+    """The Node as this resource just read it (``kube_node``): the report needs no GET of its own. A
+    reused read (``agent/kube/node.py``) is only part of the Node: then None, and the report goes by
+    its memory (``agent/report/published.py``)."""
+    read = facts.kube_node
+    return read.node if read is not None and not read.reused else None
 
 
 class Inventory(Resource):
@@ -191,9 +215,12 @@ class Inventory(Resource):
     checks = ("gpu-inventory",)
 
     def discover(self, node: Discovery) -> Dict[str, Any]:
+        from agent.gpu.allocatable import passed_last
         from agent.kube.node import read_node
 
-        read = read_node(node.root, node.config)
+        reuse = node.heartbeat and node.config.report.heartbeat_minutes > 0 and passed_last(node.root, node.config)
+        read = read_node(node.root, node.config, imds=node.imds,
+                         reuse_for=node.config.report.heartbeat_minutes * 60 if reuse else None)
         instance = discover_instance(node.root, node.config, node_label=read.label(INSTANCE_TYPE_LABEL),
                                      imds=node.imds)
         return {"kube_node": read, "instance": instance}

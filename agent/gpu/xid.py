@@ -1,17 +1,21 @@
 """GPU errors since boot: XID events in the kernel log, and ECC / row-remapping state. Owns ``gpu-errors``.
 
 XIDs: kernel log lines ``NVRM: Xid (PCI:0000:53:00): 79, pid=..., GPU has fallen off the bus.``
-read from ``/dev/kmsg`` (``agent.gpu.kmsg``). Each XID is judged by ``XIDS``, built from NVIDIA's Xid
-catalog (https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html, the "Resolution
-Bucket (Immediate Action)" column, Ampere and newer) and its older Xid table:
+read from ``/dev/kmsg`` (``agent.gpu.kmsg``). Each XID is judged by its class in ``agent/gpu/xid_catalog.py``
+(NVIDIA's Xid catalog, its immediate action; the version and the why of each class are there):
 
-* ``fatal``: the GPU is gone or its memory cannot be repaired (reboot the node, replace the GPU): ``fail``;
+* ``fatal``: the GPU is gone or the node must go (reboot, replace): ``fail``;
 * ``reset``: the GPU needs a reset (or the node a reboot) before it can be trusted: ``fail``;
-* ``application``: usually the workload's own fault (``RESTART_APP``): ``warn``.
+* ``application``: usually the workload's own fault (``RESTART_APP``): ``warn``;
+* ``ignore``: no action (``IGNORE``): listed in the details, the check still passes.
 
-An XID not in the table is a ``warn`` naming it. From the same ``nvidia-smi`` query as the other
-checks: uncorrected volatile ECC errors, retired pages pending, remapped rows pending (``reset``) or
-failed (``fatal``); ``[N/A]``/``[Not Supported]`` mean the GPU does not report it.
+An XID not in the table is a ``warn`` naming it. The operator's ``xid.<number>`` moves an XID to
+another class, or makes it count only when ``repeat`` of them on one GPU fall within
+``window_minutes``: fewer are a ``warn`` whose message says the threshold held them back.
+
+From the same ``nvidia-smi`` query as the other checks: uncorrected volatile ECC errors, retired
+pages pending, remapped rows pending (``reset``) or failed (``fatal``); ``[N/A]``/``[Not Supported]``
+mean the GPU does not report it.
 
 State, in ``/run/gpu-node-agent/gpu-errors.json`` (gone at boot; a different boot id also starts
 over): the XID events seen since boot (so the summary survives the ring buffer wrapping), the last
@@ -24,49 +28,31 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from agent.base.errors import NodeFileError
 from agent.base.fs import atomic_write, read_text
 from agent.base.noderoot import NodeRoot
 from agent.gpu import kmsg
+from agent.gpu.xid_catalog import APPLICATION, FATAL, IGNORE, RESET, XIDS
 from agent.pipeline.contract import Discovery, Resource
 from agent.pipeline.health import FAIL, PASS, SKIP, WARN, CheckResult
 
 if TYPE_CHECKING:
-    from agent.config.settings import AgentConfig
+    from agent.config.settings import AgentConfig, XidPolicy
     from agent.pipeline.contract import NodeFacts
 
 CHECK = "gpu-errors"
 STATE = "/run/gpu-node-agent/gpu-errors.json"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 KEEP_EVENTS = 256  # events kept in the state file (the newest)
-FATAL, RESET, APPLICATION = "fatal", "reset", "application"
+HELD = "held"  # a thresholded XID that has not repeated enough yet
+OTHER = "other"  # an XID the catalog does not list
+CLASSES = (FATAL, RESET, APPLICATION, IGNORE, OTHER)  # the counts since boot, by the catalog's class
 _XID_RE = r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2})(?:\.\d)?\): (\d+)(?:, (.*))?"
-
-# xid -> (class, meaning, suggested Event reason)
-XIDS: Dict[int, Tuple[str, str, str]] = {
-    13: (APPLICATION, "Graphics Engine Exception", "GPUApplicationError"),
-    31: (APPLICATION, "GPU memory page fault", "GPUApplicationError"),
-    43: (APPLICATION, "GPU stopped processing", "GPUApplicationError"),
-    45: (APPLICATION, "Preemptive cleanup, due to previous errors", "GPUApplicationError"),
-    69: (APPLICATION, "Graphics Engine class error", "GPUApplicationError"),
-    48: (RESET, "Double Bit ECC Error", "GPUDoubleBitECCError"),
-    61: (RESET, "Internal micro-controller breakpoint/warning", "GPUMicrocontrollerError"),
-    62: (RESET, "Internal micro-controller halt", "GPUMicrocontrollerError"),
-    63: (RESET, "ECC page retirement or row remapping recording event", "GPURowRemapPending"),
-    74: (RESET, "NVLink Error", "GPUNVLinkError"),
-    94: (RESET, "Contained ECC error", "GPUContainedECCError"),
-    95: (RESET, "Uncontained ECC error", "GPUUncontainedECCError"),
-    119: (RESET, "GSP RPC timeout", "GPUSystemProcessorTimeout"),
-    120: (RESET, "GSP error", "GPUSystemProcessorError"),
-    140: (RESET, "Unrecovered ECC error", "GPUUncorrectableECCError"),
-    64: (FATAL, "ECC page retirement or row remapper recording failure", "GPURowRemapFailure"),
-    79: (FATAL, "GPU has fallen off the bus", "GPUFellOffBus"),
-}
-_STATUS = {FATAL: FAIL, RESET: FAIL, APPLICATION: WARN}
+_STATUS = {FATAL: FAIL, RESET: FAIL, APPLICATION: WARN, HELD: WARN, IGNORE: PASS}
 _ACTION = {FATAL: "reboot the node; replace the GPU if it recurs", RESET: "reset the GPU or reboot the node",
-           APPLICATION: "usually the workload's fault"}
+           APPLICATION: "usually the workload's fault", IGNORE: "no action needed"}
 
 
 class XidEvent(NamedTuple):
@@ -85,6 +71,12 @@ class XidFacts(NamedTuple):
     new_events: Tuple[XidEvent, ...]  # after the last reported sequence
     last_seq: Optional[int]
     read: kmsg.KmsgRead
+    counts: Mapping[str, int] = {}  # XID events since boot by class (fatal, reset, application, other)
+
+
+def xid_class(xid: int) -> str:
+    """``fatal``, ``reset``, ``application`` or ``other`` (not in the table)."""
+    return XIDS[xid][0] if xid in XIDS else OTHER
 
 
 def parse_event(record: kmsg.Record) -> Optional[XidEvent]:
@@ -109,7 +101,7 @@ def _load_state(root: NodeRoot, boot_id: Optional[str]) -> Dict[str, Any]:
             return state
     except (NodeFileError, ValueError, TypeError):
         pass
-    return {"boot_id": boot_id, "events": [], "last_seq": None, "reported_seq": None}
+    return {"boot_id": boot_id, "events": [], "last_seq": None, "reported_seq": None, "counts": {}}
 
 
 def _save_state(root: NodeRoot, state: Dict[str, Any]) -> None:
@@ -130,14 +122,29 @@ def discover(root: NodeRoot) -> XidFacts:
     last_known = state.get("last_seq")
     if last_known is not None and read.last_seq is not None and read.last_seq < last_known:
         known, last_known, state["reported_seq"] = [], None, None  # the log started over: not this boot's state
+        state["counts"] = {}
     fresh = [e for r in read.records for e in [parse_event(r)] if e and (last_known is None or e.seq > last_known)]
     events = known + fresh
     last_seq = read.last_seq if read.last_seq is not None else last_known
+    # Counted apart from the events kept (the newest KEEP_EVENTS), so the counts never go down.
+    counts = _counts(state, known)
+    for e in fresh:
+        counts[xid_class(e.xid)] += 1
     if fresh:  # written only when there is something new to keep: most checks write nothing
-        _save_state(root, {**state, "boot_id": boot_id, "events": events, "last_seq": last_seq})
+        _save_state(root, {**state, "boot_id": boot_id, "events": events, "last_seq": last_seq, "counts": counts})
     reported = state.get("reported_seq")
     new = tuple(e for e in events if reported is None or e.seq > reported)
-    return XidFacts(tuple(events), new, last_seq, read)
+    return XidFacts(tuple(events), new, last_seq, read, counts)
+
+
+def _counts(state: Mapping[str, Any], known: Sequence[XidEvent]) -> Dict[str, int]:
+    saved = state.get("counts")
+    if isinstance(saved, dict) and all(isinstance(saved.get(c, 0), int) for c in CLASSES):
+        return {c: int(saved.get(c, 0)) for c in CLASSES}
+    counts = dict.fromkeys(CLASSES, 0)  # a state file without counts: count what it kept
+    for e in known:
+        counts[xid_class(e.xid)] += 1
+    return counts
 
 
 def acknowledge(root: NodeRoot, facts: Optional[XidFacts]) -> None:
@@ -170,17 +177,56 @@ class _Finding(NamedTuple):
     reason: str
 
 
-def check(facts: Optional[XidFacts], rows: Optional[Sequence[Any]], *, gpu_node: bool = True) -> CheckResult:
-    """``rows``: the GPUs of the nvidia-smi query (``agent.nvidia.smi.GpuRow``), None when it did not answer."""
+def _class_of(xid: int, policy: Mapping[int, XidPolicy]) -> Tuple[str, str, str]:
+    """(class, meaning, Event reason) of an XID: the operator's class, else the catalog's ("" unknown)."""
+    known, tuned = XIDS.get(xid), policy.get(xid)
+    cls = tuned.class_ if tuned is not None and tuned.class_ else known.cls if known else ""
+    return cls, known.meaning if known else "not in the agent's XID table", known.reason if known else "GPUXidError"
+
+
+def _xid_findings(events: Sequence[XidEvent], by_bus: Dict[Any, Any],
+                  policy: Mapping[int, XidPolicy]) -> List[_Finding]:
+    """One finding per event; for an XID with a ``repeat`` threshold, one per GPU (``_thresholded``)."""
+    findings: List[_Finding] = []
+    thresholded: Dict[Tuple[int, str], List[XidEvent]] = {}
+    for e in events:
+        cls, meaning, reason = _class_of(e.xid, policy)
+        row = by_bus.get(_bus_key(e.bus))
+        who = row.label() if row is not None else f"GPU at {e.bus}"
+        tuned = policy.get(e.xid)
+        if tuned is not None and tuned.repeat > 1 and cls != IGNORE:
+            thresholded.setdefault((e.xid, who), []).append(e)
+        else:
+            findings.append(_Finding(cls or "unknown", f"{who}: XID {e.xid} {meaning}"
+                                     + (f" ({_ACTION[cls]})" if cls else f": {e.text[:80]}"), reason))
+    for (xid, who), group in thresholded.items():
+        findings.append(_thresholded(xid, who, group, policy))
+    return findings
+
+
+def _thresholded(xid: int, who: str, events: Sequence[XidEvent], policy: Mapping[int, XidPolicy]) -> _Finding:
+    """Its class when ``repeat`` of the events fell within ``window_minutes`` of each other, else ``held``."""
+    cls, meaning, reason = _class_of(xid, policy)
+    tuned = policy[xid]
+    window = tuned.window_minutes * 60e6  # kmsg timestamps are microseconds since boot
+    times = sorted(e.usec for e in events)
+    most = max(sum(1 for u in times[i:] if u - t <= window) for i, t in enumerate(times))
+    text = f"{who}: XID {xid} {meaning} x{len(events)}"
+    if most >= tuned.repeat:
+        action = f" ({_ACTION[cls]})" if cls in _ACTION else ""
+        return _Finding(cls or "unknown", f"{text}, {most} within {tuned.window_minutes:g} min{action}", reason)
+    return _Finding(HELD, f"{text}: held back by xid.{xid}.repeat ({tuned.repeat} within "
+                    f"{tuned.window_minutes:g} min make it {cls or 'unknown'})", "GPUXidBelowThreshold")
+
+
+def check(facts: Optional[XidFacts], rows: Optional[Sequence[Any]], *, gpu_node: bool = True,
+          policy: Mapping[int, XidPolicy] = {}) -> CheckResult:
+    """``rows``: the GPUs of the nvidia-smi query (``agent.nvidia.smi.GpuRow``), None when it did not answer;
+    ``policy``: the operator's ``xid.<number>`` settings."""
     by_bus = {_bus_key(r.bus_id): r for r in rows or ()}
     findings: List[_Finding] = []
     if facts is not None:
-        for e in facts.events:
-            cls, meaning, reason = XIDS.get(e.xid, ("", "not in the agent's XID table", "GPUXidError"))
-            row = by_bus.get(_bus_key(e.bus))
-            who = row.label() if row is not None else f"GPU at {e.bus}"
-            findings.append(_Finding(cls or "unknown", f"{who}: XID {e.xid} {meaning}"
-                                     + (f" ({_ACTION[cls]})" if cls else f": {e.text[:80]}"), reason))
+        findings = _xid_findings(facts.events, by_bus, policy)
     for r in rows or ():
         if r.remapped_rows_failure:
             findings.append(_Finding(FATAL, f"{r.label()}: row remapping failed (replace the GPU)",
@@ -198,18 +244,23 @@ def check(facts: Optional[XidFacts], rows: Optional[Sequence[Any]], *, gpu_node:
     details: Dict[str, Any] = {
         "xid_events": [e.as_dict() for e in facts.events[-20:]] if facts else [],
         "xid_events_total": len(facts.events) if facts else 0,
+        "xid_classes": dict(facts.counts) if facts and facts.counts else dict.fromkeys(CLASSES, 0),
         "new_events": [e.as_dict() for e in facts.new_events[-20:]] if facts else [],
         "kmsg": {"last_seq": facts.last_seq, "records": read.total, "unreadable": read.unreadable,
                  "truncated": read.truncated, "problem": read.problem} if facts and read else None,
         "gpus": [{k: v for k, v in r.as_dict().items() if k not in ("fabric_state", "fabric_status", "uuid")}
                  for r in rows or ()],
     }
-    order = {FATAL: 0, RESET: 1, "unknown": 2, APPLICATION: 3}
+    order = {FATAL: 0, RESET: 1, "unknown": 2, HELD: 3, APPLICATION: 4, IGNORE: 5}
     counts: Dict[_Finding, int] = {}
     for f in findings:  # the same XID on the same GPU, logged again and again: once, with a count
         counts[f] = counts.get(f, 0) + 1
     findings = [f._replace(text=f"{f.text} (x{n})") if n > 1 else f for f, n in counts.items()]
     findings.sort(key=lambda f: order.get(f.cls, 2))
+    ignored = [f.text for f in findings if f.cls == IGNORE]
+    findings = [f for f in findings if f.cls != IGNORE]
+    if ignored:
+        details["ignored"] = ignored[:20]  # XIDs NVIDIA's catalog (or xid.<number>.class) says to ignore
     if findings:
         worst = findings[0]
         status = _STATUS.get(worst.cls, WARN)
@@ -219,7 +270,7 @@ def check(facts: Optional[XidFacts], rows: Optional[Sequence[Any]], *, gpu_node:
     problem = read.problem if read is not None else None
     no_log = problem is not None and problem.endswith("does not exist")  # an image or a container, no kernel
     if not gpu_node:  # and no XID in the log either
-        return CheckResult(CHECK, SKIP, "no NVIDIA GPU on this node", {**details, "event_reason": "NoGpus"})
+        return CheckResult(CHECK, SKIP, "no NVIDIA GPU on this node", {**details, "event_reason": "NoGPUs"})
     notes = []
     if no_log:
         notes.append(f"no kernel log to read ({problem})")
@@ -230,12 +281,14 @@ def check(facts: Optional[XidFacts], rows: Optional[Sequence[Any]], *, gpu_node:
     if rows is None:
         notes.append("ECC and row remapping not read (nvidia-smi did not answer)")
     if (problem and not no_log) or rows is None:
-        details["event_reason"] = "GpuErrorsUnknown"
+        details["event_reason"] = "GPUErrorsUnknown"
         return CheckResult(CHECK, WARN, "; ".join(notes), details)
-    details["event_reason"] = "NoGpuErrors"
-    base = (f"no XID events since boot ({read.total} kernel log records)" if read is not None and not no_log
-            else "no XID events")
+    details["event_reason"] = "NoGPUErrors"
+    what = "no XID event that needs action" if ignored else "no XID events"
+    base = (f"{what} since boot ({read.total} kernel log records)" if read is not None and not no_log else what)
     ecc = f", no ECC or row-remapping problem on {len(rows)} GPUs" if rows else ""
+    if ignored:
+        notes.append(f"{len(ignored)} to ignore (details.ignored)")
     note = f"; {'; '.join(notes)}" if notes else ""
     return CheckResult(CHECK, PASS, f"{base}{ecc}{note}", details)
 
@@ -252,7 +305,8 @@ class GpuErrors(Resource):
     def check(self, facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
         from agent.nvidia import driver
 
-        return [check(facts.xid, driver.smi_rows(facts.driver), gpu_node=driver.gpu_node(facts.driver))]
+        return [check(facts.xid, driver.smi_rows(facts.driver), gpu_node=driver.gpu_node(facts.driver),
+                      policy=config.xid)]
 
     def reported(self, facts: NodeFacts, delivered: bool) -> None:
         """The report carried the XID events: no longer new. After a failed publish they stay new."""

@@ -95,7 +95,10 @@ class KubeClient:
     # -- Node calls --
 
     def get_node(self, name: str, deadline: Deadline, *, wait_registered: bool = False) -> Dict[str, Any]:
-        return self.request("GET", _node_path(name), deadline, wait_registered=wait_registered)
+        """The Node with ``resourceVersion=0``: served from the API server's watch cache, not etcd
+        (it may be a moment behind; the agent's reads compare what it wrote, and writes repair)."""
+        return self.request("GET", _node_path(name) + "?resourceVersion=0", deadline,
+                            wait_registered=wait_registered)
 
     def patch_node(self, name: str, patch: Mapping[str, Any], deadline: Deadline) -> Dict[str, Any]:
         """A JSON merge patch (RFC 7386) on the Node: for metadata such as annotations."""

@@ -94,8 +94,9 @@ def _b64(value: Any, key: str) -> bytes:
         raise KubeconfigError(f"{key}: not valid base64") from None
 
 
-def load_kubeconfig(root: NodeRoot, node_path: str) -> Kubeconfig:
-    """Parse the kubeconfig at ``node_path`` (under ``root``) down to what the current context uses."""
+def load_kubeconfig(root: NodeRoot, node_path: str, context: Optional[str] = None) -> Kubeconfig:
+    """Parse the kubeconfig at ``node_path`` (under ``root``) down to what the current context
+    (or ``context``, as kubectl's ``--context``) uses."""
     path = root.path(node_path)
     try:
         text = read_text(path, allow_empty=False)
@@ -105,11 +106,11 @@ def load_kubeconfig(root: NodeRoot, node_path: str) -> Kubeconfig:
     where = str(path)
     if not isinstance(data, Mapping):
         raise KubeconfigError(f"{where}: expected a kubeconfig mapping")
-    context_name = data.get("current-context")
+    context_name = context or data.get("current-context")
     if not isinstance(context_name, str) or not context_name:
         raise KubeconfigError(f"{where}: current-context is not set")
-    context = _named(data.get("contexts"), context_name, "contexts", where)
-    cluster_name, user_name = context.get("cluster"), context.get("user")
+    chosen = _named(data.get("contexts"), context_name, "contexts", where)
+    cluster_name, user_name = chosen.get("cluster"), chosen.get("user")
     if not isinstance(cluster_name, str) or not isinstance(user_name, str):
         raise KubeconfigError(f"{where}: contexts[{context_name}] must name a cluster and a user")
     base_dir = str(PurePosixPath(node_path).parent)

@@ -44,6 +44,7 @@ class Discovery(NamedTuple):
     facts: Mapping[str, Any]  # what the resources before it in the list found, by name
     gpu_health: bool  # check and run's final checks (the GPU readiness entries are discovered too)
     imds: bool  # the instance type may come from IMDS (run, check --report)
+    heartbeat: bool = False  # check --report (the timer): the Node read may be reused (agent/kube/node.py)
 
 
 class Planned(NamedTuple):

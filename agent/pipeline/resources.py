@@ -30,6 +30,7 @@ from agent.nvidia.driver import RESOURCE as DRIVER
 from agent.nvidia.toolkit import RESOURCE as NVIDIA_RUNTIME
 from agent.pipeline.contract import Discovery, NodeFacts, Resource
 from agent.pipeline.health import RANK, CheckResult
+from agent.pipeline.policy import apply as apply_policy
 from agent.systemd.state import kubelet_unit
 
 
@@ -61,22 +62,25 @@ def resources(*, gpu_health: bool) -> Iterator[Resource]:
     return (entry.resource for entry in RESOURCES if gpu_health or not entry.gpu_health)
 
 
-def discover(root: NodeRoot, config: AgentConfig, *, gpu_health: bool = False, imds: bool = False) -> NodeFacts:
+def discover(root: NodeRoot, config: AgentConfig, *, gpu_health: bool = False, imds: bool = False,
+             heartbeat: bool = False) -> NodeFacts:
     """``gpu_health``: also what the GPU readiness checks need (the Node's allocatable, the instance
-    type, NVSwitch, the kernel log); ``imds``: the instance type may come from IMDS."""
+    type, NVSwitch, the kernel log); ``imds``: the instance type may come from IMDS; ``heartbeat``:
+    ``check --report``, which may reuse a recent Node read (``agent/gpu/allocatable.py``)."""
     found: Dict[str, Any] = {}
     for resource in resources(gpu_health=gpu_health):
-        found.update(resource.discover(Discovery(root, config, found, gpu_health, imds)))
+        found.update(resource.discover(Discovery(root, config, found, gpu_health, imds, heartbeat)))
     return NodeFacts(root, gpu_health=gpu_health, **found)
 
 
 def evaluate(facts: NodeFacts, config: AgentConfig) -> List[CheckResult]:
     """Every resource's checks, in order; the GPU readiness checks only when their facts were discovered
-    (``discover(..., gpu_health=True)``)."""
+    (``discover(..., gpu_health=True)``); the operator's policy (``checks.<name>``,
+    ``agent/pipeline/policy.py``) applied."""
     results: List[CheckResult] = []
     for resource in resources(gpu_health=facts.gpu_health):
         results.extend(resource.check(facts, config))
-    return results
+    return apply_policy(results, config)
 
 
 def with_pending_restarts(
@@ -98,7 +102,7 @@ def with_pending_restarts(
             out.append(CheckResult(r.name, status, f"{unit}: {why}", {**r.details, "restart_pending": True}))
         else:
             out.append(r)
-    return out
+    return apply_policy(out, config)  # a disabled check stays skip, a capped one capped
 
 
 def reported(facts: NodeFacts, delivered: bool) -> None:

@@ -42,8 +42,25 @@ def report_document(
     }
 
 
-def render_json(document: Mapping[str, Any]) -> str:
-    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+def render_json(document: Mapping[str, Any], *, pretty: bool = True) -> str:
+    """The document as JSON: indented, or one compact line (``check --format json``: an SSM console
+    shows 2,500 characters of output)."""
+    if pretty:
+        return json.dumps(document, indent=2, sort_keys=False) + "\n"
+    return json.dumps(document, separators=(",", ":"), sort_keys=False) + "\n"
+
+
+NO_TTY_WIDTH = 120  # table lines without a terminal (SSM, pipes)
+
+
+def output_width(stream: Any) -> int:
+    """The terminal's width, or ``NO_TTY_WIDTH`` when ``stream`` is not a terminal."""
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else NO_TTY_WIDTH
+    except (OSError, ValueError, AttributeError):
+        return NO_TTY_WIDTH
 
 
 _COLORS = {PASS: "\033[32m", WARN: "\033[33m", FAIL: "\033[31m", SKIP: "\033[2m"}
@@ -51,18 +68,25 @@ _HEALTH_STATUS = {HEALTHY: PASS, DEGRADED: WARN, UNHEALTHY: FAIL}
 _RESET = "\033[0m"
 
 
-def render_table(results: Sequence[CheckResult], actions: Sequence[str] = (), *, color: bool = False) -> str:
+def render_table(results: Sequence[CheckResult], actions: Sequence[str] = (), *, color: bool = False,
+                 columns: Optional[int] = None) -> str:
+    """One line per check; messages and actions cut to ``columns`` (the full text is in the JSON)."""
+    from agent.base.text import clip
+
     results = ordered(results)
     width = max([len("CHECK")] + [len(r.name) for r in results])
+
+    def cut(text: str, used: int) -> str:
+        return clip(text, max(20, columns - used)) if columns else text
 
     def paint(status: str, text: str) -> str:
         return f"{_COLORS[status]}{text}{_RESET}" if color and status in _COLORS else text
 
     lines = [f"{'CHECK':<{width}}  STATUS  MESSAGE"]
     for r in results:
-        lines.append(f"{r.name:<{width}}  {paint(r.status, f'{r.status:<6}')}  {r.message}")
+        lines.append(f"{r.name:<{width}}  {paint(r.status, f'{r.status:<6}')}  {cut(r.message, width + 10)}")
     for action in actions:
-        lines.append(f"action: {action}")
+        lines.append(f"action: {cut(action, 8)}")
     health = overall_health(results)
     lines.append(f"health: {paint(_HEALTH_STATUS[health], health)}")
     return "\n".join(lines) + "\n"

@@ -9,13 +9,11 @@ from datetime import datetime
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from agent.base.timestamps import rfc3339
-from agent.pipeline.health import DEGRADED, FAIL, HEALTHY, PASS, SKIP, UNHEALTHY, WARN, CheckResult, overall_health
-from agent.report.document import ordered
+from agent.pipeline.health import CheckResult
 
 ANNOTATION_LIMIT = 4096  # bytes of the <prefix>/report value
 CONDITION_MESSAGE_LIMIT = 1024
 READABLE_MESSAGE = 80  # characters a message keeps before actions start folding into "+N more"
-REASONS = {HEALTHY: "AllChecksPassed", DEGRADED: "ChecksWarned", UNHEALTHY: "CheckFailed"}
 _ELLIPSIS = "\u2026"
 
 
@@ -48,6 +46,8 @@ def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT, *
     actions = [str(a) for a in document.get("actions", [])]
     head = {"v": document["v"], "agent": document["agent"], "time": since or document["time"],
             "health": document["health"]}
+    if document.get("gpu_ready_seconds") is not None:  # the boot's time to GPU-ready (agent/report/timeline.py)
+        head["gpu_ready_seconds"] = document["gpu_ready_seconds"]
     longest = max([len(c["message"]) for c in checks] + [len(a) for a in actions] + [0])
 
     def render(cap: Optional[int], kept: int) -> bytes:
@@ -83,15 +83,10 @@ def compact_report(document: Mapping[str, Any], limit: int = ANNOTATION_LIMIT, *
 
 
 def condition_message(results: Sequence[CheckResult]) -> str:
-    """The first failing check, else the first warning one, else a summary."""
-    results = ordered(results)
-    for status in (FAIL, WARN):
-        for r in results:
-            if r.status == status:
-                return _clip(f"{r.name}: {r.message}", CONDITION_MESSAGE_LIMIT)
-    passed = sum(1 for r in results if r.status == PASS)
-    skipped = sum(1 for r in results if r.status == SKIP)
-    return f"{passed} checks passed" + (f", {skipped} skipped" if skipped else "")
+    """The deciding check (``agent.report.reasons.decide``) as ``<check>: <message>``, else a summary."""
+    from agent.report import reasons
+
+    return _clip(reasons.decide(results).message, CONDITION_MESSAGE_LIMIT)
 
 
 def node_condition(
@@ -100,16 +95,19 @@ def node_condition(
     now: datetime,
     previous: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The condition as of ``now``; ``lastTransitionTime`` is ``previous``'s while the status stays."""
-    health = overall_health(results)
-    status = "False" if health == UNHEALTHY else "True"
+    """The condition as of ``now`` (status and reason: ``agent.report.reasons.decide``);
+    ``lastTransitionTime`` is ``previous``'s while the status stays."""
+    from agent.report import reasons
+
+    decided = reasons.decide(results)
     stamp = rfc3339(now)
-    kept = previous.get("lastTransitionTime") if previous and previous.get("status") == status else None
+    kept = (previous.get("lastTransitionTime") if previous and previous.get("status") == decided.status
+            else None)
     return {
         "type": condition_type,
-        "status": status,
-        "reason": REASONS[health],
-        "message": condition_message(results),
+        "status": decided.status,
+        "reason": decided.reason,
+        "message": _clip(decided.message, CONDITION_MESSAGE_LIMIT),
         "lastHeartbeatTime": stamp,
         "lastTransitionTime": kept or stamp,
     }

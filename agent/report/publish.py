@@ -1,9 +1,10 @@
-"""Publishing a report to the cluster: this node's Node object brought up to date, writing only
-what changed (``agent/report/published.py``), then the Events of the report (``agent/report/events.py``).
+"""Publishing a report to the cluster: the cluster sinks of ``agent/report/sinks/`` in their order,
+sharing one ``ClusterSession`` (``agent/report/sink.py``): this node's Node object brought up to date,
+writing only what changed (``sinks/node.py``, ``agent/report/published.py``), then the Events of the
+report (``sinks/events.py``, ``agent/report/events.py``).
 
 Publishing failures are returned, never raised (``PublishResult``): ``run`` has already changed the
-node, and a report cannot undo that. ``agent/report/report.py`` calls ``publish`` from ``finish`` and
-resolves the node name; what the Node is given (annotations, condition) is built there too.
+node, and a report cannot undo that. ``agent/report/report.py`` calls ``publish`` from ``finish``.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ from __future__ import annotations
 import socket
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from agent.base.errors import AgentError
 from agent.base.log import get_logger
 from agent.base.noderoot import NodeRoot
 from agent.config.settings import AgentConfig
 from agent.pipeline.health import CheckResult
-
-if TYPE_CHECKING:
-    from agent.kube.node import NodeName
+from agent.report.sink import ClusterSession, Delivery
 
 log = get_logger("report")
 
@@ -51,9 +49,6 @@ class PublishResult(NamedTuple):
         }
 
 
-EVENTS_SECONDS = 10.0  # at most this much of the publishing deadline goes to Events
-
-
 def publish(
     root: NodeRoot,
     config: AgentConfig,
@@ -70,74 +65,34 @@ def publish(
     keep_actions: bool = False,
     node: Optional[Mapping[str, Any]] = None,
 ) -> PublishResult:
-    """Bring this node's Node object up to date with the report, writing only what changed (see
-    ``agent/report/published.py``), then send the Events of this report. Never raises an AgentError.
+    """Send the report through the cluster sinks of ``agent/report/sinks/`` (the Node, then its
+    Events), in one session: one node name, one client, one deadline. Never raises an AgentError.
 
-    ``events``: ``events.EventSpec`` of what a ``run`` did; check transitions are added here.
-    ``keep_actions``: a ``check --report`` keeps the actions the last ``run`` published.
+    ``events``: ``events.EventSpec`` of what a ``run`` did; check transitions are added by the
+    Events sink. ``keep_actions``: a ``check --report`` keeps the actions the last ``run`` published.
     ``node``: the Node, if a check of this report has just read it (then no GET is needed, and what
     someone removed is seen at once)."""
-    from agent.base.retry import Deadline
-    from agent.kube.client import KubeClient
-    from agent.kube.kubeconfig import load_kubeconfig
-    from agent.kube.node import resolve_node_name  # report.py imports this module: not at its top
-    from agent.report import published
+    from agent.report import sinks
 
-    settings = config.report
-    deadline = Deadline(settings.timeout_seconds, clock)
     now = now or datetime.now(timezone.utc)
-    name: Optional[NodeName] = None
-    sync = published.NodeSync(settings, results, document, now, keep_actions)
-    try:
-        name = resolve_node_name(root, config, imds=imds, hostname=hostname)
-        kubeconfig = load_kubeconfig(root, settings.kubeconfig)
-        memory = published.load(root, name.name, kubeconfig.cluster.server)
-        factory = client_factory or KubeClient
-        with factory(kubeconfig, clock=clock, sleep=sleep) as client:
-            after = sync.run(client, deadline, name.name, kubeconfig.cluster.server, memory, node)
-            if after != memory:
-                published.save(root, after)
-            sent = _send_events(root, client, Deadline(min(EVENTS_SECONDS, deadline.remaining()), clock),
-                                results, events, name.name, after.uid, now)
-        if sync.wrote:
-            log.info("report published", node=name.name, health=document["health"], wrote=sync.wrote)
-        else:
-            log.info("report unchanged, nothing written", node=name.name, health=document["health"])
-        return PublishResult(True, name.name, name.source, True, True if settings.condition else None,
-                             None, sync.read, tuple(sync.wrote), sent)
-    except AgentError as exc:
-        error = str(exc)
-    except Exception as exc:  # a bug must not cost the status file; the message says where it came from
-        from agent.kube.tokens import redact  # a request error can quote its headers
-
-        error = redact(f"internal error while publishing: {type(exc).__name__}: {exc}")
-        log.error("publishing crashed", error=error)
-    log.error("report not published", error=error)
-    published.forget(root)  # the Node's state is unknown now: the next publish reads it
-    annotated = "annotations" in sync.wrote
-    condition = None if settings.condition is None else "condition" in sync.wrote
-    return PublishResult(False, name.name if name else None, name.source if name else None, annotated,
-                         condition, error, sync.read, tuple(sync.wrote))
-
-
-def _send_events(root: NodeRoot, client: Any, deadline: Any, results: Sequence[CheckResult],
-                 extra: Sequence[Any], node: str, uid: Optional[str], now: datetime) -> Dict[str, Any]:
-    """This report's Events; a failure here is logged and counted, never the report's failure."""
-    from agent.report import events
-
-    try:
-        memory = events.load(root)
-        specs = list(extra) + events.check_transitions(memory.checks, results)
-        sent = events.send(client, deadline, memory, specs, node=node, uid=uid, now=now) if specs \
-            else events.Sent()
-        statuses = events.remembered_statuses(results)
-        if specs or statuses != memory.checks:
-            memory.checks = statuses
-            events.save(root, memory)
-        return sent.as_dict()
-    except Exception as exc:  # never the run's failure
-        from agent.kube.tokens import redact
-
-        error = redact(f"internal error: {type(exc).__name__}: {exc}")
-        log.error("events crashed", error=error)
-        return events.Sent(error=error).as_dict()
+    fields: Dict[str, Any] = {}
+    error: Optional[str] = None
+    with ClusterSession(root, config, clock=clock, sleep=sleep, client_factory=client_factory, imds=imds,
+                        hostname=hostname) as session:
+        delivery = Delivery(root, config, results, document, now, events, node, keep_actions, session)
+        for sink in sinks.SINKS:
+            if not sink.cluster:
+                continue
+            outcome = sink.send(delivery)
+            fields.update(outcome.record or {})
+            if outcome.problem is not None:  # the later cluster sinks build on this one
+                error = outcome.problem
+                break
+    name = session.resolved
+    result = PublishResult(error is None, name.name if name else None, name.source if name else None,
+                           error=error, **fields)
+    if result.ok and result.wrote:
+        log.info("report published", node=result.node, health=document["health"], wrote=list(result.wrote))
+    elif result.ok:
+        log.info("report unchanged, nothing written", node=result.node, health=document["health"])
+    return result

@@ -3,7 +3,8 @@
 The heartbeat (``check --report`` every 5-7 minutes) compares what it would publish with what it
 remembers and writes to the API server only when something differs: the health, a check's status
 or message, the actions of a run, or the condition's ``lastHeartbeatTime`` once
-``report.heartbeat_minutes`` have passed. An unchanged heartbeat sends no request at all.
+``report.heartbeat_minutes`` have passed. An unchanged heartbeat sends no request at all (the
+Node read of ``gpu-allocatable`` is spaced too, ``agent/kube/node.py``).
 
 The memory is for one Node (name and API server) and lives in ``/run`` (gone at boot). Without
 it (first report after boot, after a failed publish, another node name or cluster) the Node is read

@@ -15,23 +15,28 @@ configured, a Prometheus textfile, both written atomically. Publishing (``agent/
 failures are reported, never raised: ``run`` has already changed the node, and a report cannot undo
 that.
 
+``finish`` builds the report and sends it through the sinks listed in ``agent/report/sinks/``
+(``SINKS``; the interface: ``agent/report/sink.py``): the cluster sinks when publishing is asked
+for, then the others with how publishing went.
+
 The node name: ``agent/kube/node.py``.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from agent.base.errors import NodeFileError
-from agent.base.fs import atomic_write
 from agent.base.log import get_logger
 from agent.base.noderoot import NodeRoot
 from agent.config.settings import AgentConfig
-from agent.pipeline.health import DEGRADED, FAIL, HEALTHY, PASS, SKIP, UNHEALTHY, WARN, CheckResult, overall_health
-from agent.report.document import ordered, report_document
+from agent.pipeline.health import CheckResult
+from agent.report import sinks
+from agent.report.document import report_document
 from agent.report.publish import PublishResult, publish
+from agent.report.sink import Delivery
+from agent.report.sinks import status_file
 
 log = get_logger("report")
 
@@ -42,84 +47,11 @@ log = get_logger("report")
 class ReportOutcome(NamedTuple):
     document: Dict[str, Any]  # what the status file holds
     published: Optional[PublishResult]  # None: publishing not asked for
-    problems: Tuple[str, ...] = ()  # local files that could not be written
+    problems: Tuple[str, ...] = ()  # the sinks after publishing that could not send (files not written)
 
     @property
     def ok(self) -> bool:
         return not self.problems and (self.published is None or self.published.ok)
-
-
-def _restarts_of(doc: Mapping[str, Any]) -> Dict[str, int]:
-    """The restart counters since boot a status file document holds (none when unreadable)."""
-    counts = doc.get("restarts_total")
-    if not isinstance(counts, Mapping):
-        return {}
-    return {str(k): int(v) for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def metrics_text(
-    results: Sequence[CheckResult],
-    now: datetime,
-    restarts_total: Mapping[str, int],
-    published: Optional[PublishResult],
-) -> str:
-    """Prometheus text exposition for the node_exporter textfile collector."""
-    health = overall_health(results)
-    lines: List[str] = [
-        "# HELP gpu_node_agent_health Node health from the agent's last report (1 for the current state).",
-        "# TYPE gpu_node_agent_health gauge",
-    ]
-    lines += [f'gpu_node_agent_health{{health="{h}"}} {int(h == health)}'
-              for h in (HEALTHY, DEGRADED, UNHEALTHY)]
-    lines += [
-        "# HELP gpu_node_agent_check Health check status from the last report (1 for the current status).",
-        "# TYPE gpu_node_agent_check gauge",
-    ]
-    for r in ordered(results):
-        for status in (PASS, WARN, FAIL, SKIP):
-            labels = f'check="{_label(r.name)}",status="{status}"'
-            lines.append(f"gpu_node_agent_check{{{labels}}} {int(r.status == status)}")
-    lines += [
-        "# HELP gpu_node_agent_last_run_timestamp_seconds When the agent last reported (Unix time).",
-        "# TYPE gpu_node_agent_last_run_timestamp_seconds gauge",
-        f"gpu_node_agent_last_run_timestamp_seconds {now.timestamp():.3f}",
-        "# HELP gpu_node_agent_restarts_total Units the agent restarted since boot.",
-        "# TYPE gpu_node_agent_restarts_total counter",
-    ]
-    lines += [f'gpu_node_agent_restarts_total{{unit="{_label(u)}"}} {n}'
-              for u, n in sorted(restarts_total.items())]
-    if published is not None:
-        lines += [
-            "# HELP gpu_node_agent_report_published Whether the last report reached the API server.",
-            "# TYPE gpu_node_agent_report_published gauge",
-            f"gpu_node_agent_report_published {int(published.ok)}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _status_text(document: Mapping[str, Any]) -> str:
-    order = ("v", "agent", "time", "health", "checks", "actions", "publish", "restarts_total", "passes")
-    ordered_doc = {k: document[k] for k in order if k in document}
-    return json.dumps(ordered_doc, indent=2) + "\n"
-
-
-def _write(root: NodeRoot, node_path: str, data: bytes, key: str) -> Optional[str]:
-    from agent.config.rules import resolved_output
-
-    path = root.path(node_path)
-    try:
-        path = resolved_output(root, node_path, key)
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        atomic_write(path, data)
-    except NodeFileError as exc:
-        return str(exc)
-    except OSError as exc:
-        return f"{path}: cannot write: {exc.strerror or exc}"
-    return None
 
 
 def finish(
@@ -134,52 +66,55 @@ def finish(
     publisher: Optional[Callable[..., PublishResult]] = None,
     events: Sequence[Any] = (),
     node: Optional[Mapping[str, Any]] = None,
+    pass_name: Optional[str] = None,
+    started: Optional[float] = None,
+    early: Optional[Any] = None,
 ) -> ReportOutcome:
     """The end of every ``run`` (and of ``check --report``): publish when asked, then always write
     the status file (and the metrics file when configured). ``actions``: what a ``run`` did (None
     for ``check --report``, which keeps the actions the last run published on the Node).
     ``restarts``: units restarted by this run and how often; the status file keeps the running
     totals since boot for the counter. ``events``: ``events.EventSpec`` of this run's actions.
-    ``node``: the Node as a check of this report read it (see ``publish``)."""
+    ``node``: the Node as a check of this report read it (see ``publish``). ``early``: systemd's
+    timestamps as a ``run`` saw them before its restarts (``timeline.observe_systemd``)."""
     now = now or datetime.now(timezone.utc)
     document = report_document(results, actions or (), now=now)
     status_path = config.report.status_file
-    from agent.report import status  # the boot passes' records (agent/report/status.py) outlive every report
+    from agent.report import status, timeline  # the boot passes' records and the timeline outlive every report
 
-    def merged(publish_state: Mapping[str, Any]) -> Callable[[Dict[str, Any]], Dict[str, Any]]:
-        """This report over the status file as it is now: the restart totals since boot are what
-        the file counts plus this run's; the pass records stay (status.update holds the lock)."""
-        def change(current: Dict[str, Any]) -> Dict[str, Any]:
-            totals = _restarts_of(current)
-            for unit, count in (restarts or {}).items():
-                totals[unit] = totals.get(unit, 0) + int(count)
-            passes = current.get("passes")
-            return {**document, "restarts_total": totals, **({"passes": passes} if passes else {}),
-                    "publish": publish_state}
-        return change
-
+    carried = status.carried(root.path(status_path))
+    totals = status.restarts_of(carried)  # as the file holds them now; the final write adds under its lock
+    for unit, count in (restarts or {}).items():
+        totals[unit] = totals.get(unit, 0) + int(count)
+    boot = timeline.update(status.boot_id(root), config, results, document["health"], actions or (),
+                           carried.get("timeline"), totals, node=node, early=early)
+    if boot.get("time_to_gpu_ready_seconds") is not None:
+        document["gpu_ready_seconds"] = boot["time_to_gpu_ready_seconds"]
+    local = {**document, "timeline": boot}
+    if pass_name is not None:  # how long the pass making this report took so far (the metrics)
+        took = time.monotonic() - started if started is not None else 0.0
+        local["pass"] = {"name": pass_name, "duration_seconds": round(took, 3)}
     published = None
-    if publish_report:
+    if publish_report:  # the cluster sinks
         # The node's own view first: publishing may take up to report.timeout_seconds. Its restart
         # counts are added by the final write only.
-        status.update(root, status_path, lambda current: {
-            **merged({"attempted": True, "ok": None})(current),
-            "restarts_total": _restarts_of(current)}, _status_text)
-        published = (publisher or publish)(root, config, results, document, now=now, events=events,
+        status_file.write(root, status_path, {**local, "publish": {"attempted": True, "ok": None}})
+        ready = timeline.announcement(boot, config.report.gpu_ready_budget_seconds)
+        published = (publisher or publish)(root, config, results, document, now=now,
+                                           events=[ready, *events] if ready else events,
                                            keep_actions=actions is None, node=node)
+        timeline.announced(boot, ready, published.events if published.ok else None)
+    document = {**local, "publish": published.as_dict() if published is not None else {"attempted": False}}
     problems: List[str] = []
-    err, written = status.update(root, status_path, merged(
-        published.as_dict() if published is not None else {"attempted": False}), _status_text)
-    if err:
-        problems.append(err)
-    totals = written.get("restarts_total") or {}
-    document = written or {**document, "publish": published.as_dict() if published is not None
-                           else {"attempted": False}}
-    if config.report.metrics_file:
-        err = _write(root, config.report.metrics_file, metrics_text(results, now, totals, published).encode(),
-                     "report.metrics_file")
-        if err:
-            problems.append(err)
+    delivery = Delivery(root, config, results, document, now, events, node, actions is None, restarts=restarts or {})
+    for sink in sinks.SINKS:  # the others: the status file, the metrics file
+        if not sink.cluster:
+            outcome = sink.send(delivery)
+            if outcome.problem:
+                problems.append(outcome.problem)
+            if outcome.record:  # the document as that sink wrote it (the status file's)
+                delivery = delivery._replace(document=outcome.record)
+    document = dict(delivery.document)
     for problem in problems:
         log.error("report file not written", error=problem)
     return ReportOutcome(document, published, tuple(problems))

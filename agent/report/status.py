@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from agent.base.errors import AgentError, NodeFileError, NodeFileMissing
-from agent.base.fs import atomic_write, file_lock, read_text
+from agent.base.fs import LOCK_PATH, atomic_write, file_lock, read_text
+from agent.base.lockholder import Holder, holder
 from agent.base.noderoot import NodeRoot
 from agent.base.timestamps import rfc3339
 
@@ -39,6 +40,7 @@ AGENT_UNIT = "gpu-node-agent.service"
 DISABLED = "/etc/gpu-node-agent/disabled"  # the units' ConditionPathExists=! switch
 DEFAULT_WAIT_TIMEOUT = 1800.0  # nodeadm, then an EFA install (efa.timeout_seconds 1200) and restarts
 POLL_SECONDS = 0.5
+MANUAL_RUN_FINISHED = "manual run finished"
 
 
 class StatusFileError(AgentError):
@@ -158,6 +160,22 @@ def _read_document(path: Path) -> Dict[str, Any]:
     return doc
 
 
+def restarts_of(doc: Mapping[str, Any]) -> Dict[str, int]:
+    """The restart counters since boot a status file document holds (none when unreadable)."""
+    counts = doc.get("restarts_total")
+    if not isinstance(counts, Mapping):
+        return {}
+    return {str(k): int(v) for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+
+
+def carried(path: Path) -> Dict[str, Any]:
+    """``{"passes", "timeline", "restarts_total"}`` of the current status file, as a report starts (its
+    final write merges again under the file's lock: ``update``)."""
+    doc = _read_document(path)
+    keys = ("passes", "timeline", "restarts_total")
+    return {key: doc[key] for key in keys if isinstance(doc.get(key), dict) and doc[key]}
+
+
 # --- reading: `gpu-node-agent status` --------------------------------------------------------------
 
 
@@ -209,12 +227,14 @@ def _wrong_type(doc: Mapping[str, Any], types: Mapping[str, Tuple[type, ...]], p
     return None
 
 
-def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bool) -> Dict[str, Any]:
+def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bool,
+            running: Optional[Holder] = None) -> Dict[str, Any]:
     """What ``status --format json`` prints.
 
-    ``status``: ``done`` (gpu-node-agent.service's run of this boot finished), ``running`` (some
-    pass of this boot finished, that one not yet), ``not started`` (no pass of this boot yet) or
-    ``disabled``.
+    ``status``: ``done`` (gpu-node-agent.service's run of this boot finished), ``running`` (a pass
+    holds the run lock now, ``running``; or some pass of this boot finished, that run not yet),
+    ``manual run finished`` (a ``run`` of this boot outside that unit finished, none runs now),
+    ``not started`` (no pass of this boot yet) or ``disabled``.
     Without a readable boot id, every record counts as this boot's.
     """
     passes: Dict[str, Any] = {}
@@ -227,34 +247,54 @@ def summary(doc: Mapping[str, Any], current_boot: Optional[str], *, disabled: bo
         state = "disabled"
     elif passes.get("run", {}).get("this_boot") and passes["run"].get("unit_done"):
         state = "done"
+    elif running is not None:
+        state = "running"
+    elif passes.get("run", {}).get("this_boot"):
+        state = MANUAL_RUN_FINISHED
     elif any(p["this_boot"] for p in passes.values()):
         state = "running"
     else:
         state = "not started"
+    timeline = doc.get("timeline")  # agent/report/timeline.py: this boot's only
+    this_boot = isinstance(timeline, dict) and (current_boot is None or timeline.get("boot_id") == current_boot)
     return {
         "status": state,
         "boot_id": current_boot,
         "health": doc.get("health"),
         "last_report": doc.get("time"),
+        "running": running._asdict() if running is not None and state == "running" else None,
         "passes": passes,
+        "timeline": timeline if this_boot else None,
     }
 
 
 def exit_code(view: Mapping[str, Any]) -> int:
-    """0 healthy (or disabled), 2 degraded, 1 unhealthy, a failed pass of this boot, or no report."""
+    """0 healthy, 2 degraded, 1 unhealthy, a failed pass of this boot, or no report; a disabled node:
+    its last health (0 without a report)."""
     from agent.pipeline.health import exit_code_for
 
     if view["status"] == "disabled":
-        return 0
+        return exit_code_for(view["health"]) if view["health"] else 0
     for record in view["passes"].values():
         if record["this_boot"] and record.get("exit_code") not in (0, 2):
             return 1
     return exit_code_for(view["health"]) if view["health"] else 1
 
 
+def _state_line(view: Mapping[str, Any]) -> str:
+    running = view.get("running")
+    if running:
+        return f"status: running ({Holder(**running).describe()})"
+    if view["status"] == MANUAL_RUN_FINISHED:
+        return f"status: {MANUAL_RUN_FINISHED} ({AGENT_UNIT} has not run in this boot)"
+    if view["status"] == "disabled":
+        return f"status: disabled ({DISABLED} exists: the agent's units and passes do nothing)"
+    return f"status: {view['status']}"
+
+
 def render_table(view: Mapping[str, Any]) -> str:
     lines = [
-        f"status: {view['status']}",
+        _state_line(view),
         f"health: {view['health'] or 'unknown'} (last report: {view['last_report'] or 'none'})",
         f"boot id: {view['boot_id'] or 'unknown'}",
     ]
@@ -271,7 +311,14 @@ def render_table(view: Mapping[str, Any]) -> str:
     lines.extend("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
     for name, p in view["passes"].items():
         lines.extend(f"{name}: {action}" for action in p.get("actions") or [])
-    return "\n".join(lines) + "\n"
+    from agent.report.timeline import render_table as render_timeline
+
+    return "\n".join(lines) + "\n" + render_timeline(view.get("timeline"))
+
+
+def lock_holder(root: NodeRoot) -> Optional[Holder]:
+    """The pass running now: the live process the run lock's file names (``agent/base/lockholder.py``)."""
+    return holder(root.path(LOCK_PATH))
 
 
 def wait_for_run(
@@ -293,7 +340,7 @@ def wait_for_run(
         disabled = root.path(DISABLED).exists()
         problem: Optional[StatusFileError] = None
         try:
-            view = summary(load(path), current, disabled=disabled)
+            view = summary(load(path), current, disabled=disabled, running=lock_holder(root))
         except StatusFileError as exc:
             if disabled:
                 return summary({}, current, disabled=True)

@@ -257,6 +257,26 @@ class SystemdClient:
             invocation_id=bytes(invocation).hex(),
         )
 
+    def properties(self, name: str, interfaces: Sequence[str] = (UNIT_IFACE,), *,
+                   deadline: Optional[float] = None) -> Dict[str, Any]:
+        """Every property of the unit's ``interfaces`` (``GetAll``), merged; a unit that is not
+        loaded has only its ``Unit`` properties (``LoadState`` says why)."""
+        path = self.unit_object(name, deadline=deadline)
+        merged: Dict[str, Any] = {}
+        for iface in interfaces:
+            if iface != UNIT_IFACE and merged.get("LoadState") != "loaded":
+                break
+            (props,) = self._call(SYSTEMD_BUS_NAME, path, PROPERTIES_IFACE, "GetAll", ("s", (iface,)),
+                                  "(a{sv})", unit=name, deadline=deadline)
+            merged.update(props)
+        return merged
+
+    def manager_properties(self, *, deadline: Optional[float] = None) -> Dict[str, Any]:
+        """The Manager's properties (``KernelTimestamp``, ``FinishTimestampMonotonic``, ...)."""
+        (props,) = self._call(SYSTEMD_BUS_NAME, MANAGER_PATH, PROPERTIES_IFACE, "GetAll", ("s", (MANAGER_IFACE,)),
+                              "(a{sv})", deadline=deadline)
+        return dict(props)
+
     def unit_states(self, names: Iterable[str], *, timeout: Optional[float] = None) -> UnitStates:
         deadline = self.clock() + (timeout if timeout is not None else self.timeout)
         return UnitStates(self.address, tuple(self.unit_state(n, deadline=deadline) for n in names))
