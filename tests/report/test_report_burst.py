@@ -116,12 +116,18 @@ def test_a_fleet_publishes_through_a_storm_of_429s(fleet: Tuple[ApiServer, List[
 
 def test_a_storm_longer_than_the_deadline_is_reported_by_every_node(fleet: Tuple[ApiServer, List[Path]]) -> None:
     api, roots = fleet
-    deadline = 2.5
+    # Long enough for every node's first answer to arrive: 50 TLS handshakes with one loopback server
+    # in this process take seconds on 2 cores, and the deadline bounds the whole exchange.
+    deadline = 5.0
     api.storm(30.0, share=1.0, retry_after=f"{RETRY_AFTER:g}")
     publishers = burst(roots, deadline)
     assert [p.result.ok for p in publishers] == [False] * NODES
     for p in publishers:
         assert p.seconds < deadline + 1.5, p.seconds
-        assert "HTTP 429" in p.result.error and "deadline" in p.result.error, p.result.error
+        # the storm's 429, or (a node whose first answer the busy loopback server had not finished at
+        # the deadline, which bounds the whole exchange) no complete answer: either way the deadline
+        assert "deadline" in p.result.error and ("HTTP 429" in p.result.error
+                                                 or "no complete answer" in p.result.error), p.result.error
+    assert sum("HTTP 429" in p.result.error for p in publishers) >= NODES // 2
     # Nothing was remembered as published: the next heartbeat reads the Node again.
     assert not any((root / "run/gpu-node-agent/published.json").exists() for root in roots)
