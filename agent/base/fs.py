@@ -313,6 +313,23 @@ def open_lock(lock_path: Path, what: str = "the run lock") -> int:
     return fd
 
 
+def _flock_within(fd: int, lock_path: Path, wait_seconds: float, clock: Callable[[], float],
+                  sleep: Callable[[float], None], interval: float) -> bool:
+    """Take an exclusive ``flock`` on ``fd``, trying every ``interval`` for ``wait_seconds``; False when
+    another holder kept it that long."""
+    deadline = clock() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise NodeFileError(lock_path, f"cannot lock: {exc.strerror}") from None
+            if clock() >= deadline:
+                return False
+            sleep(interval)
+
+
 @contextmanager
 def run_lock(
     root: NodeRoot,
@@ -325,21 +342,12 @@ def run_lock(
     lock_path = root.path(LOCK_PATH)
     fd = open_lock(lock_path)
     try:
-        deadline = clock() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise NodeFileError(lock_path, f"cannot lock: {exc.strerror}") from None
-                if clock() >= deadline:
-                    held = lockholder.holder_of(fd)
-                    raise LockBusy(
-                        f"{lock_path}: another gpu-node-agent run holds the lock "
-                        f"({held.describe() + '; ' if held else ''}waited {wait_seconds:g}s)"
-                    ) from None
-                sleep(0.1)
+        if not _flock_within(fd, lock_path, wait_seconds, clock, sleep, 0.1):
+            held = lockholder.holder_of(fd)
+            raise LockBusy(
+                f"{lock_path}: another gpu-node-agent run holds the lock "
+                f"({held.describe() + '; ' if held else ''}waited {wait_seconds:g}s)"
+            )
         with lockholder.recorded(fd):  # the holder's pid and command, for whoever finds the lock taken
             yield lock_path
     finally:
@@ -353,17 +361,8 @@ def file_lock(lock_path: Path, what: str, wait_seconds: float = 10.0) -> Iterato
     request, unlike the run lock)."""
     fd = open_lock(lock_path, what)
     try:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise NodeFileError(lock_path, f"cannot lock: {exc.strerror}") from None
-                if time.monotonic() >= deadline:
-                    raise NodeFileError(lock_path, f"{what} is still held after {wait_seconds:g}s") from None
-                time.sleep(0.01)
+        if not _flock_within(fd, lock_path, wait_seconds, time.monotonic, time.sleep, 0.01):
+            raise NodeFileError(lock_path, f"{what} is still held after {wait_seconds:g}s")
         yield
     finally:
         os.close(fd)
